@@ -1,0 +1,59 @@
+"""Where a key goes on the wire, and how URLs are shown without it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ingest.config import AuthConfig
+from ingest.errors import ConfigError
+
+__all__ = ["Target", "build_target", "read_secret", "redact_url"]
+
+_SENSITIVE = ("key", "token", "secret", "auth", "password", "sig")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Everything the driver needs to open a socket; repr() never shows the key."""
+
+    url: str = field(repr=False)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    display_url: str = ""
+
+
+def read_secret(auth: AuthConfig, where: str) -> str | None:
+    """The key from the environment variable the config names; a clear error if it is unset."""
+    if auth.env is None:
+        return None
+    value = os.environ.get(auth.env, "")
+    if not value:
+        raise ConfigError(f"{where}.auth.env: the environment variable {auth.env} is not set or empty")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """The URL with every credential-looking query value and any userinfo replaced by ***."""
+    parts = urlsplit(url)
+    query = [
+        (k, "***" if any(s in k.lower() for s in _SENSITIVE) else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), ""))
+
+
+def build_target(url: str, auth: AuthConfig, secret: str | None) -> Target:
+    headers: dict[str, str] = {}
+    if secret is not None:
+        if auth.location == "header":
+            headers[auth.header] = f"{auth.scheme} {secret}".strip()
+        else:
+            parts = urlsplit(url)
+            query = [*parse_qsl(parts.query, keep_blank_values=True), (auth.query_param, secret)]
+            url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+    display = redact_url(url)
+    if secret is not None and secret in display:  # a key inside a path segment or host
+        display = display.replace(secret, "***")
+    return Target(url=url, headers=headers, display_url=display)

@@ -1,0 +1,170 @@
+"""Per-dataset buffers of raw records, flushed on rows, bytes or age, with bounded memory.
+
+Per message the buffer only appends and counts; decoding and Arrow building happen once per
+flush in the writer. Memory is bounded by `max_pending_bytes` over everything buffered, queued
+or being written: above it, `congested` turns true and readers wait in `wait_for_room()`, so a
+slow sink slows the sockets (and the provider's TCP window) instead of growing the heap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ingest.config import FlushPolicy
+from ingest.events import Rejected, Rows
+from ingest.schema import Registry
+
+__all__ = ["QUARANTINE", "Buffer", "Flush"]
+
+QUARANTINE = "quarantine"
+
+
+@dataclass(slots=True)
+class Flush:
+    """What the writer gets: every buffered record of one dataset, in arrival order."""
+
+    dataset: str
+    chunks: list[Rows] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)  # quarantine flushes only
+    rows: int = 0
+    nbytes: int = 0
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class _Pending:
+    chunks: list[Rows] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    rows: int = 0
+    nbytes: int = 0
+    since: float = 0.0
+
+
+class Buffer:
+    """Collects Rows and Rejected events; hands Flushes to the writer through `next_flush()`."""
+
+    def __init__(
+        self, registry: Registry, policy: FlushPolicy, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._registry = registry
+        self._policy = policy
+        self._clock = clock
+        self._pending: dict[str, _Pending] = {}
+        self._ready: deque[Flush] = deque()
+        self._has_ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._outstanding = 0  # bytes buffered + queued + being written
+        self._closed = False
+        self.received: dict[str, int] = {}  # rows accepted per dataset, for metrics
+
+    # -- producers (collectors) ------------------------------------------------------------------
+
+    def add(self, rows: Rows) -> None:
+        """Buffer one frame's records; flushes that dataset when it reaches max rows or bytes."""
+        if rows.dataset not in self._registry:
+            # A protocol naming an undeclared dataset is a bug, but the data is still kept.
+            for rec in rows.records:
+                self.reject(
+                    Rejected(
+                        rows.provider,
+                        rec,
+                        f"no dataset named {rows.dataset!r}",
+                        rows.received_at,
+                        rows.subscription,
+                    )
+                )
+            return
+        pending = self._pending.get(rows.dataset)
+        if pending is None:
+            pending = self._pending[rows.dataset] = _Pending(since=self._clock())
+        n = len(rows.records)
+        nbytes = len(rows.records[0]) if n == 1 else sum(map(len, rows.records))
+        pending.chunks.append(rows)
+        pending.rows += n
+        pending.nbytes += nbytes
+        self._outstanding += nbytes
+        self.received[rows.dataset] = self.received.get(rows.dataset, 0) + n
+        if pending.rows >= self._policy.max_rows or pending.nbytes >= self._policy.max_bytes:
+            self._seal(rows.dataset, "rows" if pending.rows >= self._policy.max_rows else "bytes")
+        if self._outstanding >= self._policy.max_pending_bytes:
+            self._room.clear()
+
+    def reject(self, rejected: Rejected) -> None:
+        """Keep an unreadable frame for the quarantine table."""
+        pending = self._pending.get(QUARANTINE)
+        if pending is None:
+            pending = self._pending[QUARANTINE] = _Pending(since=self._clock())
+        pending.rejected.append(rejected)
+        pending.rows += 1
+        pending.nbytes += len(rejected.raw)
+        self._outstanding += len(rejected.raw)
+        self.received[QUARANTINE] = self.received.get(QUARANTINE, 0) + 1
+        if pending.rows >= self._policy.max_rows or self._closed:
+            # After close() the writer is draining: a late reject must still reach it.
+            self._seal(QUARANTINE, "rows" if not self._closed else "shutdown")
+
+    @property
+    def congested(self) -> bool:
+        return not self._room.is_set()
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
+
+    # -- timers and shutdown ---------------------------------------------------------------------
+
+    def flush_due(self) -> None:
+        """Seal every dataset whose oldest record waited max_age; called on a short tick."""
+        now = self._clock()
+        for name, pending in list(self._pending.items()):
+            if now - pending.since >= self._policy.max_age:
+                self._seal(name, "age")
+
+    def flush_all(self, reason: str = "shutdown") -> None:
+        for name in list(self._pending):
+            self._seal(name, reason)
+
+    def close(self) -> None:
+        """Seal everything; next_flush() returns None once the queue is empty."""
+        self.flush_all()
+        self._closed = True
+        self._has_ready.set()
+
+    # -- the consumer (writer) -------------------------------------------------------------------
+
+    async def next_flush(self) -> Flush | None:
+        while not self._ready:
+            if self._closed:
+                return None
+            self._has_ready.clear()
+            await self._has_ready.wait()
+        return self._ready.popleft()
+
+    def done(self, flush: Flush) -> None:
+        """The writer finished with a flush: its bytes no longer count against the limit."""
+        self._outstanding -= flush.nbytes
+        if self._outstanding < self._policy.max_pending_bytes:
+            self._room.set()
+
+    @property
+    def buffered_rows(self) -> dict[str, int]:
+        return {name: p.rows for name, p in self._pending.items()}
+
+    @property
+    def queued_rows(self) -> int:
+        return sum(f.rows for f in self._ready)
+
+    @property
+    def outstanding_bytes(self) -> int:
+        return self._outstanding
+
+    def _seal(self, name: str, reason: str) -> None:
+        pending = self._pending.pop(name)
+        self._ready.append(
+            Flush(name, pending.chunks, pending.rejected, pending.rows, pending.nbytes, reason)
+        )
+        self._has_ready.set()

@@ -1,0 +1,171 @@
+"""`python -m ingest VERB`: run, query, status, emulate, test."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import structlog
+from rich.console import Console
+from rich.table import Table
+
+from ingest.config import Config, load_config
+from ingest.errors import ConfigError, Fatal
+from ingest.log import configure_logging
+from ingest.schema import load_registry
+from ingest.views import connect_for_query
+
+__all__ = ["main"]
+
+log = structlog.get_logger("ingest.cli")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ingest", description=__doc__)
+    sub = parser.add_subparsers(dest="verb")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", type=Path, help="TOML config file (default: the built-in demo)")
+        return p
+
+    run = with_config(sub.add_parser("run", help="run the ingestion daemon (the default verb)"))
+    run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    run.add_argument("--log-format", choices=("console", "json"), help="log lines as text or JSON")
+    run.add_argument("--no-live", action="store_true", help="no live table, a progress log line instead")
+
+    query = with_config(sub.add_parser("query", help="run SQL over the store (works while the daemon runs)"))
+    query.add_argument("sql")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    with_config(sub.add_parser("status", help="rows, time range, reorgs and quarantine per dataset"))
+
+    emulate = sub.add_parser("emulate", help="serve one provider emulator on 127.0.0.1 until stopped")
+    emulate.add_argument("provider")
+    emulate.add_argument("--port", type=int, default=0)
+    emulate.add_argument("--key", help="the only key accepted (default: any non-empty key)")
+
+    test = sub.add_parser("test", help="run the test suite")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    verb = args.verb or "run"
+    if verb == "test":
+        return subprocess.call([sys.executable, "-m", "pytest", *args.pytest_args], cwd=ROOT)
+    try:
+        if verb == "emulate":
+            configure_logging("console")
+            return asyncio.run(_emulate(args.provider, args.port, args.key))
+        config = load_config(getattr(args, "config", None))
+        if verb == "run":
+            return _run(config, args)
+        configure_logging("console")
+        if verb == "query":
+            return _query(config, args.sql, args.format)
+        return _status(config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except Fatal as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from ingest.app import Daemon  # imported late: `query` need not load aiohttp
+    from ingest.live import LiveView, progress_logger
+    from ingest.summary import print_summary
+
+    log_format = args.log_format or config.log_format
+    configure_logging(log_format)
+    live = not args.no_live and log_format == "console" and sys.stderr.isatty()
+    daemon = Daemon(config)
+
+    async def main_task() -> int:
+        view = LiveView(daemon.metrics, daemon.buffer) if live else None
+        watcher = asyncio.create_task(view.run() if view else progress_logger(daemon.metrics, daemon.buffer))
+        try:
+            result = await daemon.run(duration=args.duration)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        print_summary(result, config, load_registry(), Console())
+        return 1 if result.failed and len(result.failed) == len(config.providers) else 0
+
+    return asyncio.run(main_task())
+
+
+def _query(config: Config, sql: str, fmt: str) -> int:
+    con, _ = connect_for_query(load_registry(), config.storage.duckdb_path, config.storage.parquet_root)
+    try:
+        table = con.execute(sql).to_arrow_table()
+    except duckdb.Error as exc:
+        print(f"query error: {exc}", file=sys.stderr)
+        return 1
+    write_table(table, fmt)
+    return 0
+
+
+def write_table(table: pa.Table, fmt: str) -> None:
+    """Print a query result as a readable table, CSV or JSON lines."""
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, sys.stdout.buffer)
+        return
+    rows = table.to_pylist()
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return
+    out = Table(show_lines=False)
+    for name in table.column_names:
+        out.add_column(name, overflow="fold")
+    for row in rows:
+        out.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+    Console().print(out)
+    print(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})")
+
+
+def _status(config: Config) -> int:
+    from ingest.summary import status_table
+
+    registry = load_registry()
+    con, source = connect_for_query(registry, config.storage.duckdb_path, config.storage.parquet_root)
+    console = Console()
+    console.print(status_table(con, registry, source))
+    return 0
+
+
+async def _emulate(provider: str, port: int, key: str | None) -> int:
+    from ingest.emulators import EMULATORS
+
+    if provider not in EMULATORS:
+        print(f"unknown provider {provider!r} (known: {', '.join(sorted(EMULATORS))})", file=sys.stderr)
+        return 2
+    emulator = EMULATORS[provider](key=key)
+    url = await emulator.start(host="127.0.0.1", port=port)
+    accepts = "only the given key" if key else "any non-empty key"
+    print(
+        f"{provider} emulator listening on {url} (accepts {accepts}); Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await emulator.stop()
+    return 0

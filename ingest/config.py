@@ -1,0 +1,291 @@
+"""The daemon's configuration: TOML -> frozen dataclasses, with errors that name the key at fault.
+
+Keys never live in the config: it names the environment variable that holds each one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest.errors import ConfigError
+from ingest.protocols import PROTOCOLS
+from ingest.protocols.base import SubscriptionSpec
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "EMULATOR_URL",
+    "AuthConfig",
+    "BackoffConfig",
+    "Config",
+    "FlushPolicy",
+    "ProviderConfig",
+    "StorageConfig",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
+EMULATOR_URL = "emulator"  # start the provider's local emulator and connect to it
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    env: str | None  # name of the environment variable holding the key; None = no auth
+    location: str  # "header" or "query"
+    header: str
+    scheme: str
+    query_param: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffConfig:
+    initial: float = 1.0
+    max: float = 30.0
+    healthy_after: float = 10.0  # a session that lived this long resets the backoff
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    kind: str
+    url: str
+    auth: AuthConfig
+    subscriptions: tuple[SubscriptionSpec, ...]
+    idle_timeout: float = 30.0  # no frame at all (data, ack, ping) for this long -> reconnect
+    ping_interval: float = 0.0  # client WebSocket pings; 0 = rely on the server's
+    keepalive_interval: float = 20.0
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    emulator: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def emulated(self) -> bool:
+        return self.url == EMULATOR_URL
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    data_dir: Path
+    duckdb_path: Path | None
+    parquet_root: str | None  # a local directory or a filesystem URI
+
+
+@dataclass(frozen=True, slots=True)
+class FlushPolicy:
+    max_rows: int = 50_000
+    max_bytes: int = 64 << 20
+    max_age: float = 1.0
+    max_pending_bytes: int = 256 << 20  # buffered + being written; readers wait above it
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    instance: str
+    storage: StorageConfig
+    flush: FlushPolicy
+    providers: tuple[ProviderConfig, ...]
+    log_format: str = "console"
+    source: str = "<built-in>"
+
+
+_BACKOFF = BackoffConfig()
+_FLUSH = FlushPolicy()
+
+
+class _Table:
+    """A TOML table being read: typed getters that name the key on error, and unknown-key checks."""
+
+    def __init__(self, raw: object, where: str) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a table")
+        self.raw: dict[str, Any] = raw
+        self.where = where
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def only(self, *allowed: str) -> None:
+        if unknown := sorted(set(self.raw) - set(allowed)):
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key (allowed: {', '.join(allowed)})")
+
+    def get(self, name: str, typ: type | tuple[type, ...], default: Any) -> Any:
+        value = self.raw.get(name, default)
+        if isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)):
+            raise ConfigError(f"{self.key(name)}: expected {_typename(typ)}, got {value!r}")
+        if not isinstance(value, typ):
+            raise ConfigError(f"{self.key(name)}: expected {_typename(typ)}, got {value!r}")
+        return value
+
+    def positive(self, name: str, default: float, *, integer: bool = False, zero: bool = False) -> Any:
+        value = self.get(name, int if integer else (int, float), default)
+        if value < 0 or (value == 0 and not zero):
+            raise ConfigError(f"{self.key(name)}: expected a {'non-negative' if zero else 'positive'} number")
+        return value
+
+    def table(self, name: str) -> _Table:
+        return _Table(self.raw.get(name, {}), self.key(name))
+
+
+def _typename(typ: type | tuple[type, ...]) -> str:
+    types = typ if isinstance(typ, tuple) else (typ,)
+    return " or ".join(
+        {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            t.__name__, t.__name__
+        )
+        for t in types
+    )
+
+
+def _storage(t: _Table, base: Path) -> StorageConfig:
+    t.only("data_dir", "duckdb", "parquet")
+    data_dir = base / t.get("data_dir", str, "data")
+    duckdb = t.get("duckdb", (bool, str), True)
+    parquet = t.get("parquet", (bool, str), True)
+    duckdb_path = (data_dir / "ingest.duckdb" if duckdb is True else base / duckdb) if duckdb else None
+    parquet_root: str | None = None
+    if parquet is True:
+        parquet_root = str(data_dir / "parquet")
+    elif isinstance(parquet, str):
+        parquet_root = parquet if "://" in parquet else str(base / parquet)
+    if duckdb_path is None and parquet_root is None:
+        raise ConfigError(
+            f"{t.where}: both sinks are off (duckdb = false, parquet = false): nothing would be kept"
+        )
+    return StorageConfig(data_dir=data_dir, duckdb_path=duckdb_path, parquet_root=parquet_root)
+
+
+def _flush(t: _Table) -> FlushPolicy:
+    t.only("max_rows", "max_bytes", "max_age_seconds", "max_pending_bytes")
+    policy = FlushPolicy(
+        max_rows=t.positive("max_rows", _FLUSH.max_rows, integer=True),
+        max_bytes=t.positive("max_bytes", _FLUSH.max_bytes, integer=True),
+        max_age=float(t.positive("max_age_seconds", _FLUSH.max_age)),
+        max_pending_bytes=t.positive("max_pending_bytes", _FLUSH.max_pending_bytes, integer=True),
+    )
+    if policy.max_pending_bytes < policy.max_bytes:
+        raise ConfigError(f"{t.key('max_pending_bytes')}: must be at least max_bytes ({policy.max_bytes})")
+    return policy
+
+
+def _auth(t: _Table, kind: str) -> AuthConfig:
+    t.only("env", "in", "header", "scheme", "query_param")
+    defaults = PROTOCOLS[kind].auth
+    env = t.get("env", (str, type(None)), None)
+    if env is not None and not _ENV.match(env):
+        raise ConfigError(f"{t.key('env')}: expected the name of an environment variable, got {env!r}")
+    location = t.get("in", str, defaults.location)
+    if location not in ("header", "query"):
+        raise ConfigError(f'{t.key("in")}: expected "header" or "query", got {location!r}')
+    return AuthConfig(
+        env=env,
+        location=location,
+        header=t.get("header", str, defaults.header),
+        scheme=t.get("scheme", str, defaults.scheme),
+        query_param=t.get("query_param", str, defaults.query_param),
+    )
+
+
+def _provider(name: str, t: _Table) -> ProviderConfig:
+    t.only(
+        "kind",
+        "url",
+        "auth",
+        "subscriptions",
+        "idle_timeout",
+        "ping_interval",
+        "keepalive_interval",
+        "backoff",
+        "emulator",
+        "enabled",
+    )
+    if not _NAME.match(name):
+        raise ConfigError(f"{t.where}: provider names are lower-case identifiers, got {name!r}")
+    kind = t.get("kind", str, name)
+    if kind not in PROTOCOLS:
+        raise ConfigError(
+            f"{t.key('kind')}: unknown provider {kind!r} (known: {', '.join(sorted(PROTOCOLS))})"
+        )
+    url = t.get("url", str, "")
+    if url != EMULATOR_URL and not re.match(r"^wss?://[^/\s]+", url):
+        raise ConfigError(f'{t.key("url")}: expected a ws:// or wss:// URL, or "{EMULATOR_URL}"')
+    subs_raw = t.get("subscriptions", list, [])
+    if not subs_raw:
+        raise ConfigError(f"{t.key('subscriptions')}: at least one subscription is needed")
+    protocol = PROTOCOLS[kind]
+    subs = []
+    for i, raw in enumerate(subs_raw):
+        where = f"{t.key('subscriptions')}[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a table")
+        subs.append(protocol.parse_subscription(raw, where))
+    names = [s.name for s in subs]
+    if dup := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"{t.key('subscriptions')}: the subscription name {dup[0]!r} is used twice")
+    b = t.table("backoff")
+    b.only("initial", "max", "healthy_after")
+    backoff = BackoffConfig(
+        initial=float(b.positive("initial", _BACKOFF.initial)),
+        max=float(b.positive("max", _BACKOFF.max)),
+        healthy_after=float(b.positive("healthy_after", _BACKOFF.healthy_after)),
+    )
+    return ProviderConfig(
+        name=name,
+        kind=kind,
+        url=url,
+        auth=_auth(t.table("auth"), kind),
+        subscriptions=tuple(subs),
+        idle_timeout=float(t.positive("idle_timeout", 30.0)),
+        ping_interval=float(t.positive("ping_interval", 0.0, zero=True)),
+        keepalive_interval=float(t.positive("keepalive_interval", 20.0)),
+        backoff=backoff,
+        emulator=t.get("emulator", dict, {}),
+    )
+
+
+def parse_config(doc: Mapping[str, Any], *, base: Path, source: str = "<built-in>") -> Config:
+    """Validate a parsed TOML document; raises ConfigError naming the first key at fault."""
+    top = _Table(dict(doc), "")
+    top.only("instance", "log_format", "storage", "flush", "providers")
+    instance = top.get("instance", str, "main")
+    if not _NAME.match(instance):
+        raise ConfigError(f"instance: expected a lower-case identifier, got {instance!r}")
+    log_format = top.get("log_format", str, "console")
+    if log_format not in ("console", "json"):
+        raise ConfigError(f'log_format: expected "console" or "json", got {log_format!r}')
+    providers_t = top.table("providers")
+    providers = []
+    for name, raw in providers_t.raw.items():
+        pt = _Table(raw, f"providers.{name}")
+        if pt.get("enabled", bool, True):
+            providers.append(_provider(name, pt))
+    if not providers:
+        raise ConfigError("providers: no enabled provider")
+    return Config(
+        instance=instance,
+        storage=_storage(top.table("storage"), base),
+        flush=_flush(top.table("flush")),
+        providers=tuple(providers),
+        log_format=log_format,
+        source=source,
+    )
+
+
+def load_config(path: Path | None) -> Config:
+    """Read a TOML config file, or the built-in demo config against the local emulators."""
+    file = path or DEFAULT_CONFIG
+    try:
+        with file.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    # Paths in a user's config are relative to where the daemon runs; the demo writes to ./data.
+    return parse_config(doc, base=Path(os.getcwd()), source=str(path) if path else "<built-in>")

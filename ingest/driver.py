@@ -1,0 +1,306 @@
+"""The one connection driver every collector uses: connect, feed the protocol, watch, reconnect.
+
+A session is one socket. It ends on a close, an error, or silence (the watchdog), and the driver
+reconnects with capped, jittered exponential backoff (tenacity). A session that lived
+`healthy_after` seconds resets the backoff; a Fatal error (bad key, a fatal close code, the
+provider saying so) stops this collector only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import aiohttp
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_fixed,
+    wait_random_exponential,
+)
+
+from ingest.auth import Target
+from ingest.config import ProviderConfig
+from ingest.errors import AuthRejected, Disconnected, Fatal, ProtocolFatal, Silent, Transient
+from ingest.events import FatalError, Reconnect, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
+from ingest.metrics import ProviderStats
+from ingest.protocols.base import ProviderProtocol
+
+__all__ = ["Collector", "RowSink"]
+
+log = structlog.get_logger("ingest.driver")
+_DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
+_GONE = (
+    aiohttp.WSMsgType.CLOSE,
+    aiohttp.WSMsgType.CLOSING,
+    aiohttp.WSMsgType.CLOSED,
+    aiohttp.WSMsgType.ERROR,
+)
+
+
+class RowSink(Protocol):
+    """Where a collector puts what it reads (the Buffer)."""
+
+    def add(self, rows: Rows) -> None: ...
+    def reject(self, rejected: Rejected) -> None: ...
+    @property
+    def congested(self) -> bool: ...
+    def wait_for_room(self) -> Awaitable[None]: ...
+
+
+class _ReconnectNow(Exception):
+    """The provider asked for a fresh connection: skip the backoff."""
+
+
+class Collector:
+    """Runs one provider's protocol over a WebSocket until stopped or fatally refused."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        protocol: ProviderProtocol,
+        target: Target,
+        sink: RowSink,
+        stats: ProviderStats,
+        *,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        close_timeout: float = 3.0,
+    ) -> None:
+        self.config = config
+        self.protocol = protocol
+        self._target = target
+        self._sink = sink
+        self.stats = stats
+        self._sleep_override = sleep
+        self._close_timeout = close_timeout
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._deadline: asyncio.Timeout | None = None
+        self._lost_at: float | None = None
+        self.log = log.bind(provider=config.name)
+        stats.display_url = target.display_url
+        for sub in config.subscriptions:
+            stats.subscriptions[sub.name] = "pending"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Collect until stop(); returns after a Fatal error too (reported, not raised)."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            try:
+                while not self._stopping:
+                    # A fresh retry state per outage: the backoff starts small again after a healthy session.
+                    async for attempt in self._retrying():
+                        with attempt:
+                            await self._session(http)
+            except Fatal as exc:
+                self.stats.state = "failed"
+                self.stats.last_error = str(exc)
+                self.log.error("collector stopped", reason=str(exc))
+                return
+        self.stats.state = "stopped"
+
+    async def stop(self) -> None:
+        """Say goodbye (unsubscribe), read what was already sent, then close; ends run()."""
+        self._stopping = True
+        self._stop_event.set()
+        if self._deadline is not None:
+            self.protocol.close()
+            # Frames already on the wire are still read until the goodbye is acknowledged.
+            self._arm_deadline(0.0 if self.protocol.closed else self._close_timeout)
+
+    def _retrying(self) -> AsyncRetrying:
+        b = self.config.backoff
+        return AsyncRetrying(
+            retry=retry_if_exception_type(Transient),
+            wait=wait_fixed(0.05) + wait_random_exponential(multiplier=b.initial, max=b.max),
+            sleep=self._sleep_override or self._sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        self.stats.state = "backoff"
+        self.stats.last_error = str(exc)
+        self.log.warning("reconnecting", after=round(delay, 2), attempt=state.attempt_number, reason=str(exc))
+
+    # -- one socket ------------------------------------------------------------------------------
+
+    async def _session(self, http: aiohttp.ClientSession) -> None:
+        if self._stopping:
+            return
+        self.stats.state = "connecting"
+        try:
+            ws = await http.ws_connect(
+                self._target.url,
+                headers=self._target.headers,
+                protocols=self.protocol.subprotocols,
+                autoping=False,  # pings are liveness: the driver sees and answers them itself
+                heartbeat=self.config.ping_interval or None,
+                max_msg_size=0,  # provider frames can exceed aiohttp's 4 MiB default (PROTOCOLS.md 5.6)
+                decode_text=False,  # msgspec reads bytes; skipping str saves a UTF-8 pass per frame
+                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            # str(exc) carries the request URL, key included: build the message from safe parts.
+            message = f"handshake refused: HTTP {exc.status} {exc.message}"
+            if exc.status in (401, 403):
+                raise AuthRejected(message) from None
+            raise Disconnected(message) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise Disconnected(f"connect failed: {type(exc).__name__}: {_safe(exc, self._target)}") from None
+        started = time.monotonic()
+        self._on_connected()
+        try:
+            async with ws:
+                await self._read(ws)
+        except _ReconnectNow as exc:
+            self.log.info("reconnecting at once", reason=str(exc))
+            return
+        except Transient as exc:
+            lived = time.monotonic() - started
+            self._on_lost(str(exc))
+            if self._stopping:
+                return
+            if lived < self.config.backoff.healthy_after:
+                raise
+            self.log.warning("connection lost", reason=str(exc), lived=round(lived, 1))
+            return
+        finally:
+            self._deadline = None
+            self.protocol.connection_lost()
+            if self._lost_at is None:
+                self._lost_at = time.monotonic()
+
+    def _on_connected(self) -> None:
+        self.stats.connects += 1
+        self.stats.state = "connected"
+        if self._lost_at is not None:
+            self.stats.disconnected_seconds += time.monotonic() - self._lost_at
+            self._lost_at = None
+        self.log.info("connected", url=self._target.display_url, connects=self.stats.connects)
+        for name in self.stats.subscriptions:
+            if not self.stats.subscriptions[name].startswith("failed"):
+                self.stats.subscriptions[name] = "pending"
+
+    def _on_lost(self, reason: str) -> None:
+        self._lost_at = time.monotonic()
+        self.stats.state = "backoff"
+        self.stats.last_error = reason
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        protocol, sink, stats = self.protocol, self._sink, self.stats
+        self.protocol.connect()
+        await self._send(ws)
+        try:
+            async with asyncio.timeout(None) as deadline:
+                self._deadline = deadline
+                watchdog = asyncio.create_task(self._watchdog(ws))
+                try:
+                    while True:
+                        msg = await ws.receive()
+                        kind = msg.type
+                        if kind in _DATA:
+                            stats.frames += 1
+                            for event in protocol.receive(msg.data, time.time_ns()):
+                                if type(event) is Rows:
+                                    sink.add(event)
+                                else:
+                                    self._on_event(event)
+                            if out := protocol.data_to_send():
+                                await self._send(ws, out)
+                            if sink.congested:
+                                await sink.wait_for_room()
+                            if self._stopping and protocol.closed:
+                                return
+                        elif kind is aiohttp.WSMsgType.PING:
+                            stats.keepalives += 1
+                            await ws.pong(msg.data)
+                        elif kind is aiohttp.WSMsgType.PONG:
+                            stats.keepalives += 1
+                        elif kind in _GONE:
+                            self._closed_by_server(ws, msg)
+                finally:
+                    watchdog.cancel()
+        except TimeoutError:
+            if self._stopping:
+                return
+            raise Silent(f"no frame for {self.config.idle_timeout:g} s") from None
+
+    def _closed_by_server(self, ws: aiohttp.ClientWebSocketResponse, msg: aiohttp.WSMessage) -> None:
+        code = ws.close_code if msg.type is not aiohttp.WSMsgType.CLOSE else msg.data
+        reason = (msg.extra or "") if msg.type is aiohttp.WSMsgType.CLOSE else ""
+        if msg.type is aiohttp.WSMsgType.ERROR:
+            raise Disconnected(f"socket error: {type(msg.data).__name__}")
+        if self._stopping:
+            raise Disconnected("closed during shutdown", code=code)
+        if code in self.protocol.fatal_close_codes:
+            raise ProtocolFatal(f"server closed the connection with {code} {reason}".strip())
+        raise Disconnected(f"server closed the connection ({code} {reason})".strip(), code=code)
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, Rejected):
+            self._sink.reject(event)
+        elif isinstance(event, SubscriptionAcked):
+            self.stats.subscriptions[event.subscription] = "active"
+            self.log.info("subscribed", subscription=event.subscription)
+        elif isinstance(event, SubscriptionFailed):
+            self.stats.subscriptions[event.subscription] = f"failed: {event.message}"
+            self.log.error(
+                "subscription refused",
+                subscription=event.subscription,
+                error=event.message,
+                retryable=event.retryable,
+            )
+            if self.protocol.active == 0 and not event.retryable:
+                raise ProtocolFatal("every subscription was refused")
+        elif isinstance(event, FatalError):
+            raise ProtocolFatal(event.reason)
+        elif isinstance(event, Reconnect):
+            raise _ReconnectNow(event.reason)
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, frames: list[str] | None = None) -> None:
+        for frame in frames if frames is not None else self.protocol.data_to_send():
+            await ws.send_str(frame)
+
+    def _arm_deadline(self, delay: float) -> None:
+        if self._deadline is not None:
+            self._deadline.reschedule(asyncio.get_running_loop().time() + delay)
+
+    async def _watchdog(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Fire the read deadline when nothing at all arrived for idle_timeout; run keepalives."""
+        loop = asyncio.get_running_loop()
+        idle = self.config.idle_timeout
+        tick = min(1.0, idle / 4)
+        seen, seen_at, keepalive_at = -1, loop.time(), loop.time()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            count = self.stats.frames + self.stats.keepalives
+            if count != seen:
+                seen, seen_at = count, now
+            elif now - seen_at >= idle and not self._stopping:
+                self._arm_deadline(0.0)
+                return
+            if now - keepalive_at >= self.config.keepalive_interval:
+                keepalive_at = now
+                self.protocol.keepalive()
+                with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+                    await self._send(ws)
+
+
+def _safe(exc: BaseException, target: Target) -> str:
+    text = str(exc)
+    return text.replace(target.url, target.display_url)

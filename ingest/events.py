@@ -1,0 +1,76 @@
+"""What provider protocols emit: plain values, no behaviour, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Event",
+    "FatalError",
+    "Reconnect",
+    "Rejected",
+    "Rows",
+    "SubscriptionAcked",
+    "SubscriptionFailed",
+]
+
+
+@dataclass(slots=True)
+class Rows:
+    """Records of one dataset from one frame, each kept as its raw JSON bytes.
+
+    Decoding into columns happens a flush at a time (see arrow_batch), not per frame.
+    """
+
+    provider: str
+    dataset: str
+    subscription: str
+    records: list[bytes]
+    received_at: int  # ns since epoch, UTC
+    context: Mapping[str, Any] = field(default_factory=dict)  # envelope values for context columns
+    is_reorg: bool = False  # envelope-level reorg flag (ORed with the payload's)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A frame or record that could not be read: it goes to quarantine, never away."""
+
+    provider: str
+    raw: bytes
+    reason: str
+    received_at: int
+    subscription: str = ""
+    dataset: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionAcked:
+    subscription: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionFailed:
+    """The provider refused one subscription; the others go on."""
+
+    subscription: str
+    message: str
+    retryable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """The provider asked for (or the protocol needs) a fresh connection."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FatalError:
+    """The provider said something reconnecting will not fix (bad key): stop this collector."""
+
+    reason: str
+
+
+Event = Rows | Rejected | SubscriptionAcked | SubscriptionFailed | Reconnect | FatalError

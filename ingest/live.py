@@ -1,0 +1,113 @@
+"""What a person watching sees: a rich live table while the daemon runs, and the summary at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import structlog
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from ingest.buffer import Buffer
+from ingest.metrics import Metrics
+
+__all__ = ["LiveView", "progress_logger"]
+
+log = structlog.get_logger("ingest.live")
+
+
+def _ns_time(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class _Rates:
+    """Rows per second per dataset, from the difference between two looks at the counters."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+        self._at = time.monotonic()
+        self.rates: dict[str, float] = {}
+
+    def update(self, counts: dict[str, int]) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self._at, 1e-6)
+        self.rates = {k: (v - self._last.get(k, 0)) / elapsed for k, v in counts.items()}
+        self._last, self._at = dict(counts), now
+
+
+class LiveView:
+    def __init__(self, metrics: Metrics, buffer: Buffer, console: Console | None = None) -> None:
+        self.metrics = metrics
+        self.buffer = buffer
+        self.console = console or Console(stderr=True)
+        self._rates = _Rates()
+        self._started = time.monotonic()
+
+    def render(self) -> Group:
+        self._rates.update(self.buffer.received)
+        buffered = self.buffer.buffered_rows
+        datasets = Table(
+            title=f"ingesting for {time.monotonic() - self._started:.0f} s", title_justify="left"
+        )
+        for col, justify in (
+            ("dataset", "left"),
+            ("rows/s", "right"),
+            ("rows", "right"),
+            ("written", "right"),
+            ("buffered", "right"),
+            ("reorg rows", "right"),
+            ("last event time (UTC)", "left"),
+        ):
+            datasets.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for name in sorted(self.buffer.received):
+            stats = self.metrics.dataset(name)
+            datasets.add_row(
+                name,
+                f"{self._rates.rates.get(name, 0.0):,.0f}",
+                f"{self.buffer.received[name]:,}",
+                f"{stats.rows_written:,}",
+                f"{buffered.get(name, 0):,}",
+                f"{stats.reorg_rows:,}",
+                _ns_time(stats.last_event_time),
+            )
+        providers = Table()
+        for col in ("provider", "state", "endpoint", "frames", "reconnects", "subscriptions", "last error"):
+            providers.add_column(col)
+        for p in self.metrics.providers.values():
+            active = sum(1 for s in p.subscriptions.values() if s == "active")
+            providers.add_row(
+                p.name,
+                p.state,
+                p.display_url,
+                f"{p.frames:,}",
+                str(p.reconnects),
+                f"{active}/{len(p.subscriptions)} active",
+                p.last_error[:60],
+            )
+        return Group(providers, datasets)
+
+    async def run(self) -> None:
+        with Live(self.render(), console=self.console, refresh_per_second=4, redirect_stderr=False) as live:
+            while True:
+                await asyncio.sleep(0.5)
+                live.update(self.render())
+
+
+async def progress_logger(metrics: Metrics, buffer: Buffer, every: float = 5.0) -> None:
+    """The unattended stand-in for the live view: one log line per interval."""
+    rates = _Rates()
+    while True:
+        await asyncio.sleep(every)
+        rates.update(buffer.received)
+        log.info(
+            "progress",
+            rows={k: v for k, v in sorted(buffer.received.items())},
+            rows_per_s=round(sum(rates.rates.values())),
+            buffered=sum(buffer.buffered_rows.values()),
+            reconnects={p.name: p.reconnects for p in metrics.providers.values()},
+        )

@@ -1,0 +1,60 @@
+"""Counters and states the live view, the summary and the logs read: plain attributes, cheap to bump."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["DatasetStats", "Metrics", "ProviderStats"]
+
+
+@dataclass(slots=True)
+class ProviderStats:
+    """One collector's connection: what it is doing and what came over its socket."""
+
+    name: str
+    display_url: str = ""
+    state: str = "starting"  # starting | connecting | connected | backoff | stopped | failed
+    connects: int = 0
+    frames: int = 0
+    keepalives: int = 0  # pings and other non-data liveness frames
+    last_error: str = ""
+    subscriptions: dict[str, str] = field(default_factory=dict)  # name -> pending | active | failed: …
+    disconnected_seconds: float = 0.0
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+
+@dataclass(slots=True)
+class DatasetStats:
+    """What reached the sinks for one dataset."""
+
+    rows_written: int = 0
+    flushes: int = 0
+    files: int = 0
+    reorg_rows: int = 0
+    last_event_time: int | None = None  # ns since epoch
+    last_flush_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class Metrics:
+    providers: dict[str, ProviderStats] = field(default_factory=dict)
+    datasets: dict[str, DatasetStats] = field(default_factory=dict)
+    quarantined: Counter[str] = field(default_factory=Counter)  # by reason (first words)
+    files: list[str] = field(default_factory=list)  # Parquet files written this run
+    sink_errors: int = 0
+
+    def provider(self, name: str) -> ProviderStats:
+        stats = self.providers.get(name)
+        if stats is None:
+            stats = self.providers[name] = ProviderStats(name)
+        return stats
+
+    def dataset(self, name: str) -> DatasetStats:
+        stats = self.datasets.get(name)
+        if stats is None:
+            stats = self.datasets[name] = DatasetStats()
+        return stats

@@ -1,0 +1,12 @@
+"""Provider protocols (sans-I/O): the registry of every provider the daemon can collect from."""
+
+from __future__ import annotations
+
+from ingest.protocols.base import AuthDefaults, ProviderProtocol, SubscriptionSpec
+from ingest.protocols.blockdb import BlockDBProtocol
+
+__all__ = ["PROTOCOLS", "AuthDefaults", "ProviderProtocol", "SubscriptionSpec"]
+
+PROTOCOLS: dict[str, type[BlockDBProtocol]] = {
+    BlockDBProtocol.kind: BlockDBProtocol,
+}

@@ -1,0 +1,76 @@
+"""The contract every provider protocol keeps: frames in, events and frames out, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from ingest.events import Event
+
+__all__ = ["AuthDefaults", "ProviderProtocol", "SubscriptionSpec"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDefaults:
+    """Where a provider expects its key, unless the config says otherwise."""
+
+    location: str  # "header" or "query"
+    header: str = "Authorization"
+    scheme: str = "Bearer"
+    query_param: str = "api_key"
+
+
+class SubscriptionSpec(Protocol):
+    name: str
+
+
+class ProviderProtocol(Protocol):
+    """A provider's wire protocol as a state machine (websockets' sans-I/O style).
+
+    The driver owns the socket and the clock: it calls connect() after every (re)connect, feeds
+    each frame to receive(), sends what data_to_send() drains, and calls connection_lost() when
+    the socket goes. The protocol remembers the desired subscriptions across connections.
+    """
+
+    kind: ClassVar[str]
+    auth: ClassVar[AuthDefaults]
+    subprotocols: ClassVar[tuple[str, ...]]
+    fatal_close_codes: ClassVar[frozenset[int]]  # close codes that reconnecting will not fix
+
+    name: str  # the configured provider name, stamped on every row
+
+    @classmethod
+    def parse_subscription(cls, raw: Mapping[str, Any], where: str) -> SubscriptionSpec:
+        """Validate one subscription table of the config; raise ConfigError naming the key."""
+        ...
+
+    def connect(self) -> None:
+        """Queue the handshake and every desired subscription."""
+
+    def receive(self, frame: str | bytes, received_at: int) -> list[Event]:
+        """Read one frame; never raises for anything the server can send."""
+        ...
+
+    def data_to_send(self) -> list[str]:
+        """Drain the frames queued for the server."""
+        ...
+
+    def keepalive(self) -> None:
+        """Called on an interval while connected: queue an app-level ping or retries."""
+
+    def close(self) -> None:
+        """Queue what a clean goodbye needs (unsubscribes, completes)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once every goodbye was acknowledged (or none was needed)."""
+        ...
+
+    @property
+    def active(self) -> int:
+        """How many subscriptions are still wanted (0 means nothing left to do)."""
+        ...
+
+    def connection_lost(self) -> None:
+        """Forget per-connection state (acks, ids); keep the desired subscriptions."""

@@ -1,0 +1,222 @@
+"""BlockDB EVM streams (PROTOCOLS.md section 2): subscribe by chain_id + dataset_id, one record per frame."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgspec
+
+from ingest.errors import ConfigError
+from ingest.events import (
+    Event,
+    FatalError,
+    Rejected,
+    Rows,
+    SubscriptionAcked,
+    SubscriptionFailed,
+)
+from ingest.protocols.base import AuthDefaults
+
+__all__ = ["DATASETS", "GENERIC_DATASET", "BlockDBProtocol", "BlockDBSubscription"]
+
+# Dataset ids with a typed table; every other id lands in the generic table with its payload.
+DATASETS: dict[str, str] = {
+    "0101": "blockdb_blocks",
+    "0102": "blockdb_transactions",
+    "0103": "blockdb_logs",
+    "0302": "blockdb_swaps",
+    "0304": "blockdb_transfers",
+}
+GENERIC_DATASET = "blockdb_generic"
+_DATASET_ID = re.compile(r"^\d{4}$")
+_AUTH_CODES = frozenset({"UNAUTHORIZED", "FORBIDDEN"})
+
+Pair = tuple[int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDBSubscription:
+    name: str
+    chain_id: int
+    dataset_id: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def pair(self) -> Pair:
+        return (self.chain_id, self.dataset_id)
+
+
+class _Frame(msgspec.Struct, kw_only=True):
+    """Every server frame: acks carry action/status, updates carry data (PROTOCOLS.md 2.3)."""
+
+    action: str | None = None
+    status: str | None = None
+    error: Any = None
+    chain_id: int | None = None
+    dataset_id: str | None = None
+    is_reorg: bool | None = None
+    data: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_decode = msgspec.json.Decoder(_Frame).decode
+_encode = msgspec.json.encode
+
+
+class BlockDBProtocol:
+    """Sans-I/O BlockDB session: desired subscriptions survive reconnects, acks tracked per socket."""
+
+    kind: ClassVar[str] = "blockdb"
+    auth: ClassVar[AuthDefaults] = AuthDefaults(location="header", query_param="api_key")
+    subprotocols: ClassVar[tuple[str, ...]] = ()
+    # 1008 POLICY_VIOLATION is BlockDB's answer to a bad key or scope: retrying the same key loops.
+    fatal_close_codes: ClassVar[frozenset[int]] = frozenset({1008})
+
+    def __init__(self, name: str, subscriptions: list[BlockDBSubscription]) -> None:
+        self.name = name
+        self._desired: dict[Pair, BlockDBSubscription] = {s.pair: s for s in subscriptions}
+        self._sent: set[Pair] = set()  # subscribed on this socket (acked or not yet)
+        self._acked: set[Pair] = set()
+        self._retry: set[Pair] = set()  # refused with retryable=true: asked again on keepalive()
+        self._closing = False
+        self._unsubscribing: set[Pair] = set()
+        self._outbox: list[str] = []
+        self._context: dict[Pair, dict[str, Any]] = {}
+
+    @classmethod
+    def parse_subscription(cls, raw: Mapping[str, Any], where: str) -> BlockDBSubscription:
+        unknown = set(raw) - {"name", "chain_id", "dataset_id", "params"}
+        if unknown:
+            raise ConfigError(
+                f"{where}.{sorted(unknown)[0]}: unknown key (expected chain_id, dataset_id, params, name)"
+            )
+        chain_id = raw.get("chain_id")
+        if not isinstance(chain_id, int) or isinstance(chain_id, bool) or chain_id <= 0:
+            raise ConfigError(f"{where}.chain_id: expected a positive integer, got {chain_id!r}")
+        dataset_id = raw.get("dataset_id")
+        if not isinstance(dataset_id, str) or not _DATASET_ID.match(dataset_id):
+            raise ConfigError(
+                f'{where}.dataset_id: expected a 4-digit string such as "0101", got {dataset_id!r}'
+            )
+        params = raw.get("params", {})
+        if not isinstance(params, dict):
+            raise ConfigError(f"{where}.params: expected a table")
+        name = raw.get("name", f"{chain_id}:{dataset_id}")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}.name: expected a non-empty string")
+        return BlockDBSubscription(name=name, chain_id=chain_id, dataset_id=dataset_id, params=params)
+
+    # -- driver inputs ---------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        # BlockDB keeps nothing across reconnects: every subscription is sent again (doc 2.2).
+        for sub in self._desired.values():
+            self._subscribe(sub)
+            self._sent.add(sub.pair)
+
+    def receive(self, frame: str | bytes, received_at: int) -> list[Event]:
+        try:
+            msg = _decode(frame)
+        except msgspec.MsgspecError as exc:
+            return [self._reject(frame, f"unreadable frame: {exc}", received_at)]
+        if msg.status is not None:
+            return self._on_ack(msg, frame, received_at)
+        data = bytes(msg.data)
+        if msg.chain_id is not None and msg.dataset_id is not None and data != b"null":
+            pair = (msg.chain_id, msg.dataset_id)
+            sub = self._desired.get(pair)
+            context = self._context.get(pair)
+            if context is None:
+                context = self._context[pair] = {"chain_id": msg.chain_id, "dataset_id": msg.dataset_id}
+            return [
+                Rows(
+                    provider=self.name,
+                    dataset=DATASETS.get(msg.dataset_id, GENERIC_DATASET),
+                    subscription=sub.name if sub else f"{msg.chain_id}:{msg.dataset_id}",
+                    records=[data],
+                    received_at=received_at,
+                    context=context,
+                    is_reorg=bool(msg.is_reorg),
+                )
+            ]
+        return [self._reject(frame, "unknown message: neither an acknowledgement nor an update", received_at)]
+
+    def data_to_send(self) -> list[str]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def keepalive(self) -> None:
+        for pair in list(self._retry):
+            self._retry.discard(pair)
+            if pair in self._desired:
+                self._subscribe(self._desired[pair])
+
+    def close(self) -> None:
+        self._closing = True
+        for pair in sorted(self._sent):
+            self._unsubscribing.add(pair)
+            self._outbox.append(
+                _encode({"action": "unsubscribe", "chain_id": pair[0], "dataset_id": pair[1]}).decode()
+            )
+
+    @property
+    def closed(self) -> bool:
+        return self._closing and not self._unsubscribing
+
+    @property
+    def active(self) -> int:
+        return len(self._desired)
+
+    def connection_lost(self) -> None:
+        self._sent.clear()
+        self._acked.clear()
+        self._unsubscribing.clear()
+        self._retry.clear()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _subscribe(self, sub: BlockDBSubscription) -> None:
+        msg = {
+            "action": "subscribe",
+            "chain_id": sub.chain_id,
+            "dataset_id": sub.dataset_id,
+            "params": sub.params,
+        }
+        self._outbox.append(_encode(msg).decode())
+
+    def _reject(self, frame: str | bytes, reason: str, received_at: int) -> Rejected:
+        raw = frame.encode() if isinstance(frame, str) else frame
+        return Rejected(self.name, raw, reason, received_at)
+
+    def _on_ack(self, msg: _Frame, frame: str | bytes, received_at: int) -> list[Event]:
+        pair = (msg.chain_id, msg.dataset_id)
+        sub = self._desired.get(pair) if msg.chain_id is not None and msg.dataset_id is not None else None
+        label = sub.name if sub else f"{msg.chain_id}:{msg.dataset_id}"
+        if msg.status == "success":
+            if msg.action == "subscribe" and sub is not None:
+                self._acked.add(sub.pair)
+                return [SubscriptionAcked(sub.name)]
+            if msg.action == "unsubscribe":
+                self._unsubscribing.discard(pair)  # type: ignore[arg-type]
+                self._acked.discard(pair)  # type: ignore[arg-type]
+                return []
+            return [self._reject(frame, f"acknowledgement for no known subscription ({label})", received_at)]
+        error = msg.error if isinstance(msg.error, dict) else {}
+        text = f"{error.get('code', 'ERROR')}: {error.get('message', msg.error)}"
+        if hint := error.get("hint"):
+            text += f" (hint: {hint})"
+        if error.get("code") in _AUTH_CODES:
+            return [FatalError(f"{label}: {text}")]
+        retryable = bool(error.get("retryable", False))
+        if msg.action == "unsubscribe":
+            self._unsubscribing.discard(pair)  # type: ignore[arg-type]
+        elif sub is not None:
+            if retryable:
+                self._retry.add(sub.pair)
+            else:
+                # Not retryable: asking again only repeats the error, so this one stops here.
+                del self._desired[sub.pair]
+                self._sent.discard(sub.pair)
+        return [SubscriptionFailed(label, text, retryable)]

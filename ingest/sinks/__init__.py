@@ -1,0 +1,1 @@
+"""Where flushed Arrow tables go: Parquet files and DuckDB tables."""

@@ -1,0 +1,79 @@
+"""DuckDB sink: one table per dataset, created from the declaration, appended a flush at a time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import structlog
+
+from ingest.errors import Fatal
+from ingest.schema import Dataset, quote_ident
+from ingest.views import apply_views
+
+__all__ = ["DuckDBSink"]
+
+log = structlog.get_logger("ingest.sinks.duckdb")
+
+
+class DuckDBSink:
+    name = "duckdb"
+
+    def __init__(self, path: Path, *, lock_wait: float = 15.0) -> None:
+        self.path = path
+        self._lock_wait = lock_wait
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def open(self, datasets: Iterable[Dataset]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = self._connect()
+        for ds in datasets:
+            self._con.execute(ds.create_table_sql())
+            self._add_missing_columns(ds)
+        apply_views(self._con)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        # One writer or many readers, never both: a `query` reading the file right now holds it
+        # only briefly, so wait for it; another daemon would hold it for good.
+        deadline = time.monotonic() + self._lock_wait
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise Fatal(f"cannot open {self.path} for writing: {exc}") from None
+                log.warning("database busy, waiting", path=str(self.path))
+                time.sleep(0.5)
+
+    def _add_missing_columns(self, ds: Dataset) -> None:
+        """Columns declared after the table was made are added, so old data stays queryable."""
+        assert self._con is not None
+        existing = {
+            row[0]
+            for row in self._con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [ds.name]
+            ).fetchall()
+        }
+        for name, typ in ds.duckdb_columns():
+            if name not in existing:
+                self._con.execute(f"ALTER TABLE {quote_ident(ds.name)} ADD COLUMN {quote_ident(name)} {typ}")
+
+    def write(self, dataset: Dataset, table: pa.Table) -> list[str]:
+        con = self._con
+        assert con is not None, "open() first"
+        con.register("_ingest_batch", table)
+        try:
+            # BY NAME: the Arrow schema and the table agree on names, not necessarily on order.
+            con.execute(f"INSERT INTO {quote_ident(dataset.name)} BY NAME SELECT * FROM _ingest_batch")
+        finally:
+            con.unregister("_ingest_batch")
+        return []
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.execute("CHECKPOINT")
+            self._con.close()
+            self._con = None

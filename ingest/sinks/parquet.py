@@ -1,0 +1,88 @@
+"""Parquet sink: dataset=<name>/date=<YYYY-MM-DD>/ partitions, zstd, one atomic file per flush.
+
+Written through pyarrow's filesystem layer so a bucket URI works where a directory does. A file
+appears under its final name only once complete (temporary name, then move), so a reader never
+sees half a file; the temporary suffix is not *.parquet, so globs skip it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import time
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ingest.schema import Dataset
+
+__all__ = ["ParquetSink", "dataset_glob"]
+
+
+def dataset_glob(root: str, dataset: str) -> str:
+    """The glob that reads every file of a dataset (what views and notebooks use)."""
+    return f"{root.rstrip('/')}/dataset={dataset}/*/*.parquet"
+
+
+class ParquetSink:
+    name = "parquet"
+
+    def __init__(self, root: str, instance: str, *, compression: str = "zstd") -> None:
+        if "://" in root:
+            self._fs, self._root = pafs.FileSystem.from_uri(root)
+            self._local = isinstance(self._fs, pafs.LocalFileSystem)
+        else:
+            self._fs, self._root, self._local = pafs.LocalFileSystem(), os.path.abspath(root), True
+        self.root = root
+        self._instance = instance
+        self._compression = compression
+        # Names carry instance, wall-clock start and a sequence: unique across restarts and daemons.
+        self._run = time.time_ns()
+        self._seq = itertools.count()
+
+    def open(self, datasets: Iterable[Dataset]) -> None:
+        for ds in datasets:
+            self._fs.create_dir(f"{self._root}/dataset={ds.name}", recursive=True)
+
+    def write(self, dataset: Dataset, table: pa.Table) -> list[str]:
+        days = pc.floor_temporal(table["_received_at"], unit="day")
+        unique = pc.unique(days).to_pylist()
+        if len(unique) == 1:  # the usual case: one flush, one day
+            return [self._write_file(dataset, table, unique[0].date().isoformat())]
+        paths = []
+        for day in sorted(unique):
+            part = table.filter(pc.equal(days, pa.scalar(day, days.type)))
+            paths.append(self._write_file(dataset, part, day.date().isoformat()))
+        return paths
+
+    def _write_file(self, dataset: Dataset, table: pa.Table, day: str) -> str:
+        directory = f"{self._root}/dataset={dataset.name}/date={day}"
+        self._fs.create_dir(directory, recursive=True)
+        path = f"{directory}/{self._instance}-{self._run}-{next(self._seq):08d}.parquet"
+        tmp = path + ".tmp"
+        try:
+            with self._fs.open_output_stream(tmp) as out:
+                pq.write_table(table, out, compression=self._compression)
+            if self._local:
+                _fsync(tmp)  # the rename below must not publish a file whose bytes are not on disk
+            self._fs.move(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError, pa.ArrowException):  # best effort: the error below matters
+                self._fs.delete_file(tmp)
+            raise
+        return path
+
+    def close(self) -> None:
+        pass
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

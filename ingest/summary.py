@@ -1,0 +1,104 @@
+"""End-of-run summary and `status`: what is in the store, read back from it."""
+
+from __future__ import annotations
+
+import duckdb
+from rich.console import Console
+from rich.table import Table
+
+from ingest.app import RunResult
+from ingest.buffer import QUARANTINE
+from ingest.config import Config
+from ingest.schema import Registry, quote_ident
+from ingest.views import connect_for_query
+
+__all__ = ["EXAMPLE_QUERIES", "print_summary", "status_table"]
+
+EXAMPLE_QUERIES = (
+    "SELECT chain, count(*) AS blocks, max(number) AS head FROM blocks GROUP BY chain",
+    "SELECT token_address, count(*) AS transfers, sum(amount_raw_f64) AS volume "
+    "FROM blockdb_transfers GROUP BY 1 ORDER BY 2 DESC LIMIT 5",
+)
+
+
+def status_table(con: duckdb.DuckDBPyConnection, registry: Registry, source: str) -> Table:
+    """Per dataset: rows, event-time range, reorg-flagged rows; then quarantine by reason."""
+    table = Table(title=f"datasets (read from {source})", title_justify="left")
+    for col in (
+        "dataset",
+        "rows",
+        "first event (UTC)",
+        "last event (UTC)",
+        "reorg rows",
+        "last received (UTC)",
+    ):
+        table.add_column(col, justify="right" if col in ("rows", "reorg rows") else "left")
+    for name, ds in sorted(registry.items()):
+        if ds.kind != "records":
+            continue
+        row = con.execute(
+            f"""SELECT count(*), strftime(min(_event_time), '%Y-%m-%d %H:%M:%S'),
+                       strftime(max(_event_time), '%Y-%m-%d %H:%M:%S'),
+                       count(*) FILTER (WHERE _is_reorg), strftime(max(_received_at), '%Y-%m-%d %H:%M:%S')
+                FROM {quote_ident(name)}"""
+        ).fetchone()
+        assert row is not None
+        table.add_row(name, f"{row[0]:,}", row[1] or "-", row[2] or "-", f"{row[3]:,}", row[4] or "-")
+    quarantined = con.execute(
+        f"SELECT provider, split_part(reason, ':', 1) AS kind, count(*) FROM {quote_ident(QUARANTINE)} "
+        "GROUP BY ALL ORDER BY 3 DESC"
+    ).fetchall()
+    table.caption = "quarantined frames: " + (
+        ", ".join(f"{p} {k}: {n}" for p, k, n in quarantined) if quarantined else "none"
+    )
+    return table
+
+
+def print_summary(result: RunResult, config: Config, registry: Registry, console: Console) -> None:
+    m = result.metrics
+    this_run = Table(title=f"this run ({result.seconds:.1f} s)", title_justify="left")
+    for col in ("dataset", "rows received", "rows written", "flushes", "files", "reorg rows"):
+        this_run.add_column(col, justify="left" if col == "dataset" else "right")
+    for name in sorted(result.buffer_received):
+        s = m.dataset(name)
+        this_run.add_row(
+            name,
+            f"{result.buffer_received[name]:,}",
+            f"{s.rows_written:,}",
+            str(s.flushes),
+            str(s.files),
+            f"{s.reorg_rows:,}",
+        )
+    console.print(this_run)
+
+    providers = Table(title="providers", title_justify="left")
+    for col in ("provider", "frames read", "emulator sent", "reconnects", "state", "last error"):
+        providers.add_column(col)
+    for p in m.providers.values():
+        sent = result.emulator_sent.get(p.name)
+        providers.add_row(
+            p.name,
+            f"{p.frames:,}",
+            "-" if sent is None else f"{sent:,} data frames",
+            str(p.reconnects),
+            p.state,
+            p.last_error[:60],
+        )
+    console.print(providers)
+
+    storage = config.storage
+    try:
+        con, source = connect_for_query(registry, storage.duckdb_path, storage.parquet_root)
+        console.print(status_table(con, registry, source))
+    except (duckdb.Error, FileNotFoundError) as exc:
+        console.print(f"[red]could not read the store back: {exc}[/red]")
+    if storage.duckdb_path:
+        console.print(f"DuckDB:  {storage.duckdb_path}")
+    if storage.parquet_root:
+        console.print(
+            f"Parquet: {storage.parquet_root}/dataset=<name>/date=<YYYY-MM-DD>/*.parquet "
+            f"({len(m.files)} files written this run)"
+        )
+    console.print("\nTry:")
+    for sql in EXAMPLE_QUERIES:
+        console.print(f'  python run.py query "{sql}"', soft_wrap=True)

@@ -1,0 +1,98 @@
+"""SQL views from sql/*.sql, and a query connection that works whether or not the daemon runs.
+
+DuckDB allows one writing process or many readers, never both. So a query does not open the
+database file while a daemon writes it: it binds one view per dataset to the Parquet files
+(which the daemon publishes atomically, a flush at a time) and applies the same sql/ views on top.
+With no daemon running it reads the database file instead, attached read-only.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import duckdb
+
+from ingest.schema import Dataset, Registry, quote_ident
+
+__all__ = ["SQL_DIR", "QuerySource", "apply_views", "connect_for_query"]
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+
+def apply_views(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Run sql/*.sql in file-name order; each file holds CREATE OR REPLACE VIEW statements."""
+    applied = []
+    for path in sorted(sql_dir.glob("*.sql")):
+        con.execute(path.read_text())
+        applied.append(path.stem)
+    return applied
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _empty_view(ds: Dataset) -> str:
+    """A typed view with no rows, for a dataset that has nothing stored yet."""
+    cols = ", ".join(f"CAST(NULL AS {t}) AS {quote_ident(n)}" for n, t in ds.duckdb_columns())
+    return f"CREATE OR REPLACE VIEW {quote_ident(ds.name)} AS SELECT {cols} WHERE false"
+
+
+def _parquet_view(con: duckdb.DuckDBPyConnection, ds: Dataset, root: str) -> str:
+    """A view over a dataset's Parquet files with the table's exact column types.
+
+    Files written before a column was declared lack it: it reads as NULL, as in the DuckDB table.
+    """
+    pattern = f"{root.rstrip('/')}/dataset={ds.name}/*/*.parquet"
+    if "://" not in root and not glob.glob(pattern):
+        return _empty_view(ds)  # read_parquet fails on an empty glob
+    source = f"read_parquet({_sql_str(pattern)}, union_by_name = true, hive_partitioning = false)"
+    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    cols = ", ".join(
+        f"CAST({quote_ident(n) if n in present else 'NULL'} AS {t}) AS {quote_ident(n)}"
+        for n, t in ds.duckdb_columns()
+    )
+    return f"CREATE OR REPLACE VIEW {quote_ident(ds.name)} AS SELECT {cols} FROM {source}"
+
+
+class QuerySource:
+    DUCKDB = "duckdb"
+    PARQUET = "parquet"
+
+
+def connect_for_query(
+    registry: Registry, duckdb_path: Path | None, parquet_root: str | None
+) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """An in-memory connection whose dataset views read the database file or the Parquet files."""
+    con = duckdb.connect(":memory:")
+    source = None
+    if duckdb_path is not None and duckdb_path.exists():
+        try:
+            con.execute(f"ATTACH {_sql_str(str(duckdb_path))} AS store (READ_ONLY)")
+            source = QuerySource.DUCKDB
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or parquet_root is None:
+                raise
+    if source == QuerySource.DUCKDB:
+        tables = {
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'store'"
+            ).fetchall()
+        }
+        for ds in registry.values():
+            if ds.name in tables:
+                con.execute(
+                    f"CREATE VIEW {quote_ident(ds.name)} AS SELECT * FROM store.main.{quote_ident(ds.name)}"
+                )
+            else:
+                con.execute(_empty_view(ds))
+    elif parquet_root is not None:
+        source = QuerySource.PARQUET
+        for ds in registry.values():
+            con.execute(_parquet_view(con, ds, parquet_root))
+    else:
+        raise FileNotFoundError(f"no data yet: {duckdb_path} does not exist")
+    apply_views(con)
+    return con, source

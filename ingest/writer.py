@@ -1,0 +1,115 @@
+"""Consumes flushes: builds the Arrow table and writes every sink, off the event loop.
+
+Work per flush, not per message: one decode, one table, one append per sink. Sinks run in
+worker threads (pyarrow and DuckDB release the GIL, so the second core does real work), each
+sink in its own thread so a slow one does not hold the other. A failing sink is retried with
+backoff and the flush keeps its place, so nothing is dropped; meanwhile the buffer's byte limit
+makes the readers wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
+
+from ingest.arrow_batch import BuildResult, build_table, quarantine_table
+from ingest.buffer import QUARANTINE, Buffer, Flush
+from ingest.errors import Fatal
+from ingest.metrics import Metrics
+from ingest.schema import Dataset, Registry
+from ingest.sinks.base import Sink
+
+__all__ = ["Writer"]
+
+log = structlog.get_logger("ingest.writer")
+
+
+class Writer:
+    def __init__(
+        self,
+        registry: Registry,
+        buffer: Buffer,
+        sinks: Sequence[Sink],
+        metrics: Metrics,
+        *,
+        retry_max: float = 10.0,
+    ) -> None:
+        self._registry = registry
+        self._buffer = buffer
+        self._sinks = list(sinks)
+        self._metrics = metrics
+        self._retry_max = retry_max
+
+    async def run(self) -> None:
+        """Write flushes in order until the buffer is closed and drained."""
+        while (flush := await self._buffer.next_flush()) is not None:
+            try:
+                await self._write(flush)
+            finally:
+                self._buffer.done(flush)
+
+    async def _write(self, flush: Flush) -> None:
+        dataset = self._registry[flush.dataset]
+        started = time.monotonic()
+        if flush.dataset == QUARANTINE:
+            result = BuildResult(quarantine_table(dataset, flush.rejected), [])
+            for r in flush.rejected:
+                self._metrics.quarantined[_reason_key(r.reason)] += 1
+        else:
+            result = await asyncio.to_thread(build_table, dataset, flush.chunks)
+            for r in result.rejected:  # records the schema could not take go to quarantine
+                self._buffer.reject(r)
+        table = result.table
+        if table.num_rows:
+            await asyncio.gather(*(self._write_sink(sink, dataset, table) for sink in self._sinks))
+        self._account(dataset, table, time.monotonic() - started)
+
+    async def _write_sink(self, sink: Sink, dataset: Dataset, table: pa.Table) -> None:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda exc: not isinstance(exc, Fatal)),
+            wait=wait_random_exponential(multiplier=0.2, max=self._retry_max),
+            before_sleep=self._sink_failed(sink, dataset),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                paths = await asyncio.to_thread(sink.write, dataset, table)
+        self._metrics.files.extend(paths)
+        self._metrics.dataset(dataset.name).files += len(paths)
+
+    def _sink_failed(self, sink: Sink, dataset: Dataset) -> object:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self._metrics.sink_errors += 1
+            log.error(
+                "sink write failed, retrying",
+                sink=sink.name,
+                dataset=dataset.name,
+                attempt=state.attempt_number,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+        return before_sleep
+
+    def _account(self, dataset: Dataset, table: pa.Table, seconds: float) -> None:
+        stats = self._metrics.dataset(dataset.name)
+        stats.flushes += 1
+        stats.rows_written += table.num_rows
+        stats.last_flush_seconds = seconds
+        if "_is_reorg" in table.column_names and table.num_rows:
+            stats.reorg_rows += pc.sum(table["_is_reorg"].cast(pa.int64())).as_py() or 0
+        if "_event_time" in table.column_names and table.num_rows:
+            latest = pc.max(table["_event_time"]).cast(pa.int64()).as_py()
+            if latest is not None and (stats.last_event_time is None or latest > stats.last_event_time):
+                stats.last_event_time = latest
+
+
+def _reason_key(reason: str) -> str:
+    """Group quarantine reasons by their kind (the text before the first colon)."""
+    return reason.split(":", 1)[0][:60]

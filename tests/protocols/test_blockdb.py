@@ -1,0 +1,177 @@
+"""BlockDB protocol on plain frames: no socket, no event loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ingest.errors import ConfigError
+from ingest.events import FatalError, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
+from ingest.protocols.blockdb import BlockDBProtocol
+from tests.conftest import frame
+
+
+def make(*subs: dict) -> BlockDBProtocol:
+    specs = [BlockDBProtocol.parse_subscription(s, f"subs[{i}]") for i, s in enumerate(subs)]
+    return BlockDBProtocol("blockdb", specs)
+
+
+def test_connect_sends_every_subscription_with_params():
+    """connect() queues one subscribe per (chain_id, dataset_id), params always present."""
+    p = make(
+        {"chain_id": 1, "dataset_id": "0101"},
+        {"chain_id": 8453, "dataset_id": "0304", "params": {"token_addresses": ["ab"]}},
+    )
+    p.connect()
+    sent = [json.loads(f) for f in p.data_to_send()]
+    assert sent == [
+        {"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "params": {}},
+        {
+            "action": "subscribe",
+            "chain_id": 8453,
+            "dataset_id": "0304",
+            "params": {"token_addresses": ["ab"]},
+        },
+    ]
+    assert p.data_to_send() == []
+
+
+def test_resubscribes_everything_after_reconnect():
+    """BlockDB keeps no state across connections, so a reconnect sends every subscribe again."""
+    p = make({"chain_id": 1, "dataset_id": "0101"}, {"chain_id": 1, "dataset_id": "0102"})
+    p.connect()
+    first = p.data_to_send()
+    p.receive(frame("blockdb", "ack_subscribe"), 1)
+    p.connection_lost()
+    p.connect()
+    assert p.data_to_send() == first
+
+
+def test_update_becomes_rows_with_raw_record_and_context():
+    """An update is one record of the dataset its id maps to, kept as the exact payload bytes."""
+    p = make({"name": "eth_blocks", "chain_id": 1, "dataset_id": "0101"})
+    raw = frame("blockdb", "update_0101")
+    (event,) = p.receive(raw, 123)
+    assert isinstance(event, Rows)
+    assert event.dataset == "blockdb_blocks"
+    assert event.subscription == "eth_blocks"
+    assert event.received_at == 123
+    assert event.context == {"chain_id": 1, "dataset_id": "0101"}
+    assert event.is_reorg is False
+    assert json.loads(event.records[0]) == json.loads(raw)["data"]
+
+
+def test_reorg_flag_of_the_envelope_is_carried():
+    p = make({"chain_id": 1, "dataset_id": "0304"})
+    (event,) = p.receive(frame("blockdb", "update_0304_reorg"), 1)
+    assert isinstance(event, Rows) and event.is_reorg is True and event.dataset == "blockdb_transfers"
+
+
+def test_unknown_dataset_id_goes_to_the_generic_table():
+    p = make({"chain_id": 1, "dataset_id": "0404"})
+    (event,) = p.receive(b'{"chain_id":1,"dataset_id":"0404","is_reorg":false,"data":{"open":"1.5"}}', 1)
+    assert isinstance(event, Rows) and event.dataset == "blockdb_generic"
+
+
+def test_success_ack_marks_the_subscription_active():
+    p = make({"name": "eth_blocks", "chain_id": 1, "dataset_id": "0101"})
+    p.connect()
+    assert p.receive(frame("blockdb", "ack_subscribe"), 1) == [SubscriptionAcked("eth_blocks")]
+
+
+def test_non_retryable_error_drops_only_that_subscription():
+    """A refused subscription is reported with the hint and not asked again; the others stay."""
+    p = make({"chain_id": 1, "dataset_id": "0101"}, {"name": "logs", "chain_id": 1, "dataset_id": "0103"})
+    p.connect()
+    p.data_to_send()
+    (event,) = p.receive(frame("blockdb", "ack_error"), 1)
+    assert isinstance(event, SubscriptionFailed)
+    assert event.subscription == "logs" and not event.retryable
+    assert "BAD_REQUEST" in event.message and "topic_zeros" in event.message
+    assert p.active == 1
+    p.connection_lost()
+    p.connect()
+    assert [json.loads(f)["dataset_id"] for f in p.data_to_send()] == ["0101"]
+
+
+def test_retryable_error_is_asked_again_on_keepalive():
+    p = make({"chain_id": 1, "dataset_id": "0101"})
+    p.connect()
+    p.data_to_send()
+    err = {
+        "action": "subscribe",
+        "chain_id": 1,
+        "dataset_id": "0101",
+        "status": "error",
+        "error": {"code": "RATE_LIMIT_EXCEEDED", "message": "slow down", "retryable": True},
+    }
+    (event,) = p.receive(json.dumps(err), 1)
+    assert isinstance(event, SubscriptionFailed) and event.retryable
+    p.keepalive()
+    assert [json.loads(f)["action"] for f in p.data_to_send()] == ["subscribe"]
+
+
+def test_auth_error_is_fatal():
+    p = make({"chain_id": 1, "dataset_id": "0101"})
+    err = {
+        "action": "subscribe",
+        "chain_id": 1,
+        "dataset_id": "0101",
+        "status": "error",
+        "error": {"code": "UNAUTHORIZED", "message": "bad key", "retryable": False},
+    }
+    (event,) = p.receive(json.dumps(err), 1)
+    assert isinstance(event, FatalError)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "unreadable frame"),
+        (b"\xff\xfe{}", "unreadable frame"),
+        (b'{"hello": "world"}', "unknown message"),
+        (b'{"chain_id": "one", "dataset_id": "0101", "data": {}}', "unreadable frame"),
+        (b"[1, 2, 3]", "unreadable frame"),
+        (b'{"chain_id": 1, "dataset_id": "0101", "is_reorg": false}', "unknown message"),
+    ],
+)
+def test_bad_frames_are_rejected_with_a_reason_never_raised(raw, reason):
+    """Anything the server sends becomes an event; unreadable frames keep their exact bytes."""
+    p = make({"chain_id": 1, "dataset_id": "0101"})
+    (event,) = p.receive(raw, 9)
+    assert isinstance(event, Rejected)
+    assert event.raw == raw and event.reason.startswith(reason) and event.provider == "blockdb"
+
+
+def test_close_unsubscribes_and_waits_for_every_ack():
+    """A clean goodbye: one unsubscribe per pair; closed only when each one is acknowledged."""
+    p = make({"chain_id": 1, "dataset_id": "0101"}, {"chain_id": 1, "dataset_id": "0304"})
+    p.connect()
+    p.data_to_send()
+    p.close()
+    sent = [json.loads(f) for f in p.data_to_send()]
+    assert sent == [
+        {"action": "unsubscribe", "chain_id": 1, "dataset_id": "0101"},
+        {"action": "unsubscribe", "chain_id": 1, "dataset_id": "0304"},
+    ]
+    assert not p.closed
+    p.receive(b'{"action":"unsubscribe","chain_id":1,"dataset_id":"0101","status":"success"}', 1)
+    assert not p.closed
+    p.receive(b'{"action":"unsubscribe","chain_id":1,"dataset_id":"0304","status":"success"}', 1)
+    assert p.closed
+
+
+@pytest.mark.parametrize(
+    ("sub", "key"),
+    [
+        ({"chain_id": "1", "dataset_id": "0101"}, "x.chain_id"),
+        ({"chain_id": 1, "dataset_id": 101}, "x.dataset_id"),
+        ({"chain_id": 1, "dataset_id": "01011"}, "x.dataset_id"),
+        ({"chain_id": 1, "dataset_id": "0101", "params": []}, "x.params"),
+        ({"chain_id": 1, "dataset_id": "0101", "topic": "x"}, "x.topic"),
+    ],
+)
+def test_bad_subscription_config_names_the_key(sub, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        BlockDBProtocol.parse_subscription(sub, "x")

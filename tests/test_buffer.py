@@ -1,0 +1,100 @@
+"""Buffer: flush thresholds (rows, bytes, age), order, and backpressure when sinks fall behind."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ingest.buffer import QUARANTINE, Buffer
+from ingest.config import FlushPolicy
+from ingest.events import Rejected, Rows
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def block(n: int, size: int = 10) -> Rows:
+    return Rows("blockdb", "blockdb_blocks", "s", [b"{" + b" " * (size - 2) + b"}"], n)
+
+
+async def test_flushes_at_max_rows(registry):
+    buf = Buffer(registry, FlushPolicy(max_rows=3, max_age=60))
+    for i in range(7):
+        buf.add(block(i))
+    first, second = await buf.next_flush(), await buf.next_flush()
+    assert (first.rows, first.reason, second.rows) == (3, "rows", 3)
+    assert [c.received_at for c in first.chunks + second.chunks] == list(range(6))
+    assert buf.buffered_rows == {"blockdb_blocks": 1}
+
+
+async def test_flushes_at_max_bytes(registry):
+    buf = Buffer(registry, FlushPolicy(max_rows=1000, max_bytes=100, max_age=60))
+    for i in range(10):
+        buf.add(block(i, size=30))
+    flush = await buf.next_flush()
+    assert (flush.rows, flush.nbytes, flush.reason) == (4, 120, "bytes")
+
+
+async def test_flushes_on_age(registry):
+    clock = Clock()
+    buf = Buffer(registry, FlushPolicy(max_rows=1000, max_age=1.0), clock=clock)
+    buf.add(block(1))
+    clock.now = 0.5
+    buf.add(block(2))
+    buf.flush_due()
+    assert buf.queued_rows == 0
+    clock.now = 1.0
+    buf.flush_due()
+    flush = await buf.next_flush()
+    assert (flush.rows, flush.reason) == (2, "age")
+
+
+async def test_datasets_are_flushed_separately(registry):
+    buf = Buffer(registry, FlushPolicy(max_rows=2, max_age=60))
+    buf.add(block(1))
+    buf.add(Rows("blockdb", "blockdb_transfers", "t", [b"{}"], 2))
+    buf.add(block(3))
+    flush = await buf.next_flush()
+    assert flush.dataset == "blockdb_blocks" and flush.rows == 2
+    assert buf.buffered_rows == {"blockdb_transfers": 1}
+
+
+async def test_readers_wait_when_too_much_is_outstanding(registry):
+    """Above max_pending_bytes readers block until the writer reports flushes done."""
+    buf = Buffer(registry, FlushPolicy(max_rows=2, max_bytes=40, max_age=60, max_pending_bytes=50))
+    for i in range(5):
+        buf.add(block(i))
+    assert buf.congested
+    waiter = asyncio.create_task(buf.wait_for_room())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    flush = await buf.next_flush()
+    buf.done(flush)
+    await asyncio.wait_for(waiter, 1)
+    assert not buf.congested and buf.outstanding_bytes == 30
+
+
+async def test_unknown_dataset_and_rejects_go_to_quarantine(registry):
+    buf = Buffer(registry, FlushPolicy(max_age=60))
+    buf.add(Rows("blockdb", "no_such_table", "s", [b"{1}", b"{2}"], 5))
+    buf.reject(Rejected("blockdb", b"junk", "unreadable frame: x", 6))
+    buf.close()
+    flush = await buf.next_flush()
+    assert flush.dataset == QUARANTINE
+    assert [r.raw for r in flush.rejected] == [b"{1}", b"{2}", b"junk"]
+    assert "no dataset named" in flush.rejected[0].reason
+    assert await buf.next_flush() is None
+
+
+async def test_close_seals_everything_and_late_rejects_still_flush(registry):
+    buf = Buffer(registry, FlushPolicy(max_age=60))
+    buf.add(block(1))
+    buf.close()
+    assert (await buf.next_flush()).rows == 1
+    buf.reject(Rejected("blockdb", b"late", "r", 7))
+    assert (await buf.next_flush()).dataset == QUARANTINE
+    assert await buf.next_flush() is None
