@@ -33,14 +33,17 @@ def _ensure_venv(extras: str) -> None:
     # A test install includes everything a plain one has, so it satisfies `run` as well.
     if wanted in installed or (extras == "" and _stamp("test") in installed):
         return
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - run.py starts on whatever python the user has
         sys.exit(f"Python 3.11 or newer is needed (this is {sys.version.split()[0]})")
     if not PYTHON.exists():
         print("creating .venv ...", file=sys.stderr, flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     target = f".[{extras}]" if extras else "."
-    print(f"installing {target} into .venv (once; again only when pyproject.toml changes) ...",
-          file=sys.stderr, flush=True)
+    print(
+        f"installing {target} into .venv (once; again only when pyproject.toml changes) ...",
+        file=sys.stderr,
+        flush=True,
+    )
     pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "--upgrade", "pip"], cwd=ROOT, check=False)
     result = subprocess.run([*pip, "-e", target], cwd=ROOT)

@@ -112,7 +112,10 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 def _query(config: Config, sql: str, fmt: str) -> int:
     con, _ = connect_for_query(load_registry(), config.storage.duckdb_path, config.storage.parquet_root)
     try:
-        table = con.execute(sql).to_arrow_table()
+        relation = con.sql(sql)
+        if relation is None:  # a statement with no result (SET, CREATE VIEW ...)
+            return 0
+        table = relation.to_arrow_table()
     except duckdb.Error as exc:
         print(f"query error: {exc}", file=sys.stderr)
         return 1

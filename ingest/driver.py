@@ -207,6 +207,10 @@ class Collector:
         try:
             async with asyncio.timeout(None) as deadline:
                 self._deadline = deadline
+                if self._stopping:  # stop() came while connecting: say goodbye right away
+                    self.protocol.close()
+                    await self._send(ws)
+                    self._arm_deadline(0.0 if self.protocol.closed else self._close_timeout)
                 watchdog = asyncio.create_task(self._watchdog(ws))
                 try:
                     while True:

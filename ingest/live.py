@@ -29,12 +29,15 @@ class _Rates:
     """Rows per second per dataset, from the difference between two looks at the counters."""
 
     def __init__(self) -> None:
-        self._last: dict[str, int] = {}
+        self._last: dict[str, int] | None = None  # no rate before the second look
         self._at = time.monotonic()
         self.rates: dict[str, float] = {}
 
     def update(self, counts: dict[str, int]) -> None:
         now = time.monotonic()
+        if self._last is None:
+            self._last, self._at = dict(counts), now
+            return
         elapsed = max(now - self._at, 1e-6)
         self.rates = {k: (v - self._last.get(k, 0)) / elapsed for k, v in counts.items()}
         self._last, self._at = dict(counts), now

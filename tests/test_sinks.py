@@ -144,7 +144,7 @@ def test_both_sinks_read_back_identically_through_the_query_views(tmp_path, regi
     via_pq, src_pq = connect_for_query(registry, None, str(tmp_path / "parquet"))
     assert (src_db, src_pq) == ("duckdb", "parquet")
     sql = "SELECT * FROM blockdb_transfers ORDER BY _tracing_id"
-    a, b = via_db.execute(sql).to_arrow_table(), via_pq.execute(sql).to_arrow_table()
+    a, b = via_db.sql(sql).to_arrow_table(), via_pq.sql(sql).to_arrow_table()
     assert a.schema.equals(b.schema)
     assert a.equals(b)
     # a dataset with no files yet is an empty view with the same columns, not an error

@@ -1,0 +1,150 @@
+"""Config: the built-in demo loads; every mistake gets a message naming the key; secrets stay out of sight."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import structlog
+
+from ingest.auth import build_target, read_secret, redact_url
+from ingest.config import AuthConfig, load_config, parse_config
+from ingest.errors import ConfigError
+from ingest.log import configure_logging, register_secret
+
+BASE = {
+    "providers": {
+        "blockdb": {
+            "url": "wss://api.blockdb.io/v1/evm/",
+            "auth": {"env": "BLOCKDB_API_KEY"},
+            "subscriptions": [{"chain_id": 1, "dataset_id": "0101"}],
+        }
+    }
+}
+
+
+def with_(path: str, value) -> dict:
+    """BASE with one key (dotted path) replaced."""
+    import copy
+
+    doc = copy.deepcopy(BASE)
+    node = doc
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {}) if not k.isdigit() else node[int(k)]
+    node[keys[-1]] = value
+    return doc
+
+
+def test_the_built_in_demo_config_loads():
+    config = load_config(None)
+    assert config.providers[0].emulated
+    assert [s.name for s in config.providers[0].subscriptions][:2] == ["eth_blocks", "eth_transactions"]
+    assert config.flush.max_rows == 50_000 and config.flush.max_age == 1.0
+
+
+def test_defaults(tmp_path):
+    config = parse_config(BASE, base=tmp_path)
+    assert config.storage.duckdb_path == tmp_path / "data" / "ingest.duckdb"
+    assert config.storage.parquet_root == str(tmp_path / "data" / "parquet")
+    assert config.providers[0].auth.location == "header"
+    assert config.providers[0].subscriptions[0].name == "1:0101"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("colour", "blue", "colour: unknown key"),
+        ("flush.max_rows", 0, "flush.max_rows: expected a positive number"),
+        ("flush.max_rows", "lots", "flush.max_rows: expected an integer"),
+        ("flush.max_age_seconds", True, "flush.max_age_seconds: expected"),
+        ("flush.max_pending_bytes", 10, "flush.max_pending_bytes: must be at least max_bytes"),
+        ("storage.duckdb", 3, "storage.duckdb: expected"),
+        ("log_format", "xml", "log_format"),
+        ("providers.blockdb.url", "http://example.com", "providers.blockdb.url"),
+        ("providers.blockdb.kind", "nope", "providers.blockdb.kind: unknown provider 'nope'"),
+        ("providers.blockdb.auth.in", "cookie", "providers.blockdb.auth.in"),
+        ("providers.blockdb.auth.env", "not a var!", "providers.blockdb.auth.env"),
+        ("providers.blockdb.auth.key", "abc", "providers.blockdb.auth.key: unknown key"),
+        ("providers.blockdb.subscriptions", [], "providers.blockdb.subscriptions: at least one"),
+        (
+            "providers.blockdb.subscriptions",
+            [{"chain_id": 1, "dataset_id": "101"}],
+            "providers.blockdb.subscriptions[0].dataset_id",
+        ),
+        (
+            "providers.blockdb.subscriptions",
+            [{"chain_id": 1, "dataset_id": "0101"}, {"chain_id": 1, "dataset_id": "0101"}],
+            "used twice",
+        ),
+        ("providers.blockdb.backoff.max", -1, "providers.blockdb.backoff.max"),
+        ("providers.blockdb.idle_timeout", "soon", "providers.blockdb.idle_timeout"),
+        ("providers.blockdb.enabled", False, "providers: no enabled provider"),
+    ],
+)
+def test_bad_values_name_the_key_at_fault(tmp_path, path, value, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(with_(path, value), base=tmp_path)
+    assert message in str(info.value)
+
+
+def test_both_sinks_off_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="both sinks are off"):
+        parse_config({**BASE, "storage": {"duckdb": False, "parquet": False}}, base=tmp_path)
+
+
+def test_unreadable_files_give_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[providers\nurl = 1")
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line 1"):
+        load_config(bad)
+
+
+def test_missing_secret_names_the_variable(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    auth = AuthConfig(
+        env="NO_SUCH_KEY_VAR",
+        location="header",
+        header="Authorization",
+        scheme="Bearer",
+        query_param="api_key",
+    )
+    with pytest.raises(
+        ConfigError, match=r"providers\.x\.auth\.env: the environment variable NO_SUCH_KEY_VAR"
+    ):
+        read_secret(auth, "providers.x")
+
+
+def test_key_goes_where_the_config_says_and_never_into_the_shown_url():
+    header = AuthConfig("K", "header", "Authorization", "Bearer", "api_key")
+    query = AuthConfig("K", "query", "Authorization", "Bearer", "api_key")
+    t1 = build_target("wss://h/v1/evm/", header, "s3cr3t-key")
+    assert t1.headers == {"Authorization": "Bearer s3cr3t-key"} and t1.url == "wss://h/v1/evm/"
+    t2 = build_target("wss://h/v1/evm/?x=1", query, "s3cr3t-key")
+    assert t2.url == "wss://h/v1/evm/?x=1&api_key=s3cr3t-key" and t2.headers == {}
+    assert t2.display_url == "wss://h/v1/evm/?x=1&api_key=***"
+    assert "s3cr3t-key" not in repr(t1) + repr(t2)
+    assert redact_url("wss://user:pw@h/p?token=ory_at_x&network=eth") == "wss://h/p?token=***&network=eth"
+
+
+def test_registered_secrets_never_reach_the_logs(capsys):
+    configure_logging("json", logging.INFO)
+    register_secret("ultra-secret-value")
+    structlog.get_logger("t").error(
+        "failed", url="wss://h/?api_key=ultra-secret-value", err=ValueError("ultra-secret-value")
+    )
+    err = capsys.readouterr().err
+    assert "ultra-secret-value" not in err and "***" in err
+
+
+def test_example_config_in_readme_is_valid(tmp_path, monkeypatch):
+    """The config README.md shows for a real endpoint parses as written."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "real.toml"
+    path.write_text(block)
+    config = load_config(path)
+    assert not config.providers[0].emulated

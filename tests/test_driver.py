@@ -1,0 +1,216 @@
+"""The shared driver against the BlockDB emulator's faults; every test runs on 127.0.0.1, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ingest.config import BackoffConfig, FlushPolicy
+from ingest.emulators.blockdb import BlockDBEmulator
+from tests.helpers import Drain, blockdb_config, collector, eventually
+
+KEY = "test-key-0123456789"
+BLOCKS = [{"name": "blocks", "chain_id": 1, "dataset_id": "0101"}]
+ALL = [*BLOCKS, {"name": "transfers", "chain_id": 1, "dataset_id": "0304"}]
+
+
+@pytest.fixture
+async def emulator():
+    emu = BlockDBEmulator(key=KEY, block_interval=0.02, txs_per_block=3, ping_interval=5.0)
+    await emu.start()
+    yield emu
+    await emu.stop()
+
+
+async def run_until(col, predicate, what, timeout=10.0):
+    task = asyncio.create_task(col.run())
+    try:
+        await eventually(predicate, timeout, what)
+    finally:
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_every_record_sent_is_received_and_stop_is_clean(registry, emulator):
+    """With a graceful stop (unsubscribe, read until acked) the client holds exactly what was sent."""
+    col, buffer = collector(registry, blockdb_config(emulator.url, ALL), KEY)
+    drain = Drain(buffer)
+    await run_until(col, lambda: emulator.blocks_produced >= 10, "10 blocks")
+    await drain.close()
+    assert sum(drain.rows.values()) == sum(emulator.sent.values()) > 0
+    assert drain.rows["blockdb_blocks"] == emulator.sent[(1, "0101")]
+    assert drain.rows["blockdb_transfers"] == emulator.sent[(1, "0304")]
+    assert col.stats.state == "stopped" and col.stats.connects == 1
+    assert col.stats.subscriptions == {"blocks": "active", "transfers": "active"}
+
+
+async def test_abrupt_close_reconnects_and_resubscribes(registry, emulator):
+    col, buffer = collector(registry, blockdb_config(emulator.url, BLOCKS), KEY)
+    drain = Drain(buffer)
+    task = asyncio.create_task(col.run())
+    await eventually(lambda: buffer.received.get("blockdb_blocks", 0) >= 3, what="first blocks")
+    before = buffer.received["blockdb_blocks"]
+    await emulator.drop_connections()
+    await eventually(lambda: col.stats.connects == 2, what="a second connection")
+    await eventually(lambda: buffer.received["blockdb_blocks"] >= before + 3, what="blocks after reconnect")
+    await col.stop()
+    await asyncio.wait_for(task, 10)
+    await drain.close()
+    assert col.stats.reconnects == 1
+    assert emulator.connections_total == 2
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1011, 1013])
+async def test_retryable_close_codes_reconnect(registry, emulator, code):
+    col, _ = collector(registry, blockdb_config(emulator.url, BLOCKS), KEY)
+    task = asyncio.create_task(col.run())
+    await eventually(lambda: col.stats.state == "connected" and col.stats.frames > 2, what="connected")
+    await emulator.close_connections(code, "test")
+    await eventually(lambda: col.stats.connects == 2, what="reconnect")
+    await col.stop()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_policy_violation_close_stops_this_collector(registry, emulator):
+    """1008 means a bad key or scope: reconnecting with the same key would loop, so the collector stops."""
+    col, _ = collector(registry, blockdb_config(emulator.url, BLOCKS), KEY)
+    task = asyncio.create_task(col.run())
+    await eventually(lambda: col.stats.state == "connected", what="connected")
+    await emulator.close_connections(1008, "invalid auth")
+    await asyncio.wait_for(task, 5)
+    assert col.stats.state == "failed" and "1008" in col.stats.last_error
+    assert emulator.connections_total == 1
+
+
+@pytest.mark.parametrize("location", ["header", "query"])
+async def test_bad_key_fails_once_without_looping_and_never_shows_the_key(registry, emulator, location):
+    col, _ = collector(registry, blockdb_config(emulator.url, BLOCKS, location=location), "wrong-key-abcdef")
+    await asyncio.wait_for(col.run(), 5)
+    assert col.stats.state == "failed"
+    assert "401" in col.stats.last_error
+    assert "wrong-key-abcdef" not in col.stats.last_error and "wrong-key-abcdef" not in col.stats.display_url
+    assert emulator.connections_total == 0
+
+
+async def test_good_key_in_the_query_works(registry, emulator):
+    col, buffer = collector(registry, blockdb_config(emulator.url, BLOCKS, location="query"), KEY)
+    await run_until(col, lambda: buffer.received.get("blockdb_blocks", 0) >= 2, "blocks")
+    assert KEY not in col.stats.display_url and "api_key=***" in col.stats.display_url
+
+
+async def test_silence_triggers_a_reconnect(registry, emulator):
+    """Half-open socket: no data, no ping for idle_timeout means reconnect, and data flows again."""
+    col, buffer = collector(registry, blockdb_config(emulator.url, BLOCKS, idle_timeout=0.4), KEY)
+    task = asyncio.create_task(col.run())
+    await eventually(lambda: buffer.received.get("blockdb_blocks", 0) >= 2, what="blocks")
+    emulator.go_silent(3.0)
+    await eventually(lambda: col.stats.connects == 2, timeout=3, what="reconnect after silence")
+    assert "no frame" in col.stats.last_error
+    count = buffer.received["blockdb_blocks"]
+    await eventually(lambda: buffer.received["blockdb_blocks"] > count, what="data after reconnect")
+    await col.stop()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_server_pings_keep_a_quiet_connection_alive(registry):
+    """No data but server pings: the watchdog counts pings as life and the driver answers them."""
+    emu = BlockDBEmulator(key=KEY, block_interval=0.02, max_blocks=0, ping_interval=0.1)
+    await emu.start()
+    try:
+        col, _ = collector(registry, blockdb_config(emu.url, BLOCKS, idle_timeout=0.5), KEY)
+        task = asyncio.create_task(col.run())
+        await asyncio.sleep(1.5)
+        assert col.stats.connects == 1 and col.stats.state == "connected"
+        assert col.stats.keepalives >= 5
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await emu.stop()
+
+
+async def test_backoff_grows_while_down_and_resets_after_a_healthy_session(registry):
+    """Refused connects back off more and more (capped); a healthy session starts the sequence again."""
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        await asyncio.sleep(0)
+
+    emu = BlockDBEmulator(key=KEY, block_interval=0.02)
+    url = await emu.start()
+    await emu.stop()  # the port is now closed: connects are refused
+    backoff = BackoffConfig(initial=1.0, max=8.0, healthy_after=0.2)
+    col, _ = collector(registry, blockdb_config(url, BLOCKS, backoff=backoff), KEY, sleep=sleep)
+    task = asyncio.create_task(col.run())
+    await eventually(lambda: len(delays) >= 8, what="8 retries")
+    await col.stop()
+    await asyncio.wait_for(task, 5)
+    # full jitter: each wait is at most min(cap, initial * 2**n) (+ the small floor)
+    for n, d in enumerate(delays[:8]):
+        assert 0.05 <= d <= min(8.0, 2.0**n) + 0.05 + 1e-9
+    assert max(delays) > 1.0  # it did grow
+    assert col.stats.connects == 0
+
+
+async def test_a_healthy_session_resets_the_backoff(registry, emulator):
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        await asyncio.sleep(0)
+
+    backoff = BackoffConfig(initial=1.0, max=8.0, healthy_after=0.2)
+    col, _ = collector(registry, blockdb_config(emulator.url, BLOCKS, backoff=backoff), KEY, sleep=sleep)
+    task = asyncio.create_task(col.run())
+    await eventually(lambda: col.stats.state == "connected", what="connected")
+    await asyncio.sleep(0.3)  # healthy
+    await emulator.drop_connections()
+    await eventually(lambda: col.stats.connects == 2, what="reconnect")
+    assert delays == []  # after a healthy session the first reconnect is immediate
+    await col.stop()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_refused_subscription_does_not_stop_the_others(registry, emulator):
+    subs = [*BLOCKS, {"name": "arb", "chain_id": 1, "dataset_id": "0701"}]
+    col, buffer = collector(registry, blockdb_config(emulator.url, subs), KEY)
+    await run_until(col, lambda: buffer.received.get("blockdb_blocks", 0) >= 3, "blocks")
+    assert col.stats.subscriptions["blocks"] == "active"
+    assert col.stats.subscriptions["arb"].startswith("failed: NOT_FOUND")
+    assert col.stats.connects == 1
+
+
+async def test_when_every_subscription_is_refused_the_collector_stops(registry, emulator):
+    subs = [{"name": "arb", "chain_id": 1, "dataset_id": "0701"}]
+    col, _ = collector(registry, blockdb_config(emulator.url, subs), KEY)
+    await asyncio.wait_for(col.run(), 5)
+    assert col.stats.state == "failed" and "refused" in col.stats.last_error
+
+
+async def test_backpressure_pauses_reading_without_losing_frames(registry):
+    """A stalled writer fills the byte budget; the reader waits, then everything arrives in order."""
+    emu = BlockDBEmulator(key=KEY, block_interval=0.001, txs_per_block=2, max_blocks=300)
+    await emu.start()
+    try:
+        policy = FlushPolicy(max_rows=50, max_bytes=10_000, max_age=0.05, max_pending_bytes=20_000)
+        col, buffer = collector(registry, blockdb_config(emu.url, ALL), KEY, policy=policy)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: buffer.congested, what="congestion")
+        stalled = sum(buffer.received.values())
+        await asyncio.sleep(0.3)
+        assert sum(buffer.received.values()) == stalled  # the reader really waits
+        drain = Drain(buffer)
+        await eventually(lambda: emu.blocks_produced >= 300, timeout=20, what="all blocks")
+        await asyncio.sleep(0.2)
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+        await drain.close()
+        assert sum(drain.rows.values()) == sum(emu.sent.values())
+        assert col.stats.connects == 1
+        numbers = [
+            int(r.split(b'"block_number":')[1].split(b",")[0]) for r in drain.records if b'"block_hash"' in r
+        ]
+        assert numbers == sorted(numbers)
+    finally:
+        await emu.stop()

@@ -1,0 +1,343 @@
+"""The daemon end to end: emulator -> collector -> buffer -> writer -> DuckDB and Parquet -> views.
+
+Expected counts and values come from the emulator itself (its send counters, its send log, and
+the deterministic chain it serves), never from pasted numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pyarrow.dataset as pads
+import pytest
+
+from ingest.app import Daemon
+from ingest.config import load_config
+from ingest.emulators.blockdb import BlockDBEmulator
+from ingest.protocols.blockdb import DATASETS, GENERIC_DATASET
+from tests.helpers import eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "e2e-secret-key-9f8e7d6c5b"
+SUBSCRIPTIONS = """
+[[providers.blockdb.subscriptions]]
+name = "blocks"
+chain_id = 1
+dataset_id = "0101"
+
+[[providers.blockdb.subscriptions]]
+name = "transfers"
+chain_id = 1
+dataset_id = "0304"
+
+[[providers.blockdb.subscriptions]]
+name = "txs"
+chain_id = 1
+dataset_id = "0102"
+
+[[providers.blockdb.subscriptions]]
+name = "ohlc"
+chain_id = 1
+dataset_id = "0404"
+params.base_token_address = "c02aaa39b223fe8d0a0e5c4f27ead9083c756cc2"
+params.quote_token_address = "a0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"
+"""
+
+
+def write_config(tmp_path: Path, url: str, extra: str = "") -> Path:
+    path = tmp_path / "ingest.toml"
+    path.write_text(f"""
+[storage]
+data_dir = "{tmp_path / "data"}"
+
+[flush]
+max_rows = 500
+max_age_seconds = 0.2
+
+[providers.blockdb]
+url = "{url}"
+auth = {{ env = "BLOCKDB_API_KEY", in = "header" }}
+{extra}
+{SUBSCRIPTIONS}
+""")
+    return path
+
+
+def dataset_of(dataset_id: str) -> str:
+    return DATASETS.get(dataset_id, GENERIC_DATASET)
+
+
+def expected_rows(sent: Counter) -> Counter:
+    out: Counter = Counter()
+    for (_, dataset_id), n in sent.items():
+        out[dataset_of(dataset_id)] += n
+    return out
+
+
+def store_counts(db: Path) -> Counter:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return Counter(
+            {
+                t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
+                for t in ("blockdb_blocks", "blockdb_transfers", "blockdb_transactions", "blockdb_generic")
+            }
+        )
+    finally:
+        con.close()
+
+
+def parquet_counts(root: Path) -> Counter:
+    out: Counter = Counter()
+    for name in ("blockdb_blocks", "blockdb_transfers", "blockdb_transactions", "blockdb_generic"):
+        directory = root / f"dataset={name}"
+        if directory.exists():
+            out[name] = pads.dataset(str(directory), format="parquet", partitioning="hive").count_rows()
+    return out
+
+
+async def test_daemon_stores_exactly_what_the_embedded_emulator_sent(tmp_path, monkeypatch):
+    """The demo path: url = "emulator", rows per table equal the emulator's sends, in both sinks."""
+    monkeypatch.delenv("BLOCKDB_API_KEY", raising=False)
+    # max_blocks: the chain is complete before the daemon stops, so its final state is what was sent
+    options = "emulator = { block_interval = 0.02, txs_per_block = 4, reorg_every = 7, max_blocks = 50 }"
+    cfg = write_config(tmp_path, "emulator", options)
+    daemon = Daemon(load_config(cfg))
+    result = await daemon.run(duration=2.0)
+    emulator = daemon._emulators["blockdb"]
+    expected = expected_rows(emulator.sent)
+    assert sum(expected.values()) > 100
+    assert result.emulator_sent == {"blockdb": sum(emulator.sent.values())}
+    assert store_counts(tmp_path / "data" / "ingest.duckdb") == expected
+    assert parquet_counts(tmp_path / "data" / "parquet") == expected
+    assert result.failed == []
+
+    # values: the canonical blocks view holds the emulator's canonical chain, hash for hash
+    con = duckdb.connect(str(tmp_path / "data" / "ingest.duckdb"), read_only=True)
+    chain = emulator.chains[1]
+    blocks = con.execute("SELECT number, hash, parent_hash FROM blocks ORDER BY number").fetchall()
+    assert [b[0] for b in blocks] == list(range(chain.first_block, chain.head + 1))
+    for number, hash_, parent in blocks:
+        assert hash_ == chain.canonical_hash(number)
+        if number > chain.first_block:
+            assert parent == chain.canonical_hash(number - 1)
+    reorged = con.execute("SELECT count(*) FROM blockdb_blocks WHERE _is_reorg").fetchone()[0]
+    assert reorged == emulator.sent_reorg[(1, "0101")] > 0
+    assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+
+
+def spawn_daemon(cfg: Path, tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "BLOCKDB_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ingest",
+            "run",
+            "--config",
+            str(cfg),
+            "--no-live",
+            "--log-format",
+            "json",
+            *args,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def query(cfg: Path, sql: str) -> list[dict]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ingest",
+        "query",
+        sql,
+        "--format",
+        "json",
+        "--config",
+        str(cfg),
+        cwd=cfg.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+async def test_sigterm_mid_stream_keeps_every_received_message_and_queries_work_meanwhile(tmp_path):
+    """SIGTERM flushes everything: each record the emulator sent is in DuckDB and Parquet once, unchanged.
+
+    Meanwhile a second process queries the store: it sees rows, and never fewer than before.
+    """
+    emulator = BlockDBEmulator(key=KEY, block_interval=0.01, txs_per_block=4, reorg_every=9, record_log=True)
+    url = await emulator.start()
+    try:
+        cfg = write_config(tmp_path, url)
+        proc = spawn_daemon(cfg, tmp_path)
+        seen = []
+        try:
+            await eventually(lambda: emulator.blocks_produced >= 20, timeout=30, what="20 blocks")
+            for _ in range(3):
+                rows = await query(cfg, "SELECT count(*) AS n FROM blockdb_transfers")
+                seen.append(rows[0]["n"])
+            assert seen == sorted(seen) and seen[-1] > 0
+            proc.send_signal(signal.SIGTERM)
+            stdout, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, stderr.decode()[-3000:]
+        assert KEY not in stdout.decode() + stderr.decode()
+    finally:
+        await emulator.stop()
+
+    sent = Counter((dataset_of(d), t) for _, d, t, _ in emulator.sent_log)
+    db = duckdb.connect(str(tmp_path / "data" / "ingest.duckdb"), read_only=True)
+    stored = Counter(
+        db.execute(
+            " UNION ALL ".join(
+                f"SELECT _dataset, _tracing_id FROM {t}"
+                for t in ("blockdb_blocks", "blockdb_transfers", "blockdb_transactions", "blockdb_generic")
+            )
+        ).fetchall()
+    )
+    assert stored == sent  # every record, once, nothing extra
+    assert parquet_counts(tmp_path / "data" / "parquet") == expected_rows(emulator.sent)
+
+    # values survive the trip: each stored payload is the record the emulator built for that id
+    chain = emulator.chains[1]
+    for number, hash_ in db.execute("SELECT block_number, block_hash FROM blockdb_blocks").fetchall():
+        assert hash_ in {chain.block_hash(number, b) for b in range(len(chain.reorgs) + 1)}
+    amounts = db.execute("SELECT amount_raw, _raw FROM blockdb_transfers").fetchall()
+    assert all(json.loads(raw)["amount_raw"] == amount for amount, raw in amounts)
+
+
+async def test_bad_config_fails_before_connecting(tmp_path):
+    emulator = BlockDBEmulator(key=KEY)
+    url = await emulator.start()
+    try:
+        cfg = write_config(tmp_path, url, "idle_timeout = -3")
+        proc = spawn_daemon(cfg, tmp_path)
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
+        assert proc.returncode == 2
+        assert "providers.blockdb.idle_timeout" in stderr.decode()
+        assert emulator.connections_total == 0
+    finally:
+        await emulator.stop()
+
+
+async def test_missing_key_variable_is_named_and_nothing_connects(tmp_path):
+    emulator = BlockDBEmulator(key=KEY)
+    url = await emulator.start()
+    try:
+        cfg = write_config(tmp_path, url)
+        env = {k: v for k, v in os.environ.items() if k != "BLOCKDB_API_KEY"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ingest",
+            "run",
+            "--config",
+            str(cfg),
+            "--no-live",
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 2
+        assert "BLOCKDB_API_KEY" in stderr.decode() and "providers.blockdb.auth.env" in stderr.decode()
+        assert emulator.connections_total == 0
+    finally:
+        await emulator.stop()
+
+
+async def test_a_bad_key_stops_the_daemon_with_a_clear_error_and_no_key_in_the_output(tmp_path):
+    emulator = BlockDBEmulator(key="the-right-key-123")
+    url = await emulator.start()
+    try:
+        cfg = write_config(
+            tmp_path, url, 'auth = { env = "BLOCKDB_API_KEY", in = "query" }'.replace("auth", "#")
+        )
+        cfg.write_text(cfg.read_text().replace('in = "header"', 'in = "query"'))
+        proc = spawn_daemon(cfg, tmp_path, "--duration", "20")
+        stdout, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
+        text = stdout.decode() + stderr.decode()
+        assert proc.returncode == 1
+        assert "401" in text and "collector stopped" in text
+        assert KEY not in text and "***" in text  # the endpoint is shown, its key masked
+    finally:
+        await emulator.stop()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "table"])
+async def test_query_formats(tmp_path, fmt):
+    cfg = write_config(tmp_path, "emulator", "emulator = { block_interval = 0.02, max_blocks = 3 }")
+    await Daemon(load_config(cfg)).run(duration=0.8)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ingest",
+        "query",
+        "SELECT number, hash FROM blocks ORDER BY number",
+        "--format",
+        fmt,
+        "--config",
+        str(cfg),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    if fmt == "csv":
+        assert text.splitlines()[0] == '"number","hash"' and len(text.splitlines()) == 4
+    elif fmt == "json":
+        assert [json.loads(line)["number"] for line in text.splitlines()] == [21000000, 21000001, 21000002]
+    else:
+        assert "21000002" in text and "(3 rows)" in text
+
+
+async def test_emulate_verb_serves_a_standalone_emulator(tmp_path):
+    import aiohttp
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ingest",
+        "emulate",
+        "blockdb",
+        "--port",
+        "0",
+        "--key",
+        "k-123456",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        url = line.split(" on ")[1].split(" ")[0]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(url, headers={"Authorization": "Bearer k-123456"}) as ws,
+        ):
+            await ws.send_json({"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "params": {}})
+            ack = await asyncio.wait_for(ws.receive_json(), 10)
+            assert ack["status"] == "success"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 30)
