@@ -103,7 +103,8 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        print_summary(result, config, load_registry(), Console())
+        # Piped output has no width of its own: a wide one keeps the tables readable in logs.
+        print_summary(result, config, load_registry(), Console(width=None if sys.stdout.isatty() else 160))
         return 1 if result.failed and len(result.failed) == len(config.providers) else 0
 
     return asyncio.run(main_task())

@@ -95,7 +95,7 @@ class LiveView:
         return Group(providers, datasets)
 
     async def run(self) -> None:
-        with Live(self.render(), console=self.console, refresh_per_second=4, redirect_stderr=False) as live:
+        with Live(self.render(), console=self.console, refresh_per_second=4, redirect_stderr=True) as live:
             while True:
                 await asyncio.sleep(0.5)
                 live.update(self.render())

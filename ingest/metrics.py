@@ -44,6 +44,7 @@ class Metrics:
     providers: dict[str, ProviderStats] = field(default_factory=dict)
     datasets: dict[str, DatasetStats] = field(default_factory=dict)
     quarantined: Counter[str] = field(default_factory=Counter)  # by reason (first words)
+    rows_by_provider: Counter[str] = field(default_factory=Counter)  # rows written to every sink
     files: list[str] = field(default_factory=list)  # Parquet files written this run
     sink_errors: int = 0
 

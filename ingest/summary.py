@@ -72,15 +72,28 @@ def print_summary(result: RunResult, config: Config, registry: Registry, console
     console.print(this_run)
 
     providers = Table(title="providers", title_justify="left")
-    for col in ("provider", "endpoint", "frames read", "emulator sent", "reconnects", "state", "last error"):
+    for col in (
+        "provider",
+        "endpoint",
+        "frames read",
+        "rows stored",
+        "emulator sent",
+        "reconnects",
+        "state",
+        "last error",
+    ):
         providers.add_column(col, overflow="fold")
     for p in m.providers.values():
         sent = result.emulator_sent.get(p.name)
+        stored = m.rows_by_provider[p.name]
         providers.add_row(
             p.name,
             p.display_url,
             f"{p.frames:,}",
-            "-" if sent is None else f"{sent:,} data frames",
+            f"{stored:,}",
+            "-"
+            if sent is None
+            else f"{sent:,} records " + ("[green]= stored[/]" if sent == stored else "[red]!= stored[/]"),
             str(p.reconnects),
             p.state,
             p.last_error[:60],

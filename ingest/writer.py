@@ -102,6 +102,9 @@ class Writer:
         stats.flushes += 1
         stats.rows_written += table.num_rows
         stats.last_flush_seconds = seconds
+        if "_provider" in table.column_names and table.num_rows:
+            for item in pc.value_counts(table["_provider"]).to_pylist():
+                self._metrics.rows_by_provider[item["values"]] += item["counts"]
         if "_is_reorg" in table.column_names and table.num_rows:
             stats.reorg_rows += pc.sum(table["_is_reorg"].cast(pa.int64())).as_py() or 0
         if "_event_time" in table.column_names and table.num_rows:
