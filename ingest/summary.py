@@ -82,7 +82,7 @@ def print_summary(result: RunResult, config: Config, registry: Registry, console
         "state",
         "last error",
     ):
-        providers.add_column(col, overflow="fold")
+        providers.add_column(col, overflow="fold", no_wrap=col == "endpoint")
     for p in m.providers.values():
         sent = result.emulator_sent.get(p.name)
         stored = m.rows_by_provider[p.name]
