@@ -118,6 +118,7 @@ class Dataset:
     reorg_flag: tuple[str, ...] = ()  # payload path of the payload's reorg flag
     event_time: str | None = None  # column holding the event time
     key: tuple[str, ...] = ()  # natural key columns, for the dedup key
+    received_column: str = "_received_at"  # the receive time: Parquet partitions by its date
     arrow_schema: pa.Schema = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -246,5 +247,8 @@ def load_registry(schema_dir: Path = SCHEMA_DIR) -> Registry:
             reorg_flag=tuple(str(doc["reorg_flag"]).split(".")) if "reorg_flag" in doc else (),
             event_time=event_time,  # type: ignore[arg-type]
             key=key,
+            received_column=str(doc.get("received_column", "_received_at")),
         )
+        if datasets[name].received_column not in datasets[name].arrow_schema.names:
+            raise ConfigError(f"{where}.received_column: no column named {datasets[name].received_column!r}")
     return Registry(datasets)

@@ -9,6 +9,7 @@ from rich.table import Table
 from ingest.app import RunResult
 from ingest.buffer import QUARANTINE
 from ingest.config import Config
+from ingest.errors import Fatal
 from ingest.schema import Registry, quote_ident
 from ingest.views import connect_for_query
 
@@ -104,7 +105,7 @@ def print_summary(result: RunResult, config: Config, registry: Registry, console
     try:
         con, source = connect_for_query(registry, storage.duckdb_path, storage.parquet_root)
         console.print(status_table(con, registry, source))
-    except (duckdb.Error, FileNotFoundError) as exc:
+    except (duckdb.Error, Fatal) as exc:
         console.print(f"[red]could not read the store back: {exc}[/red]")
     if storage.duckdb_path:
         console.print(f"DuckDB:  {storage.duckdb_path}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 
+from ingest.errors import Fatal
 from ingest.schema import Dataset, Registry, quote_ident
 
 __all__ = ["SQL_DIR", "QuerySource", "apply_views", "connect_for_query"]
@@ -72,8 +73,13 @@ def connect_for_query(
             con.execute(f"ATTACH {_sql_str(str(duckdb_path))} AS store (READ_ONLY)")
             source = QuerySource.DUCKDB
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or parquet_root is None:
+            if "lock" not in str(exc).lower():
                 raise
+            if parquet_root is None:
+                raise Fatal(
+                    f"{duckdb_path} is being written by a daemon and the Parquet sink is off: nothing "
+                    "can be read until it stops (set storage.parquet = true to query while it runs)"
+                ) from None
     if source == QuerySource.DUCKDB:
         tables = {
             r[0]
@@ -93,6 +99,6 @@ def connect_for_query(
         for ds in registry.values():
             con.execute(_parquet_view(con, ds, parquet_root))
     else:
-        raise FileNotFoundError(f"no data yet: {duckdb_path} does not exist")
+        raise Fatal(f"no data yet: {duckdb_path} does not exist (run the daemon first)")
     apply_views(con)
     return con, source

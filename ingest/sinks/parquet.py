@@ -49,7 +49,7 @@ class ParquetSink:
             self._fs.create_dir(f"{self._root}/dataset={ds.name}", recursive=True)
 
     def write(self, dataset: Dataset, table: pa.Table) -> list[str]:
-        days = pc.floor_temporal(table["_received_at"], unit="day")
+        days = pc.floor_temporal(table[dataset.received_column], unit="day")
         unique = pc.unique(days).to_pylist()
         if len(unique) == 1:  # the usual case: one flush, one day
             return [self._write_file(dataset, table, unique[0].date().isoformat())]

@@ -1,0 +1,118 @@
+"""Writer: a table per flush to every sink, bad records to quarantine, failing sinks retried."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from ingest.buffer import Buffer
+from ingest.config import FlushPolicy
+from ingest.events import Rejected, Rows
+from ingest.metrics import Metrics
+from ingest.sinks.duckdb import DuckDBSink
+from ingest.sinks.parquet import ParquetSink
+from ingest.views import connect_for_query
+from ingest.writer import Writer
+
+
+def block(n: int) -> Rows:
+    record = {
+        "block_number": n,
+        "block_hash": f"h{n}",
+        "timestamp_utc": "2025-11-11T18:42:15.123Z",
+        "_tracing_id": f"t{n}",
+    }
+    return Rows(
+        "blockdb",
+        "blockdb_blocks",
+        "blocks",
+        [json.dumps(record).encode()],
+        1_763_000_000_000_000_000 + n,
+        {"chain_id": 1},
+    )
+
+
+class FlakySink:
+    """Fails its first `failures` writes, then records what it gets."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.rows: list[int] = []
+
+    def open(self, datasets) -> None:
+        pass
+
+    def write(self, dataset, table) -> list[str]:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("No space left on device")
+        self.rows.extend(table.column("block_number").to_pylist())
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+async def test_good_rows_reach_both_sinks_and_bad_ones_the_quarantine(tmp_path, registry):
+    buffer = Buffer(registry, FlushPolicy(max_rows=1000, max_age=60))
+    sinks = [ParquetSink(str(tmp_path / "parquet"), "main"), DuckDBSink(tmp_path / "ingest.duckdb")]
+    for sink in sinks:
+        sink.open(registry.values())
+    metrics = Metrics()
+    writer = asyncio.create_task(Writer(registry, buffer, sinks, metrics).run())
+    for n in range(5):
+        buffer.add(block(n))
+    buffer.add(Rows("blockdb", "blockdb_blocks", "blocks", [b'{"block_number": "five"}'], 7, {"chain_id": 1}))
+    buffer.reject(Rejected("blockdb", b"\xff\xfe not json", "unreadable frame: invalid utf-8", 8, "blocks"))
+    buffer.close()
+    await asyncio.wait_for(writer, 10)
+    for sink in sinks:
+        sink.close()
+
+    for path, root in ((tmp_path / "ingest.duckdb", None), (None, str(tmp_path / "parquet"))):
+        con, _ = connect_for_query(registry, path, root)
+        assert con.sql("SELECT block_number FROM blockdb_blocks ORDER BY 1").fetchall() == [
+            (n,) for n in range(5)
+        ]
+        quarantined = con.sql(
+            "SELECT provider, subscription, dataset, reason, raw FROM quarantine ORDER BY reason"
+        ).fetchall()
+        assert [(q[0], q[1], q[2]) for q in quarantined] == [
+            ("blockdb", "blocks", "blockdb_blocks"),
+            ("blockdb", "blocks", None),
+        ]
+        assert "block_number" in quarantined[0][3] and quarantined[1][3].startswith("unreadable frame")
+        assert quarantined[0][4] == b'{"block_number": "five"}' and quarantined[1][4] == b"\xff\xfe not json"
+    assert metrics.dataset("blockdb_blocks").rows_written == 5
+    assert sum(metrics.quarantined.values()) == 2
+
+
+async def test_a_failing_sink_is_retried_and_keeps_order_and_every_row(registry):
+    buffer = Buffer(registry, FlushPolicy(max_rows=3, max_age=60))
+    flaky = FlakySink(failures=3)
+    metrics = Metrics()
+    writer = asyncio.create_task(Writer(registry, buffer, [flaky], metrics, retry_max=0.05).run())
+    for n in range(9):
+        buffer.add(block(n))
+    buffer.close()
+    await asyncio.wait_for(writer, 10)
+    assert flaky.rows == list(range(9))
+    assert metrics.sink_errors == 3
+
+
+async def test_outstanding_bytes_hold_while_a_sink_fails(registry):
+    """Until the failing sink succeeds, the flush's bytes still count: readers stay paused."""
+    buffer = Buffer(registry, FlushPolicy(max_rows=2, max_bytes=100, max_age=60, max_pending_bytes=150))
+    flaky = FlakySink(failures=1000)
+    writer = asyncio.create_task(Writer(registry, buffer, [flaky], Metrics(), retry_max=0.01).run())
+    for n in range(4):
+        buffer.add(block(n))
+    await asyncio.sleep(0.2)
+    assert buffer.congested and flaky.rows == []
+    flaky.failures = 0
+    await asyncio.wait_for(buffer.wait_for_room(), 5)
+    buffer.close()
+    await asyncio.wait_for(writer, 10)
+    assert flaky.rows == [0, 1, 2, 3]
