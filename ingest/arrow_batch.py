@@ -116,7 +116,7 @@ def _plan(dataset: Dataset) -> _Plan:
 def _raw_text(values: list[Any], *, numeric: bool) -> list[str | None]:
     out: list[str | None] = []
     for raw in values:
-        text = bytes(raw)
+        text = b"null" if raw is None else bytes(raw)  # None: a parent object was absent
         if text == b"null":
             out.append(None)
         elif text[:1] == b'"':
@@ -158,6 +158,21 @@ def _expand(chunks: Sequence[Rows], get: Callable[[Rows], Any], n: int) -> list[
     return [v for ch in chunks for v in repeat(get(ch), len(ch.records))]
 
 
+def _derived_tracing_ids(dataset: Dataset, arrays: dict[str, pa.Array], raws: list[bytes]) -> pa.Array:
+    """A deterministic id from the event's on-chain identity: the same event twice, the same id."""
+    parts = [pc.fill_null(pc.cast(arrays[k], pa.string()), "") for k in dataset.identity]
+    joined = pc.binary_join_element_wise(*parts, "|").to_pylist()
+    blank = "|" * (len(parts) - 1)
+    return pa.array(
+        [
+            # Nothing of the identity was selected: the row's own bytes are all there is.
+            hashlib.blake2b(key.encode() if key != blank else raw, digest_size=16).hexdigest()
+            for key, raw in zip(joined, raws, strict=True)
+        ],
+        pa.string(),
+    )
+
+
 def _dedup_keys(
     dataset: Dataset, arrays: dict[str, pa.Array], tracing: pa.Array, raws: list[bytes]
 ) -> pa.Array:
@@ -173,6 +188,10 @@ def _build(dataset: Dataset, chunks: Sequence[Rows]) -> pa.Table:
     plan = _plan(dataset)
     raws = [r for ch in chunks for r in ch.records]
     structs = plan.decoder.decode(b"[" + b",".join(raws) + b"]")
+    # What _raw keeps: the bytes as received, where the protocol had to re-key a record.
+    originals = (
+        raws if all(ch.raw is None for ch in chunks) else [r for ch in chunks for r in (ch.raw or ch.records)]
+    )
     n = len(raws)
     arrays: dict[str, pa.Array] = {}
     for col in dataset.columns:
@@ -185,6 +204,8 @@ def _build(dataset: Dataset, chunks: Sequence[Rows]) -> pa.Table:
     if dataset.tracing_id:
         ids = plan.getters[dataset.tracing_id](structs)
         tracing = pa.array([None if v is None else str(v) for v in ids], pa.string())
+    elif dataset.identity:
+        tracing = _derived_tracing_ids(dataset, arrays, originals)
     else:
         tracing = pa.nulls(n, pa.string())
     chunk_reorg = pa.array(_expand(chunks, attrgetter("is_reorg"), n), pa.bool_())
@@ -203,7 +224,7 @@ def _build(dataset: Dataset, chunks: Sequence[Rows]) -> pa.Table:
             "_tracing_id": tracing,
             "_is_reorg": reorg,
             "_dedup_key": _dedup_keys(dataset, arrays, tracing, raws),
-            "_raw": pa.array(raws, pa.binary()).cast(pa.string()),
+            "_raw": pa.array(originals, pa.binary()).cast(pa.string()),
         }
     )
     return pa.Table.from_arrays([arrays[f.name] for f in dataset.arrow_schema], schema=dataset.arrow_schema)
@@ -213,7 +234,7 @@ def _split(chunks: Sequence[Rows]) -> list[Rows]:
     """One Rows per record, so bisection can isolate a single bad record."""
     out: list[Rows] = []
     for ch in chunks:
-        for rec in ch.records:
+        for i, rec in enumerate(ch.records):
             out.append(
                 Rows(
                     provider=ch.provider,
@@ -223,6 +244,7 @@ def _split(chunks: Sequence[Rows]) -> list[Rows]:
                     received_at=ch.received_at,
                     context=ch.context,
                     is_reorg=ch.is_reorg,
+                    raw=None if ch.raw is None else [ch.raw[i]],
                 )
             )
     return out
@@ -240,8 +262,9 @@ def build_table(dataset: Dataset, chunks: Sequence[Rows]) -> BuildResult:
         records = _split(chunks)
         if len(records) == 1:
             rec = records[0]
+            original = rec.raw[0] if rec.raw else rec.records[0]  # quarantine keeps the bytes as received
             rejected = Rejected(
-                rec.provider, rec.records[0], _reason(exc), rec.received_at, rec.subscription, dataset.name
+                rec.provider, original, _reason(exc), rec.received_at, rec.subscription, dataset.name
             )
             return BuildResult(dataset.arrow_schema.empty_table(), [rejected])
     mid = len(records) // 2

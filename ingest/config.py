@@ -64,6 +64,7 @@ class ProviderConfig:
     keepalive_interval: float = 20.0
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     emulator: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)  # protocol-specific provider keys
 
     @property
     def emulated(self) -> bool:
@@ -192,8 +193,15 @@ def _auth(t: _Table, kind: str) -> AuthConfig:
     )
 
 
-def _provider(name: str, t: _Table) -> ProviderConfig:
+def _provider(name: str, t: _Table, config_dir: Path) -> ProviderConfig:
+    kind = t.get("kind", str, name)
+    if kind not in PROTOCOLS:
+        raise ConfigError(
+            f"{t.key('kind')}: unknown provider {kind!r} (known: {', '.join(sorted(PROTOCOLS))})"
+        )
+    protocol = PROTOCOLS[kind]
     t.only(
+        *protocol.option_keys,
         "kind",
         "url",
         "auth",
@@ -207,24 +215,19 @@ def _provider(name: str, t: _Table) -> ProviderConfig:
     )
     if not _NAME.match(name):
         raise ConfigError(f"{t.where}: provider names are lower-case identifiers, got {name!r}")
-    kind = t.get("kind", str, name)
-    if kind not in PROTOCOLS:
-        raise ConfigError(
-            f"{t.key('kind')}: unknown provider {kind!r} (known: {', '.join(sorted(PROTOCOLS))})"
-        )
     url = t.get("url", str, "")
     if url != EMULATOR_URL and not re.match(r"^wss?://[^/\s]+", url):
         raise ConfigError(f'{t.key("url")}: expected a ws:// or wss:// URL, or "{EMULATOR_URL}"')
     subs_raw = t.get("subscriptions", list, [])
     if not subs_raw:
         raise ConfigError(f"{t.key('subscriptions')}: at least one subscription is needed")
-    protocol = PROTOCOLS[kind]
+    options = protocol.parse_options({k: t.raw[k] for k in protocol.option_keys if k in t.raw}, t.where)
     subs = []
     for i, raw in enumerate(subs_raw):
         where = f"{t.key('subscriptions')}[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a table")
-        subs.append(protocol.parse_subscription(raw, where))
+        subs.append(protocol.parse_subscription(raw, where, config_dir))
     names = [s.name for s in subs]
     if dup := sorted({n for n in names if names.count(n) > 1}):
         raise ConfigError(f"{t.key('subscriptions')}: the subscription name {dup[0]!r} is used twice")
@@ -241,15 +244,18 @@ def _provider(name: str, t: _Table) -> ProviderConfig:
         url=url,
         auth=_auth(t.table("auth"), kind),
         subscriptions=tuple(subs),
-        idle_timeout=float(t.positive("idle_timeout", 30.0)),
+        idle_timeout=float(t.positive("idle_timeout", protocol.default_idle_timeout)),
         ping_interval=float(t.positive("ping_interval", 0.0, zero=True)),
         keepalive_interval=float(t.positive("keepalive_interval", 20.0)),
         backoff=backoff,
         emulator=t.get("emulator", dict, {}),
+        options=options,
     )
 
 
-def parse_config(doc: Mapping[str, Any], *, base: Path, source: str = "<built-in>") -> Config:
+def parse_config(
+    doc: Mapping[str, Any], *, base: Path, source: str = "<built-in>", config_dir: Path | None = None
+) -> Config:
     """Validate a parsed TOML document; raises ConfigError naming the first key at fault."""
     top = _Table(dict(doc), "")
     top.only("instance", "log_format", "storage", "flush", "providers")
@@ -264,7 +270,7 @@ def parse_config(doc: Mapping[str, Any], *, base: Path, source: str = "<built-in
     for name, raw in providers_t.raw.items():
         pt = _Table(raw, f"providers.{name}")
         if pt.get("enabled", bool, True):
-            providers.append(_provider(name, pt))
+            providers.append(_provider(name, pt, config_dir or base))
     if not providers:
         raise ConfigError("providers: no enabled provider")
     return Config(
@@ -288,4 +294,10 @@ def load_config(path: Path | None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     # Paths in a user's config are relative to where the daemon runs; the demo writes to ./data.
-    return parse_config(doc, base=Path(os.getcwd()), source=str(path) if path else "<built-in>")
+    # Files a config names (GraphQL queries) sit next to it.
+    return parse_config(
+        doc,
+        base=Path(os.getcwd()),
+        source=str(path) if path else "<built-in>",
+        config_dir=file.resolve().parent,
+    )

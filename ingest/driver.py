@@ -27,7 +27,7 @@ from tenacity import (
 from ingest.auth import Target
 from ingest.config import ProviderConfig
 from ingest.errors import AuthRejected, Disconnected, Fatal, ProtocolFatal, Silent, Transient
-from ingest.events import FatalError, Reconnect, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
+from ingest.events import FatalError, Notice, Reconnect, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
 from ingest.metrics import ProviderStats
 from ingest.protocols.base import ProviderProtocol
 
@@ -270,6 +270,8 @@ class Collector:
             )
             if self.protocol.active == 0 and not event.retryable:
                 raise ProtocolFatal("every subscription was refused")
+        elif isinstance(event, Notice):
+            self.log.warning("provider notice", subscription=event.subscription, message=event.message)
         elif isinstance(event, FatalError):
             raise ProtocolFatal(event.reason)
         elif isinstance(event, Reconnect):

@@ -9,6 +9,7 @@ from typing import Any
 __all__ = [
     "Event",
     "FatalError",
+    "Notice",
     "Reconnect",
     "Rejected",
     "Rows",
@@ -31,6 +32,7 @@ class Rows:
     received_at: int  # ns since epoch, UTC
     context: Mapping[str, Any] = field(default_factory=dict)  # envelope values for context columns
     is_reorg: bool = False  # envelope-level reorg flag (ORed with the payload's)
+    raw: list[bytes] | None = None  # the records as received, where `records` were re-keyed
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,14 @@ class SubscriptionFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Notice:
+    """Something worth a log line that changes nothing (a provider warning, a restarted stream)."""
+
+    subscription: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reconnect:
     """The provider asked for (or the protocol needs) a fresh connection."""
 
@@ -73,4 +83,4 @@ class FatalError:
     reason: str
 
 
-Event = Rows | Rejected | SubscriptionAcked | SubscriptionFailed | Reconnect | FatalError
+Event = Rows | Rejected | SubscriptionAcked | SubscriptionFailed | Notice | Reconnect | FatalError

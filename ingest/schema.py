@@ -118,6 +118,7 @@ class Dataset:
     reorg_flag: tuple[str, ...] = ()  # payload path of the payload's reorg flag
     event_time: str | None = None  # column holding the event time
     key: tuple[str, ...] = ()  # natural key columns, for the dedup key
+    identity: tuple[str, ...] = ()  # columns a tracing id is derived from when the provider sends none
     received_column: str = "_received_at"  # the receive time: Parquet partitions by its date
     arrow_schema: pa.Schema = field(init=False, repr=False, compare=False)
 
@@ -236,6 +237,9 @@ def load_registry(schema_dir: Path = SCHEMA_DIR) -> Registry:
         key = tuple(doc.get("key", ()))  # type: ignore[arg-type]
         if missing := [k for k in key if k not in names]:
             raise ConfigError(f"{where}.key: no column named {missing[0]!r}")
+        identity = tuple(doc.get("identity", ()))  # type: ignore[arg-type]
+        if missing := [k for k in identity if k not in names]:
+            raise ConfigError(f"{where}.identity: no column named {missing[0]!r}")
         datasets[name] = Dataset(
             name=name,
             provider=str(doc.get("provider", "")),
@@ -247,6 +251,7 @@ def load_registry(schema_dir: Path = SCHEMA_DIR) -> Registry:
             reorg_flag=tuple(str(doc["reorg_flag"]).split(".")) if "reorg_flag" in doc else (),
             event_time=event_time,  # type: ignore[arg-type]
             key=key,
+            identity=identity,
             received_column=str(doc.get("received_column", "_received_at")),
         )
         if datasets[name].received_column not in datasets[name].arrow_schema.names:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ingest.protocols.base import AuthDefaults, ProviderProtocol, SubscriptionSpec
+from ingest.protocols.bitquery import BitqueryProtocol
 from ingest.protocols.blockdb import BlockDBProtocol
 
 __all__ = ["PROTOCOLS", "AuthDefaults", "ProviderProtocol", "SubscriptionSpec"]
 
-PROTOCOLS: dict[str, type[BlockDBProtocol]] = {
+PROTOCOLS: dict[str, Any] = {
     BlockDBProtocol.kind: BlockDBProtocol,
+    BitqueryProtocol.kind: BitqueryProtocol,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from ingest.events import Event
@@ -35,14 +36,21 @@ class ProviderProtocol(Protocol):
 
     kind: ClassVar[str]
     auth: ClassVar[AuthDefaults]
-    subprotocols: ClassVar[tuple[str, ...]]
     fatal_close_codes: ClassVar[frozenset[int]]  # close codes that reconnecting will not fix
+    default_idle_timeout: ClassVar[float]  # silence that means a dead link, unless configured
+    option_keys: ClassVar[tuple[str, ...]]  # provider-level config keys this protocol reads
 
     name: str  # the configured provider name, stamped on every row
+    subprotocols: tuple[str, ...]  # offered in Sec-WebSocket-Protocol
 
     @classmethod
-    def parse_subscription(cls, raw: Mapping[str, Any], where: str) -> SubscriptionSpec:
-        """Validate one subscription table of the config; raise ConfigError naming the key."""
+    def parse_options(cls, raw: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+        """Validate the provider-level keys named in option_keys; raise ConfigError naming the key."""
+        ...
+
+    @classmethod
+    def parse_subscription(cls, raw: Mapping[str, Any], where: str, base_dir: Path) -> SubscriptionSpec:
+        """Validate one subscription table (files it names are relative to base_dir)."""
         ...
 
     def connect(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
@@ -70,12 +71,17 @@ class BlockDBProtocol:
 
     kind: ClassVar[str] = "blockdb"
     auth: ClassVar[AuthDefaults] = AuthDefaults(location="header", query_param="api_key")
-    subprotocols: ClassVar[tuple[str, ...]] = ()
     # 1008 POLICY_VIOLATION is BlockDB's answer to a bad key or scope: retrying the same key loops.
     fatal_close_codes: ClassVar[frozenset[int]] = frozenset({1008})
+    # Quiet filtered streams are normal; server pings (every connection, doc 2.5) keep it alive.
+    default_idle_timeout: ClassVar[float] = 30.0
+    option_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, name: str, subscriptions: list[BlockDBSubscription]) -> None:
+    def __init__(
+        self, name: str, subscriptions: list[BlockDBSubscription], options: Mapping[str, Any] | None = None
+    ) -> None:
         self.name = name
+        self.subprotocols: tuple[str, ...] = ()
         self._desired: dict[Pair, BlockDBSubscription] = {s.pair: s for s in subscriptions}
         self._sent: set[Pair] = set()  # subscribed on this socket (acked or not yet)
         self._acked: set[Pair] = set()
@@ -86,7 +92,13 @@ class BlockDBProtocol:
         self._context: dict[Pair, dict[str, Any]] = {}
 
     @classmethod
-    def parse_subscription(cls, raw: Mapping[str, Any], where: str) -> BlockDBSubscription:
+    def parse_options(cls, raw: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+        return {}
+
+    @classmethod
+    def parse_subscription(
+        cls, raw: Mapping[str, Any], where: str, base_dir: Path | None = None
+    ) -> BlockDBSubscription:
         unknown = set(raw) - {"name", "chain_id", "dataset_id", "params"}
         if unknown:
             raise ConfigError(

@@ -1,0 +1,150 @@
+"""What a Bitquery subscription document asks for: which cubes, on which network, under which names.
+
+A result frame is keyed by response names (aliases where the query gave them), so each
+(root key, cube key) of the result is bound here, once per subscription, to its dataset, its
+context columns (network, mempool) and the alias map that turns its rows back into field names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    parse,
+    value_from_ast_untyped,
+)
+
+from ingest.errors import ConfigError
+
+__all__ = ["DATASETS", "GENERIC_DATASET", "METRICS", "Cube", "Renames", "analyse"]
+
+# (root field, cube field) -> dataset with a typed table; anything else lands in the generic one.
+DATASETS: dict[tuple[str, str], str] = {
+    ("EVM", "Blocks"): "bitquery_evm_blocks",
+    ("EVM", "Transfers"): "bitquery_evm_transfers",
+    ("EVM", "DEXTrades"): "bitquery_evm_dex_trades",
+    ("EVM", "BalanceUpdates"): "bitquery_evm_balance_updates",
+    ("Tron", "Transfers"): "bitquery_tron_transfers",
+}
+GENERIC_DATASET = "bitquery_generic"
+METRICS = "metrics"  # where a row's aggregates (count, sum, ...) go, under the names the query gave
+
+# response key -> (field name, renames below it); None below means nothing to rename further down.
+Renames = dict[str, tuple[str, "Renames | None"]]
+
+
+@dataclass(frozen=True, slots=True)
+class Cube:
+    """One cube of a subscription, as the result names it."""
+
+    root: str  # EVM, Tron, Solana, Trading
+    cube: str  # Blocks, Transfers, ... (field name, not alias)
+    dataset: str
+    context: Mapping[str, Any] = field(default_factory=dict)
+    renames: Renames | None = None  # None: rows are already keyed by field names
+    metrics: tuple[str, ...] = ()  # top-level response keys that are aggregates
+
+    @property
+    def rewrite(self) -> bool:
+        return self.renames is not None or bool(self.metrics)
+
+
+def _fields(
+    selection: SelectionSetNode | None, fragments: Mapping[str, FragmentDefinitionNode]
+) -> list[FieldNode]:
+    """The fields of a selection set, with fragments spread in place."""
+    out: list[FieldNode] = []
+    for node in selection.selections if selection else ():
+        if isinstance(node, FieldNode):
+            out.append(node)
+        elif isinstance(node, InlineFragmentNode):
+            out.extend(_fields(node.selection_set, fragments))
+        elif isinstance(node, FragmentSpreadNode) and node.name.value in fragments:
+            out.extend(_fields(fragments[node.name.value].selection_set, fragments))
+    return out
+
+
+def _renames(
+    selection: SelectionSetNode | None, fragments: Mapping[str, FragmentDefinitionNode]
+) -> Renames | None:
+    renames: Renames = {}
+    needed = False
+    for node in _fields(selection, fragments):
+        key = node.alias.value if node.alias else node.name.value
+        below = _renames(node.selection_set, fragments)
+        renames[key] = (node.name.value, below)
+        needed = needed or key != node.name.value or below is not None
+    return renames if needed else None
+
+
+def _is_metric(node: FieldNode) -> bool:
+    # Bitquery's aggregates are the lower-case fields of a cube (count, sum, average, uniq, ...).
+    return node.name.value[:1].islower() and node.name.value != "__typename"
+
+
+def _operation(doc: DocumentNode, name: str | None, where: str) -> OperationDefinitionNode:
+    ops = [d for d in doc.definitions if isinstance(d, OperationDefinitionNode)]
+    if name is not None:
+        ops = [op for op in ops if op.name is not None and op.name.value == name]
+        if not ops:
+            raise ConfigError(f"{where}.operation_name: no operation named {name!r} in the query")
+    if len(ops) != 1:
+        raise ConfigError(f"{where}.query: {len(ops)} operations; name the one to run with operation_name")
+    if ops[0].operation is not OperationType.SUBSCRIPTION:
+        raise ConfigError(f"{where}.query: a {ops[0].operation.value}, not a subscription")
+    return ops[0]
+
+
+def analyse(
+    query: str, variables: Mapping[str, Any], operation_name: str | None, where: str
+) -> dict[tuple[str, str], Cube]:
+    """Bind each cube of the subscription to its dataset; ConfigError for what Bitquery would refuse."""
+    try:
+        doc = parse(query)
+    except GraphQLError as exc:
+        line = exc.locations[0].line if exc.locations else "?"
+        raise ConfigError(f"{where}.query: {exc.message} (line {line})") from None
+    op = _operation(doc, operation_name, where)
+    fragments = {d.name.value: d for d in doc.definitions if isinstance(d, FragmentDefinitionNode)}
+    roots = _fields(op.selection_set, fragments)
+    if len(roots) != 1:
+        # Bitquery: one top-level root per document (PROTOCOLS.md 1.6).
+        raise ConfigError(
+            f"{where}.query: a subscription has exactly one root field (EVM, Tron, Solana, ...)"
+        )
+    root = roots[0]
+    args = {a.name.value: value_from_ast_untyped(a.value, dict(variables)) for a in root.arguments or ()}
+    network = args.get("network", root.name.value.lower())
+    context = {"network": str(network), "mempool": bool(args.get("mempool", False))}
+    cubes: dict[tuple[str, str], Cube] = {}
+    root_key = root.alias.value if root.alias else root.name.value
+    for node in _fields(root.selection_set, fragments):
+        cube_key = node.alias.value if node.alias else node.name.value
+        inner = _fields(node.selection_set, fragments)
+        metrics = tuple(f.alias.value if f.alias else f.name.value for f in inner if _is_metric(f))
+        dataset = DATASETS.get((root.name.value, node.name.value), GENERIC_DATASET)
+        ctx = dict(context)
+        if dataset == GENERIC_DATASET:
+            ctx.update(root=root.name.value, cube=node.name.value)
+        cubes[(root_key, cube_key)] = Cube(
+            root=root.name.value,
+            cube=node.name.value,
+            dataset=dataset,
+            context=ctx,
+            renames=_renames(node.selection_set, fragments),
+            metrics=metrics,
+        )
+    if not cubes:
+        raise ConfigError(f"{where}.query: {root.name.value} selects no cube")
+    return cubes

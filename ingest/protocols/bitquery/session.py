@@ -1,0 +1,316 @@
+"""Bitquery streaming (PROTOCOLS.md section 1): GraphQL subscriptions over both WebSocket subprotocols.
+
+Legacy `graphql-ws` (Apollo: connection_init/ack, start, data, ka, error, complete) and
+`graphql-transport-ws` (subscribe, next, error, complete, ping/pong) differ only in envelope names,
+so one state machine speaks both. Several subscriptions share a connection, each under its own
+operation id; ids are never reused, so a late frame of an old operation cannot be misread.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+
+from ingest.errors import ConfigError
+from ingest.events import Event, FatalError, Notice, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
+from ingest.protocols.base import AuthDefaults
+from ingest.protocols.bitquery.query import GENERIC_DATASET, METRICS, Cube, Renames, analyse
+
+__all__ = ["LEGACY", "TRANSPORT", "BitqueryProtocol", "BitquerySubscription"]
+
+LEGACY = "graphql-ws"
+TRANSPORT = "graphql-transport-ws"
+_TYPES = {LEGACY: ("start", "data", "stop"), TRANSPORT: ("subscribe", "next", "complete")}
+
+
+@dataclass(frozen=True, slots=True)
+class BitquerySubscription:
+    name: str
+    query: str
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    operation_name: str | None = None
+    cubes: Mapping[tuple[str, str], Cube] = field(default_factory=dict, repr=False)
+
+    def payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"query": self.query}
+        if self.variables:
+            out["variables"] = dict(self.variables)
+        if self.operation_name:
+            out["operationName"] = self.operation_name
+        return out
+
+
+class _Msg(msgspec.Struct, kw_only=True):
+    type: str
+    id: str | int | None = None
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _Result(msgspec.Struct, kw_only=True):
+    data: dict[str, msgspec.Raw] | None = None
+    errors: list[Any] | None = None
+
+
+_decode_msg = msgspec.json.Decoder(_Msg).decode
+_decode_result = msgspec.json.Decoder(_Result).decode
+_decode_obj = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_rows = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_decode_any = msgspec.json.decode
+_encode = msgspec.json.encode
+
+
+def _messages(payload: Any) -> str:
+    """Error text from any of the shapes servers use: one error, a list, or {errors: [...]}."""
+    if isinstance(payload, dict) and isinstance(payload.get("errors"), list):
+        payload = payload["errors"]
+    errors = payload if isinstance(payload, list) else [payload]
+    return "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
+
+
+def _rename(value: Any, renames: Renames | None) -> Any:
+    if renames is None:
+        return value
+    if isinstance(value, list):
+        return [_rename(v, renames) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name, below = renames.get(key, (key, None))
+        # Two aliases of one field (`a: Amount`, `b: Amount(in: USD)`) cannot both take its name.
+        out[key if name in out or (name in value and name != key) else name] = _rename(item, below)
+    return out
+
+
+def _canonical(row: bytes, cube: Cube) -> bytes:
+    """A row keyed by field names, its aggregates under `metrics`: what the dataset declares."""
+    obj = _decode_any(row)
+    if not isinstance(obj, dict):
+        return row  # not an object: the batch builder rejects it with a reason
+    metrics = {k: obj.pop(k) for k in cube.metrics if k in obj}
+    obj = _rename(obj, cube.renames)
+    if metrics:
+        obj[METRICS] = metrics
+    return _encode(obj)
+
+
+class BitqueryProtocol:
+    """Sans-I/O Bitquery session over graphql-ws or graphql-transport-ws."""
+
+    kind: ClassVar[str] = "bitquery"
+    # Bitquery takes the token only in the URL for WebSockets (PROTOCOLS.md 1.2).
+    auth: ClassVar[AuthDefaults] = AuthDefaults(location="query", query_param="token")
+    # graphql-transport-ws codes a reconnect cannot fix: bad frames, unauthorized, forbidden (the
+    # token), wrong subprotocol, duplicate id, second init. 4408 and 4500 are worth a retry.
+    fatal_close_codes: ClassVar[frozenset[int]] = frozenset({4400, 4401, 4403, 4406, 4409, 4429})
+    # Bitquery: no data and no keep-alive for about 10 s means a silent disconnect (1.6).
+    default_idle_timeout: ClassVar[float] = 10.0
+    option_keys: ClassVar[tuple[str, ...]] = ("subprotocol",)
+
+    def __init__(
+        self, name: str, subscriptions: list[BitquerySubscription], options: Mapping[str, Any] | None = None
+    ) -> None:
+        self.name = name
+        self.subprotocol: str = (options or {}).get("subprotocol", TRANSPORT)
+        self.subprotocols = (self.subprotocol,)
+        self._start, self._data, self._stop = _TYPES[self.subprotocol]
+        self._desired: dict[str, BitquerySubscription] = {s.name: s for s in subscriptions}
+        self._ops: dict[str, BitquerySubscription] = {}  # operation id -> subscription, this socket
+        self._ids = itertools.count(1)
+        self._acked = False
+        self._closing = False
+        self._restart: set[str] = set()  # completed by the server: started again on keepalive()
+        self._live: set[str] = set()  # subscriptions that delivered data on this socket
+        self._outbox: list[str] = []
+
+    @classmethod
+    def parse_options(cls, raw: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+        sub = raw.get("subprotocol", TRANSPORT)
+        if sub not in _TYPES:
+            raise ConfigError(f'{where}.subprotocol: expected "{TRANSPORT}" or "{LEGACY}", got {sub!r}')
+        return {"subprotocol": sub}
+
+    @classmethod
+    def parse_subscription(
+        cls, raw: Mapping[str, Any], where: str, base_dir: Path | None = None
+    ) -> BitquerySubscription:
+        allowed = {"name", "query", "query_file", "variables", "operation_name"}
+        if unknown := sorted(set(raw) - allowed):
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}.name: every Bitquery subscription needs a name")
+        if ("query" in raw) == ("query_file" in raw):
+            raise ConfigError(
+                f"{where}: give either query or query_file (a .graphql file next to the config)"
+            )
+        if "query_file" in raw:
+            path = Path(str(raw["query_file"]))
+            path = path if path.is_absolute() else (base_dir or Path.cwd()) / path
+            try:
+                query = path.read_text()
+            except OSError as exc:
+                raise ConfigError(f"{where}.query_file: cannot read {path}: {exc.strerror}") from None
+        else:
+            query = raw["query"]
+            if not isinstance(query, str):
+                raise ConfigError(f"{where}.query: expected a GraphQL document as a string")
+        variables = raw.get("variables", {})
+        if not isinstance(variables, dict):
+            raise ConfigError(f"{where}.variables: expected a table")
+        operation_name = raw.get("operation_name")
+        if operation_name is not None and not isinstance(operation_name, str):
+            raise ConfigError(f"{where}.operation_name: expected a string")
+        cubes = analyse(query, variables, operation_name, where)
+        return BitquerySubscription(name, query, variables, operation_name, cubes)
+
+    # -- driver inputs ---------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        # Bitquery needs no init payload: the token is in the URL. Operations wait for the ack.
+        self._outbox.append('{"type":"connection_init"}')
+
+    def receive(self, frame: str | bytes, received_at: int) -> list[Event]:
+        try:
+            msg = _decode_msg(frame)
+        except msgspec.MsgspecError as exc:
+            return [self._reject(frame, f"unreadable frame: {exc}", received_at)]
+        kind = msg.type
+        op = None if msg.id is None else str(msg.id)
+        if kind == self._data and op is not None:
+            return self._on_data(op, bytes(msg.payload), frame, received_at)
+        if kind in ("ka", "pong"):
+            return []
+        if kind == "ping":
+            self._outbox.append('{"type":"pong"}')
+            return []
+        if kind == "connection_ack":
+            self._acked = True
+            for sub in self._desired.values():
+                self._begin(sub)
+            return []
+        if kind == "error" and op is not None:
+            return self._on_error(op, bytes(msg.payload))
+        if kind == "complete" and op is not None:
+            sub = self._ops.pop(op, None)
+            if sub is not None and sub.name in self._desired and not self._closing:
+                self._restart.add(sub.name)
+                return [Notice(sub.name, "the server completed the subscription; starting it again")]
+            return []
+        if kind == "connection_error":
+            text = _messages(_decode_any(bytes(msg.payload)) if bytes(msg.payload) != b"null" else "")
+            if not self._acked:
+                return [FatalError(f"connection refused: {text}")]
+            return [Notice("", f"server reported: {text}")]
+        return [self._reject(frame, f"unknown message type {kind!r}", received_at)]
+
+    def data_to_send(self) -> list[str]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def keepalive(self) -> None:
+        if self.subprotocol == TRANSPORT:
+            self._outbox.append('{"type":"ping"}')
+        for name in list(self._restart):
+            self._restart.discard(name)
+            if self._acked and name in self._desired:
+                self._begin(self._desired[name])
+
+    def close(self) -> None:
+        # Bitquery honours neither `stop` nor a goodbye ack: `complete` per operation, then close.
+        self._closing = True
+        for op in self._ops:
+            self._outbox.append(_encode({"type": "complete", "id": op}).decode())
+        self._ops.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @property
+    def active(self) -> int:
+        return len(self._desired)
+
+    def connection_lost(self) -> None:
+        self._ops.clear()
+        self._live.clear()
+        self._restart.clear()
+        self._acked = False
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _begin(self, sub: BitquerySubscription) -> None:
+        op = str(next(self._ids))
+        self._ops[op] = sub
+        self._outbox.append(_encode({"type": self._start, "id": op, "payload": sub.payload()}).decode())
+
+    def _reject(self, frame: str | bytes, reason: str, received_at: int, subscription: str = "") -> Rejected:
+        raw = frame.encode() if isinstance(frame, str) else frame
+        return Rejected(self.name, raw, reason, received_at, subscription)
+
+    def _on_error(self, op: str, payload: bytes) -> list[Event]:
+        sub = self._ops.pop(op, None)
+        text = _messages(_decode_any(payload)) if payload != b"null" else "error without a message"
+        if sub is None:
+            return [Notice("", f"error for unknown operation {op}: {text}")]
+        # A query the server rejects will be rejected again: this subscription stops, others go on.
+        self._desired.pop(sub.name, None)
+        return [SubscriptionFailed(sub.name, text, retryable=False)]
+
+    def _on_data(self, op: str, payload: bytes, frame: str | bytes, received_at: int) -> list[Event]:
+        sub = self._ops.get(op)
+        label = sub.name if sub else f"operation {op}"
+        try:
+            result = _decode_result(payload)
+            roots = result.data or {}
+            events: list[Event] = []
+            for root_key, root_raw in roots.items():
+                if bytes(root_raw) == b"null":
+                    continue
+                for cube_key, cube_raw in _decode_obj(root_raw).items():
+                    events.extend(self._rows(sub, label, root_key, cube_key, bytes(cube_raw), received_at))
+        except (msgspec.MsgspecError, ValueError) as exc:
+            return [self._reject(frame, f"unreadable result: {exc}", received_at, label)]
+        if result.errors:
+            events.append(Notice(label, f"result carried errors: {_messages(result.errors)}"))
+        return events
+
+    def _rows(
+        self,
+        sub: BitquerySubscription | None,
+        label: str,
+        root_key: str,
+        cube_key: str,
+        raw: bytes,
+        received_at: int,
+    ) -> list[Event]:
+        if raw == b"null":
+            return []
+        rows = [bytes(r) for r in _decode_rows(raw)] if raw[:1] == b"[" else [raw]
+        if not rows:
+            return []
+        cube = sub.cubes.get((root_key, cube_key)) if sub else None
+        if cube is None:  # a shape the query did not declare: kept whole in the generic table
+            context = {"network": None, "mempool": None, "root": root_key, "cube": cube_key}
+            cube = Cube(root_key, cube_key, GENERIC_DATASET, context)
+        # No per-subscription ack exists in either protocol: the first data says it is live.
+        first: list[Event] = []
+        if sub is not None and sub.name not in self._live:
+            self._live.add(sub.name)
+            first.append(SubscriptionAcked(sub.name))
+        records = [_canonical(r, cube) for r in rows] if cube.rewrite else rows
+        out = Rows(
+            provider=self.name,
+            dataset=cube.dataset,
+            subscription=label,
+            records=records,
+            received_at=received_at,
+            context=cube.context,
+            raw=rows if cube.rewrite else None,
+        )
+        return [*first, out]

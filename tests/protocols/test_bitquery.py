@@ -1,0 +1,335 @@
+"""Bitquery protocol on plain frames, over both subprotocols: no socket, no event loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ingest.arrow_batch import build_table
+from ingest.errors import ConfigError
+from ingest.events import FatalError, Notice, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
+from ingest.protocols.bitquery import LEGACY, TRANSPORT, BitqueryProtocol
+from tests.conftest import frame
+
+TRANSFERS = """subscription { EVM(network: eth) { Transfers {
+  Block { Number Hash Time } Transaction { Hash From Index } Log { Index }
+  Transfer { Amount Sender Receiver Type
+    Currency { Symbol Name SmartContract Decimals Native Fungible } } } } }"""
+BLOCKS = (
+    "subscription { EVM(network: eth) { Blocks { Block { Number Hash ParentHash Time TxCount GasUsed } } } }"
+)
+BALANCES = """subscription RealTimeLP($lps: [String!]) {
+  EVM(network: eth) {
+    BalanceUpdates(where: {BalanceUpdate: {Address: {in: $lps}},
+                           Currency: {SmartContract: {is: "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2"}}}) {
+      balance: sum(of: BalanceUpdate_Amount)
+      Address: BalanceUpdate { Address }
+    }
+  }
+}"""
+
+
+def rows_of(table) -> list[dict]:
+    """Table rows as dicts, without the nanosecond receive time (datetime cannot hold it)."""
+    return table.drop_columns(["_received_at"]).to_pylist()
+
+
+def proto(*subs: dict, subprotocol: str = TRANSPORT) -> BitqueryProtocol:
+    specs = [BitqueryProtocol.parse_subscription(s, f"s[{i}]") for i, s in enumerate(subs)]
+    return BitqueryProtocol(
+        "bitquery", specs, BitqueryProtocol.parse_options({"subprotocol": subprotocol}, "p")
+    )
+
+
+def handshake(p: BitqueryProtocol) -> list[dict]:
+    p.connect()
+    assert [json.loads(f) for f in p.data_to_send()] == [{"type": "connection_init"}]
+    assert p.receive(b'{"type":"connection_ack"}', 1) == []
+    return [json.loads(f) for f in p.data_to_send()]
+
+
+@pytest.mark.parametrize(("subprotocol", "start"), [(LEGACY, "start"), (TRANSPORT, "subscribe")])
+def test_operations_start_only_after_the_ack_each_with_its_own_id(subprotocol, start):
+    p = proto(
+        {"name": "blocks", "query": BLOCKS},
+        {"name": "lp", "query": BALANCES, "variables": {"lps": ["0xc7"]}},
+        subprotocol=subprotocol,
+    )
+    assert p.subprotocols == (subprotocol,)
+    sent = handshake(p)
+    assert [m["type"] for m in sent] == [start, start]
+    assert [m["id"] for m in sent] == ["1", "2"]
+    assert sent[0]["payload"] == {"query": BLOCKS}
+    assert sent[1]["payload"]["variables"] == {"lps": ["0xc7"]}
+
+
+def test_resubscribes_with_fresh_ids_after_a_reconnect():
+    p = proto({"name": "blocks", "query": BLOCKS})
+    handshake(p)
+    p.connection_lost()
+    p.connect()
+    p.data_to_send()
+    assert p.data_to_send() == []  # nothing before the new ack
+    p.receive(b'{"type":"connection_ack"}', 1)
+    assert [json.loads(f)["id"] for f in p.data_to_send()] == ["2"]
+
+
+@pytest.mark.parametrize(("subprotocol", "name"), [(LEGACY, "data_transfers"), (TRANSPORT, "data_transfers")])
+def test_a_data_frame_becomes_one_rows_event_for_its_cube(subprotocol, name, registry):
+    p = proto({"name": "eth_transfers", "query": TRANSFERS}, subprotocol=subprotocol)
+    handshake(p)
+    raw = frame("bitquery", name)
+    if subprotocol == TRANSPORT:
+        raw = raw.replace(b'"type":"data"', b'"type":"next"')
+    acked, rows = p.receive(raw, 42)
+    assert acked == SubscriptionAcked("eth_transfers")
+    assert isinstance(rows, Rows) and rows.dataset == "bitquery_evm_transfers" and len(rows.records) == 2
+    assert rows.context == {"network": "eth", "mempool": False}
+    table = build_table(registry[rows.dataset], [rows]).table
+    row = rows_of(table)[0]
+    assert (row["network"], row["block_number"], row["transaction_index"], row["log_index"]) == (
+        "eth",
+        21000000,
+        23,
+        7,
+    )
+    assert row["transfer_currency_symbol"] == "USDT" and row["transfer_currency_decimals"] == 6
+    assert row["transfer_amount"] == "340282366920938463463374607431.768211457"  # exact
+    assert row["_event_time"].isoformat() == "2025-11-11T18:42:15+00:00"
+    assert p.receive(raw, 43)[0].dataset == "bitquery_evm_transfers"  # acked once only
+
+
+def test_the_same_event_twice_gets_the_same_derived_tracing_id(registry):
+    p = proto({"name": "t", "query": TRANSFERS}, subprotocol=LEGACY)
+    handshake(p)
+    (_, first), (second,) = (
+        p.receive(frame("bitquery", "data_transfers"), 1),
+        p.receive(frame("bitquery", "data_transfers"), 2),
+    )
+    table = build_table(registry["bitquery_evm_transfers"], [first, second]).table
+    ids = table["_tracing_id"].to_pylist()
+    assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
+    assert table["_dedup_key"].to_pylist() == ids
+
+
+def test_next_frames_of_blocks(registry):
+    p = proto({"name": "blocks", "query": BLOCKS})
+    handshake(p)
+    _, rows = p.receive(frame("bitquery", "next_blocks"), 1)
+    row = rows_of(build_table(registry["bitquery_evm_blocks"], [rows]).table)[0]
+    assert (row["block_number"], row["block_tx_count"], row["block_gas_used"]) == (21000001, 151, "14984339")
+    assert row["block_parent_hash"].startswith("0x7b5c")
+
+
+def test_aliases_map_back_to_fields_and_aggregates_keep_their_names(registry):
+    """The seed's BalanceUpdates query: `Address: BalanceUpdate {...}` and `balance: sum(...)`."""
+    p = proto({"name": "lp", "query": BALANCES, "variables": {"lps": ["0xc74b"]}}, subprotocol=LEGACY)
+    handshake(p)
+    raw = frame("bitquery", "data_balance_updates")
+    _, rows = p.receive(raw, 1)
+    assert rows.dataset == "bitquery_evm_balance_updates"
+    row = rows_of(build_table(registry[rows.dataset], [rows]).table)[0]
+    assert row["balance_update_address"] == "0xc74b026fab49d2380ffc6f53908c2ae6d14aa3b6"
+    assert json.loads(row["metrics"]) == {"balance": "123.45"}
+    assert (
+        json.loads(row["_raw"]) == json.loads(raw)["payload"]["data"]["EVM"]["BalanceUpdates"][0]
+    )  # as received
+
+
+def test_aliased_cubes_and_fields_land_in_the_right_columns(registry):
+    query = """subscription { chain: EVM(network: bsc) { big: Transfers { Block { n: Number }
+      Transfer { amt: Amount Currency { sym: Symbol } } } } }"""
+    p = proto({"name": "t", "query": query})
+    handshake(p)
+    msg = {
+        "type": "next",
+        "id": "1",
+        "payload": {
+            "data": {
+                "chain": {
+                    "big": [{"Block": {"n": "5"}, "Transfer": {"amt": "10", "Currency": {"sym": "BUSD"}}}]
+                }
+            }
+        },
+    }
+    _, rows = p.receive(json.dumps(msg), 1)
+    row = rows_of(build_table(registry[rows.dataset], [rows]).table)[0]
+    assert (row["network"], row["block_number"], row["transfer_amount"], row["transfer_currency_symbol"]) == (
+        "bsc",
+        5,
+        "10",
+        "BUSD",
+    )
+
+
+def test_network_can_come_from_a_variable():
+    p = proto(
+        {
+            "name": "b",
+            "query": "subscription ($n: evm_network) { EVM(network: $n) { Blocks { Block { Number } } } }",
+            "variables": {"n": "base"},
+        }
+    )
+    handshake(p)
+    _, rows = p.receive(
+        b'{"type":"next","id":"1","payload":{"data":{"EVM":{"Blocks":[{"Block":{"Number":"1"}}]}}}}', 1
+    )
+    assert rows.context["network"] == "base"
+
+
+def test_tron_mempool_transfers_and_unknown_shapes(registry):
+    tron = (
+        "subscription { Tron(mempool: true) { Transfers {"
+        " Transfer { Sender Receiver Amount Currency { Symbol } } } } }"
+    )
+    sol = "subscription { Solana { Instructions { Instruction { Index } } } }"
+    p = proto({"name": "tron", "query": tron}, {"name": "sol", "query": sol})
+    handshake(p)
+    _, rows = p.receive(
+        json.dumps(
+            {
+                "type": "next",
+                "id": "1",
+                "payload": {
+                    "data": {
+                        "Tron": {
+                            "Transfers": [
+                                {
+                                    "Transfer": {
+                                        "Sender": "TXyz",
+                                        "Receiver": "TAbc",
+                                        "Amount": "12.5",
+                                        "Currency": {"Symbol": "USDT"},
+                                    }
+                                }
+                            ]
+                        }
+                    }
+                },
+            }
+        ),
+        1,
+    )
+    assert rows.dataset == "bitquery_tron_transfers" and rows.context == {"network": "tron", "mempool": True}
+    _, generic = p.receive(
+        json.dumps(
+            {
+                "type": "next",
+                "id": "2",
+                "payload": {
+                    "data": {
+                        "Solana": {
+                            "Instructions": [{"Instruction": {"Index": 0}}, {"Instruction": {"Index": 1}}]
+                        }
+                    }
+                },
+            }
+        ),
+        1,
+    )
+    assert generic.dataset == "bitquery_generic" and len(generic.records) == 2
+    row = rows_of(build_table(registry["bitquery_generic"], [generic]).table)[0]
+    assert (row["root"], row["cube"], json.loads(row["_raw"])) == (
+        "Solana",
+        "Instructions",
+        {"Instruction": {"Index": 0}},
+    )
+
+
+@pytest.mark.parametrize(("subprotocol", "name"), [(LEGACY, "error_legacy"), (TRANSPORT, "error_transport")])
+def test_a_graphql_error_stops_that_subscription_only(subprotocol, name):
+    p = proto({"name": "bad", "query": BLOCKS}, {"name": "good", "query": TRANSFERS}, subprotocol=subprotocol)
+    handshake(p)
+    (event,) = p.receive(frame("bitquery", name), 1)
+    assert isinstance(event, SubscriptionFailed) and event.subscription == "bad" and not event.retryable
+    assert "Foo" in event.message or "$lps" in event.message
+    assert p.active == 1
+    p.connection_lost()
+    p.connect()
+    p.data_to_send()
+    p.receive(b'{"type":"connection_ack"}', 1)
+    assert [json.loads(f)["payload"]["query"] for f in p.data_to_send()] == [TRANSFERS]  # not asked again
+
+
+def test_keepalives_and_pings():
+    legacy = proto({"name": "b", "query": BLOCKS}, subprotocol=LEGACY)
+    handshake(legacy)
+    assert legacy.receive(b'{"type":"ka"}', 1) == []
+    legacy.keepalive()
+    assert legacy.data_to_send() == []  # graphql-ws has no client ping
+    new = proto({"name": "b", "query": BLOCKS})
+    handshake(new)
+    assert new.receive(b'{"type":"ping"}', 1) == [] and new.data_to_send() == ['{"type":"pong"}']
+    assert new.receive(b'{"type":"pong"}', 1) == []
+    new.keepalive()
+    assert new.data_to_send() == ['{"type":"ping"}']
+
+
+def test_close_sends_complete_for_every_operation():
+    p = proto({"name": "a", "query": BLOCKS}, {"name": "b", "query": TRANSFERS}, subprotocol=LEGACY)
+    handshake(p)
+    p.close()
+    assert [json.loads(f) for f in p.data_to_send()] == [
+        {"type": "complete", "id": "1"},
+        {"type": "complete", "id": "2"},
+    ]
+    assert p.closed
+
+
+def test_connection_error_before_the_ack_is_fatal():
+    p = proto({"name": "a", "query": BLOCKS}, subprotocol=LEGACY)
+    p.connect()
+    (event,) = p.receive(b'{"type":"connection_error","payload":{"message":"Unauthorized"}}', 1)
+    assert isinstance(event, FatalError) and "Unauthorized" in event.reason
+
+
+def test_server_complete_restarts_the_subscription_on_the_next_keepalive():
+    p = proto({"name": "a", "query": BLOCKS})
+    handshake(p)
+    (event,) = p.receive(b'{"type":"complete","id":"1"}', 1)
+    assert isinstance(event, Notice)
+    p.keepalive()
+    assert [json.loads(f)["type"] for f in p.data_to_send()] == ["ping", "subscribe"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"nope", b'{"id":"1"}', b'{"type":"data","id":"1","payload":{"data":{"EVM":[1]}}}', b'{"type":"weird"}'],
+)
+def test_bad_frames_are_rejected_never_raised(raw):
+    p = proto({"name": "a", "query": BLOCKS}, subprotocol=LEGACY)
+    handshake(p)
+    (event,) = p.receive(raw, 1)
+    assert isinstance(event, Rejected) and event.raw == raw
+
+
+@pytest.mark.parametrize(
+    ("sub", "message"),
+    [
+        ({"name": "x", "query": "subscription { EVM(network: eth) { Blocks { "}, "s.query: Syntax Error"),
+        ({"name": "x", "query": "query { EVM { Blocks { Block { Number } } } }"}, "not a subscription"),
+        (
+            {"name": "x", "query": "subscription { EVM { Blocks { x } } Tron { Transfers { x } } }"},
+            "exactly one root",
+        ),
+        ({"name": "x"}, "either query or query_file"),
+        ({"query": BLOCKS}, "s.name"),
+        ({"name": "x", "query_file": "missing.graphql"}, "s.query_file: cannot read"),
+        ({"name": "x", "query": BLOCKS, "vars": {}}, "s.vars: unknown key"),
+    ],
+)
+def test_bad_subscriptions_fail_at_config_time(sub, message, tmp_path):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        BitqueryProtocol.parse_subscription(sub, "s", tmp_path)
+
+
+def test_query_file_next_to_the_config(tmp_path):
+    (tmp_path / "blocks.graphql").write_text(BLOCKS)
+    sub = BitqueryProtocol.parse_subscription({"name": "b", "query_file": "blocks.graphql"}, "s", tmp_path)
+    assert sub.query == BLOCKS and ("EVM", "Blocks") in sub.cubes
+
+
+def test_subprotocol_option_is_validated():
+    with pytest.raises(ConfigError, match=r"p\.subprotocol"):
+        BitqueryProtocol.parse_options({"subprotocol": "graphql"}, "p")
