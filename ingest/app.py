@@ -91,7 +91,10 @@ class Daemon:
         for p in self.config.providers:
             key = keys[p.name]
             url = await self._start_emulator(p, key or "demo") if p.emulated else p.url
-            protocol = PROTOCOLS[p.kind](p.name, list(p.subscriptions), p.options)  # type: ignore[arg-type]
+            protocol = PROTOCOLS[p.kind](p.name, list(p.subscriptions), p.options)
+            if p.auth.location == "message":
+                protocol.set_key(key)  # the protocol puts it in its first message (CoinAPI hello)
+                key = None
             stats = self.metrics.provider(p.name)
             collectors.append(Collector(p, protocol, build_target(url, p.auth, key), self.buffer, stats))
         return collectors

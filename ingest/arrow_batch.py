@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from ingest.events import Rejected, Rows
 from ingest.schema import APPROX_SUFFIX, Column, ColumnType, Dataset
 
-__all__ = ["BuildResult", "build_table", "quarantine_table"]
+__all__ = ["BuildResult", "build_table", "values_table"]
 
 _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 _NULL = msgspec.Raw(b"null")
@@ -152,6 +152,19 @@ def _column(col: Column, values: list[Any]) -> list[tuple[str, pa.Array]]:
     return [(col.name, pa.array(values, col.arrow_type))]
 
 
+def _split_part(values: pa.Array, part: int) -> pa.Array:
+    """Part `part` of "A_B_C_D..." text (the last part keeps the rest); null where there is none.
+
+    Padding with separators first makes every row split into at least four parts, so the
+    lookup needs no per-row bounds check (CoinAPI: EXCHANGE_TYPE_BASE_QUOTE).
+    """
+    padded = pc.binary_join_element_wise(values, "___", "")
+    piece = pc.list_element(pc.split_pattern(padded, "_", max_splits=3), part)
+    if part == 3:
+        piece = pc.utf8_rtrim(piece, "_")
+    return pc.if_else(pc.equal(piece, ""), pa.scalar(None, pa.string()), piece)
+
+
 def _expand(chunks: Sequence[Rows], get: Callable[[Rows], Any], n: int) -> list[Any]:
     if n == len(chunks):  # one record per frame, the common case: skip the repeat machinery
         return list(map(get, chunks))
@@ -195,12 +208,17 @@ def _build(dataset: Dataset, chunks: Sequence[Rows]) -> pa.Table:
     n = len(raws)
     arrays: dict[str, pa.Array] = {}
     for col in dataset.columns:
+        if col.split is not None:
+            continue  # derived below, once its source column is built
         if col.context:
             values = _expand(chunks, lambda ch, name=col.name: ch.context.get(name), n)
         else:
             values = plan.getters[col.path](structs)
         arrays.update(_column(col, values))
 
+    for col in dataset.columns:
+        if col.split is not None:
+            arrays[col.name] = _split_part(arrays[col.split[0]], col.split[1])
     if dataset.tracing_id:
         ids = plan.getters[dataset.tracing_id](structs)
         tracing = pa.array([None if v is None else str(v) for v in ids], pa.string())
@@ -274,16 +292,7 @@ def build_table(dataset: Dataset, chunks: Sequence[Rows]) -> BuildResult:
     return BuildResult(table, left.rejected + right.rejected)
 
 
-def quarantine_table(dataset: Dataset, rejected: Sequence[Rejected]) -> pa.Table:
-    """Rows of the quarantine dataset, one per rejected frame or record."""
-    return pa.Table.from_pydict(
-        {
-            "provider": [r.provider for r in rejected],
-            "subscription": [r.subscription for r in rejected],
-            "dataset": [r.dataset or None for r in rejected],
-            "reason": [r.reason for r in rejected],
-            "received_at": pa.array([r.received_at for r in rejected], _TS),
-            "raw": pa.array([r.raw for r in rejected], pa.binary()),
-        },
-        schema=dataset.arrow_schema,
-    )
+def values_table(dataset: Dataset, values: Sequence[dict[str, Any]]) -> pa.Table:
+    """Rows of a dataset the pipeline builds itself (quarantine, gaps); times are ns integers."""
+    columns = {f.name: pa.array([v.get(f.name) for v in values], f.type) for f in dataset.arrow_schema}
+    return pa.Table.from_pydict(columns, schema=dataset.arrow_schema)

@@ -13,14 +13,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ingest.config import FlushPolicy
-from ingest.events import Rejected, Rows
+from ingest.events import Gap, Rejected, Rows
 from ingest.schema import Registry
 
-__all__ = ["QUARANTINE", "Buffer", "Flush"]
+__all__ = ["GAPS", "QUARANTINE", "Buffer", "Flush"]
 
 QUARANTINE = "quarantine"
+GAPS = "gaps"
 
 
 @dataclass(slots=True)
@@ -29,7 +31,7 @@ class Flush:
 
     dataset: str
     chunks: list[Rows] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)  # quarantine flushes only
+    values: list[dict[str, Any]] = field(default_factory=list)  # datasets the pipeline builds itself
     rows: int = 0
     nbytes: int = 0
     reason: str = ""
@@ -38,7 +40,7 @@ class Flush:
 @dataclass(slots=True)
 class _Pending:
     chunks: list[Rows] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
+    values: list[dict[str, Any]] = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
     since: float = 0.0
@@ -96,17 +98,43 @@ class Buffer:
 
     def reject(self, rejected: Rejected) -> None:
         """Keep an unreadable frame for the quarantine table."""
-        pending = self._pending.get(QUARANTINE)
+        row = {
+            "provider": rejected.provider,
+            "subscription": rejected.subscription,
+            "dataset": rejected.dataset or None,
+            "reason": rejected.reason,
+            "received_at": rejected.received_at,
+            "raw": rejected.raw,
+        }
+        self._add_value(QUARANTINE, row, len(rejected.raw))
+
+    def gap(self, gap: Gap, detected_at: int) -> None:
+        """Record a hole in what was received."""
+        row = {
+            "provider": gap.provider,
+            "subscription": gap.subscription,
+            "kind": gap.kind,
+            "stream": gap.stream,
+            "started_at": gap.started_at,
+            "ended_at": gap.ended_at,
+            "expected": gap.expected,
+            "received": gap.received,
+            "detected_at": detected_at,
+        }
+        self._add_value(GAPS, row, 100)
+
+    def _add_value(self, dataset: str, row: dict[str, Any], nbytes: int) -> None:
+        pending = self._pending.get(dataset)
         if pending is None:
-            pending = self._pending[QUARANTINE] = _Pending(since=self._clock())
-        pending.rejected.append(rejected)
+            pending = self._pending[dataset] = _Pending(since=self._clock())
+        pending.values.append(row)
         pending.rows += 1
-        pending.nbytes += len(rejected.raw)
-        self._outstanding += len(rejected.raw)
-        self.received[QUARANTINE] = self.received.get(QUARANTINE, 0) + 1
+        pending.nbytes += nbytes
+        self._outstanding += nbytes
+        self.received[dataset] = self.received.get(dataset, 0) + 1
         if pending.rows >= self._policy.max_rows or self._closed:
-            # After close() the writer is draining: a late reject must still reach it.
-            self._seal(QUARANTINE, "rows" if not self._closed else "shutdown")
+            # After close() the writer is draining: a late value must still reach it.
+            self._seal(dataset, "rows" if not self._closed else "shutdown")
 
     @property
     def congested(self) -> bool:
@@ -164,7 +192,5 @@ class Buffer:
 
     def _seal(self, name: str, reason: str) -> None:
         pending = self._pending.pop(name)
-        self._ready.append(
-            Flush(name, pending.chunks, pending.rejected, pending.rows, pending.nbytes, reason)
-        )
+        self._ready.append(Flush(name, pending.chunks, pending.values, pending.rows, pending.nbytes, reason))
         self._has_ready.set()

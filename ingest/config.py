@@ -182,8 +182,10 @@ def _auth(t: _Table, kind: str) -> AuthConfig:
     if env is not None and not _ENV.match(env):
         raise ConfigError(f"{t.key('env')}: expected the name of an environment variable, got {env!r}")
     location = t.get("in", str, defaults.location)
-    if location not in ("header", "query"):
-        raise ConfigError(f'{t.key("in")}: expected "header" or "query", got {location!r}')
+    # "message": the protocol sends the key itself (CoinAPI's hello); only where a protocol can.
+    allowed = ("header", "query", "message") if hasattr(PROTOCOLS[kind], "set_key") else ("header", "query")
+    if location not in allowed:
+        raise ConfigError(f"{t.key('in')}: expected one of {', '.join(allowed)}, got {location!r}")
     return AuthConfig(
         env=env,
         location=location,

@@ -27,7 +27,16 @@ from tenacity import (
 from ingest.auth import Target
 from ingest.config import ProviderConfig
 from ingest.errors import AuthRejected, Disconnected, Fatal, ProtocolFatal, Silent, Transient
-from ingest.events import FatalError, Notice, Reconnect, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
+from ingest.events import (
+    FatalError,
+    Gap,
+    Notice,
+    Reconnect,
+    Rejected,
+    Rows,
+    SubscriptionAcked,
+    SubscriptionFailed,
+)
 from ingest.metrics import ProviderStats
 from ingest.protocols.base import ProviderProtocol
 
@@ -48,6 +57,7 @@ class RowSink(Protocol):
 
     def add(self, rows: Rows) -> None: ...
     def reject(self, rejected: Rejected) -> None: ...
+    def gap(self, gap: Gap, detected_at: int) -> None: ...
     @property
     def congested(self) -> bool: ...
     def wait_for_room(self) -> Awaitable[None]: ...
@@ -82,6 +92,7 @@ class Collector:
         self._stop_event = asyncio.Event()
         self._deadline: asyncio.Timeout | None = None
         self._lost_at: float | None = None
+        self._lost_at_ns: int | None = None  # wall clock of the last loss, for the gaps table
         self.log = log.bind(provider=config.name)
         stats.display_url = target.display_url
         for sub in config.subscriptions:
@@ -183,6 +194,8 @@ class Collector:
             self.protocol.connection_lost()
             if self._lost_at is None:
                 self._lost_at = time.monotonic()
+            if self._lost_at_ns is None:
+                self._lost_at_ns = time.time_ns()
 
     def _on_connected(self) -> None:
         self.stats.connects += 1
@@ -190,6 +203,12 @@ class Collector:
         if self._lost_at is not None:
             self.stats.disconnected_seconds += time.monotonic() - self._lost_at
             self._lost_at = None
+        if self._lost_at_ns is not None:
+            # Nothing was received from the loss until the subscriptions were sent again.
+            now = time.time_ns()
+            for sub in self.config.subscriptions:
+                self._sink.gap(Gap(self.config.name, sub.name, "disconnected", self._lost_at_ns, now), now)
+            self._lost_at_ns = None
         self.log.info("connected", url=self._target.display_url, connects=self.stats.connects)
         for name in self.stats.subscriptions:
             if not self.stats.subscriptions[name].startswith("failed"):
@@ -197,6 +216,7 @@ class Collector:
 
     def _on_lost(self, reason: str) -> None:
         self._lost_at = time.monotonic()
+        self._lost_at_ns = time.time_ns()
         self.stats.state = "backoff"
         self.stats.last_error = reason
 
@@ -257,6 +277,8 @@ class Collector:
     def _on_event(self, event: object) -> None:
         if isinstance(event, Rejected):
             self._sink.reject(event)
+        elif isinstance(event, Gap):
+            self._sink.gap(event, time.time_ns())
         elif isinstance(event, SubscriptionAcked):
             self.stats.subscriptions[event.subscription] = "active"
             self.log.info("subscribed", subscription=event.subscription)

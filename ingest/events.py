@@ -9,6 +9,7 @@ from typing import Any
 __all__ = [
     "Event",
     "FatalError",
+    "Gap",
     "Notice",
     "Reconnect",
     "Rejected",
@@ -62,6 +63,20 @@ class SubscriptionFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Gap:
+    """A hole in what was received: a disconnect, or a jump in sequence or block numbers."""
+
+    provider: str
+    subscription: str
+    kind: str  # disconnected | sequence | block
+    started_at: int  # ns: last known good
+    ended_at: int  # ns: first known good again
+    stream: str = ""
+    expected: int | None = None
+    received: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     """Something worth a log line that changes nothing (a provider warning, a restarted stream)."""
 
@@ -83,4 +98,4 @@ class FatalError:
     reason: str
 
 
-Event = Rows | Rejected | SubscriptionAcked | SubscriptionFailed | Notice | Reconnect | FatalError
+Event = Rows | Rejected | Gap | SubscriptionAcked | SubscriptionFailed | Notice | Reconnect | FatalError

@@ -90,6 +90,7 @@ class Column:
     path: tuple[str, ...] = ()  # payload path; empty for context and envelope columns
     context: bool = False  # taken from the frame's envelope, not the record
     doc: str = ""
+    split: tuple[str, int] | None = None  # (column, part): the part of that column's "_"-separated text
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -113,7 +114,7 @@ class Dataset:
     description: str
     columns: tuple[Column, ...]  # dataset columns (payload + context), declaration order
     envelope: tuple[Column, ...]  # the shared reconciliation columns
-    kind: str = "records"  # "records" (decoded from JSON) or "quarantine" (built from values)
+    kind: str = "records"  # "records" (decoded from JSON) or "values" (rows the pipeline builds itself)
     tracing_id: tuple[str, ...] = ()  # payload path of the provider's tracing id
     reorg_flag: tuple[str, ...] = ()  # payload path of the payload's reorg flag
     event_time: str | None = None  # column holding the event time
@@ -135,7 +136,7 @@ class Dataset:
 
     @property
     def payload_columns(self) -> tuple[Column, ...]:
-        return tuple(c for c in self.columns if not c.context)
+        return tuple(c for c in self.columns if not c.context and c.split is None)
 
     @property
     def context_columns(self) -> tuple[Column, ...]:
@@ -177,7 +178,7 @@ class Registry(Mapping[str, Dataset]):
 def _parse_column(raw: object, where: str, *, envelope: bool = False) -> Column:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    unknown = set(raw) - {"name", "type", "path", "context", "doc"}
+    unknown = set(raw) - {"name", "type", "path", "context", "doc", "split_of", "part"}
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
     name = raw.get("name")
@@ -191,12 +192,18 @@ def _parse_column(raw: object, where: str, *, envelope: bool = False) -> Column:
         ) from None
     context = bool(raw.get("context", False))
     path: tuple[str, ...] = ()
-    if not envelope and not context:
+    split = None
+    if "split_of" in raw:
+        part = raw.get("part")
+        if not isinstance(part, int) or not 0 <= part <= 3:
+            raise ConfigError(f"{where}.part: expected 0 to 3")
+        split = (str(raw["split_of"]), part)
+    elif not envelope and not context:
         path_text = raw.get("path", name)
         if not isinstance(path_text, str) or not path_text:
             raise ConfigError(f"{where}.path: expected a dotted payload path")
         path = tuple(path_text.split("."))
-    return Column(name=name, type=ctype, path=path, context=context, doc=str(raw.get("doc", "")))
+    return Column(name=name, type=ctype, path=path, context=context, doc=str(raw.get("doc", "")), split=split)
 
 
 def _load_file(path: Path) -> dict[str, object]:
@@ -231,6 +238,9 @@ def load_registry(schema_dir: Path = SCHEMA_DIR) -> Registry:
         names = [c.name for c in columns]
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}.columns: duplicate column name")
+        for col in columns:
+            if col.split and col.split[0] not in names:
+                raise ConfigError(f"{where}.columns: {col.name} splits a column that does not exist")
         event_time = doc.get("event_time")
         if event_time is not None and event_time not in names:
             raise ConfigError(f"{where}.event_time: no column named {event_time!r}")

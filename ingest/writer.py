@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
-from ingest.arrow_batch import BuildResult, build_table, quarantine_table
+from ingest.arrow_batch import BuildResult, build_table, values_table
 from ingest.buffer import QUARANTINE, Buffer, Flush
 from ingest.errors import Fatal
 from ingest.metrics import Metrics
@@ -57,10 +57,11 @@ class Writer:
     async def _write(self, flush: Flush) -> None:
         dataset = self._registry[flush.dataset]
         started = time.monotonic()
-        if flush.dataset == QUARANTINE:
-            result = BuildResult(quarantine_table(dataset, flush.rejected), [])
-            for r in flush.rejected:
-                self._metrics.quarantined[_reason_key(r.reason)] += 1
+        if dataset.kind == "values":
+            result = BuildResult(values_table(dataset, flush.values), [])
+            if flush.dataset == QUARANTINE:
+                for row in flush.values:
+                    self._metrics.quarantined[_reason_key(row["reason"])] += 1
         else:
             result = await asyncio.to_thread(build_table, dataset, flush.chunks)
             for r in result.rejected:  # records the schema could not take go to quarantine

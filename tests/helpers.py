@@ -52,6 +52,7 @@ class Drain:
         self.rows: Counter[str] = Counter()
         self.records: list[bytes] = []
         self.rejected = 0
+        self.values: dict[str, list[dict]] = {}
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -59,7 +60,8 @@ class Drain:
             for chunk in flush.chunks:
                 self.rows[chunk.dataset] += len(chunk.records)
                 self.records.extend(chunk.records)
-            self.rejected += len(flush.rejected)
+            self.rejected += len(flush.values) if flush.dataset == "quarantine" else 0
+            self.values.setdefault(flush.dataset, []).extend(flush.values)
             self.buffer.done(flush)
 
     async def close(self) -> None:

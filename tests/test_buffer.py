@@ -85,8 +85,8 @@ async def test_unknown_dataset_and_rejects_go_to_quarantine(registry):
     buf.close()
     flush = await buf.next_flush()
     assert flush.dataset == QUARANTINE
-    assert [r.raw for r in flush.rejected] == [b"{1}", b"{2}", b"junk"]
-    assert "no dataset named" in flush.rejected[0].reason
+    assert [r["raw"] for r in flush.values] == [b"{1}", b"{2}", b"junk"]
+    assert "no dataset named" in flush.values[0]["reason"]
     assert await buf.next_flush() is None
 
 

@@ -59,6 +59,9 @@ async def test_abrupt_close_reconnects_and_resubscribes(registry, emulator):
     await drain.close()
     assert col.stats.reconnects == 1
     assert emulator.connections_total == 2
+    (gap,) = drain.values["gaps"]  # the hole from the drop to the resubscribe is on record
+    assert (gap["provider"], gap["subscription"], gap["kind"]) == ("blockdb", "blocks", "disconnected")
+    assert 0 < gap["ended_at"] - gap["started_at"] < 5e9
 
 
 @pytest.mark.parametrize("code", [1000, 1001, 1011, 1013])

@@ -7,10 +7,14 @@ from typing import Any
 from ingest.protocols.base import AuthDefaults, ProviderProtocol, SubscriptionSpec
 from ingest.protocols.bitquery import BitqueryProtocol
 from ingest.protocols.blockdb import BlockDBProtocol
+from ingest.protocols.coinapi import CoinAPIProtocol
+from ingest.protocols.helius import HeliusProtocol
 
 __all__ = ["PROTOCOLS", "AuthDefaults", "ProviderProtocol", "SubscriptionSpec"]
 
 PROTOCOLS: dict[str, Any] = {
     BlockDBProtocol.kind: BlockDBProtocol,
     BitqueryProtocol.kind: BitqueryProtocol,
+    CoinAPIProtocol.kind: CoinAPIProtocol,
+    HeliusProtocol.kind: HeliusProtocol,
 }

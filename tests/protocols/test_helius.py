@@ -1,0 +1,300 @@
+"""Helius / Solana PubSub protocol on plain frames: ids, routing, remapping, single-shot signatures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ingest.arrow_batch import build_table
+from ingest.errors import ConfigError
+from ingest.events import Rejected, Rows, SubscriptionAcked, SubscriptionFailed
+from ingest.protocols.helius import HeliusProtocol
+
+T0 = 1_763_000_000_000_000_000
+USDC = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
+TOKEN = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"
+SIG = "5h6xBEauJ3PK6SWCZ1PGjBvj8vDdWG3KpwATGy1ARAXFSDwt8GFXM7W5Ncn16wmqokgpiKRLuS83KUxyZyv2sUYv"
+
+
+def proto(*subs: dict) -> HeliusProtocol:
+    return HeliusProtocol(
+        "helius", [HeliusProtocol.parse_subscription(s, f"s[{i}]") for i, s in enumerate(subs)]
+    )
+
+
+def notify(method: str, sub: int, result) -> bytes:
+    return json.dumps(
+        {"jsonrpc": "2.0", "method": method, "params": {"result": result, "subscription": sub}}
+    ).encode()
+
+
+def ack(request: int, sub) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "result": sub, "id": request}).encode()
+
+
+ACCOUNT = {
+    "context": {"slot": 5199307},
+    "value": {
+        "data": [
+            "11116bv5nS2h3y12kD1yUKeMZvGcKLSjQgX6BeV7u1FrjeJcKfsHPXHRDEHrBesJhZyqnnq9qJeUuF7WHxiuLuL5twc38w2TXNLxnDbjmuR",
+            "base58",
+        ],
+        "executable": False,
+        "lamports": 33594,
+        "owner": "11111111111111111111111111111111",
+        "rentEpoch": 18446744073709551615,
+        "space": 80,
+    },
+}
+
+
+def test_each_subscription_is_a_json_rpc_request_with_its_own_id():
+    p = proto(
+        {
+            "name": "usdc",
+            "method": "accountSubscribe",
+            "params": [USDC, {"commitment": "confirmed", "encoding": "base58"}],
+        },
+        {"name": "slots", "method": "slotSubscribe"},
+    )
+    p.connect()
+    assert [json.loads(f) for f in p.data_to_send()] == [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "accountSubscribe",
+            "params": [USDC, {"commitment": "confirmed", "encoding": "base58"}],
+        },
+        {"jsonrpc": "2.0", "id": 2, "method": "slotSubscribe", "params": []},
+    ]
+
+
+def test_notifications_are_routed_by_subscription_id_and_become_rows(registry):
+    p = proto(
+        {"name": "usdc", "method": "accountSubscribe", "params": [USDC, {"commitment": "confirmed"}]},
+        {"name": "slots", "method": "slotSubscribe"},
+    )
+    p.connect()
+    assert p.receive(ack(1, 23784), 0) == [SubscriptionAcked("usdc")]
+    assert p.receive(ack(2, 23785), 0) == [SubscriptionAcked("slots")]
+    (rows,) = p.receive(notify("accountNotification", 23784, ACCOUNT), T0)
+    assert isinstance(rows, Rows) and rows.dataset == "solana_account_updates" and rows.subscription == "usdc"
+    row = build_table(registry[rows.dataset], [rows]).table.drop_columns(["_received_at"]).to_pylist()[0]
+    assert (row["pubkey"], row["slot"], row["lamports"], row["commitment"]) == (
+        USDC,
+        5199307,
+        33594,
+        "confirmed",
+    )
+    assert row["rent_epoch"] == "18446744073709551615"  # u64, beyond BIGINT: exact as text
+    assert json.loads(row["data"])[1] == "base58"
+    (slot,) = p.receive(notify("slotNotification", 23785, {"parent": 75, "root": 44, "slot": 76}), T0)
+    srow = build_table(registry["solana_slots"], [slot]).table.drop_columns(["_received_at"]).to_pylist()[0]
+    assert (srow["slot"], srow["parent"], srow["root"], srow["commitment"]) == (76, 75, 44, None)
+
+
+def test_the_same_update_at_two_commitment_levels_is_one_event(registry):
+    p = proto(
+        {"name": "fast", "method": "accountSubscribe", "params": [USDC, {"commitment": "processed"}]},
+        {"name": "final", "method": "accountSubscribe", "params": [USDC, {"commitment": "finalized"}]},
+    )
+    p.connect()
+    p.receive(ack(1, 1), 0)
+    p.receive(ack(2, 2), 0)
+    a, b = (
+        p.receive(notify("accountNotification", 1, ACCOUNT), T0)[0],
+        p.receive(notify("accountNotification", 2, ACCOUNT), T0)[0],
+    )
+    table = build_table(registry["solana_account_updates"], [a, b]).table
+    assert table["commitment"].to_pylist() == ["processed", "finalized"]
+    assert len(set(table["_dedup_key"].to_pylist())) == 1
+
+
+def test_after_a_reconnect_new_ids_are_mapped_and_old_ones_forgotten():
+    p = proto({"name": "slots", "method": "slotSubscribe"})
+    p.connect()
+    p.data_to_send()
+    p.receive(ack(1, 100), 0)
+    p.connection_lost()
+    p.connect()
+    (req,) = [json.loads(f) for f in p.data_to_send()]
+    assert req["id"] == 2 and req["method"] == "slotSubscribe"
+    p.receive(ack(2, 555), 0)
+    (rows,) = p.receive(notify("slotNotification", 555, {"parent": 1, "root": 0, "slot": 2}), 1)
+    assert rows.subscription == "slots"
+    (stale,) = p.receive(notify("slotNotification", 100, {"parent": 1, "root": 0, "slot": 2}), 1)
+    assert stale.subscription == "subscription 100"  # kept, but not mistaken for the live one
+
+
+def test_signature_subscriptions_end_by_themselves(registry):
+    p = proto(
+        {
+            "name": "tx",
+            "method": "signatureSubscribe",
+            "params": [SIG, {"commitment": "finalized", "enableReceivedNotification": True}],
+        }
+    )
+    p.connect()
+    p.data_to_send()
+    p.receive(ack(1, 7), 0)
+    (received,) = p.receive(
+        notify("signatureNotification", 7, {"context": {"slot": 5}, "value": "receivedSignature"}), T0
+    )
+    (final,) = p.receive(
+        notify("signatureNotification", 7, {"context": {"slot": 9}, "value": {"err": None}}), T0
+    )
+    table = build_table(registry["solana_signatures"], [received, final]).table
+    assert table["received"].to_pylist() == [True, False] and table["slot"].to_pylist() == [5, 9]
+    assert table["signature"].to_pylist() == [SIG, SIG]
+    assert json.loads(table["_raw"][1].as_py()) == {"context": {"slot": 9}, "value": {"err": None}}
+    assert p.active == 0
+    p.close()
+    assert p.data_to_send() == [] and p.closed  # nothing to unsubscribe: the node cancelled it
+    p.connection_lost()
+    p.connect()
+    assert p.data_to_send() == []  # and it is not asked again
+
+
+def test_logs_roots_and_program_accounts(registry):
+    p = proto(
+        {
+            "name": "logs",
+            "method": "logsSubscribe",
+            "params": [{"mentions": [TOKEN]}, {"commitment": "confirmed"}],
+        },
+        {"name": "roots", "method": "rootSubscribe"},
+        {"name": "tokens", "method": "programSubscribe", "params": [TOKEN, {"encoding": "jsonParsed"}]},
+    )
+    p.connect()
+    for i in (1, 2, 3):
+        p.receive(ack(i, 10 + i), 0)
+    (logs,) = p.receive(
+        notify(
+            "logsNotification",
+            11,
+            {
+                "context": {"slot": 5208469},
+                "value": {
+                    "signature": SIG,
+                    "err": {"InstructionError": [0, {"Custom": 1}]},
+                    "logs": ["Program 1 invoke [1]", "Program 1 failed"],
+                },
+            },
+        ),
+        T0,
+    )
+    (root,) = p.receive(notify("rootNotification", 12, 42), T0)
+    (prog,) = p.receive(
+        notify(
+            "programNotification",
+            13,
+            {
+                "context": {"slot": 5},
+                "value": {
+                    "pubkey": USDC,
+                    "account": {
+                        "data": {
+                            "program": "spl-token",
+                            "parsed": {"type": "mint", "info": {"decimals": 6}},
+                            "space": 82,
+                        },
+                        "executable": False,
+                        "lamports": 1,
+                        "owner": TOKEN,
+                        "rentEpoch": 0,
+                        "space": 82,
+                    },
+                },
+            },
+        ),
+        T0,
+    )
+    lrow = build_table(registry["solana_logs"], [logs]).table.drop_columns(["_received_at"]).to_pylist()[0]
+    assert (
+        lrow["logs"] == ["Program 1 invoke [1]", "Program 1 failed"]
+        and json.loads(lrow["err"])["InstructionError"][0] == 0
+    )
+    assert build_table(registry["solana_roots"], [root]).table["root"].to_pylist() == [42]
+    prow = (
+        build_table(registry["solana_program_accounts"], [prog])
+        .table.drop_columns(["_received_at"])
+        .to_pylist()[0]
+    )
+    assert (prow["pubkey"], prow["program_id"], json.loads(prow["data"])["parsed"]["type"]) == (
+        USDC,
+        TOKEN,
+        "mint",
+    )
+
+
+def test_errors_are_reported_per_subscription():
+    p = proto(
+        {"name": "bad", "method": "accountSubscribe", "params": ["not-base58!"]},
+        {"name": "busy", "method": "slotSubscribe"},
+    )
+    p.connect()
+    (failed,) = p.receive(
+        b'{"jsonrpc":"2.0","error":{"code":-32602,"message":"Invalid param: WrongSize"},"id":1}', 0
+    )
+    assert isinstance(failed, SubscriptionFailed) and failed.subscription == "bad" and not failed.retryable
+    assert "-32602" in failed.message
+    (limit,) = p.receive(
+        b'{"jsonrpc":"2.0","error":{"code":-32603,"message":"Internal Error: Subscription refused. '
+        b'Node subscription limit reached"},"id":2}',
+        0,
+    )
+    assert limit.retryable and p.active == 1
+    p.keepalive()
+    assert [json.loads(f)["method"] for f in p.data_to_send()] == [
+        "accountSubscribe",
+        "slotSubscribe",
+        "slotSubscribe",
+    ]
+
+
+def test_close_unsubscribes_and_waits_for_the_answers():
+    p = proto({"name": "slots", "method": "slotSubscribe"}, {"name": "roots", "method": "rootSubscribe"})
+    p.connect()
+    p.data_to_send()
+    p.receive(ack(1, 31), 0)
+    p.receive(ack(2, 32), 0)
+    p.close()
+    assert [json.loads(f) for f in p.data_to_send()] == [
+        {"jsonrpc": "2.0", "id": 3, "method": "slotUnsubscribe", "params": [31]},
+        {"jsonrpc": "2.0", "id": 4, "method": "rootUnsubscribe", "params": [32]},
+    ]
+    assert not p.closed
+    p.receive(ack(3, True), 0)
+    p.receive(ack(4, True), 0)
+    assert p.closed
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"nope",
+        b'{"jsonrpc":"2.0","result":5,"id":99}',
+        b'{"jsonrpc":"2.0","method":"fooNotification","params":{"result":1,"subscription":1}}',
+    ],
+)
+def test_bad_frames_are_rejected(raw):
+    p = proto({"name": "slots", "method": "slotSubscribe"})
+    (event,) = p.receive(raw, 0)
+    assert isinstance(event, Rejected)
+
+
+@pytest.mark.parametrize(
+    ("sub", "key"),
+    [
+        ({"name": "x", "method": "blockSubscribe"}, "s.method"),
+        ({"name": "x", "method": "accountSubscribe"}, "s.params"),
+        ({"name": "x", "method": "accountSubscribe", "params": [1]}, r"s.params\[0\]"),
+        ({"name": "x", "method": "logsSubscribe", "params": [{"mentions": ["a", "b"]}]}, r"s.params\[0\]"),
+        ({"name": "x", "method": "slotSubscribe", "params": ["x"]}, "s.params"),
+        ({"name": "x", "method": "accountSubscribe", "params": [USDC, {"commitment": "soon"}]}, "commitment"),
+    ],
+)
+def test_bad_subscriptions_name_the_key(sub, key):
+    with pytest.raises(ConfigError, match=key):
+        HeliusProtocol.parse_subscription(sub, "s")
