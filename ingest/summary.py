@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ingest.app import RunResult
-from ingest.buffer import QUARANTINE
+from ingest.buffer import GAPS, QUARANTINE
 from ingest.config import Config
 from ingest.errors import Fatal
 from ingest.schema import Registry, quote_ident
@@ -49,8 +49,17 @@ def status_table(con: duckdb.DuckDBPyConnection, registry: Registry, source: str
         f"SELECT provider, split_part(reason, ':', 1) AS kind, count(*) FROM {quote_ident(QUARANTINE)} "
         "GROUP BY ALL ORDER BY 3 DESC"
     ).fetchall()
-    table.caption = "quarantined frames: " + (
-        ", ".join(f"{p} {k}: {n}" for p, k, n in quarantined) if quarantined else "none"
+    gaps = con.execute(
+        "SELECT provider, kind, count(*), sum(epoch_ns(ended_at) - epoch_ns(started_at)) / 1e9 "
+        f"FROM {quote_ident(GAPS)} GROUP BY ALL ORDER BY 1, 2"
+    ).fetchall()
+    table.caption = "\n".join(
+        [
+            "quarantined frames: "
+            + (", ".join(f"{p} {k}: {n}" for p, k, n in quarantined) if quarantined else "none"),
+            "gaps: "
+            + (", ".join(f"{p} {k}: {n} ({secs:.1f} s)" for p, k, n, secs in gaps) if gaps else "none"),
+        ]
     )
     return table
 

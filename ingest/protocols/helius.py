@@ -110,9 +110,9 @@ def _subscription(raw: Mapping[str, Any], where: str) -> HeliusSubscription:
     # Slot and root streams take no commitment: their rows carry none.
     context: dict[str, Any] = {"commitment": commitment if method in _WITH_OPTIONS else None}
     if method == "accountSubscribe":
-        context.update(pubkey=first, encoding=options.get("encoding", "base58"))
+        context.update(pubkey=first, encoding=options.get("encoding", "binary"))  # Agave's default
     elif method == "programSubscribe":
-        context.update(program_id=first, encoding=options.get("encoding", "base58"))
+        context.update(program_id=first, encoding=options.get("encoding", "binary"))
     elif method == "signatureSubscribe":
         context["signature"] = first
     return HeliusSubscription(name, method, tuple(params), context)

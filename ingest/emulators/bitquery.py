@@ -1,0 +1,397 @@
+"""Bitquery streaming emulator: GraphQL subscriptions over graphql-ws and graphql-transport-ws."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from ingest.emulators.bitquery_feeds import Chains, messages
+from ingest.emulators.bitquery_query import Plan, RequestError, compile_request
+from ingest.emulators.server import Connection, EmulatorServer
+
+__all__ = ["GRAPHQL_TRANSPORT_WS", "GRAPHQL_WS", "BitqueryEmulator"]
+
+log = structlog.get_logger(__name__)
+
+GRAPHQL_WS = "graphql-ws"  # legacy Apollo subscriptions-transport-ws (PROTOCOLS.md 1.4)
+GRAPHQL_TRANSPORT_WS = "graphql-transport-ws"  # GraphQL over WebSocket, npm graphql-ws (PROTOCOLS.md 1.5)
+_KA = b'{"type":"ka"}'
+_PONG = b'{"type":"pong"}'
+_ACK = b'{"type":"connection_ack"}'
+_REASON_BYTES = 123  # a close frame's reason must fit in 123 bytes
+
+
+@dataclass(slots=True)
+class _Session:
+    """Per-socket protocol state; the active operations live in `Connection.subscriptions` (id -> Plan)."""
+
+    protocol: str | None
+    init: bool = False  # connection_init received
+
+
+class _Refused(Exception):
+    """A graphql-transport-ws message that closes the socket with `code` (the reference server's rules)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class BitqueryEmulator(EmulatorServer):
+    """A local `wss://streaming.bitquery.io/graphql`: both GraphQL WebSocket subprotocols, served by one
+    producer that advances every chain each `block_interval` and pushes each block to each operation.
+
+    Operations with the same document and variables share one encoded payload per block; only the
+    envelope (`data`/`next` and the id) is written per socket.
+    """
+
+    paths = ("/graphql", "/eap")  # the V2 endpoint and the early-access one (PROTOCOLS.md 1.1)
+
+    def __init__(
+        self,
+        *,
+        key: str | None = None,
+        seed: int = 1,
+        block_interval: float = 0.5,
+        txs_per_block: int = 8,
+        reorg_every: int = 0,
+        ka_interval: float = 1.0,
+        pong_interval: float = 1.0,
+        init_timeout: float = 3.0,
+        max_blocks: int | None = None,
+        start_on_subscribe: bool = True,
+        record_log: bool = False,
+        max_queue: int = 10_000,
+    ) -> None:
+        # No WebSocket-level pings: Bitquery's liveness signals are `ka` and `pong` messages.
+        super().__init__(max_queue=max_queue)
+        self._key = key
+        self.seed = seed
+        self.block_interval = block_interval
+        self.ka_interval = ka_interval
+        self.pong_interval = pong_interval
+        self.init_timeout = init_timeout
+        self.max_blocks = max_blocks
+        # Rows sent per (operation id, response path such as "EVM.Transfers"), after the socket took them.
+        self.sent: Counter[tuple[str, str]] = Counter()
+        self.messages_sent: Counter[str] = Counter()  # data/next frames per operation id
+        self.dropped: Counter[tuple[str, str]] = Counter()  # rows lost to silence, closing or overflow
+        self.blocks_produced = 0  # producer ticks; each tick adds one block to every running chain
+        self.sent_log: list[tuple[str, str, dict[str, Any]]] | None = [] if record_log else None
+        self.chains = Chains(seed, txs_per_block=txs_per_block, reorg_every=reorg_every)
+        self._sessions: dict[Connection, _Session] = {}
+        self._start_on_subscribe = start_on_subscribe
+        self._clock = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._burst = 0
+        self._producer: asyncio.Task[None] | None = None
+        self._encode = msgspec.json.Encoder().encode
+
+    @property
+    def rows_sent(self) -> int:
+        """All rows handed to sockets, over every operation and cube."""
+        return sum(self.sent.values())
+
+    # -- connection setup ------------------------------------------------------------------------
+
+    def authorize(self, request: web.Request) -> web.StreamResponse | None:
+        """The token travels only as ?token= (headers are not accepted for WSS, PROTOCOLS.md 1.2)."""
+        supplied = request.query.get("token", "")
+        ok = bool(supplied) and (
+            self._key is None or hmac.compare_digest(supplied.encode(), self._key.encode())
+        )
+        if ok:
+            return None
+        log.info("auth_rejected", has_token=bool(supplied))  # never the token itself
+        return web.Response(status=401, text="Unauthorized")
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        # The base handler with subprotocol negotiation added: aiohttp echoes the first protocol the
+        # client offers that is in `protocols`, and sends no Sec-WebSocket-Protocol when none matches.
+        refused = self.authorize(request)
+        if refused is not None:
+            return refused
+        ws = web.WebSocketResponse(
+            autoping=False,
+            compress=False,
+            timeout=self.close_timeout,
+            protocols=(GRAPHQL_TRANSPORT_WS, GRAPHQL_WS),
+        )
+        await ws.prepare(request)
+        conn = Connection(ws, request)
+        session = _Session(ws.ws_protocol)
+        self._connections.add(conn)
+        self._sessions[conn] = session
+        self.connections_total += 1
+        log.debug("connection_opened", emulator="bitquery", protocol=session.protocol)
+        tasks = [asyncio.create_task(self._write_loop(conn)), asyncio.create_task(self._watchdog(conn))]
+        if session.protocol is None:
+            # Like the graphql-ws reference server: accept the upgrade, then close 4406. (The Apollo
+            # reference closes 1002 instead; Bitquery speaks both, so the newer protocol's code wins.)
+            self.spawn(self.close_connection(conn, 4406, "Subprotocol not acceptable"))
+        elif session.protocol == GRAPHQL_TRANSPORT_WS:
+            tasks.append(asyncio.create_task(self._init_timer(conn, session)))
+        try:
+            await self._read_loop(conn)
+        finally:
+            conn.closing = True
+            conn.writable.set()
+            self._connections.discard(conn)
+            self._sessions.pop(conn, None)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            conn.close_sent.set()
+            log.debug("connection_closed", emulator="bitquery", code=ws.close_code)
+        return ws
+
+    async def _init_timer(self, conn: Connection, session: _Session) -> None:
+        await asyncio.sleep(self.init_timeout)
+        if conn.open and not session.init:
+            self.spawn(self.close_connection(conn, 4408, "Connection initialisation timeout"))
+
+    async def _heartbeat(self, conn: Connection, frame: bytes, interval: float) -> None:
+        """`ka` or unsolicited `pong` right away and then every `interval`; offer() drops them when silent."""
+        while conn.open:
+            self.offer(conn, frame)
+            await asyncio.sleep(interval)
+
+    # -- messages --------------------------------------------------------------------------------
+
+    async def on_message(self, conn: Connection, data: str | bytes) -> None:
+        session = self._sessions.get(conn)
+        if session is None or not conn.open or session.protocol is None:
+            return
+        if session.protocol == GRAPHQL_WS:
+            self._legacy(conn, session, data)
+            return
+        try:
+            self._modern(conn, session, data)
+        except _Refused as refused:
+            log.info("closing", emulator="bitquery", code=refused.code, reason=refused.reason)
+            reason = refused.reason.encode()[:_REASON_BYTES].decode(errors="ignore")
+            self.spawn(self.close_connection(conn, refused.code, reason))
+
+    def _send(self, conn: Connection, message: dict[str, Any]) -> None:
+        self.offer(conn, self._encode(message))
+
+    def _legacy(self, conn: Connection, session: _Session, data: str | bytes) -> None:
+        """Apollo subscriptions-transport-ws, as Bitquery runs it (PROTOCOLS.md 1.4 and 1.6)."""
+        try:
+            msg = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            msg = None
+        if not isinstance(msg, dict):
+            # The reference server reports unparsable frames with connection_error and keeps the socket.
+            text = data if isinstance(data, str) else data.decode(errors="replace")
+            got = {"message": f"Message must be JSON-parseable. Got: {text[:200]}"}
+            self._send(conn, {"type": "connection_error", "payload": got})
+            return
+        kind, op_id = msg.get("type"), msg.get("id")
+        if kind == "connection_init":
+            if session.init:
+                # Bitquery allows no re-init on a live socket: a new socket is the only recovery.
+                payload = {"message": "Too many initialisation requests"}
+                self._send(conn, {"type": "connection_error", "payload": payload})
+                return
+            session.init = True
+            self.offer(conn, _ACK)
+            self.spawn(self._heartbeat(conn, _KA, self.ka_interval))
+        elif kind == "start":
+            if not session.init:
+                payload = {"message": "connection_init must be sent before any operation"}
+                self._send(conn, {"type": "connection_error", "payload": payload})
+                return
+            payload = msg.get("payload")
+            if not isinstance(op_id, str) or not op_id or not isinstance(payload, dict):
+                errors = [{"message": "start needs a non-empty string id and a payload object"}]
+                self._send(conn, {"type": "error", "id": op_id, "payload": {"errors": errors}})
+                return
+            # A repeated id replaces the running operation (Apollo reference: unsubscribe, then start).
+            conn.subscriptions.pop(op_id, None)
+            self._start(conn, op_id, payload, lambda errors: {"errors": errors})
+        elif kind == "stop":
+            log.debug("stop_ignored", emulator="bitquery", id=op_id)  # not honoured (PROTOCOLS.md 1.6)
+        elif kind == "complete":
+            if conn.subscriptions.pop(op_id, None) is not None:
+                log.info("operation_completed", emulator="bitquery", id=op_id)
+        elif kind == "connection_terminate":
+            self.spawn(self.close_connection(conn, 1000, ""))
+        else:
+            self._send(conn, {"type": "error", "id": op_id, "payload": {"message": "Invalid message type!"}})
+
+    def _modern(self, conn: Connection, session: _Session, data: str | bytes) -> None:
+        """GraphQL over WebSocket: every protocol violation closes the socket (PROTOCOLS.md 1.5)."""
+        try:
+            msg = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            raise _Refused(4400, "Invalid message received") from None
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            raise _Refused(4400, "Invalid message received")
+        kind = msg["type"]
+        if kind in ("connection_init", "ping", "pong"):
+            payload = msg.get("payload")
+            if payload is not None and not isinstance(payload, dict):
+                raise _Refused(4400, f"\"{kind}\" message expects the 'payload' property to be an object")
+            if kind == "connection_init":
+                if session.init:
+                    raise _Refused(4429, "Too many initialisation requests")
+                session.init = True
+                self.offer(conn, _ACK)
+                # Unsolicited pongs start after the ack: gql reads anything else before it as an error.
+                self.spawn(self._heartbeat(conn, _PONG, self.pong_interval))
+            elif kind == "ping":
+                self._send(conn, {"type": "pong", "payload": payload} if payload else {"type": "pong"})
+        elif kind == "subscribe":
+            op_id, payload = self._checked_id(msg), msg.get("payload")
+            if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+                raise _Refused(4400, "\"subscribe\" message expects the 'payload' property to be an object "
+                                     "with a string 'query'")  # fmt: skip
+            for name, types in (("variables", dict), ("operationName", str), ("extensions", dict)):
+                if payload.get(name) is not None and not isinstance(payload[name], types):
+                    raise _Refused(4400, f"\"subscribe\" message payload has an invalid '{name}'")
+            if not session.init:
+                raise _Refused(4401, "Unauthorized")
+            if op_id in conn.subscriptions:
+                raise _Refused(4409, f"Subscriber for {op_id} already exists")
+            self._start(conn, op_id, payload, lambda errors: errors)
+        elif kind == "complete":
+            if conn.subscriptions.pop(self._checked_id(msg), None) is not None:
+                log.info("operation_completed", emulator="bitquery")
+        else:
+            raise _Refused(4400, f"Unexpected message of type {kind} received")
+
+    @staticmethod
+    def _checked_id(msg: dict[str, Any]) -> str:
+        op_id = msg.get("id")
+        if not isinstance(op_id, str) or not op_id:
+            raise _Refused(4400, f"\"{msg['type']}\" message requires a non-empty 'id' property")
+        return op_id
+
+    def _start(
+        self, conn: Connection, op_id: str, payload: dict[str, Any], wrap: Callable[[list[Any]], Any]
+    ) -> None:
+        """Compile and register an operation, or answer `error` for it (no complete follows)."""
+        query = payload.get("query")
+        variables = payload.get("variables")
+        name = payload.get("operationName")
+        try:
+            if not isinstance(query, str):
+                raise RequestError([{"message": "payload.query must be a string"}])
+            if variables is not None and not isinstance(variables, dict):
+                raise RequestError([{"message": "payload.variables must be an object"}])
+            plan = compile_request(query, variables, name if isinstance(name, str) else None)
+        except RequestError as refused:
+            log.info("operation_refused", emulator="bitquery", id=op_id, error=str(refused))
+            self._send(conn, {"type": "error", "id": op_id, "payload": wrap(refused.errors)})
+            return
+        except Exception:  # an emulator bug refuses this operation only, as a server error would
+            log.exception("operation_failed", emulator="bitquery", id=op_id)
+            errors = [{"message": "Internal server error"}]
+            self._send(conn, {"type": "error", "id": op_id, "payload": wrap(errors)})
+            return
+        conn.subscriptions[op_id] = plan
+        log.info("operation_started", emulator="bitquery", id=op_id, cubes=[c.path for c in plan.cubes])
+        self._clock.set()
+
+    def on_sent(self, conn: Connection, meta: Any) -> None:
+        if meta is None:
+            return  # acks, keep-alives and errors carry no rows
+        op_id, counts, rows = meta
+        self.messages_sent[op_id] += 1
+        for path, n in counts:
+            self.sent[(op_id, path)] += n
+        if self.sent_log is not None and rows:
+            self.sent_log.extend((op_id, path, row) for path, row in rows)
+
+    # -- production ------------------------------------------------------------------------------
+
+    async def on_startup(self) -> None:
+        if not self._start_on_subscribe:
+            self._clock.set()
+        self._producer = asyncio.create_task(self._produce())
+
+    async def on_shutdown(self) -> None:
+        if self._producer is not None:
+            self._producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._producer
+
+    def burst(self, n_blocks: int) -> None:
+        """Produce `n_blocks` extra blocks now, back to back, as fast as the sockets drain."""
+        self._burst += n_blocks
+        self._clock.set()
+        self._wake.set()
+
+    async def wait_blocks(self, count: int) -> None:
+        """Wait until `blocks_produced` reaches `count` (bound it with asyncio.timeout)."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.blocks_produced >= count)
+
+    def _exhausted(self) -> bool:
+        return self.max_blocks is not None and self.blocks_produced >= self.max_blocks
+
+    async def _produce(self) -> None:
+        # The clock starts with the first operation; block 1 follows one interval later.
+        await self._clock.wait()
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.block_interval
+        while not self._exhausted():
+            bursting = self._burst > 0
+            if bursting:
+                self._burst -= 1
+            else:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(due - loop.time(), 0)):
+                        await self._wake.wait()
+                if loop.time() < due:
+                    continue  # woken early by burst()
+            self._step()
+            async with self._progress:
+                self._progress.notify_all()
+            if bursting:
+                await self.wait_writable()
+            due = loop.time() + self.block_interval
+
+    def _step(self) -> None:
+        routes: dict[bytes, tuple[Plan, list[tuple[Connection, str, bytes]]]] = {}
+        for conn, session in self._sessions.items():
+            kind = b"data" if session.protocol == GRAPHQL_WS else b"next"
+            for op_id, plan in conn.subscriptions.items():
+                routes.setdefault(plan.signature, (plan, []))[1].append((conn, op_id, kind))
+        for plan, _ in routes.values():
+            self.chains.ensure(plan)
+        produced = self.chains.step()
+        self.blocks_produced += 1
+        for plan, targets in routes.values():
+            try:
+                encoded = [
+                    m
+                    for block in self.chains.blocks_for(plan, produced)
+                    for m in messages(plan, block, self._encode, self.sent_log is not None)
+                ]
+            except Exception:  # an emulator bug must not end the stream of every other operation
+                log.exception("plan_failed", emulator="bitquery", cubes=[c.path for c in plan.cubes])
+                continue
+            for message in encoded:
+                # The payload is encoded once per plan; only the envelope differs per socket.
+                for conn, op_id, kind in targets:
+                    frame = b'{"type":"%s","id":%s,"payload":%s}' % (
+                        kind,
+                        self._encode(op_id),
+                        message.payload,
+                    )
+                    if not self.offer(conn, frame, (op_id, message.counts, message.rows)):
+                        for path, n in message.counts:
+                            self.dropped[(op_id, path)] += n
