@@ -91,6 +91,8 @@ class Collector:
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._deadline: asyncio.Timeout | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._stop_at = 0.0
         self._lost_at: float | None = None
         self._lost_at_ns: int | None = None  # wall clock of the last loss, for the gaps table
         self.log = log.bind(provider=config.name)
@@ -121,10 +123,25 @@ class Collector:
         """Say goodbye (unsubscribe), read what was already sent, then close; ends run()."""
         self._stopping = True
         self._stop_event.set()
-        if self._deadline is not None:
-            self.protocol.close()
-            # Frames already on the wire are still read until the goodbye is acknowledged.
-            self._arm_deadline(0.0 if self.protocol.closed else self._close_timeout)
+        if self._ws is not None and self._deadline is not None:
+            await self._goodbye(self._ws)
+
+    async def _goodbye(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Send the protocol's goodbye; frames already on the wire are still read after it.
+
+        Reading ends when every goodbye is acknowledged, or, for providers that acknowledge
+        nothing, once the stream has been quiet for the protocol's `linger`; in any case within
+        the close timeout.
+        """
+        loop = asyncio.get_running_loop()
+        self.protocol.close()
+        self._stop_at = loop.time() + self._close_timeout
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+            await self._send(ws)
+        if self.protocol.closed:
+            self._arm_deadline(min(self.protocol.linger, self._close_timeout))
+        else:
+            self._arm_deadline(self._close_timeout)
 
     def _retrying(self) -> AsyncRetrying:
         b = self.config.backoff
@@ -190,7 +207,7 @@ class Collector:
             self.log.warning("connection lost", reason=str(exc), lived=round(lived, 1))
             return
         finally:
-            self._deadline = None
+            self._deadline, self._ws = None, None
             self.protocol.connection_lost()
             if self._lost_at is None:
                 self._lost_at = time.monotonic()
@@ -226,11 +243,9 @@ class Collector:
         await self._send(ws)
         try:
             async with asyncio.timeout(None) as deadline:
-                self._deadline = deadline
+                self._deadline, self._ws = deadline, ws
                 if self._stopping:  # stop() came while connecting: say goodbye right away
-                    self.protocol.close()
-                    await self._send(ws)
-                    self._arm_deadline(0.0 if self.protocol.closed else self._close_timeout)
+                    await self._goodbye(ws)
                 watchdog = asyncio.create_task(self._watchdog(ws))
                 try:
                     while True:
@@ -248,7 +263,11 @@ class Collector:
                             if sink.congested:
                                 await sink.wait_for_room()
                             if self._stopping and protocol.closed:
-                                return
+                                if not protocol.linger:
+                                    return
+                                # Still arriving: wait for `linger` of quiet, within the close timeout.
+                                now = asyncio.get_running_loop().time()
+                                self._arm_deadline(min(protocol.linger, self._stop_at - now))
                         elif kind is aiohttp.WSMsgType.PING:
                             stats.keepalives += 1
                             await ws.pong(msg.data)

@@ -12,6 +12,7 @@ from ingest.buffer import Buffer
 from ingest.config import AuthConfig, BackoffConfig, FlushPolicy, ProviderConfig
 from ingest.driver import Collector
 from ingest.metrics import ProviderStats
+from ingest.protocols import PROTOCOLS
 from ingest.protocols.blockdb import BlockDBProtocol
 from ingest.schema import Registry
 
@@ -69,10 +70,40 @@ class Drain:
         await asyncio.wait_for(self.task, 5)
 
 
+def provider_config(
+    kind: str, url: str, subs: list[dict], options: dict | None = None, **overrides
+) -> ProviderConfig:
+    """A ProviderConfig for any provider, through the same validation a config file gets."""
+    protocol = PROTOCOLS[kind]
+    defaults = protocol.auth
+    location = overrides.pop("location", defaults.location)
+    backoff = overrides.pop("backoff", BackoffConfig(initial=0.02, max=0.1, healthy_after=0.3))
+    return ProviderConfig(
+        name=overrides.pop("name", kind),
+        kind=kind,
+        url=url,
+        auth=AuthConfig(
+            env="KEY",
+            location=location,
+            header=defaults.header,
+            scheme=defaults.scheme,
+            query_param=defaults.query_param,
+        ),
+        subscriptions=tuple(protocol.parse_subscription(s, f"s[{i}]", None) for i, s in enumerate(subs)),
+        backoff=backoff,
+        idle_timeout=overrides.pop("idle_timeout", protocol.default_idle_timeout),
+        options=protocol.parse_options(options or {}, "p"),
+        **overrides,
+    )
+
+
 def collector(
     registry: Registry, config: ProviderConfig, key: str | None, **kwargs
 ) -> tuple[Collector, Buffer]:
     buffer = Buffer(registry, kwargs.pop("policy", FlushPolicy(max_rows=100, max_age=0.05)))
-    protocol = BlockDBProtocol(config.name, list(config.subscriptions))  # type: ignore[arg-type]
+    protocol = PROTOCOLS[config.kind](config.name, list(config.subscriptions), config.options)
+    if config.auth.location == "message":
+        protocol.set_key(key)
+        key = None
     target = build_target(config.url, config.auth, key)
     return Collector(config, protocol, target, buffer, ProviderStats(config.name), **kwargs), buffer

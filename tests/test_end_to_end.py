@@ -394,3 +394,30 @@ async def test_query_explains_when_there_is_nothing_it_can_read(tmp_path):
     )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1 and "no data yet" in err.decode()
+
+
+async def test_the_built_in_demo_ingests_all_four_providers(tmp_path, monkeypatch):
+    """`python run.py`'s config: every provider's rows equal what its emulator sent, in both sinks."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("BLOCKDB_API_KEY", "BITQUERY_TOKEN", "COINAPI_KEY", "HELIUS_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    config = load_config(None)
+    assert {p.kind for p in config.providers} == {"blockdb", "bitquery", "coinapi", "helius"}
+    daemon = Daemon(config)
+    result = await daemon.run(duration=4.0)
+    assert result.failed == []
+    for name, emulator in daemon._emulators.items():
+        assert result.metrics.rows_by_provider[name] == sum(emulator.sent.values()) > 0, name
+    registry = daemon.registry
+    db = duckdb.connect(str(tmp_path / "data" / "ingest.duckdb"), read_only=True)
+    from ingest.views import connect_for_query
+
+    via_parquet, _ = connect_for_query(registry, None, str(tmp_path / "data" / "parquet"))
+    for name in registry:
+        sql = (
+            f'SELECT count(*), count(DISTINCT _dedup_key) FROM "{name}"'
+            if registry[name].kind == "records"
+            else (f'SELECT count(*), 0 FROM "{name}"')
+        )
+        assert db.execute(sql).fetchone() == via_parquet.execute(sql).fetchone(), name
+    assert db.execute("SELECT count(*) FROM quarantine").fetchone() == (0,)

@@ -39,6 +39,8 @@ class ProviderProtocol(Protocol):
     fatal_close_codes: ClassVar[frozenset[int]]  # close codes that reconnecting will not fix
     default_idle_timeout: ClassVar[float]  # silence that means a dead link, unless configured
     option_keys: ClassVar[tuple[str, ...]]  # provider-level config keys this protocol reads
+    # After a goodbye nobody acknowledges: read on until the stream has been quiet this long.
+    linger: ClassVar[float]
 
     name: str  # the configured provider name, stamped on every row
     subprotocols: tuple[str, ...]  # offered in Sec-WebSocket-Protocol

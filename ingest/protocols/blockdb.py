@@ -76,6 +76,7 @@ class BlockDBProtocol:
     # Quiet filtered streams are normal; server pings (every connection, doc 2.5) keep it alive.
     default_idle_timeout: ClassVar[float] = 30.0
     option_keys: ClassVar[tuple[str, ...]] = ()
+    linger: ClassVar[float] = 0.0  # unsubscribes are acknowledged
 
     def __init__(
         self, name: str, subscriptions: list[BlockDBSubscription], options: Mapping[str, Any] | None = None

@@ -105,6 +105,7 @@ class CoinAPIProtocol:
     # With heartbeat on, a message comes every second at least: 5 s of nothing is a dead link.
     default_idle_timeout: ClassVar[float] = 5.0
     option_keys: ClassVar[tuple[str, ...]] = ("heartbeat",)
+    linger: ClassVar[float] = 0.3  # the unsubscribe is never acknowledged
 
     def __init__(
         self, name: str, subscriptions: list[CoinAPISubscription], options: Mapping[str, Any] | None = None
@@ -220,7 +221,9 @@ class CoinAPIProtocol:
         pass  # liveness is the server's heartbeat messages and WebSocket pings
 
     def close(self) -> None:
-        pass  # CoinAPI has no goodbye: closing the socket ends the scope
+        # Unsubscribing every data type empties the scope, so what is in flight is all there is.
+        types = sorted({t for s in self._desired.values() for t in s.data_types})
+        self._outbox.append(_encode({"type": "unsubscribe", "subscribe_data_type": types}).decode())
 
     @property
     def closed(self) -> bool:

@@ -128,6 +128,7 @@ class HeliusProtocol:
     # means trouble only after a few missed ones.
     default_idle_timeout: ClassVar[float] = 75.0
     option_keys: ClassVar[tuple[str, ...]] = ()
+    linger: ClassVar[float] = 0.0  # unsubscribes are answered
 
     def __init__(
         self, name: str, subscriptions: list[HeliusSubscription], options: Mapping[str, Any] | None = None

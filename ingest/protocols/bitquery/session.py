@@ -111,6 +111,7 @@ class BitqueryProtocol:
     # Bitquery: no data and no keep-alive for about 10 s means a silent disconnect (1.6).
     default_idle_timeout: ClassVar[float] = 10.0
     option_keys: ClassVar[tuple[str, ...]] = ("subprotocol",)
+    linger: ClassVar[float] = 0.3  # `complete` is never acknowledged
 
     def __init__(
         self, name: str, subscriptions: list[BitquerySubscription], options: Mapping[str, Any] | None = None
@@ -224,9 +225,9 @@ class BitqueryProtocol:
     def close(self) -> None:
         # Bitquery honours neither `stop` nor a goodbye ack: `complete` per operation, then close.
         self._closing = True
+        # The ids stay mapped: rows already in flight must still reach their tables.
         for op in self._ops:
             self._outbox.append(_encode({"type": "complete", "id": op}).decode())
-        self._ops.clear()
 
     @property
     def closed(self) -> bool:

@@ -1,0 +1,242 @@
+"""Bitquery, CoinAPI and Helius collectors on the shared driver, against their emulators on 127.0.0.1.
+
+Counts are compared with the emulators' own send counters; every test stops by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from ingest.emulators import BitqueryEmulator, CoinAPIEmulator, HeliusEmulator
+from tests.helpers import Drain, collector, eventually, provider_config
+
+KEY = "collector-test-key-42"
+BLOCKS = "subscription { EVM(network: eth) { Blocks { Block { Number Hash ParentHash Time } } } }"
+TRANSFERS = (
+    "subscription { EVM(network: eth) { Transfers { Block { Number Hash } Transaction { Hash }"
+    " Log { Index } Call { Index } Transfer { Amount Sender Receiver Currency { SmartContract } } } } }"
+)
+
+
+async def run_and_stop(col, predicate, what, timeout=15.0):
+    task = asyncio.create_task(col.run())
+    try:
+        await eventually(predicate, timeout, what)
+    finally:
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+
+
+# -- Bitquery ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("subprotocol", ["graphql-ws", "graphql-transport-ws"])
+async def test_bitquery_rows_equal_what_the_emulator_sent(registry, subprotocol):
+    async with BitqueryEmulator(key=KEY, block_interval=0.02, txs_per_block=4) as emu:
+        subs = [{"name": "blocks", "query": BLOCKS}, {"name": "transfers", "query": TRANSFERS}]
+        col, buffer = collector(
+            registry, provider_config("bitquery", emu.url, subs, {"subprotocol": subprotocol}), KEY
+        )
+        drain = Drain(buffer)
+        await run_and_stop(col, lambda: emu.blocks_produced >= 10, "10 blocks")
+        await drain.close()
+        assert drain.rows["bitquery_evm_blocks"] == sum(
+            n for (op, path), n in emu.sent.items() if path == "EVM.Blocks"
+        )
+        assert drain.rows["bitquery_evm_transfers"] == sum(
+            n for (op, path), n in emu.sent.items() if path == "EVM.Transfers"
+        )
+        assert sum(drain.rows.values()) == emu.rows_sent > 10
+        assert col.stats.subscriptions == {"blocks": "active", "transfers": "active"}
+
+
+async def test_bitquery_silence_reconnects_and_starts_every_subscription_again(registry):
+    """No data and no ka for the idle timeout: reconnect, init, and every operation started anew."""
+    async with BitqueryEmulator(key=KEY, block_interval=0.02, ka_interval=0.05) as emu:
+        subs = [{"name": "blocks", "query": BLOCKS}, {"name": "transfers", "query": TRANSFERS}]
+        col, buffer = collector(
+            registry,
+            provider_config("bitquery", emu.url, subs, {"subprotocol": "graphql-ws"}, idle_timeout=0.5),
+            KEY,
+        )
+        drain = Drain(buffer)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: buffer.received.get("bitquery_evm_blocks", 0) >= 2, what="blocks")
+        emu.go_silent(3.0)
+        await eventually(lambda: col.stats.connects == 2, timeout=3, what="reconnect after silence")
+        before = dict(buffer.received)
+        await eventually(
+            lambda: all(
+                buffer.received.get(d, 0) > before.get(d, 0)
+                for d in ("bitquery_evm_blocks", "bitquery_evm_transfers")
+            ),
+            what="both subscriptions flowing again",
+        )
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+        await drain.close()
+        assert "no frame" in col.stats.last_error
+        assert [g["subscription"] for g in drain.values["gaps"]] == ["blocks", "transfers"]
+
+
+async def test_bitquery_graphql_error_stops_one_subscription_not_the_others(registry):
+    """The server rejects an unknown field: reported with the subscription's name, never retried."""
+    async with BitqueryEmulator(key=KEY, block_interval=0.02) as emu:
+        bad = "subscription { EVM(network: eth) { Blocks { Block { Number NoSuchField } } } }"
+        subs = [{"name": "broken", "query": bad}, {"name": "blocks", "query": BLOCKS}]
+        col, buffer = collector(registry, provider_config("bitquery", emu.url, subs), KEY)
+        await run_and_stop(col, lambda: buffer.received.get("bitquery_evm_blocks", 0) >= 5, "blocks")
+        assert (
+            col.stats.subscriptions["broken"].startswith("failed")
+            and "NoSuchField" in col.stats.subscriptions["broken"]
+        )
+        assert col.stats.subscriptions["blocks"] == "active" and col.stats.connects == 1
+
+
+async def test_bitquery_bad_token_fails_once(registry):
+    async with BitqueryEmulator(key=KEY) as emu:
+        col, _ = collector(
+            registry, provider_config("bitquery", emu.url, [{"name": "b", "query": BLOCKS}]), "wrong-token"
+        )
+        await asyncio.wait_for(col.run(), 5)
+        assert col.stats.state == "failed" and "401" in col.stats.last_error and emu.connections_total == 0
+
+
+# -- CoinAPI -------------------------------------------------------------------------------------
+
+
+async def test_coinapi_trades_and_quotes_with_sequence_gaps_on_record(registry):
+    async with CoinAPIEmulator(key=KEY, tick_interval=0.01, sequence_gap_every=20) as emu:
+        subs = [
+            {
+                "name": "btc",
+                "data_types": ["trade", "quote"],
+                "symbols": ["BITSTAMP_SPOT_BTC_USD$", "COINBASE_"],
+            }
+        ]
+        col, buffer = collector(registry, provider_config("coinapi", emu.url, subs), KEY)
+        drain = Drain(buffer)
+        await run_and_stop(col, lambda: len(emu.gaps_injected) >= 3, "injected gaps")
+        await drain.close()
+        assert drain.rows["coinapi_trades"] == sum(n for (t, _), n in emu.sent.items() if t == "trade")
+        assert drain.rows["coinapi_quotes"] == sum(n for (t, _), n in emu.sent.items() if t == "quote")
+        symbols = {json.loads(r)["symbol_id"] for r in drain.records}
+        assert symbols and all(s == "BITSTAMP_SPOT_BTC_USD" or s.startswith("COINBASE_") for s in symbols)
+        gaps = {
+            (g["stream"], g["expected"], g["received"])
+            for g in drain.values["gaps"]
+            if g["kind"] == "sequence"
+        }
+        assert gaps == {(f"{t}:{s}", expected, got) for s, t, expected, got in emu.gaps_injected}
+
+
+async def test_coinapi_bad_key_is_reported_once_without_a_loop(registry):
+    async with CoinAPIEmulator(key=KEY) as emu:
+        col, _ = collector(
+            registry, provider_config("coinapi", emu.url, [{"name": "t", "data_types": ["trade"]}]), "nope"
+        )
+        await asyncio.wait_for(col.run(), 5)
+        assert col.stats.state == "failed" and "Invalid API key" in col.stats.last_error
+        assert emu.connections_total == 1
+
+
+async def test_coinapi_reconnect_message_reconnects_at_once(registry):
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async with CoinAPIEmulator(key=KEY, tick_interval=0.01) as emu:
+        col, buffer = collector(
+            registry,
+            provider_config("coinapi", emu.url, [{"name": "t", "data_types": ["trade"]}]),
+            KEY,
+            sleep=sleep,
+        )
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: buffer.received.get("coinapi_trades", 0) > 5, what="trades")
+        emu.send_reconnect(within_seconds=10, close_after=5.0)
+        await eventually(lambda: col.stats.connects == 2, what="reconnect")
+        n = buffer.received["coinapi_trades"]
+        await eventually(lambda: buffer.received["coinapi_trades"] > n, what="trades after reconnect")
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+        assert sleeps == []  # no backoff: the provider asked for it
+
+
+# -- Helius --------------------------------------------------------------------------------------
+
+
+async def test_helius_rows_equal_notifications_sent(registry):
+    async with HeliusEmulator(key=KEY, slot_interval=0.02, finality_lag=4, confirm_lag=1) as emu:
+        subs = [
+            {"name": "slots", "method": "slotSubscribe"},
+            {"name": "roots", "method": "rootSubscribe"},
+            {
+                "name": "tokens",
+                "method": "programSubscribe",
+                "params": [
+                    "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA",
+                    {"commitment": "confirmed", "encoding": "base64"},
+                ],
+            },
+            {"name": "logs", "method": "logsSubscribe", "params": ["all", {"commitment": "processed"}]},
+        ]
+        col, buffer = collector(registry, provider_config("helius", emu.url, subs), KEY)
+        drain = Drain(buffer)
+        await run_and_stop(col, lambda: emu.slots_produced >= 30, "30 slots")
+        await drain.close()
+        expected = {
+            "solana_slots": "slotNotification",
+            "solana_roots": "rootNotification",
+            "solana_program_accounts": "programNotification",
+            "solana_logs": "logsNotification",
+        }
+        assert {d: drain.rows[d] for d in expected} == {d: emu.sent[m] for d, m in expected.items()}
+        assert all(v > 0 for v in drain.rows.values())
+
+
+async def test_helius_resubscribes_and_remaps_after_a_reconnect(registry):
+    """Subscription ids die with the socket: after a drop, new ids are mapped to the same names."""
+    async with HeliusEmulator(key=KEY, slot_interval=0.02) as emu:
+        col, buffer = collector(
+            registry, provider_config("helius", emu.url, [{"name": "slots", "method": "slotSubscribe"}]), KEY
+        )
+        drain = Drain(buffer)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: buffer.received.get("solana_slots", 0) >= 3, what="slots")
+        await emu.drop_connections()
+        await eventually(lambda: col.stats.connects == 2, what="reconnect")
+        n = buffer.received["solana_slots"]
+        await eventually(lambda: buffer.received["solana_slots"] > n + 3, what="slots after reconnect")
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+        await drain.close()
+        assert emu.subscriptions_total == 2  # one subscribe per connection, a new id each time
+        labels = {json.loads(r).get("slot") is not None for r in drain.records}
+        assert labels == {True}
+        assert drain.rows["solana_slots"] == emu.sent["slotNotification"]
+
+
+async def test_helius_signature_subscription_ends_after_its_notification(registry):
+    async with HeliusEmulator(key=KEY, slot_interval=0.02, finality_lag=3, confirm_lag=1) as emu:
+        slot, signature = emu.upcoming_signature(ahead=3)
+        subs = [
+            {
+                "name": "tx",
+                "method": "signatureSubscribe",
+                "params": [signature, {"commitment": "confirmed"}],
+            },
+            {"name": "slots", "method": "slotSubscribe"},
+        ]
+        col, buffer = collector(registry, provider_config("helius", emu.url, subs), KEY)
+        await run_and_stop(
+            col,
+            lambda: buffer.received.get("solana_signatures", 0) >= 1 and emu.chain.next_slot > slot + 5,
+            "the signature",
+        )
+        assert buffer.received["solana_signatures"] == 1
+        assert col.protocol.active == 1  # only slots remain wanted
