@@ -247,7 +247,7 @@ def _provider(name: str, t: _Table, config_dir: Path) -> ProviderConfig:
         auth=_auth(t.table("auth"), kind),
         subscriptions=tuple(subs),
         idle_timeout=float(t.positive("idle_timeout", protocol.default_idle_timeout)),
-        ping_interval=float(t.positive("ping_interval", 0.0, zero=True)),
+        ping_interval=float(t.positive("ping_interval", protocol.default_ping_interval, zero=True)),
         keepalive_interval=float(t.positive("keepalive_interval", 20.0)),
         backoff=backoff,
         emulator=t.get("emulator", dict, {}),

@@ -41,6 +41,7 @@ class ProviderProtocol(Protocol):
     option_keys: ClassVar[tuple[str, ...]]  # provider-level config keys this protocol reads
     # After a goodbye nobody acknowledges: read on until the stream has been quiet this long.
     linger: ClassVar[float]
+    default_ping_interval: ClassVar[float]  # client WebSocket pings unless configured; 0 = none
 
     name: str  # the configured provider name, stamped on every row
     subprotocols: tuple[str, ...]  # offered in Sec-WebSocket-Protocol

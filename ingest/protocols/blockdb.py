@@ -77,6 +77,7 @@ class BlockDBProtocol:
     default_idle_timeout: ClassVar[float] = 30.0
     option_keys: ClassVar[tuple[str, ...]] = ()
     linger: ClassVar[float] = 0.0  # unsubscribes are acknowledged
+    default_ping_interval: ClassVar[float] = 0.0  # the server pings (doc 2.5)
 
     def __init__(
         self, name: str, subscriptions: list[BlockDBSubscription], options: Mapping[str, Any] | None = None

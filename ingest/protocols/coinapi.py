@@ -106,6 +106,7 @@ class CoinAPIProtocol:
     default_idle_timeout: ClassVar[float] = 5.0
     option_keys: ClassVar[tuple[str, ...]] = ("heartbeat",)
     linger: ClassVar[float] = 0.3  # the unsubscribe is never acknowledged
+    default_ping_interval: ClassVar[float] = 0.0  # the server pings every minute
 
     def __init__(
         self, name: str, subscriptions: list[CoinAPISubscription], options: Mapping[str, Any] | None = None

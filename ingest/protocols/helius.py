@@ -129,6 +129,7 @@ class HeliusProtocol:
     default_idle_timeout: ClassVar[float] = 75.0
     option_keys: ClassVar[tuple[str, ...]] = ()
     linger: ClassVar[float] = 0.0  # unsubscribes are answered
+    default_ping_interval: ClassVar[float] = 30.0  # Helius: ping at least every minute; its samples use 30 s
 
     def __init__(
         self, name: str, subscriptions: list[HeliusSubscription], options: Mapping[str, Any] | None = None

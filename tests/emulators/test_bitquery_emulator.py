@@ -80,7 +80,7 @@ class Client:
             payload["variables"] = variables
         await self.send(type="start" if self.protocol == LEGACY else "subscribe", id=op_id, payload=payload)
 
-    async def pump(self, done: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def pump(self, done: Callable[[], bool], timeout: float = 15.0) -> None:
         """Read frames until done() or the socket closes."""
         async with asyncio.timeout(timeout):
             while not done() and self.closed is None:
@@ -780,7 +780,7 @@ async def test_burst_produces_blocks_back_to_back(bitquery, session) -> None:
     emulator = await bitquery(block_interval=60)
     client = await connect(session, emulator)
     await client.subscribe("1", BLOCKS)
-    async with asyncio.timeout(2):  # no ack for an operation: wait until the server holds it
+    async with asyncio.timeout(10):  # no ack for an operation: wait until the server holds it
         while not any(c.subscriptions for c in emulator.connections):
             await asyncio.sleep(0.005)
     emulator.burst(30)

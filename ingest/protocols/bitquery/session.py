@@ -112,6 +112,7 @@ class BitqueryProtocol:
     default_idle_timeout: ClassVar[float] = 10.0
     option_keys: ClassVar[tuple[str, ...]] = ("subprotocol",)
     linger: ClassVar[float] = 0.3  # `complete` is never acknowledged
+    default_ping_interval: ClassVar[float] = 0.0  # ka / pong frames carry liveness
 
     def __init__(
         self, name: str, subscriptions: list[BitquerySubscription], options: Mapping[str, Any] | None = None
