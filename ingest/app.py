@@ -8,8 +8,9 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -20,9 +21,11 @@ from ingest.config import Config, ProviderConfig
 from ingest.driver import Collector
 from ingest.emulators import EMULATORS
 from ingest.errors import ConfigError
+from ingest.journal import Journal, Record
 from ingest.log import register_secret
 from ingest.metrics import Metrics
 from ingest.protocols import PROTOCOLS
+from ingest.replay import ReplayStats, journal_records, replay
 from ingest.schema import Registry, load_registry
 from ingest.sinks.base import Sink
 from ingest.sinks.duckdb import DuckDBSink
@@ -52,6 +55,8 @@ class Daemon:
         self.metrics = Metrics()
         self.buffer = Buffer(self.registry, config.flush)
         self.collectors: list[Collector] = []
+        storage = config.storage
+        self.journal = Journal(storage.journal_dir / config.instance) if storage.journal_dir else None
         self._emulators: dict[str, Any] = {}
         self._stop = asyncio.Event()
 
@@ -64,7 +69,7 @@ class Daemon:
         if storage.parquet_root is not None:
             sinks.append(ParquetSink(storage.parquet_root, self.config.instance))
         if storage.duckdb_path is not None:
-            sinks.append(DuckDBSink(storage.duckdb_path))
+            sinks.append(DuckDBSink(storage.duckdb_path, instance=self.config.instance))
         return sinks
 
     async def _start_emulator(self, provider: ProviderConfig, key: str) -> str:
@@ -78,8 +83,8 @@ class Daemon:
         self._emulators[provider.name] = emulator
         return str(await emulator.start(host="127.0.0.1", port=0))
 
-    async def _collectors(self) -> list[Collector]:
-        """Resolve every key and URL first: a missing key fails before any connection is made."""
+    def _keys(self) -> dict[str, str | None]:
+        """Every key, before anything else: a missing one fails before any connection is made."""
         keys: dict[str, str | None] = {}
         for p in self.config.providers:
             if p.emulated and p.auth.env is not None and not _env_set(p.auth.env):
@@ -87,33 +92,65 @@ class Daemon:
             else:
                 keys[p.name] = read_secret(p.auth, f"providers.{p.name}")
             register_secret(keys[p.name])
+        return keys
+
+    async def _collectors(self, protocols: dict[str, Any], keys: dict[str, str | None]) -> list[Collector]:
         collectors = []
         for p in self.config.providers:
             key = keys[p.name]
             url = await self._start_emulator(p, key or "demo") if p.emulated else p.url
-            protocol = PROTOCOLS[p.kind](p.name, list(p.subscriptions), p.options)
+            protocol = protocols[p.name]
             if p.auth.location == "message":
                 protocol.set_key(key)  # the protocol puts it in its first message (CoinAPI hello)
                 key = None
             stats = self.metrics.provider(p.name)
-            collectors.append(Collector(p, protocol, build_target(url, p.auth, key), self.buffer, stats))
+            target = build_target(url, p.auth, key)
+            collectors.append(Collector(p, protocol, target, self.buffer, stats, journal=self.journal))
         return collectors
+
+    async def _replay(self, segments: list[Path], protocols: dict[str, Any]) -> None:
+        """Frames journaled but maybe not stored by a run that did not stop cleanly, before connecting."""
+        log.info("replaying the journal of an unclean stop", segments=len(segments))
+        stats = await replay(journal_records(segments), protocols, self.buffer)
+        self.metrics.replayed_frames = stats.frames
+        log.info(
+            "journal replayed",
+            frames=stats.frames,
+            rows=stats.rows,
+            unknown_providers=dict(stats.unknown_streams) or None,
+        )
 
     async def run(
         self, *, duration: float | None = None, on_start: Callable[[], None] | None = None
     ) -> RunResult:
         started = time.monotonic()
+        keys = self._keys()
         sinks = self._sinks()
         for sink in sinks:
             await asyncio.to_thread(sink.open, self.registry.values())
-        writer = Writer(self.registry, self.buffer, sinks, self.metrics)
+        journal = self.journal
+        leftover = journal.open() if journal is not None else []
+        writer = Writer(
+            self.registry,
+            self.buffer,
+            sinks,
+            self.metrics,
+            before_write=journal.write if journal is not None else None,
+        )
+        protocols = {
+            p.name: PROTOCOLS[p.kind](p.name, list(p.subscriptions), p.options) for p in self.config.providers
+        }
+        drained = False
         try:
-            self.collectors = await self._collectors()
-            if on_start is not None:
-                on_start()
             async with asyncio.TaskGroup() as tg:
                 writer_task = tg.create_task(writer.run(), name="writer")
                 ticker = tg.create_task(self._tick(), name="flush-ticker")
+                syncer = tg.create_task(self._sync_journal(), name="journal")
+                if leftover:
+                    await self._replay(leftover, protocols)
+                self.collectors = await self._collectors(protocols, keys)
+                if on_start is not None:
+                    on_start()
                 tasks = [tg.create_task(c.run(), name=f"collector-{c.config.name}") for c in self.collectors]
                 await self._wait_for_stop(tasks, duration)
                 log.info("stopping: unsubscribing and flushing")
@@ -121,15 +158,44 @@ class Daemon:
                 await asyncio.gather(*tasks)
                 self.buffer.close()
                 await writer_task
+                drained = True
                 ticker.cancel()
+                syncer.cancel()
         finally:
             for sink in sinks:
                 await asyncio.to_thread(sink.close)
+            if journal is not None:
+                journal.close(delete=drained)  # every frame is in every sink: nothing to replay
             sent = {name: sum(e.sent.values()) for name, e in self._emulators.items()}
             for emulator in self._emulators.values():
                 await emulator.stop()
         failed = [c.config.name for c in self.collectors if c.stats.state == "failed"]
         return RunResult(self.metrics, dict(self.buffer.received), sent, time.monotonic() - started, failed)
+
+    async def ingest_offline(self, records: Iterable[Record]) -> ReplayStats:
+        """`replay`: records through the protocols into the sinks, no sockets, no journal of its own."""
+        sinks = self._sinks()
+        for sink in sinks:
+            await asyncio.to_thread(sink.open, self.registry.values())
+        protocols = {
+            p.name: PROTOCOLS[p.kind](p.name, list(p.subscriptions), p.options) for p in self.config.providers
+        }
+        writer = Writer(self.registry, self.buffer, sinks, self.metrics)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                writer_task = tg.create_task(writer.run(), name="writer")
+                stats = await replay(records, protocols, self.buffer)
+                self.buffer.close()
+                await writer_task
+        finally:
+            for sink in sinks:
+                await asyncio.to_thread(sink.close)
+        return stats
+
+    async def _sync_journal(self) -> None:
+        if self.journal is not None:
+            journal = self.journal
+            await journal.run(lambda: self.buffer.low_water(journal.next_position))
 
     async def _tick(self) -> None:
         period = min(0.1, self.config.flush.max_age / 4)

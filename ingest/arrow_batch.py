@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import repeat
 from operator import attrgetter
@@ -50,6 +50,7 @@ _DECODE: dict[ColumnType, Any] = {
 class BuildResult:
     table: pa.Table
     rejected: list[Rejected]
+    positions: pa.Array = field(default_factory=lambda: pa.array([], pa.int64()))  # per row, journal
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +264,7 @@ def _split(chunks: Sequence[Rows]) -> list[Rows]:
                     context=ch.context,
                     is_reorg=ch.is_reorg,
                     raw=None if ch.raw is None else [ch.raw[i]],
+                    position=ch.position,
                 )
             )
     return out
@@ -272,24 +274,31 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
+def _positions(chunks: Sequence[Rows]) -> pa.Array:
+    n = sum(len(ch.records) for ch in chunks)
+    return pa.array(_expand(chunks, attrgetter("position"), n), pa.int64())
+
+
 def build_table(dataset: Dataset, chunks: Sequence[Rows]) -> BuildResult:
     """Build one table from a flush; records that cannot be read come back as Rejected."""
     try:
-        return BuildResult(_build(dataset, chunks), [])
+        return BuildResult(_build(dataset, chunks), [], _positions(chunks))
     except (msgspec.MsgspecError, pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
         records = _split(chunks)
         if len(records) == 1:
             rec = records[0]
             original = rec.raw[0] if rec.raw else rec.records[0]  # quarantine keeps the bytes as received
+            reason = _reason(exc)
             rejected = Rejected(
-                rec.provider, original, _reason(exc), rec.received_at, rec.subscription, dataset.name
+                rec.provider, original, reason, rec.received_at, rec.subscription, dataset.name, rec.position
             )
             return BuildResult(dataset.arrow_schema.empty_table(), [rejected])
     mid = len(records) // 2
     left, right = build_table(dataset, records[:mid]), build_table(dataset, records[mid:])
     tables = [t for t in (left.table, right.table) if t.num_rows]
     table = pa.concat_tables(tables) if tables else dataset.arrow_schema.empty_table()
-    return BuildResult(table, left.rejected + right.rejected)
+    positions = pa.concat_arrays([left.positions, right.positions])
+    return BuildResult(table, left.rejected + right.rejected, positions)
 
 
 def values_table(dataset: Dataset, values: Sequence[dict[str, Any]]) -> pa.Table:

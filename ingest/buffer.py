@@ -9,6 +9,7 @@ slow sink slows the sockets (and the provider's TCP window) instead of growing t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +36,8 @@ class Flush:
     rows: int = 0
     nbytes: int = 0
     reason: str = ""
+    first: int = 0  # journal positions covered (0: none journaled)
+    last: int = 0
 
 
 @dataclass(slots=True)
@@ -44,6 +47,18 @@ class _Pending:
     rows: int = 0
     nbytes: int = 0
     since: float = 0.0
+    first: int = 0
+    last: int = 0
+
+    def cover(self, position: int) -> None:
+        if position:
+            if not self.first or position < self.first:
+                self.first = position
+            self.last = max(self.last, position)
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
 class Buffer:
@@ -61,6 +76,7 @@ class Buffer:
         self._room = asyncio.Event()
         self._room.set()
         self._outstanding = 0  # bytes buffered + queued + being written
+        self._in_flight: dict[int, int] = {}  # id(flush) -> first journal position, until done()
         self._closed = False
         self.received: dict[str, int] = {}  # rows accepted per dataset, for metrics
 
@@ -87,6 +103,8 @@ class Buffer:
         n = len(rows.records)
         nbytes = len(rows.records[0]) if n == 1 else sum(map(len, rows.records))
         pending.chunks.append(rows)
+        if rows.position:
+            pending.cover(rows.position)
         pending.rows += n
         pending.nbytes += nbytes
         self._outstanding += nbytes
@@ -105,8 +123,11 @@ class Buffer:
             "reason": rejected.reason,
             "received_at": rejected.received_at,
             "raw": rejected.raw,
+            "position": rejected.position,
+            # The same frame rejected again (a replay) gets the same id: readers count ids.
+            "id": f"{rejected.provider}:{rejected.position}:{_digest(rejected.raw)}",
         }
-        self._add_value(QUARANTINE, row, len(rejected.raw))
+        self._add_value(QUARANTINE, row, len(rejected.raw), rejected.position)
 
     def gap(self, gap: Gap, detected_at: int) -> None:
         """Record a hole in what was received."""
@@ -120,14 +141,19 @@ class Buffer:
             "expected": gap.expected,
             "received": gap.received,
             "detected_at": detected_at,
+            "position": gap.position,
+            "id": "|".join(
+                map(str, (gap.provider, gap.subscription, gap.kind, gap.stream, gap.started_at, gap.expected))
+            ),
         }
-        self._add_value(GAPS, row, 100)
+        self._add_value(GAPS, row, 100, gap.position)
 
-    def _add_value(self, dataset: str, row: dict[str, Any], nbytes: int) -> None:
+    def _add_value(self, dataset: str, row: dict[str, Any], nbytes: int, position: int) -> None:
         pending = self._pending.get(dataset)
         if pending is None:
             pending = self._pending[dataset] = _Pending(since=self._clock())
         pending.values.append(row)
+        pending.cover(position)
         pending.rows += 1
         pending.nbytes += nbytes
         self._outstanding += nbytes
@@ -174,9 +200,16 @@ class Buffer:
 
     def done(self, flush: Flush) -> None:
         """The writer finished with a flush: its bytes no longer count against the limit."""
+        self._in_flight.pop(id(flush), None)
         self._outstanding -= flush.nbytes
         if self._outstanding < self._policy.max_pending_bytes:
             self._room.set()
+
+    def low_water(self, next_position: int) -> int:
+        """The oldest journal position not yet in every sink: segments wholly below it can go."""
+        firsts = [p.first for p in self._pending.values() if p.first]
+        firsts.extend(f for f in self._in_flight.values() if f)
+        return min(firsts, default=next_position)
 
     @property
     def buffered_rows(self) -> dict[str, int]:
@@ -192,5 +225,8 @@ class Buffer:
 
     def _seal(self, name: str, reason: str) -> None:
         pending = self._pending.pop(name)
-        self._ready.append(Flush(name, pending.chunks, pending.values, pending.rows, pending.nbytes, reason))
+        p = pending
+        flush = Flush(name, p.chunks, p.values, p.rows, p.nbytes, reason, p.first, p.last)
+        self._in_flight[id(flush)] = pending.first
+        self._ready.append(flush)
         self._has_ready.set()

@@ -1,4 +1,4 @@
-"""`python -m ingest VERB`: run, query, status, emulate, test."""
+"""`python -m ingest VERB`: run, query, status, replay, emulate, test."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -53,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("--port", type=int, default=0)
     emulate.add_argument("--key", help="the only key accepted (default: any non-empty key)")
 
+    rp = with_config(
+        sub.add_parser("replay", help="ingest journal segments or a capture of raw frames offline")
+    )
+    rp.add_argument(
+        "path", type=Path, nargs="+", help="journal segment files or directories, or a capture file"
+    )
+    rp.add_argument(
+        "--provider", help="for a capture (one raw frame per line): the configured provider it is from"
+    )
+
     test = sub.add_parser("test", help="run the test suite")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     return parser
@@ -73,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("console")
         if verb == "query":
             return _query(config, args.sql, args.format)
+        if verb == "replay":
+            return _replay(config, args.path, args.provider)
         return _status(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
@@ -108,6 +121,37 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         return 1 if result.failed and len(result.failed) == len(config.providers) else 0
 
     return asyncio.run(main_task())
+
+
+def _replay(config: Config, paths: list[Path], provider: str | None) -> int:
+    from ingest.app import Daemon
+    from ingest.replay import capture_records, journal_records
+
+    names = {p.name for p in config.providers}
+    if provider is not None:
+        if provider not in names:
+            print(
+                f"--provider: no provider named {provider!r} in the config ({', '.join(sorted(names))})",
+                file=sys.stderr,
+            )
+            return 2
+        records: Any = (r for path in paths for r in capture_records(path, provider))
+    else:
+        if missing := [p for p in paths if not p.exists()]:
+            print(f"no such file or directory: {missing[0]}", file=sys.stderr)
+            return 2
+        if not all(p.is_dir() or p.suffix == ".seg" for p in paths):
+            print("a capture of raw frames needs --provider NAME (the frames' provider)", file=sys.stderr)
+            return 2
+        records = journal_records(paths)
+    daemon = Daemon(config)
+    stats = asyncio.run(daemon.ingest_offline(records))
+    print(f"replayed {stats.frames:,} frames into {stats.rows:,} rows", flush=True)
+    for name, count in sorted(daemon.metrics.datasets.items()):
+        print(f"  {name}: {count.rows_written:,} rows written")
+    if stats.unknown_streams:
+        print(f"  frames of providers not in the config (quarantined): {dict(stats.unknown_streams)}")
+    return 0
 
 
 def _query(config: Config, sql: str, fmt: str) -> int:

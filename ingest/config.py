@@ -76,6 +76,7 @@ class StorageConfig:
     data_dir: Path
     duckdb_path: Path | None
     parquet_root: str | None  # a local directory or a filesystem URI
+    journal_dir: Path | None = None  # write-ahead journal of every frame; None = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,7 @@ def _typename(typ: type | tuple[type, ...]) -> str:
 
 
 def _storage(t: _Table, base: Path) -> StorageConfig:
-    t.only("data_dir", "duckdb", "parquet")
+    t.only("data_dir", "duckdb", "parquet", "journal")
     data_dir = base / t.get("data_dir", str, "data")
     duckdb = t.get("duckdb", (bool, str), True)
     parquet = t.get("parquet", (bool, str), True)
@@ -155,11 +156,15 @@ def _storage(t: _Table, base: Path) -> StorageConfig:
         parquet_root = str(data_dir / "parquet")
     elif isinstance(parquet, str):
         parquet_root = parquet if "://" in parquet else str(base / parquet)
+    journal = t.get("journal", (bool, str), True)
+    journal_dir = (data_dir / "journal" if journal is True else base / journal) if journal else None
     if duckdb_path is None and parquet_root is None:
         raise ConfigError(
             f"{t.where}: both sinks are off (duckdb = false, parquet = false): nothing would be kept"
         )
-    return StorageConfig(data_dir=data_dir, duckdb_path=duckdb_path, parquet_root=parquet_root)
+    return StorageConfig(
+        data_dir=data_dir, duckdb_path=duckdb_path, parquet_root=parquet_root, journal_dir=journal_dir
+    )
 
 
 def _flush(t: _Table) -> FlushPolicy:

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
+import msgspec
 import structlog
 from tenacity import (
     AsyncRetrying,
@@ -37,12 +38,14 @@ from ingest.events import (
     SubscriptionAcked,
     SubscriptionFailed,
 )
+from ingest.journal import Journal, Kind
 from ingest.metrics import ProviderStats
 from ingest.protocols.base import ProviderProtocol
 
 __all__ = ["Collector", "RowSink"]
 
 log = structlog.get_logger("ingest.driver")
+_encode = msgspec.json.encode
 _DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
 _GONE = (
     aiohttp.WSMsgType.CLOSE,
@@ -80,6 +83,8 @@ class Collector:
         *,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         close_timeout: float = 3.0,
+        journal: Journal | None = None,
+        max_frame_bytes: int = 64 << 20,
     ) -> None:
         self.config = config
         self.protocol = protocol
@@ -88,6 +93,8 @@ class Collector:
         self.stats = stats
         self._sleep_override = sleep
         self._close_timeout = close_timeout
+        self._journal = journal
+        self._max_frame = max_frame_bytes
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._deadline: asyncio.Timeout | None = None
@@ -135,6 +142,7 @@ class Collector:
         """
         loop = asyncio.get_running_loop()
         self.protocol.close()
+        self._record_state()
         self._stop_at = loop.time() + self._close_timeout
         with contextlib.suppress(aiohttp.ClientError, ConnectionError):
             await self._send(ws)
@@ -224,7 +232,7 @@ class Collector:
             # Nothing was received from the loss until the subscriptions were sent again.
             now = time.time_ns()
             for sub in self.config.subscriptions:
-                self._sink.gap(Gap(self.config.name, sub.name, "disconnected", self._lost_at_ns, now), now)
+                self._gap(Gap(self.config.name, sub.name, "disconnected", self._lost_at_ns, now), now)
             self._lost_at_ns = None
         self.log.info("connected", url=self._target.display_url, connects=self.stats.connects)
         for name in self.stats.subscriptions:
@@ -237,9 +245,20 @@ class Collector:
         self.stats.state = "backoff"
         self.stats.last_error = reason
 
+    def _gap(self, gap: Gap, detected_at: int) -> None:
+        if self._journal is not None:  # journaled so a crash before its flush does not lose it
+            gap.position = self._journal.append(Kind.GAP, self.config.name, detected_at, _encode(gap))
+        self._sink.gap(gap, detected_at)
+
+    def _record_state(self) -> None:
+        """Journal the protocol's routing state after a change the received frames do not show."""
+        if self._journal is not None:
+            self._journal.append(Kind.STATE, self.config.name, time.time_ns(), _encode(self.protocol.state()))
+
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         protocol, sink, stats = self.protocol, self._sink, self.stats
         self.protocol.connect()
+        self._record_state()
         await self._send(ws)
         try:
             async with asyncio.timeout(None) as deadline:
@@ -252,12 +271,7 @@ class Collector:
                         msg = await ws.receive()
                         kind = msg.type
                         if kind in _DATA:
-                            stats.frames += 1
-                            for event in protocol.receive(msg.data, time.time_ns()):
-                                if type(event) is Rows:
-                                    sink.add(event)
-                                else:
-                                    self._on_event(event)
+                            self._on_frame(msg.data)
                             if out := protocol.data_to_send():
                                 await self._send(ws, out)
                             if sink.congested:
@@ -282,6 +296,29 @@ class Collector:
                 return
             raise Silent(f"no frame for {self.config.idle_timeout:g} s") from None
 
+    def _on_frame(self, data: bytes | str) -> None:
+        """One data frame: journal it, let the protocol read it, route what comes out."""
+        self.stats.frames += 1
+        raw = data if type(data) is bytes else data.encode()  # type: ignore[union-attr]
+        received_at = time.time_ns()
+        journal = self._journal
+        # On disk (the journal) before it counts as received.
+        position = journal.append(Kind.FRAME, self.config.name, received_at, raw) if journal else 0
+        if len(raw) > self._max_frame:
+            reason = f"frame too large: {len(raw)} bytes"
+            events: list[Any] = [Rejected(self.config.name, raw, reason, received_at)]
+        else:
+            events = _receive(self.protocol, raw, received_at)
+        sink = self._sink
+        for event in events:
+            if type(event) is Rows:
+                event.position = position
+                sink.add(event)
+            else:
+                if isinstance(event, Rejected | Gap):
+                    event.position = position
+                self._on_event(event)
+
     def _closed_by_server(self, ws: aiohttp.ClientWebSocketResponse, msg: aiohttp.WSMessage) -> None:
         code = ws.close_code if msg.type is not aiohttp.WSMsgType.CLOSE else msg.data
         reason = (msg.extra or "") if msg.type is aiohttp.WSMsgType.CLOSE else ""
@@ -297,7 +334,7 @@ class Collector:
         if isinstance(event, Rejected):
             self._sink.reject(event)
         elif isinstance(event, Gap):
-            self._sink.gap(event, time.time_ns())
+            self._sink.gap(event, time.time_ns())  # from a frame: the frame is journaled, not the gap
         elif isinstance(event, SubscriptionAcked):
             self.stats.subscriptions[event.subscription] = "active"
             self.log.info("subscribed", subscription=event.subscription)
@@ -344,8 +381,18 @@ class Collector:
             if now - keepalive_at >= self.config.keepalive_interval:
                 keepalive_at = now
                 self.protocol.keepalive()
+                self._record_state()
                 with contextlib.suppress(aiohttp.ClientError, ConnectionError):
                     await self._send(ws)
+
+
+def _receive(protocol: ProviderProtocol, data: bytes, received_at: int) -> list[Any]:
+    """The protocol's events; a bug in it quarantines the frame instead of ending the collector."""
+    try:
+        return protocol.receive(data, received_at)
+    except Exception as exc:
+        reason = f"protocol error: {type(exc).__name__}: {exc}"
+        return [Rejected(protocol.name, data, reason[:500], received_at)]
 
 
 def _safe(exc: BaseException, target: Target) -> str:

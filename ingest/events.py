@@ -34,9 +34,10 @@ class Rows:
     context: Mapping[str, Any] = field(default_factory=dict)  # envelope values for context columns
     is_reorg: bool = False  # envelope-level reorg flag (ORed with the payload's)
     raw: list[bytes] | None = None  # the records as received, where `records` were re-keyed
+    position: int = 0  # journal position of the frame (0: not journaled)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rejected:
     """A frame or record that could not be read: it goes to quarantine, never away."""
 
@@ -46,6 +47,7 @@ class Rejected:
     received_at: int
     subscription: str = ""
     dataset: str = ""
+    position: int = 0  # journal position of the frame it came from
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ class SubscriptionFailed:
     retryable: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Gap:
     """A hole in what was received: a disconnect, or a jump in sequence or block numbers."""
 
@@ -74,6 +76,7 @@ class Gap:
     stream: str = ""
     expected: int | None = None
     received: int | None = None
+    position: int = 0
 
 
 @dataclass(frozen=True, slots=True)

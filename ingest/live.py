@@ -54,9 +54,10 @@ class LiveView:
     def render(self) -> Group:
         self._rates.update(self.buffer.received)
         buffered = self.buffer.buffered_rows
-        datasets = Table(
-            title=f"ingesting for {time.monotonic() - self._started:.0f} s", title_justify="left"
-        )
+        title = f"ingesting for {time.monotonic() - self._started:.0f} s"
+        if self.metrics.replayed_frames:
+            title += f" (replayed {self.metrics.replayed_frames:,} frames from the journal first)"
+        datasets = Table(title=title, title_justify="left")
         for col, justify in (
             ("dataset", "left"),
             ("rows/s", "right"),

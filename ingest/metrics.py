@@ -47,6 +47,7 @@ class Metrics:
     rows_by_provider: Counter[str] = field(default_factory=Counter)  # rows written to every sink
     files: list[str] = field(default_factory=list)  # Parquet files written this run
     sink_errors: int = 0
+    replayed_frames: int = 0  # frames replayed from the journal at start (an unclean stop before)
 
     def provider(self, name: str) -> ProviderStats:
         stats = self.providers.get(name)

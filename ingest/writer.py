@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,12 +39,14 @@ class Writer:
         metrics: Metrics,
         *,
         retry_max: float = 10.0,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         self._registry = registry
         self._buffer = buffer
         self._sinks = list(sinks)
         self._metrics = metrics
         self._retry_max = retry_max
+        self._before_write = before_write
 
     async def run(self) -> None:
         """Write flushes in order until the buffer is closed and drained."""
@@ -57,21 +59,32 @@ class Writer:
     async def _write(self, flush: Flush) -> None:
         dataset = self._registry[flush.dataset]
         started = time.monotonic()
+        if self._before_write is not None:
+            self._before_write()  # the journal holds every frame before any of its rows is stored
         if dataset.kind == "values":
-            result = BuildResult(values_table(dataset, flush.values), [])
+            # Derived rows (quarantine, gaps) carry deterministic ids instead: readers count ids.
+            table = values_table(dataset, flush.values)
+            per_sink = {sink: table for sink in self._sinks}
             if flush.dataset == QUARANTINE:
                 for row in flush.values:
                     self._metrics.quarantined[_reason_key(row["reason"])] += 1
         else:
-            result = await asyncio.to_thread(build_table, dataset, flush.chunks)
+            stored = {sink: sink.checkpoint(dataset.name) for sink in self._sinks}
+            floor = min(stored.values(), default=0)
+            # Frames every sink already holds (a journal replay) are not even decoded again.
+            chunks = [c for c in flush.chunks if not c.position or c.position > floor]
+            result = (
+                await asyncio.to_thread(build_table, dataset, chunks) if chunks else _empty_result(dataset)
+            )
             for r in result.rejected:  # records the schema could not take go to quarantine
                 self._buffer.reject(r)
-        table = result.table
-        if table.num_rows:
-            await asyncio.gather(*(self._write_sink(sink, dataset, table) for sink in self._sinks))
+            table = result.table
+            per_sink = {sink: _newer(table, result.positions, stored[sink]) for sink in self._sinks}
+        writes = [self._write_sink(s, dataset, t, flush) for s, t in per_sink.items() if t.num_rows]
+        await asyncio.gather(*writes)
         self._account(dataset, table, time.monotonic() - started)
 
-    async def _write_sink(self, sink: Sink, dataset: Dataset, table: pa.Table) -> None:
+    async def _write_sink(self, sink: Sink, dataset: Dataset, table: pa.Table, flush: Flush) -> None:
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda exc: not isinstance(exc, Fatal)),
             wait=wait_random_exponential(multiplier=0.2, max=self._retry_max),
@@ -80,7 +93,7 @@ class Writer:
         )
         async for attempt in retrying:
             with attempt:
-                paths = await asyncio.to_thread(sink.write, dataset, table)
+                paths = await asyncio.to_thread(sink.write, dataset, table, flush.first, flush.last)
         self._metrics.files.extend(paths)
         self._metrics.dataset(dataset.name).files += len(paths)
 
@@ -112,6 +125,18 @@ class Writer:
             latest = pc.max(table["_event_time"]).cast(pa.int64()).as_py()
             if latest is not None and (stats.last_event_time is None or latest > stats.last_event_time):
                 stats.last_event_time = latest
+
+
+def _empty_result(dataset: Dataset) -> BuildResult:
+    return BuildResult(dataset.arrow_schema.empty_table(), [])
+
+
+def _newer(table: pa.Table, positions: pa.Array, stored: int) -> pa.Table:
+    """Rows a sink does not hold yet: journal position above its checkpoint (or no position)."""
+    if not stored or not table.num_rows:
+        return table
+    keep = pc.or_(pc.equal(positions, 0), pc.greater(positions, stored))
+    return table.filter(keep)
 
 
 def _reason_key(reason: str) -> str:

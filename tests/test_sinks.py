@@ -53,7 +53,7 @@ def test_parquet_files_are_partitioned_atomic_and_readable_by_every_engine(tmp_p
     sink = ParquetSink(str(tmp_path / "parquet"), "main")
     sink.open([ds])
     table = transfers(registry, 50)
-    (path,) = sink.write(ds, table)
+    (path,) = sink.write(ds, table, 0, 0)
     assert path.startswith(str(tmp_path / "parquet" / "dataset=blockdb_transfers" / "date=2025-11-13"))
     assert path.endswith(".parquet") and os.path.exists(path)
     assert glob.glob(str(tmp_path / "**" / "*.tmp"), recursive=True) == []
@@ -75,7 +75,7 @@ def test_a_flush_spanning_midnight_is_split_by_day(tmp_path, registry):
     ds = registry["blockdb_transfers"]
     sink = ParquetSink(str(tmp_path), "main")
     sink.open([ds])
-    paths = sink.write(ds, transfers(registry, 4, start_ns=T0 - 2 * 10**9 + DAY, step_ns=10**9))
+    paths = sink.write(ds, transfers(registry, 4, start_ns=T0 - 2 * 10**9 + DAY, step_ns=10**9), 0, 0)
     assert sorted(os.path.basename(os.path.dirname(p)) for p in paths) == [
         "date=2025-11-13",
         "date=2025-11-14",
@@ -86,8 +86,8 @@ def test_file_names_never_collide_across_writes_and_sinks(tmp_path, registry):
     ds = registry["blockdb_transfers"]
     a, b = ParquetSink(str(tmp_path), "main"), ParquetSink(str(tmp_path), "main")
     a.open([ds])
-    paths = [a.write(ds, transfers(registry, 2))[0] for _ in range(3)] + [
-        b.write(ds, transfers(registry, 2))[0]
+    paths = [a.write(ds, transfers(registry, 2), 0, 0)[0] for _ in range(3)] + [
+        b.write(ds, transfers(registry, 2), 0, 0)[0]
     ]
     assert len(set(paths)) == 4
 
@@ -102,7 +102,7 @@ def test_failed_write_leaves_no_file(tmp_path, registry, monkeypatch):
 
     monkeypatch.setattr("ingest.sinks.parquet.pq.write_table", boom)
     with pytest.raises(OSError, match="disk full"):
-        sink.write(ds, transfers(registry, 3))
+        sink.write(ds, transfers(registry, 3), 0, 0)
     assert [p for p in glob.glob(str(tmp_path / "**" / "*"), recursive=True) if os.path.isfile(p)] == []
 
 
@@ -110,8 +110,8 @@ def test_duckdb_table_matches_the_declaration_and_holds_the_rows(tmp_path, regis
     sink = DuckDBSink(tmp_path / "ingest.duckdb")
     sink.open(registry.values())
     ds = registry["blockdb_transfers"]
-    sink.write(ds, transfers(registry, 20))
-    sink.write(ds, transfers(registry, 5))
+    sink.write(ds, transfers(registry, 20), 0, 0)
+    sink.write(ds, transfers(registry, 5), 0, 0)
     sink.close()
     con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
     types = dict(
@@ -138,7 +138,7 @@ def test_both_sinks_read_back_identically_through_the_query_views(tmp_path, regi
     table = transfers(registry, 30)
     for sink in (ParquetSink(str(tmp_path / "parquet"), "main"), DuckDBSink(tmp_path / "ingest.duckdb")):
         sink.open(registry.values())
-        sink.write(ds, table)
+        sink.write(ds, table, 0, 0)
         sink.close()
     via_db, src_db = connect_for_query(registry, tmp_path / "ingest.duckdb", None)
     via_pq, src_pq = connect_for_query(registry, None, str(tmp_path / "parquet"))

@@ -44,7 +44,10 @@ class FlakySink:
     def open(self, datasets) -> None:
         pass
 
-    def write(self, dataset, table) -> list[str]:
+    def checkpoint(self, dataset) -> int:
+        return 0
+
+    def write(self, dataset, table, first, last) -> list[str]:
         if self.failures:
             self.failures -= 1
             raise OSError("No space left on device")

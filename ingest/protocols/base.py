@@ -85,3 +85,14 @@ class ProviderProtocol(Protocol):
 
     def connection_lost(self) -> None:
         """Forget per-connection state (acks, ids); keep the desired subscriptions."""
+
+    def state(self) -> dict[str, Any]:
+        """Routing state the frames alone do not show (ids the client chose, counters), as JSON.
+
+        Journaled after every client-side change, so replaying the journal's frames through a
+        fresh protocol routes them exactly as the first time. Never the subscriptions wanted.
+        """
+        ...
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what state() returned."""

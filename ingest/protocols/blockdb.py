@@ -189,6 +189,12 @@ class BlockDBProtocol:
         self._unsubscribing.clear()
         self._retry.clear()
 
+    def state(self) -> dict[str, Any]:
+        return {}  # every update names its own chain and dataset: nothing to restore
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        pass
+
     # -- internals -------------------------------------------------------------------------------
 
     def _subscribe(self, sub: BlockDBSubscription) -> None:

@@ -237,6 +237,15 @@ class CoinAPIProtocol:
     def connection_lost(self) -> None:
         self._last.clear()  # sequence numbers restart with the next connection
 
+    def state(self) -> dict[str, Any]:
+        last = [[kind, symbol, seq, at] for (kind, symbol), (seq, at) in self._last.items()]
+        return {"connection": self._connection, "last": last}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self._connection = int(state.get("connection", self._connection))
+        self._context = {"connection": self._connection}
+        self._last = {(k, s): (int(q), int(t)) for k, s, q, t in state.get("last", [])}
+
     # -- internals -------------------------------------------------------------------------------
 
     def _scope(self, kind: str, subs: list[CoinAPISubscription]) -> dict[str, Any]:

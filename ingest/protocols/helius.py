@@ -7,7 +7,6 @@ itself after its terminal notification and is not asked again.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,7 +136,7 @@ class HeliusProtocol:
         self.name = name
         self.subprotocols: tuple[str, ...] = ()
         self._desired: dict[str, HeliusSubscription] = {s.name: s for s in subscriptions}
-        self._requests = itertools.count(1)
+        self._next_request = 1
         self._pending: dict[
             int | str, tuple[str, str]
         ] = {}  # request id -> (subscription, subscribe|unsubscribe)
@@ -209,10 +208,23 @@ class HeliusProtocol:
         self._pending.clear()
         self._retry.clear()
 
+    def state(self) -> dict[str, Any]:
+        return {
+            "next_request": self._next_request,
+            "pending": [[request, name, kind] for request, (name, kind) in self._pending.items()],
+            "ids": [[sub_id, sub.name] for sub_id, sub in self._ids.items()],
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self._next_request = max(self._next_request, int(state.get("next_request", 1)))
+        self._pending = {request: (name, kind) for request, name, kind in state.get("pending", [])}
+        self._ids = {int(i): self._desired[n] for i, n in state.get("ids", []) if n in self._desired}
+
     # -- internals -------------------------------------------------------------------------------
 
     def _request(self, name: str, kind: str, method: str, params: list[Any]) -> None:
-        request_id = next(self._requests)
+        request_id = self._next_request
+        self._next_request += 1
         self._pending[request_id] = (name, kind)
         msg = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
         self._outbox.append(_encode(msg).decode())

@@ -13,14 +13,23 @@ __all__ = ["Sink"]
 
 
 class Sink(Protocol):
-    """Called from a worker thread, one write at a time; a failed write raises and is retried whole."""
+    """Called from a worker thread, one write at a time; a failed write raises and is retried whole.
+
+    Idempotence comes from journal positions: a sink remembers, durably and atomically with the
+    rows, the last position it holds per dataset (`checkpoint`), and the writer never hands it
+    rows at or below that, so replaying the journal after a crash stores nothing twice.
+    """
 
     name: str
 
     def open(self, datasets: Iterable[Dataset]) -> None: ...
 
-    def write(self, dataset: Dataset, table: pa.Table) -> list[str]:
-        """Write every row of `table`; return what was created (file paths), if anything."""
+    def checkpoint(self, dataset: str) -> int:
+        """The highest journal position stored for this dataset (0: none)."""
+        ...
+
+    def write(self, dataset: Dataset, table: pa.Table, first: int, last: int) -> list[str]:
+        """Write every row of `table` (journal positions first..last); return files created."""
         ...
 
     def close(self) -> None: ...

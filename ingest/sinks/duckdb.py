@@ -14,7 +14,9 @@ from ingest.errors import Fatal
 from ingest.schema import Dataset, quote_ident
 from ingest.views import apply_views
 
-__all__ = ["DuckDBSink"]
+__all__ = ["POSITIONS", "DuckDBSink"]
+
+POSITIONS = "_ingest_positions"  # per instance and dataset: the last journal position stored
 
 log = structlog.get_logger("ingest.sinks.duckdb")
 
@@ -22,10 +24,12 @@ log = structlog.get_logger("ingest.sinks.duckdb")
 class DuckDBSink:
     name = "duckdb"
 
-    def __init__(self, path: Path, *, lock_wait: float = 15.0) -> None:
+    def __init__(self, path: Path, *, instance: str = "main", lock_wait: float = 15.0) -> None:
         self.path = path
+        self._instance = instance
         self._lock_wait = lock_wait
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._checkpoints: dict[str, int] = {}
 
     def open(self, datasets: Iterable[Dataset]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +37,18 @@ class DuckDBSink:
         for ds in datasets:
             self._con.execute(ds.create_table_sql())
             self._add_missing_columns(ds)
+        self._con.execute(
+            f"CREATE TABLE IF NOT EXISTS {POSITIONS} (instance VARCHAR, dataset VARCHAR, position BIGINT, "
+            "PRIMARY KEY (instance, dataset))"
+        )
+        rows = self._con.execute(
+            f"SELECT dataset, position FROM {POSITIONS} WHERE instance = ?", [self._instance]
+        ).fetchall()
+        self._checkpoints = dict(rows)
         apply_views(self._con)
+
+    def checkpoint(self, dataset: str) -> int:
+        return self._checkpoints.get(dataset, 0)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         # One writer or many readers, never both: a `query` reading the file right now holds it
@@ -61,15 +76,27 @@ class DuckDBSink:
             if name not in existing:
                 self._con.execute(f"ALTER TABLE {quote_ident(ds.name)} ADD COLUMN {quote_ident(name)} {typ}")
 
-    def write(self, dataset: Dataset, table: pa.Table) -> list[str]:
+    def write(self, dataset: Dataset, table: pa.Table, first: int, last: int) -> list[str]:
         con = self._con
         assert con is not None, "open() first"
         con.register("_ingest_batch", table)
         try:
-            # BY NAME: the Arrow schema and the table agree on names, not necessarily on order.
-            con.execute(f"INSERT INTO {quote_ident(dataset.name)} BY NAME SELECT * FROM _ingest_batch")
+            # The rows and how far they reach commit together: after a crash both or neither.
+            con.execute("BEGIN TRANSACTION")
+            try:
+                # BY NAME: the Arrow schema and the table agree on names, not necessarily on order.
+                con.execute(f"INSERT INTO {quote_ident(dataset.name)} BY NAME SELECT * FROM _ingest_batch")
+                if last > self._checkpoints.get(dataset.name, 0):
+                    row = [self._instance, dataset.name, last]
+                    con.execute(f"INSERT OR REPLACE INTO {POSITIONS} VALUES (?, ?, ?)", row)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
         finally:
             con.unregister("_ingest_batch")
+        if last > self._checkpoints.get(dataset.name, 0):
+            self._checkpoints[dataset.name] = last
         return []
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import time
 from collections.abc import Iterable
 
@@ -21,6 +22,9 @@ import pyarrow.parquet as pq
 from ingest.schema import Dataset
 
 __all__ = ["ParquetSink", "dataset_glob"]
+
+# <instance>-<first position>-<last position>.parquet (20 digits each)
+_NAME = re.compile(r"^(?P<instance>[a-z][a-z0-9_]*)-(?P<first>\d{20})-(?P<last>\d{20})\.parquet$")
 
 
 def dataset_glob(root: str, dataset: str) -> str:
@@ -40,29 +44,58 @@ class ParquetSink:
         self.root = root
         self._instance = instance
         self._compression = compression
-        # Names carry instance, wall-clock start and a sequence: unique across restarts and daemons.
+        # Rows with no journal position (journal off) still need names that never collide.
         self._run = time.time_ns()
         self._seq = itertools.count()
+        self._checkpoints: dict[str, int] = {}
 
     def open(self, datasets: Iterable[Dataset]) -> None:
         for ds in datasets:
-            self._fs.create_dir(f"{self._root}/dataset={ds.name}", recursive=True)
+            directory = f"{self._root}/dataset={ds.name}"
+            self._fs.create_dir(directory, recursive=True)
+            self._checkpoints[ds.name] = self._stored_up_to(directory)
 
-    def write(self, dataset: Dataset, table: pa.Table) -> list[str]:
+    def _stored_up_to(self, directory: str) -> int:
+        """The highest journal position in this instance's file names: a file exists whole or not.
+
+        Temporary files of this instance are what a crash left mid-write: never published, removed.
+        """
+        selector = pafs.FileSelector(directory, recursive=True, allow_not_found=True)
+        best = 0
+        for info in self._fs.get_file_info(selector):
+            if info.base_name.endswith(".parquet.tmp") and info.base_name.startswith(f"{self._instance}-"):
+                self._fs.delete_file(info.path)
+                continue
+            match = _NAME.match(info.base_name)
+            if match and match["instance"] == self._instance:
+                best = max(best, int(match["last"]))
+        return best
+
+    def checkpoint(self, dataset: str) -> int:
+        return self._checkpoints.get(dataset, 0)
+
+    def write(self, dataset: Dataset, table: pa.Table, first: int, last: int) -> list[str]:
+        if last:  # deterministic from the journal: a replay of the same frames has the same name
+            stem = f"{self._instance}-{first:020d}-{last:020d}"
+        else:
+            stem = f"{self._instance}-r{self._run}-{next(self._seq):08d}"
         days = pc.floor_temporal(table[dataset.received_column], unit="day")
         unique = pc.unique(days).to_pylist()
         if len(unique) == 1:  # the usual case: one flush, one day
-            return [self._write_file(dataset, table, unique[0].date().isoformat())]
-        paths = []
-        for day in sorted(unique):
-            part = table.filter(pc.equal(days, pa.scalar(day, days.type)))
-            paths.append(self._write_file(dataset, part, day.date().isoformat()))
+            paths = [self._write_file(dataset, table, unique[0].date().isoformat(), stem)]
+        else:
+            paths = []
+            for day in sorted(unique):
+                part = table.filter(pc.equal(days, pa.scalar(day, days.type)))
+                paths.append(self._write_file(dataset, part, day.date().isoformat(), stem))
+        if last > self._checkpoints.get(dataset.name, 0):
+            self._checkpoints[dataset.name] = last
         return paths
 
-    def _write_file(self, dataset: Dataset, table: pa.Table, day: str) -> str:
+    def _write_file(self, dataset: Dataset, table: pa.Table, day: str, stem: str) -> str:
         directory = f"{self._root}/dataset={dataset.name}/date={day}"
         self._fs.create_dir(directory, recursive=True)
-        path = f"{directory}/{self._instance}-{self._run}-{next(self._seq):08d}.parquet"
+        path = f"{directory}/{stem}.parquet"
         tmp = path + ".tmp"
         try:
             with self._fs.open_output_stream(tmp) as out:

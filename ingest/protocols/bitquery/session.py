@@ -8,7 +8,6 @@ operation id; ids are never reused, so a late frame of an old operation cannot b
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +122,7 @@ class BitqueryProtocol:
         self._start, self._data, self._stop = _TYPES[self.subprotocol]
         self._desired: dict[str, BitquerySubscription] = {s.name: s for s in subscriptions}
         self._ops: dict[str, BitquerySubscription] = {}  # operation id -> subscription, this socket
-        self._ids = itertools.count(1)
+        self._next_id = 1
         self._acked = False
         self._closing = False
         self._restart: set[str] = set()  # completed by the server: started again on keepalive()
@@ -244,10 +243,25 @@ class BitqueryProtocol:
         self._restart.clear()
         self._acked = False
 
+    def state(self) -> dict[str, Any]:
+        return {
+            "ops": {op: sub.name for op, sub in self._ops.items()},
+            "next_id": self._next_id,
+            "acked": self._acked,
+            "live": sorted(self._live),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self._ops = {op: self._desired[n] for op, n in state.get("ops", {}).items() if n in self._desired}
+        self._next_id = max(self._next_id, int(state.get("next_id", 1)))
+        self._acked = bool(state.get("acked", False))
+        self._live = set(state.get("live", ()))
+
     # -- internals -------------------------------------------------------------------------------
 
     def _begin(self, sub: BitquerySubscription) -> None:
-        op = str(next(self._ids))
+        op = str(self._next_id)
+        self._next_id += 1
         self._ops[op] = sub
         self._outbox.append(_encode({"type": self._start, "id": op, "payload": sub.payload()}).decode())
 

@@ -1,0 +1,223 @@
+"""Write-ahead journal: every received frame is on disk before it counts as received.
+
+A journal is a directory of segment files named by the position of their first record. A
+record is `length | crc32 | body`, the body `position | received_at | kind | stream | payload`.
+Positions number records from 1 and never repeat, so a row's position says which frame it came
+from and how far each sink got. Appends go to a memory buffer written out in large writes, and
+the file is fsynced on a short interval rather than per frame. A record torn by a crash (short,
+or failing its checksum) ends its segment's readable part and is skipped with a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+import structlog
+
+__all__ = ["Journal", "Kind", "Record", "read_records", "segment_files"]
+
+log = structlog.get_logger("ingest.journal")
+
+_PREFIX = struct.Struct("<II")  # body length, crc32 of the body
+_HEAD = struct.Struct("<QqBH")  # position, received_at (ns), kind, stream name length
+_SUFFIX = ".seg"
+
+
+class Kind(IntEnum):
+    FRAME = 0  # a frame as read off the socket
+    STATE = 1  # a protocol's routing state (JSON), after a change the frames alone do not show
+    GAP = 2  # a gap the driver saw (JSON): a disconnect until the resubscribe
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    position: int
+    received_at: int
+    kind: Kind
+    stream: str
+    payload: bytes
+
+
+def segment_files(directory: Path) -> list[Path]:
+    """Segments in position order (their names are the zero-padded first position)."""
+    return sorted(directory.glob(f"*{_SUFFIX}"))
+
+
+def read_records(path: Path, *, after: int = 0) -> Iterator[Record]:
+    """The intact records of one segment with position > after; stops at a torn tail."""
+    data = path.read_bytes()
+    offset, end = 0, len(data)
+    while offset < end:
+        if end - offset < _PREFIX.size:
+            _torn(path, offset, end, "a short header")
+            return
+        length, crc = _PREFIX.unpack_from(data, offset)
+        body = data[offset + _PREFIX.size : offset + _PREFIX.size + length]
+        if len(body) < length or length < _HEAD.size:
+            _torn(path, offset, end, "a short record")
+            return
+        if zlib.crc32(body) != crc:
+            _torn(path, offset, end, "a checksum mismatch")
+            return
+        position, received_at, kind, name_len = _HEAD.unpack_from(body)
+        offset += _PREFIX.size + length
+        if position > after:
+            stream = body[_HEAD.size : _HEAD.size + name_len].decode()
+            yield Record(position, received_at, Kind(kind), stream, body[_HEAD.size + name_len :])
+
+
+def _torn(path: Path, offset: int, end: int, why: str) -> None:
+    # Only a crash mid-write leaves this, at the very end of a segment: the frame was never durable.
+    log.warning(
+        "journal: skipping a torn record", segment=path.name, offset=offset, bytes=end - offset, reason=why
+    )
+
+
+class Journal:
+    """Appends records to the active segment; rotates, syncs and deletes released segments."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = 64 << 20,
+        write_bytes: int = 1 << 20,
+        sync_interval: float = 0.2,
+    ) -> None:
+        self.directory = directory
+        self._segment_bytes = segment_bytes
+        self._write_bytes = write_bytes
+        self._sync_interval = sync_interval
+        self._buffer = bytearray()
+        self._fd = -1
+        self._segment: Path | None = None
+        self._segment_size = 0
+        self._dirty = False
+        self._names: dict[str, bytes] = {}
+        self.next_position = 1
+        self.bytes_written = 0
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    def open(self) -> list[Path]:
+        """Find where the journal left off; returns the segments left from earlier runs."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = segment_files(self.directory)
+        for path in reversed(existing):
+            last = 0
+            for record in read_records(path):
+                last = record.position
+            if last:
+                self.next_position = last + 1
+                break
+            self.next_position = max(self.next_position, int(path.stem))
+        self._start_segment()
+        return existing
+
+    def _start_segment(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._segment = self.directory / f"{self.next_position:020d}{_SUFFIX}"
+        # A new segment per start: a torn tail of the last run stays behind in its own file.
+        self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._segment_size = 0
+        _fsync_dir(self.directory)
+
+    # -- appending (the hot path) ----------------------------------------------------------------
+
+    def append(self, kind: Kind, stream: str, received_at: int, payload: bytes) -> int:
+        """Append one record; returns its position. Durable after the next write and sync."""
+        name = self._names.get(stream)
+        if name is None:
+            name = self._names[stream] = stream.encode()
+        position = self.next_position
+        self.next_position = position + 1
+        body = _HEAD.pack(position, received_at, kind, len(name)) + name + payload
+        buffer = self._buffer
+        buffer += _PREFIX.pack(len(body), zlib.crc32(body))
+        buffer += body
+        if len(buffer) >= self._write_bytes:
+            self.write()
+        return position
+
+    def write(self) -> None:
+        """Hand the buffered records to the OS (they survive a killed process from here on)."""
+        if not self._buffer:
+            return
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._segment_size += len(data)
+        self.bytes_written += len(data)
+        self._dirty = True
+        if self._segment_size >= self._segment_bytes:
+            self.sync()
+            self._start_segment()
+
+    def sync(self) -> None:
+        """fsync the active segment (survives power loss from here on)."""
+        self.write()
+        if self._dirty and self._fd >= 0:
+            os.fsync(self._fd)
+            self._dirty = False
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    def release(self, below: int) -> list[Path]:
+        """Delete every closed segment whose records all have positions < below (all flushed)."""
+        segments = segment_files(self.directory)
+        removed = []
+        for path, following in itertools.pairwise(segments):
+            if path == self._segment or int(following.stem) > below:
+                break
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        return removed
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in segment_files(self.directory))
+
+    async def run(self, low_water: object) -> None:
+        """Write, sync and release on an interval until cancelled; `low_water()` gives the bound."""
+        while True:
+            await asyncio.sleep(self._sync_interval)
+            self.write()
+            await asyncio.to_thread(self._sync_fd)
+            self.release(low_water())  # type: ignore[operator]
+
+    def _sync_fd(self) -> None:
+        if self._dirty and self._fd >= 0:
+            with contextlib.suppress(OSError):  # the segment may have rotated meanwhile
+                os.fsync(self._fd)
+            self._dirty = False
+
+    def close(self, *, delete: bool = False) -> None:
+        """Sync and close; with delete, remove every segment (all of it is stored elsewhere)."""
+        self.sync()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if delete:
+            for path in segment_files(self.directory):
+                path.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

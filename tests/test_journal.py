@@ -1,0 +1,101 @@
+"""The journal: records round-trip, positions never repeat, torn tails are skipped, flushed segments go."""
+
+from __future__ import annotations
+
+import os
+
+from structlog.testing import capture_logs
+
+from ingest.journal import Journal, Kind, read_records, segment_files
+
+
+def fill(journal: Journal, n: int, stream: str = "blockdb") -> list[int]:
+    return [journal.append(Kind.FRAME, stream, 1_000 + i, b'{"n":%d}' % i) for i in range(n)]
+
+
+def records(directory):
+    return [r for seg in segment_files(directory) for r in read_records(seg)]
+
+
+def test_records_round_trip_in_order(tmp_path):
+    journal = Journal(tmp_path)
+    journal.open()
+    positions = fill(journal, 5)
+    journal.append(Kind.STATE, "helius", 7, b'{"ids":[[1,"slots"]]}')
+    journal.close()
+    got = records(tmp_path)
+    assert positions == [1, 2, 3, 4, 5]
+    assert [(r.position, r.kind, r.stream, r.received_at) for r in got[:2]] == [
+        (1, Kind.FRAME, "blockdb", 1000),
+        (2, Kind.FRAME, "blockdb", 1001),
+    ]
+    assert got[4].payload == b'{"n":4}' and got[5].kind is Kind.STATE and got[5].stream == "helius"
+
+
+def test_positions_continue_after_a_reopen(tmp_path):
+    first = Journal(tmp_path)
+    first.open()
+    fill(first, 3)
+    first.close()
+    second = Journal(tmp_path)
+    leftover = second.open()
+    assert len(leftover) == 1 and second.next_position == 4
+    assert fill(second, 2) == [4, 5]
+
+
+def test_nothing_is_on_disk_before_write_and_everything_after(tmp_path):
+    """Appends are buffered; write() hands them to the OS (a killed process loses nothing after it)."""
+    journal = Journal(tmp_path, write_bytes=1 << 30)
+    journal.open()
+    fill(journal, 10)
+    assert records(tmp_path) == []
+    journal.write()
+    assert len(records(tmp_path)) == 10
+
+
+def test_a_torn_tail_is_skipped_with_a_log_line(tmp_path):
+    journal = Journal(tmp_path)
+    journal.open()
+    fill(journal, 4)
+    journal.close()
+    (segment,) = segment_files(tmp_path)
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-5])  # a crash in the middle of the last record
+    with capture_logs() as logs:
+        assert [r.position for r in read_records(segment)] == [1, 2, 3]
+    assert logs[0]["event"] == "journal: skipping a torn record" and logs[0]["reason"] == "a short record"
+    corrupt = bytearray(data)
+    corrupt[-3] ^= 0xFF  # a flipped byte in the last record's payload
+    segment.write_bytes(bytes(corrupt))
+    with capture_logs() as logs:
+        assert [r.position for r in read_records(segment)] == [1, 2, 3]
+    assert logs[0]["reason"] == "a checksum mismatch"
+    reopened = Journal(tmp_path)
+    reopened.open()
+    assert reopened.next_position == 4  # the torn record never counted
+
+
+def test_segments_rotate_and_go_once_everything_in_them_is_flushed(tmp_path):
+    journal = Journal(tmp_path, segment_bytes=200, write_bytes=1)
+    journal.open()
+    fill(journal, 30)
+    segments = segment_files(tmp_path)
+    assert len(segments) > 3
+    starts = [int(p.stem) for p in segments]
+    journal.release(below=starts[2])  # positions < starts[2] are in every sink
+    assert [int(p.stem) for p in segment_files(tmp_path)] == starts[2:]
+    journal.release(below=10**9)
+    assert segment_files(tmp_path) == [journal._segment]  # never the active one
+    assert [r.position for r in records(tmp_path)] == [] or records(tmp_path)[-1].position == 30
+    journal.close(delete=True)
+    assert segment_files(tmp_path) == []
+
+
+def test_a_new_run_starts_a_new_segment(tmp_path):
+    for _ in range(2):
+        journal = Journal(tmp_path)
+        journal.open()
+        fill(journal, 2)
+        journal.close()
+    assert [int(p.stem) for p in segment_files(tmp_path)] == [1, 3]
+    assert os.path.getsize(segment_files(tmp_path)[0]) > 0
