@@ -62,6 +62,8 @@ class ProviderConfig:
     idle_timeout: float = 30.0  # no frame at all (data, ack, ping) for this long -> reconnect
     ping_interval: float = 0.0  # client WebSocket pings; 0 = rely on the server's
     keepalive_interval: float = 20.0
+    connect_timeout: float = 10.0  # TCP connect plus the WebSocket upgrade
+    max_frame_bytes: int = 64 << 20  # larger frames are quarantined, not parsed
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     emulator: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)  # protocol-specific provider keys
@@ -219,6 +221,8 @@ def _provider(name: str, t: _Table, config_dir: Path) -> ProviderConfig:
         "backoff",
         "emulator",
         "enabled",
+        "connect_timeout",
+        "max_frame_bytes",
     )
     if not _NAME.match(name):
         raise ConfigError(f"{t.where}: provider names are lower-case identifiers, got {name!r}")
@@ -257,6 +261,8 @@ def _provider(name: str, t: _Table, config_dir: Path) -> ProviderConfig:
         backoff=backoff,
         emulator=t.get("emulator", dict, {}),
         options=options,
+        connect_timeout=float(t.positive("connect_timeout", 10.0)),
+        max_frame_bytes=t.positive("max_frame_bytes", 64 << 20, integer=True),
     )
 
 

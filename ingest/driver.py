@@ -84,7 +84,6 @@ class Collector:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         close_timeout: float = 3.0,
         journal: Journal | None = None,
-        max_frame_bytes: int = 64 << 20,
     ) -> None:
         self.config = config
         self.protocol = protocol
@@ -94,7 +93,7 @@ class Collector:
         self._sleep_override = sleep
         self._close_timeout = close_timeout
         self._journal = journal
-        self._max_frame = max_frame_bytes
+        self._max_frame = config.max_frame_bytes
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._deadline: asyncio.Timeout | None = None
@@ -111,7 +110,7 @@ class Collector:
 
     async def run(self) -> None:
         """Collect until stop(); returns after a Fatal error too (reported, not raised)."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             try:
                 while not self._stopping:
@@ -179,16 +178,18 @@ class Collector:
             return
         self.stats.state = "connecting"
         try:
-            ws = await http.ws_connect(
-                self._target.url,
-                headers=self._target.headers,
-                protocols=self.protocol.subprotocols,
-                autoping=False,  # pings are liveness: the driver sees and answers them itself
-                heartbeat=self.config.ping_interval or None,
-                max_msg_size=0,  # provider frames can exceed aiohttp's 4 MiB default (PROTOCOLS.md 5.6)
-                decode_text=False,  # msgspec reads bytes; skipping str saves a UTF-8 pass per frame
-                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-            )
+            # A server that accepts TCP but never answers the upgrade must not hang us forever.
+            async with asyncio.timeout(self.config.connect_timeout):
+                ws = await http.ws_connect(
+                    self._target.url,
+                    headers=self._target.headers,
+                    protocols=self.protocol.subprotocols,
+                    autoping=False,  # pings are liveness: the driver sees and answers them itself
+                    heartbeat=self.config.ping_interval or None,
+                    max_msg_size=0,  # provider frames can exceed aiohttp's 4 MiB default (PROTOCOLS.md 5.6)
+                    decode_text=False,  # msgspec reads bytes; skipping str saves a UTF-8 pass per frame
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                )
         except aiohttp.WSServerHandshakeError as exc:
             # str(exc) carries the request URL, key included: build the message from safe parts.
             message = f"handshake refused: HTTP {exc.status} {exc.message}"
