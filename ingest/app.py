@@ -17,6 +17,7 @@ import structlog
 
 from ingest.auth import build_target, read_secret
 from ingest.buffer import Buffer
+from ingest.compact import compact
 from ingest.config import Config, ProviderConfig
 from ingest.driver import Collector
 from ingest.emulators import EMULATORS
@@ -24,6 +25,7 @@ from ingest.errors import ConfigError
 from ingest.journal import Journal, Record
 from ingest.log import register_secret
 from ingest.metrics import Metrics
+from ingest.metrics_server import Extras, MetricsServer, start_metrics_server
 from ingest.protocols import PROTOCOLS
 from ingest.replay import ReplayStats, journal_records, replay
 from ingest.schema import Registry, load_registry
@@ -55,6 +57,7 @@ class Daemon:
         self.metrics = Metrics()
         self.buffer = Buffer(self.registry, config.flush)
         self.collectors: list[Collector] = []
+        self.metrics_url: str | None = None
         storage = config.storage
         self.journal = Journal(storage.journal_dir / config.instance) if storage.journal_dir else None
         self._emulators: dict[str, Any] = {}
@@ -67,7 +70,7 @@ class Daemon:
         sinks: list[Sink] = []
         storage = self.config.storage
         if storage.parquet_root is not None:
-            sinks.append(ParquetSink(storage.parquet_root, self.config.instance))
+            sinks.append(ParquetSink(storage.lake(), self.config.instance))
         if storage.duckdb_path is not None:
             sinks.append(DuckDBSink(storage.duckdb_path, instance=self.config.instance))
         return sinks
@@ -146,6 +149,8 @@ class Daemon:
                 writer_task = tg.create_task(writer.run(), name="writer")
                 ticker = tg.create_task(self._tick(), name="flush-ticker")
                 syncer = tg.create_task(self._sync_journal(), name="journal")
+                compactor = tg.create_task(self._compact_on_schedule(), name="compaction")
+                server = await self._metrics_server()
                 if leftover:
                     await self._replay(leftover, protocols)
                 self.collectors = await self._collectors(protocols, keys)
@@ -161,6 +166,9 @@ class Daemon:
                 drained = True
                 ticker.cancel()
                 syncer.cancel()
+                compactor.cancel()
+                if server is not None:
+                    await server.stop()
         finally:
             for sink in sinks:
                 await asyncio.to_thread(sink.close)
@@ -191,6 +199,54 @@ class Daemon:
             for sink in sinks:
                 await asyncio.to_thread(sink.close)
         return stats
+
+    async def _metrics_server(self) -> MetricsServer | None:
+        m = self.config.metrics
+        if not m.enabled:
+            return None
+        journal = self.journal
+        extras = Extras(
+            gaps=lambda: dict(self.metrics.gaps),
+            journal_bytes=(lambda: journal.size_bytes) if journal is not None else None,
+            last_frame_age=self._frame_age,
+        )
+        server = await start_metrics_server(
+            self.metrics,
+            self.buffer,
+            host=m.host,
+            port=m.port,
+            extras=extras,
+            allow_remote=m.allow_remote,
+            max_frame_age=m.max_frame_age,
+        )
+        self.metrics_url = server.url
+        log.info("serving metrics", url=f"{server.url}/metrics", health=f"{server.url}/health")
+        return server
+
+    def _frame_age(self, provider: str) -> float | None:
+        stats = self.metrics.providers.get(provider)
+        return (time.time_ns() - stats.last_frame_ns) / 1e9 if stats and stats.last_frame_ns else None
+
+    async def _compact_on_schedule(self) -> None:
+        """Merge closed days' small files now and then (one daemon per lake should do this)."""
+        c, storage = self.config.compaction, self.config.storage
+        if not c.enabled or storage.parquet_root is None:
+            return
+        lake = storage.lake()
+        while True:
+            await asyncio.sleep(c.interval)
+            try:
+                report = await asyncio.to_thread(
+                    compact,
+                    lake,
+                    self.registry,
+                    instance=self.config.instance,
+                    target_rows=c.target_rows,
+                    grace_seconds=c.grace,
+                )
+                log.info("compacted", files_before=report.files_before, files_after=report.files_after)
+            except Exception as exc:  # the lake stays consistent; try again next time
+                log.error("compaction failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _sync_journal(self) -> None:
         if self.journal is not None:

@@ -1,10 +1,11 @@
-"""`python -m ingest VERB`: run, query, status, replay, emulate, test."""
+"""`python -m ingest VERB`: run, query, status, replay, compact, emulate, test."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import subprocess
 import sys
@@ -54,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("--port", type=int, default=0)
     emulate.add_argument("--key", help="the only key accepted (default: any non-empty key)")
 
+    comp = with_config(
+        sub.add_parser("compact", help="merge small Parquet files of closed days (safe while daemons run)")
+    )
+    comp.add_argument("--older-than", type=datetime.date.fromisoformat, help="only days before this date")
+    comp.add_argument("--target-rows", type=int, default=1_000_000)
+    comp.add_argument("--grace", type=float, default=3600.0, help="seconds before replaced files are deleted")
+
     rp = with_config(
         sub.add_parser("replay", help="ingest journal segments or a capture of raw frames offline")
     )
@@ -86,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _query(config, args.sql, args.format)
         if verb == "replay":
             return _replay(config, args.path, args.provider)
+        if verb == "compact":
+            return _compact(config, args.older_than, args.target_rows, args.grace)
         return _status(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
@@ -123,6 +133,28 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(main_task())
 
 
+def _compact(config: Config, older_than: datetime.date | None, target_rows: int, grace: float) -> int:
+    from ingest.compact import compact
+
+    if config.storage.parquet_root is None:
+        print("the Parquet sink is off: nothing to compact", file=sys.stderr)
+        return 2
+    report = compact(
+        config.storage.lake(),
+        load_registry(),
+        instance=config.instance,
+        older_than=older_than,
+        target_rows=target_rows,
+        grace_seconds=grace,
+    )
+    print(
+        f"{len(report.partitions)} closed partitions: files {report.files_before} -> {report.files_after}, "
+        f"{report.rows:,} rows, bytes {report.bytes_before:,} -> {report.bytes_after:,}, "
+        f"{report.deleted} replaced files deleted"
+    )
+    return 0
+
+
 def _replay(config: Config, paths: list[Path], provider: str | None) -> int:
     from ingest.app import Daemon
     from ingest.replay import capture_records, journal_records
@@ -155,7 +187,7 @@ def _replay(config: Config, paths: list[Path], provider: str | None) -> int:
 
 
 def _query(config: Config, sql: str, fmt: str) -> int:
-    con, _ = connect_for_query(load_registry(), config.storage.duckdb_path, config.storage.parquet_root)
+    con, _ = connect_for_query(load_registry(), config.storage.duckdb_path, _lake(config))
     try:
         relation = con.sql(sql)
         if relation is None:  # a statement with no result (SET, CREATE VIEW ...)
@@ -166,6 +198,10 @@ def _query(config: Config, sql: str, fmt: str) -> int:
         return 1
     write_table(table, fmt)
     return 0
+
+
+def _lake(config: Config) -> Any:
+    return config.storage.lake() if config.storage.parquet_root is not None else None
 
 
 def write_table(table: pa.Table, fmt: str) -> None:
@@ -193,7 +229,7 @@ def _status(config: Config) -> int:
     from ingest.summary import status_table
 
     registry = load_registry()
-    con, source = connect_for_query(registry, config.storage.duckdb_path, config.storage.parquet_root)
+    con, source = connect_for_query(registry, config.storage.duckdb_path, _lake(config))
     console = Console()
     console.print(status_table(con, registry, source))
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.errors import ConfigError
+from ingest.lake import Lake, open_lake
 from ingest.protocols import PROTOCOLS
 from ingest.protocols.base import SubscriptionSpec
 
@@ -79,6 +80,33 @@ class StorageConfig:
     duckdb_path: Path | None
     parquet_root: str | None  # a local directory or a filesystem URI
     journal_dir: Path | None = None  # write-ahead journal of every frame; None = off
+    endpoint: str | None = None  # S3-compatible endpoint for an s3:// Parquet root
+    region: str | None = None
+    allow_http: bool = False
+
+    def lake(self) -> Lake:
+        """The Parquet root as a Lake (local directory or s3://bucket/prefix)."""
+        assert self.parquet_root is not None, "the Parquet sink is off"
+        return open_lake(
+            self.parquet_root, endpoint=self.endpoint, region=self.region, allow_http=self.allow_http
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionConfig:
+    enabled: bool = False  # run it in one daemon per lake only (or `compact` from cron)
+    interval: float = 3600.0
+    target_rows: int = 1_000_000
+    grace: float = 3600.0  # replaced files stay this long for queries that started before
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9108
+    allow_remote: bool = False
+    max_frame_age: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +125,8 @@ class Config:
     providers: tuple[ProviderConfig, ...]
     log_format: str = "console"
     source: str = "<built-in>"
+    compaction: CompactionConfig = field(default_factory=CompactionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _BACKOFF = BackoffConfig()
@@ -148,7 +178,7 @@ def _typename(typ: type | tuple[type, ...]) -> str:
 
 
 def _storage(t: _Table, base: Path) -> StorageConfig:
-    t.only("data_dir", "duckdb", "parquet", "journal")
+    t.only("data_dir", "duckdb", "parquet", "journal", "endpoint", "region", "allow_http")
     data_dir = base / t.get("data_dir", str, "data")
     duckdb = t.get("duckdb", (bool, str), True)
     parquet = t.get("parquet", (bool, str), True)
@@ -164,8 +194,38 @@ def _storage(t: _Table, base: Path) -> StorageConfig:
         raise ConfigError(
             f"{t.where}: both sinks are off (duckdb = false, parquet = false): nothing would be kept"
         )
-    return StorageConfig(
-        data_dir=data_dir, duckdb_path=duckdb_path, parquet_root=parquet_root, journal_dir=journal_dir
+    storage = StorageConfig(
+        data_dir=data_dir,
+        duckdb_path=duckdb_path,
+        parquet_root=parquet_root,
+        journal_dir=journal_dir,
+        endpoint=t.get("endpoint", (str, type(None)), None),
+        region=t.get("region", (str, type(None)), None),
+        allow_http=t.get("allow_http", bool, False),
+    )
+    if parquet_root is not None:
+        storage.lake()  # a bad root or endpoint fails here, before any connection
+    return storage
+
+
+def _compaction(t: _Table) -> CompactionConfig:
+    t.only("enabled", "interval_seconds", "target_rows", "grace_seconds")
+    return CompactionConfig(
+        enabled=t.get("enabled", bool, False),
+        interval=float(t.positive("interval_seconds", 3600.0)),
+        target_rows=t.positive("target_rows", 1_000_000, integer=True),
+        grace=float(t.positive("grace_seconds", 3600.0, zero=True)),
+    )
+
+
+def _metrics(t: _Table) -> MetricsConfig:
+    t.only("enabled", "host", "port", "allow_remote", "max_frame_age_seconds")
+    return MetricsConfig(
+        enabled=t.get("enabled", bool, False),
+        host=t.get("host", str, "127.0.0.1"),
+        port=t.positive("port", 9108, integer=True, zero=True),
+        allow_remote=t.get("allow_remote", bool, False),
+        max_frame_age=float(t.positive("max_frame_age_seconds", 30.0)),
     )
 
 
@@ -271,7 +331,7 @@ def parse_config(
 ) -> Config:
     """Validate a parsed TOML document; raises ConfigError naming the first key at fault."""
     top = _Table(dict(doc), "")
-    top.only("instance", "log_format", "storage", "flush", "providers")
+    top.only("instance", "log_format", "storage", "flush", "providers", "compaction", "metrics")
     instance = top.get("instance", str, "main")
     if not _NAME.match(instance):
         raise ConfigError(f"instance: expected a lower-case identifier, got {instance!r}")
@@ -293,6 +353,8 @@ def parse_config(
         providers=tuple(providers),
         log_format=log_format,
         source=source,
+        compaction=_compaction(top.table("compaction")),
+        metrics=_metrics(top.table("metrics")),
     )
 
 

@@ -285,9 +285,11 @@ class Collector:
                                 self._arm_deadline(min(protocol.linger, self._stop_at - now))
                         elif kind is aiohttp.WSMsgType.PING:
                             stats.keepalives += 1
+                            stats.last_frame_ns = time.time_ns()
                             await ws.pong(msg.data)
                         elif kind is aiohttp.WSMsgType.PONG:
                             stats.keepalives += 1
+                            stats.last_frame_ns = time.time_ns()
                         elif kind in _GONE:
                             self._closed_by_server(ws, msg)
                 finally:
@@ -301,7 +303,7 @@ class Collector:
         """One data frame: journal it, let the protocol read it, route what comes out."""
         self.stats.frames += 1
         raw = data if type(data) is bytes else data.encode()  # type: ignore[union-attr]
-        received_at = time.time_ns()
+        received_at = self.stats.last_frame_ns = time.time_ns()
         journal = self._journal
         # On disk (the journal) before it counts as received.
         position = journal.append(Kind.FRAME, self.config.name, received_at, raw) if journal else 0

@@ -18,6 +18,7 @@ class ProviderStats:
     connects: int = 0
     frames: int = 0
     keepalives: int = 0  # pings and other non-data liveness frames
+    last_frame_ns: int = 0  # wall clock of the last frame or keep-alive (for /health)
     last_error: str = ""
     subscriptions: dict[str, str] = field(default_factory=dict)  # name -> pending | active | failed: …
     disconnected_seconds: float = 0.0
@@ -45,6 +46,7 @@ class Metrics:
     datasets: dict[str, DatasetStats] = field(default_factory=dict)
     quarantined: Counter[str] = field(default_factory=Counter)  # by reason (first words)
     rows_by_provider: Counter[str] = field(default_factory=Counter)  # rows written to every sink
+    gaps: Counter[tuple[str, str]] = field(default_factory=Counter)  # (provider, kind) -> gaps recorded
     files: list[str] = field(default_factory=list)  # Parquet files written this run
     sink_errors: int = 0
     replayed_frames: int = 0  # frames replayed from the journal at start (an unclean stop before)

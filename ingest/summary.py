@@ -112,7 +112,9 @@ def print_summary(result: RunResult, config: Config, registry: Registry, console
 
     storage = config.storage
     try:
-        con, source = connect_for_query(registry, storage.duckdb_path, storage.parquet_root)
+        con, source = connect_for_query(
+            registry, storage.duckdb_path, storage.lake() if storage.parquet_root else None
+        )
         console.print(status_table(con, registry, source))
     except (duckdb.Error, Fatal) as exc:
         console.print(f"[red]could not read the store back: {exc}[/red]")

@@ -3,17 +3,19 @@
 DuckDB allows one writing process or many readers, never both. So a query does not open the
 database file while a daemon writes it: it binds one view per dataset to the Parquet files
 (which the daemon publishes atomically, a flush at a time) and applies the same sql/ views on top.
-With no daemon running it reads the database file instead, attached read-only.
+With no daemon running it reads the database file instead, attached read-only. The Parquet
+views go through the lake (ingest.lake_query), so they work on S3 and honour compaction.
 """
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import duckdb
 
 from ingest.errors import Fatal
+from ingest.lake import Lake, open_lake
+from ingest.lake_query import register_lake_views
 from ingest.schema import Dataset, Registry, quote_ident
 
 __all__ = ["SQL_DIR", "QuerySource", "apply_views", "connect_for_query"]
@@ -40,30 +42,13 @@ def _empty_view(ds: Dataset) -> str:
     return f"CREATE OR REPLACE VIEW {quote_ident(ds.name)} AS SELECT {cols} WHERE false"
 
 
-def _parquet_view(con: duckdb.DuckDBPyConnection, ds: Dataset, root: str) -> str:
-    """A view over a dataset's Parquet files with the table's exact column types.
-
-    Files written before a column was declared lack it: it reads as NULL, as in the DuckDB table.
-    """
-    pattern = f"{root.rstrip('/')}/dataset={ds.name}/*/*.parquet"
-    if "://" not in root and not glob.glob(pattern):
-        return _empty_view(ds)  # read_parquet fails on an empty glob
-    source = f"read_parquet({_sql_str(pattern)}, union_by_name = true, hive_partitioning = false)"
-    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-    cols = ", ".join(
-        f"CAST({quote_ident(n) if n in present else 'NULL'} AS {t}) AS {quote_ident(n)}"
-        for n, t in ds.duckdb_columns()
-    )
-    return f"CREATE OR REPLACE VIEW {quote_ident(ds.name)} AS SELECT {cols} FROM {source}"
-
-
 class QuerySource:
     DUCKDB = "duckdb"
     PARQUET = "parquet"
 
 
 def connect_for_query(
-    registry: Registry, duckdb_path: Path | None, parquet_root: str | None
+    registry: Registry, duckdb_path: Path | None, parquet_root: str | Lake | None
 ) -> tuple[duckdb.DuckDBPyConnection, str]:
     """An in-memory connection whose dataset views read the database file or the Parquet files."""
     con = duckdb.connect(":memory:")
@@ -96,8 +81,9 @@ def connect_for_query(
                 con.execute(_empty_view(ds))
     elif parquet_root is not None:
         source = QuerySource.PARQUET
-        for ds in registry.values():
-            con.execute(_parquet_view(con, ds, parquet_root))
+        # Through the lake (local or S3, no DuckDB extension), honouring compaction manifests.
+        lake = parquet_root if isinstance(parquet_root, Lake) else open_lake(parquet_root)
+        register_lake_views(con, registry, lake)
     else:
         raise Fatal(f"no data yet: {duckdb_path} does not exist (run the daemon first)")
     apply_views(con)

@@ -19,7 +19,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from ingest.arrow_batch import BuildResult, build_table, values_table
-from ingest.buffer import QUARANTINE, Buffer, Flush
+from ingest.buffer import GAPS, QUARANTINE, Buffer, Flush
 from ingest.errors import Fatal
 from ingest.metrics import Metrics
 from ingest.schema import Dataset, Registry
@@ -68,6 +68,9 @@ class Writer:
             if flush.dataset == QUARANTINE:
                 for row in flush.values:
                     self._metrics.quarantined[_reason_key(row["reason"])] += 1
+            elif flush.dataset == GAPS:
+                for row in flush.values:
+                    self._metrics.gaps[(row["provider"], row["kind"])] += 1
         else:
             stored = {sink: sink.checkpoint(dataset.name) for sink in self._sinks}
             floor = min(stored.values(), default=0)

@@ -100,7 +100,7 @@ def test_failed_write_leaves_no_file(tmp_path, registry, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("ingest.sinks.parquet.pq.write_table", boom)
+    monkeypatch.setattr("ingest.lake.pq.write_table", boom)
     with pytest.raises(OSError, match="disk full"):
         sink.write(ds, transfers(registry, 3), 0, 0)
     assert [p for p in glob.glob(str(tmp_path / "**" / "*"), recursive=True) if os.path.isfile(p)] == []

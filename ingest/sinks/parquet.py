@@ -1,47 +1,39 @@
 """Parquet sink: dataset=<name>/date=<YYYY-MM-DD>/ partitions, zstd, one atomic file per flush.
 
-Written through pyarrow's filesystem layer so a bucket URI works where a directory does. A file
-appears under its final name only once complete (temporary name, then move), so a reader never
-sees half a file; the temporary suffix is not *.parquet, so globs skip it.
+Written through the Lake (pyarrow's filesystem layer), so an s3:// root works where a directory
+does. A file appears under its final name only once complete (local: temporary name, fsync,
+rename; S3: one PUT), so a reader never sees half a file. The name carries the writer's instance
+and the journal positions it holds, which is how a restarted daemon knows what it stored.
 """
 
 from __future__ import annotations
 
-import contextlib
+import datetime
 import itertools
-import os
-import re
 import time
 from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
+from ingest.lake import Lake, open_lake
 from ingest.schema import Dataset
 
 __all__ = ["ParquetSink", "dataset_glob"]
 
-# <instance>-<first position>-<last position>.parquet (20 digits each)
-_NAME = re.compile(r"^(?P<instance>[a-z][a-z0-9_]*)-(?P<first>\d{20})-(?P<last>\d{20})\.parquet$")
-
 
 def dataset_glob(root: str, dataset: str) -> str:
-    """The glob that reads every file of a dataset (what views and notebooks use)."""
+    """The glob that reads every file of a local dataset (compaction aside: see lake.list_files)."""
     return f"{root.rstrip('/')}/dataset={dataset}/*/*.parquet"
 
 
 class ParquetSink:
     name = "parquet"
 
-    def __init__(self, root: str, instance: str, *, compression: str = "zstd") -> None:
-        if "://" in root:
-            self._fs, self._root = pafs.FileSystem.from_uri(root)
-            self._local = isinstance(self._fs, pafs.LocalFileSystem)
-        else:
-            self._fs, self._root, self._local = pafs.LocalFileSystem(), os.path.abspath(root), True
-        self.root = root
+    def __init__(self, root: str | Lake, instance: str, *, compression: str = "zstd") -> None:
+        self._lake = root if isinstance(root, Lake) else open_lake(root)
+        self.root = self._lake.uri
         self._instance = instance
         self._compression = compression
         # Rows with no journal position (journal off) still need names that never collide.
@@ -50,26 +42,20 @@ class ParquetSink:
         self._checkpoints: dict[str, int] = {}
 
     def open(self, datasets: Iterable[Dataset]) -> None:
+        lake = self._lake
         for ds in datasets:
-            directory = f"{self._root}/dataset={ds.name}"
-            self._fs.create_dir(directory, recursive=True)
-            self._checkpoints[ds.name] = self._stored_up_to(directory)
+            if lake.local:  # S3 has neither directories nor temporary files
+                lake.fs.create_dir(lake.dataset_dir(ds.name), recursive=True)
+                self._remove_own_temp_files(ds.name)
+            # From file names, and from manifests for files a compaction merged away.
+            self._checkpoints[ds.name] = lake.journal_positions(ds.name).get(self._instance, 0)
 
-    def _stored_up_to(self, directory: str) -> int:
-        """The highest journal position in this instance's file names: a file exists whole or not.
-
-        Temporary files of this instance are what a crash left mid-write: never published, removed.
-        """
-        selector = pafs.FileSelector(directory, recursive=True, allow_not_found=True)
-        best = 0
-        for info in self._fs.get_file_info(selector):
-            if info.base_name.endswith(".parquet.tmp") and info.base_name.startswith(f"{self._instance}-"):
-                self._fs.delete_file(info.path)
-                continue
-            match = _NAME.match(info.base_name)
-            if match and match["instance"] == self._instance:
-                best = max(best, int(match["last"]))
-        return best
+    def _remove_own_temp_files(self, dataset: str) -> None:
+        """What a crash left mid-write: never published, so never read; removed."""
+        selector = pafs.FileSelector(self._lake.dataset_dir(dataset), recursive=True, allow_not_found=True)
+        for info in self._lake.fs.get_file_info(selector):
+            if info.base_name.startswith(f"{self._instance}-") and info.base_name.endswith(".tmp"):
+                self._lake.delete(info.path)
 
     def checkpoint(self, dataset: str) -> int:
         return self._checkpoints.get(dataset, 0)
@@ -82,40 +68,20 @@ class ParquetSink:
         days = pc.floor_temporal(table[dataset.received_column], unit="day")
         unique = pc.unique(days).to_pylist()
         if len(unique) == 1:  # the usual case: one flush, one day
-            paths = [self._write_file(dataset, table, unique[0].date().isoformat(), stem)]
+            paths = [self._write_file(dataset, table, unique[0].date(), stem)]
         else:
             paths = []
             for day in sorted(unique):
                 part = table.filter(pc.equal(days, pa.scalar(day, days.type)))
-                paths.append(self._write_file(dataset, part, day.date().isoformat(), stem))
+                paths.append(self._write_file(dataset, part, day.date(), stem))
         if last > self._checkpoints.get(dataset.name, 0):
             self._checkpoints[dataset.name] = last
         return paths
 
-    def _write_file(self, dataset: Dataset, table: pa.Table, day: str, stem: str) -> str:
-        directory = f"{self._root}/dataset={dataset.name}/date={day}"
-        self._fs.create_dir(directory, recursive=True)
-        path = f"{directory}/{stem}.parquet"
-        tmp = path + ".tmp"
-        try:
-            with self._fs.open_output_stream(tmp) as out:
-                pq.write_table(table, out, compression=self._compression)
-            if self._local:
-                _fsync(tmp)  # the rename below must not publish a file whose bytes are not on disk
-            self._fs.move(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError, pa.ArrowException):  # best effort: the error below matters
-                self._fs.delete_file(tmp)
-            raise
-        return path
+    def _write_file(self, dataset: Dataset, table: pa.Table, day: datetime.date, stem: str) -> str:
+        path = f"{self._lake.partition_dir(dataset.name, day)}/{stem}.parquet"
+        self._lake.atomic_write(path, table, compression=self._compression)
+        return self._lake.file_uri(path)
 
     def close(self) -> None:
         pass
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,0 +1,111 @@
+"""A lake on local disk or S3: opened from a root, files published whole, listed and read back."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+
+from ingest.errors import ConfigError
+from ingest.lake import open_lake
+from ingest.manifest import MANIFEST_NAME, ManifestError
+from tests.lake_data import CLOSED, flush_table, write_flush
+
+pytest_plugins = ["tests.s3"]
+
+
+def test_a_local_root_becomes_an_absolute_base(tmp_path, monkeypatch):
+    """Relative directories and file:// URIs both name a local lake by its absolute path."""
+    monkeypatch.chdir(tmp_path)
+    lake = open_lake("data/parquet/")
+    assert lake.local and lake.base == lake.uri == str(tmp_path / "data" / "parquet")
+    assert open_lake(f"file://{tmp_path}/x").base == str(tmp_path / "x")
+    assert lake.dataset_dir("gaps") == f"{lake.base}/dataset=gaps"
+
+
+def test_an_s3_root_keeps_bucket_and_prefix_and_no_secret(s3_server):
+    """The S3 lake shows its URI and endpoint; the keys in the environment appear nowhere."""
+    lake = s3_server.lake("bucket", "some/prefix")
+    assert (lake.base, lake.uri, lake.local) == ("bucket/some/prefix", "s3://bucket/some/prefix", False)
+    assert lake.endpoint == s3_server.endpoint
+    shown = repr(lake) + str(lake) + repr(lake.fs)
+    assert s3_server.secret_key not in shown and s3_server.access_key not in shown
+
+
+@pytest.mark.parametrize(
+    ("root", "kwargs", "message"),
+    [
+        ("s3://AKIAX:hunter2@bucket/p", {}, "no user, password or query"),
+        ("s3://bucket/p?secret_key=hunter2", {}, "no user, password or query"),
+        ("s3://bucket/p", {"endpoint": "http://127.0.0.1:9000"}, "plain http"),
+        ("s3://bucket/p", {"endpoint": "ftp://host"}, "https://host:port"),
+        ("gs://bucket/p", {}, "expected a directory or s3://"),
+        ("/tmp/x", {"endpoint": "minio:9000"}, "only an s3:// lake"),
+    ],
+)
+def test_bad_roots_are_config_errors_that_never_echo_a_key(root, kwargs, message):
+    """A root with credentials in it is refused without repeating them; so is plain http."""
+    with pytest.raises(ConfigError, match=message) as info:
+        open_lake(root, **kwargs)
+    assert "hunter2" not in str(info.value) and "AKIAX" not in str(info.value)
+
+
+def test_files_are_listed_and_read_with_the_declared_schema(any_lake, registry):
+    """Only finished *.parquet files count; a file lacking a later column reads it as null."""
+    ds = registry["blockdb_transfers"]
+    write_flush(any_lake, ds, flush_table(ds, 3, day=CLOSED[0], tag="a"), instance="main", seq=0)
+    write_flush(any_lake, ds, flush_table(ds, 2, day=CLOSED[1], tag="b"), instance="main", seq=1)
+    old = flush_table(ds, 4, day=CLOSED[1], tag="old").drop_columns(["_raw", "amount_raw_f64"])
+    write_flush(any_lake, ds, old, instance="main", seq=2)
+    part = any_lake.partition_dir(ds.name, CLOSED[1])
+    any_lake.write_bytes(f"{part}/main-r1-00000009.parquet.tmp", b"half a file")
+    any_lake.write_bytes(f"{part}/.hidden.parquet", b"not data")
+
+    files = any_lake.list_files(ds.name)
+    assert [f.base_name for f in files] == [
+        "main-r1-00000000.parquet",
+        "main-r1-00000001.parquet",
+        "main-r1-00000002.parquet",
+    ]
+    assert all(f.size and f.size > 0 for f in files)
+    table = any_lake.dataset(ds.name, ds.arrow_schema).to_table()
+    assert table.schema.remove(table.schema.get_field_index("date")).equals(ds.arrow_schema)
+    assert table.num_rows == 9
+    by_id = dict(zip(table["_tracing_id"].to_pylist(), table["date"].to_pylist(), strict=True))
+    assert by_id["a-0"] == CLOSED[0] and by_id["old-3"] == CLOSED[1]
+    old_rows = table.filter(pa.compute.starts_with(table["_tracing_id"], "old-"))
+    assert old_rows["_raw"].null_count == 4
+
+
+def test_a_dataset_without_files_is_empty_but_typed(any_lake, registry):
+    """Reading a dataset nothing was written to gives no rows, not an error."""
+    ds = registry["gaps"]
+    assert any_lake.list_files(ds.name) == []
+    assert any_lake.dataset(ds.name, ds.arrow_schema).to_table().num_rows == 0
+
+
+def test_a_failed_write_publishes_nothing(any_lake):
+    """An error while streaming leaves neither the file nor a temporary one behind."""
+    path = f"{any_lake.base}/dataset=x/date=2025-11-13/main-1-00000000.parquet"
+    with pytest.raises(RuntimeError, match="disk full"), any_lake.open_output(path) as out:
+        out.write(b"PAR1" * 1000)
+        raise RuntimeError("disk full")
+    selector = pafs.FileSelector(any_lake.base, recursive=True, allow_not_found=True)
+    assert [i.path for i in any_lake.fs.get_file_info(selector) if i.type == pafs.FileType.File] == []
+
+
+def test_an_unreadable_manifest_stops_readers_instead_of_guessing(any_lake, registry):
+    """Guessing the live set could count rows twice, so a damaged manifest is a fatal error."""
+    ds = registry["blockdb_transfers"]
+    write_flush(any_lake, ds, flush_table(ds, 1, day=CLOSED[0], tag="a"), instance="main", seq=0)
+    any_lake.write_bytes(f"{any_lake.partition_dir(ds.name, CLOSED[0])}/{MANIFEST_NAME}", b"{not json")
+    with pytest.raises(ManifestError, match="unreadable manifest"):
+        any_lake.list_files(ds.name)
+
+
+def test_s3_errors_do_not_carry_the_keys(s3_server):
+    """A request that fails (no such bucket) reports the failure, not the credentials."""
+    lake = s3_server.lake("no-such-bucket-here")
+    with pytest.raises(OSError) as info:
+        lake.atomic_write(f"{lake.base}/f.parquet", pa.table({"a": [1]}))
+    assert s3_server.secret_key not in str(info.value) and s3_server.access_key not in str(info.value)
