@@ -132,7 +132,8 @@ class Daemon:
         for sink in sinks:
             await asyncio.to_thread(sink.open, self.registry.values())
         journal = self.journal
-        leftover = journal.open() if journal is not None else []
+        stored = max((s.checkpoint(d) for s in sinks for d in self.registry), default=0)
+        leftover = journal.open(after=stored) if journal is not None else []
         writer = Writer(
             self.registry,
             self.buffer,

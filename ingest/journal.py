@@ -108,8 +108,12 @@ class Journal:
 
     # -- opening ---------------------------------------------------------------------------------
 
-    def open(self) -> list[Path]:
-        """Find where the journal left off; returns the segments left from earlier runs."""
+    def open(self, *, after: int = 0) -> list[Path]:
+        """Find where the journal left off; returns the segments left from earlier runs.
+
+        `after`: the highest position the sinks already hold for this instance. Positions always
+        continue past it, so a daemon that lost its journal (a new machine) never reuses one.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         existing = segment_files(self.directory)
         for path in reversed(existing):
@@ -120,6 +124,7 @@ class Journal:
                 self.next_position = last + 1
                 break
             self.next_position = max(self.next_position, int(path.stem))
+        self.next_position = max(self.next_position, after + 1)
         self._start_segment()
         return existing
 
