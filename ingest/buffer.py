@@ -20,10 +20,11 @@ from ingest.config import FlushPolicy
 from ingest.events import Gap, Rejected, Rows
 from ingest.schema import Registry
 
-__all__ = ["GAPS", "QUARANTINE", "Buffer", "Flush"]
+__all__ = ["GAPS", "QUARANTINE", "REORGS", "Buffer", "Flush"]
 
 QUARANTINE = "quarantine"
 GAPS = "gaps"
+REORGS = "reorgs"
 
 
 @dataclass(slots=True)
@@ -147,6 +148,10 @@ class Buffer:
             ),
         }
         self._add_value(GAPS, row, 100, gap.position)
+
+    def reorg(self, row: dict[str, Any]) -> None:
+        """Record a reorg (a row of the reorgs dataset, as ReorgTracker builds it)."""
+        self._add_value(REORGS, row, 200, row.get("position", 0))
 
     def _add_value(self, dataset: str, row: dict[str, Any], nbytes: int, position: int) -> None:
         pending = self._pending.get(dataset)

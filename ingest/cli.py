@@ -1,4 +1,4 @@
-"""`python -m ingest VERB`: run, query, status, replay, compact, emulate, test."""
+"""`python -m ingest VERB`: run, query, status, reconcile, replay, compact, emulate, test."""
 
 from __future__ import annotations
 
@@ -55,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("--port", type=int, default=0)
     emulate.add_argument("--key", help="the only key accepted (default: any non-empty key)")
 
+    rec = with_config(
+        sub.add_parser("reconcile", help="compare two providers on one chain: missing heights, differences")
+    )
+    rec.add_argument("--chain", default="eth", help="chain name as in the blocks view (eth, bsc, ...)")
+    rec.add_argument("--providers", default="blockdb,bitquery", help="the two providers to compare: A,B")
+    rec.add_argument("--from", dest="first", type=int, help="first height (default: the overlap of both)")
+    rec.add_argument("--to", dest="last", type=int, help="last height")
+    rec.add_argument("--format", choices=("table", "json"), default="table")
+
     comp = with_config(
         sub.add_parser("compact", help="merge small Parquet files of closed days (safe while daemons run)")
     )
@@ -94,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _query(config, args.sql, args.format)
         if verb == "replay":
             return _replay(config, args.path, args.provider)
+        if verb == "reconcile":
+            return _reconcile(config, args)
         if verb == "compact":
             return _compact(config, args.older_than, args.target_rows, args.grace)
         return _status(config)
@@ -131,6 +142,56 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         return 1 if result.failed and len(result.failed) == len(config.providers) else 0
 
     return asyncio.run(main_task())
+
+
+def _reconcile(config: Config, args: argparse.Namespace) -> int:
+    from ingest.reconcile import reconcile
+
+    names = [p.strip() for p in args.providers.split(",")]
+    if len(names) != 2 or not all(names):
+        print("--providers: expected two provider names, A,B", file=sys.stderr)
+        return 2
+    con, _ = connect_for_query(load_registry(), config.storage.duckdb_path, _lake(config))
+    r = reconcile(con, args.chain, names[0], names[1], args.first, args.last)
+    if args.format == "json":
+        print(
+            json.dumps(
+                {
+                    "chain": r.chain,
+                    "a": r.a,
+                    "b": r.b,
+                    "first": r.first,
+                    "last": r.last,
+                    "compared": r.compared,
+                    "only_a": r.only_a,
+                    "only_b": r.only_b,
+                    "hash_mismatch": r.hash_mismatch,
+                    "transfer_mismatch": r.transfer_mismatch,
+                }
+            )
+        )
+    else:
+        console = Console()
+        if r.first is None:
+            console.print(f"nothing to compare: {r.a} and {r.b} share no heights on {r.chain}")
+            return 0
+        console.print(f"{r.chain} heights {r.first}..{r.last}: {r.compared} compared between {r.a} and {r.b}")
+        console.print(f"  only in {r.a}: {len(r.only_a)} {r.only_a[:20]}")
+        console.print(f"  only in {r.b}: {len(r.only_b)} {r.only_b[:20]}")
+        table = Table(title=f"hashes that differ ({len(r.hash_mismatch)})", title_justify="left")
+        for col in ("height", r.a, r.b):
+            table.add_column(col)
+        for number, ha, hb in r.hash_mismatch[:50]:
+            table.add_row(str(number), ha, hb)
+        console.print(table)
+        amounts = Table(title=f"transfers that differ ({len(r.transfer_mismatch)})", title_justify="left")
+        for col in ("height", f"count {r.a}", f"count {r.b}", f"amount {r.a}", f"amount {r.b}"):
+            amounts.add_column(col)
+        for row in r.transfer_mismatch[:50]:
+            amounts.add_row(*map(str, row))
+        console.print(amounts)
+        console.print("they agree" if r.agree else "they differ")
+    return 0 if r.agree else 1
 
 
 def _compact(config: Config, older_than: datetime.date | None, target_rows: int, grace: float) -> int:

@@ -42,8 +42,7 @@ def status_table(con: duckdb.DuckDBPyConnection, registry: Registry, source: str
                        strftime(max(_event_time), '%Y-%m-%d %H:%M:%S'),
                        count(*) FILTER (WHERE _is_reorg), strftime(max(_received_at), '%Y-%m-%d %H:%M:%S')
                 FROM {quote_ident(name)}"""
-        ).fetchone()
-        assert row is not None
+        ).fetchall()[0]
         table.add_row(name, f"{row[0]:,}", row[1] or "-", row[2] or "-", f"{row[3]:,}", row[4] or "-")
     quarantined = con.execute(
         f"SELECT provider, split_part(reason, ':', 1) AS kind, count(*) FROM {quote_ident(QUARANTINE)} "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 
+from ingest.chains import chain_macro_sql
 from ingest.errors import Fatal
 from ingest.lake import Lake, open_lake
 from ingest.lake_query import register_lake_views
@@ -26,6 +27,8 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 def apply_views(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list[str]:
     """Run sql/*.sql in file-name order; each file holds CREATE OR REPLACE VIEW statements."""
     applied = []
+    con.execute("SET TimeZone = 'UTC'")  # hours and dates in views are UTC, whatever the host says
+    con.execute(chain_macro_sql())
     for path in sorted(sql_dir.glob("*.sql")):
         con.execute(path.read_text())
         applied.append(path.stem)

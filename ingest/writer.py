@@ -22,6 +22,7 @@ from ingest.arrow_batch import BuildResult, build_table, values_table
 from ingest.buffer import GAPS, QUARANTINE, Buffer, Flush
 from ingest.errors import Fatal
 from ingest.metrics import Metrics
+from ingest.reorgs import ReorgTracker
 from ingest.schema import Dataset, Registry
 from ingest.sinks.base import Sink
 
@@ -47,10 +48,20 @@ class Writer:
         self._metrics = metrics
         self._retry_max = retry_max
         self._before_write = before_write
+        self.reorgs = ReorgTracker(buffer.reorg, buffer.gap)
 
     async def run(self) -> None:
         """Write flushes in order until the buffer is closed and drained."""
-        while (flush := await self._buffer.next_flush()) is not None:
+        closed = False
+        while True:
+            flush = await self._buffer.next_flush()
+            if flush is None:
+                if closed:
+                    return
+                # Shutting down: reorgs still open are recorded now (no newer block will close them).
+                closed = True
+                self.reorgs.close()
+                continue
             try:
                 await self._write(flush)
             finally:
@@ -82,6 +93,7 @@ class Writer:
             for r in result.rejected:  # records the schema could not take go to quarantine
                 self._buffer.reject(r)
             table = result.table
+            self.reorgs.observe(dataset.name, table, result.positions)
             per_sink = {sink: _newer(table, result.positions, stored[sink]) for sink in self._sinks}
         writes = [self._write_sink(s, dataset, t, flush) for s, t in per_sink.items() if t.num_rows]
         await asyncio.gather(*writes)

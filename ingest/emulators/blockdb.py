@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import re
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +185,7 @@ class BlockDBEmulator(EmulatorServer):
         max_blocks: int | None = None,
         start_on_subscribe: bool = True,
         record_log: bool = False,
+        resend_on_subscribe: int = 0,
         max_queue: int = 10_000,
     ) -> None:
         # Idle close uses 1000 NORMAL_CLOSURE, whose documented action is a plain reconnect; 1008 would
@@ -209,6 +210,11 @@ class BlockDBEmulator(EmulatorServer):
         self.blocks_produced = 0
         self.reorgs: list[tuple[int, int, int]] = []
         self.sent_log: list[tuple[int, str, str, bool]] | None = [] if record_log else None
+        # BlockDB may deliver again after a reconnect (doc 2.6): a new subscription first gets the
+        # stream's last `resend_on_subscribe` updates once more, so clients must deduplicate.
+        self.resend_on_subscribe = resend_on_subscribe
+        self._recent: dict[tuple[int, str], deque[tuple[bytes, Any]]] = {}
+        self.resent: Counter[tuple[int, str]] = Counter()
         self._start_on_subscribe = start_on_subscribe
         self._clock = asyncio.Event()
         self._wake = asyncio.Event()
@@ -264,6 +270,11 @@ class BlockDBEmulator(EmulatorServer):
         else:
             reply = {**echo, "status": "success"}
         self.offer(conn, self._encode(reply))
+        if "status" in reply and reply["status"] == "success" and echo.get("action") == "subscribe":
+            key = (echo.get("chain_id"), echo.get("dataset_id"))
+            for frame, meta in self._recent.get(key, ()):  # type: ignore[call-overload]
+                if self.offer(conn, frame, meta):
+                    self.resent[key] += 1  # type: ignore[index]
 
     def on_sent(self, conn: Connection, meta: Any) -> None:
         if meta is None:
@@ -374,6 +385,12 @@ class BlockDBEmulator(EmulatorServer):
         for dataset_id, record, is_reorg in emissions:
             key = (chain_id, dataset_id)
             frame = b""
+            if self.resend_on_subscribe:
+                frame = self._encode(
+                    {"chain_id": chain_id, "dataset_id": dataset_id, "is_reorg": is_reorg, "data": record}
+                )
+                recent = self._recent.setdefault(key, deque(maxlen=self.resend_on_subscribe))
+                recent.append((frame, (chain_id, dataset_id, record["_tracing_id"], is_reorg)))
             for conn, flt in routes.get(key, ()):
                 if not flt.matches(record):
                     continue

@@ -1,0 +1,35 @@
+-- Every transfer version from every provider, in one shape. `amount` is decimal-adjusted and
+-- exact (text); `amount_raw` is in token units where the provider gives them (BlockDB).
+-- `event_key` is what makes two rows the same event: BlockDB's natural key (a correction
+-- supersedes the record at the same key, PROTOCOLS.md 2.10), the derived identity otherwise.
+CREATE OR REPLACE VIEW transfers_history AS
+SELECT
+    evm_chain(chain_id)                 AS chain,
+    block_number,
+    CAST(NULL AS VARCHAR)               AS block_hash,
+    CAST(NULL AS VARCHAR)               AS tx_hash,
+    log_index                           AS "index",
+    coalesce('0x' || lower(token_address), 'native') AS token,
+    '0x' || lower(from_address)         AS from_address,
+    '0x' || lower(to_address)           AS to_address,
+    -- An NFT's raw amount is already a count (no decimals): BlockDB leaves amount_adj null there.
+    coalesce(amount_adj, CASE WHEN token_id IS NOT NULL THEN amount_raw END) AS amount,
+    amount_raw,
+    _provider                           AS provider,
+    _tracing_id                         AS tracing_id,
+    _is_reorg                           AS is_reorg,
+    _received_at                        AS received_at,
+    concat_ws('|', chain_id, block_number, tx_index, log_index, trace_address) AS event_key
+FROM blockdb_transfers
+UNION ALL
+SELECT network, block_number, lower(block_hash), lower(transaction_hash), coalesce(log_index, call_index),
+       CASE WHEN transfer_currency_native THEN 'native' ELSE lower(transfer_currency_smart_contract) END,
+       lower(transfer_sender), lower(transfer_receiver), transfer_amount, NULL,
+       _provider, _tracing_id, _is_reorg, _received_at, _dedup_key
+FROM bitquery_evm_transfers
+UNION ALL
+-- Tron addresses are base58: case matters, so they are kept as sent.
+SELECT 'tron', block_number, block_hash, transaction_hash, NULL, transfer_currency_smart_contract,
+       transfer_sender, transfer_receiver, transfer_amount, NULL,
+       _provider, _tracing_id, _is_reorg, _received_at, _dedup_key
+FROM bitquery_tron_transfers;

@@ -1,0 +1,24 @@
+-- How complete each hour is, per provider and subscription: seconds not received (disconnects
+-- until the resubscribe), and the sequence and block-number jumps seen. Gap rows derived twice
+-- (a journal replay) share an id and count once.
+CREATE OR REPLACE VIEW coverage AS
+WITH g AS (
+    SELECT * FROM gaps QUALIFY row_number() OVER (PARTITION BY id ORDER BY detected_at) = 1
+), spans AS (
+    SELECT provider, subscription, kind,
+           CAST(started_at AS TIMESTAMPTZ) AS s, CAST(ended_at AS TIMESTAMPTZ) AS e
+    FROM g
+), hours AS (
+    SELECT *, unnest(generate_series(date_trunc('hour', s), date_trunc('hour', e), INTERVAL 1 HOUR)) AS hour
+    FROM spans
+)
+SELECT
+    provider,
+    subscription,
+    hour,
+    sum(CASE WHEN kind = 'disconnected'
+             THEN epoch(least(e, hour + INTERVAL 1 HOUR)) - epoch(greatest(s, hour)) ELSE 0 END) AS seconds_missing,
+    count(*) FILTER (WHERE kind = 'sequence') AS sequence_gaps,
+    count(*) FILTER (WHERE kind = 'block')    AS block_gaps
+FROM hours
+GROUP BY ALL;

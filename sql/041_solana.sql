@@ -1,0 +1,20 @@
+-- Solana finality: a slot is final once a root at or above it has been seen (PROTOCOLS.md 4.9).
+CREATE OR REPLACE VIEW solana_final_root AS
+SELECT max(root) AS root FROM solana_roots;
+
+-- Account updates, one row per account and slot: the highest commitment level seen for it
+-- (the same update at processed and at finalized is one event), and whether the slot is final.
+CREATE OR REPLACE VIEW solana_accounts AS
+SELECT u.*, u.slot <= f.root AS final
+FROM (
+    SELECT pubkey, slot, lamports, owner, executable, rent_epoch, space, data, commitment, _received_at
+    FROM solana_account_updates
+    UNION ALL
+    SELECT pubkey, slot, lamports, owner, executable, rent_epoch, space, data, commitment, _received_at
+    FROM solana_program_accounts
+) u, solana_final_root f
+QUALIFY row_number() OVER (
+    PARTITION BY pubkey, slot
+    ORDER BY CASE commitment WHEN 'finalized' THEN 3 WHEN 'confirmed' THEN 2 WHEN 'processed' THEN 1 ELSE 0 END DESC,
+             _received_at DESC
+) = 1;

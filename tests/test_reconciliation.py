@@ -1,0 +1,265 @@
+"""Reorgs, gaps and duplicates made visible, the canonical views, and reconcile, against emulators
+that inject them on purpose. Expected values come from the emulators' own chains and send logs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from ingest.app import Daemon
+from ingest.config import parse_config
+from ingest.emulators import BitqueryEmulator, BlockDBEmulator, HeliusEmulator
+from ingest.emulators.synth import Chain
+from ingest.reconcile import reconcile
+from ingest.schema import load_registry
+from ingest.views import connect_for_query
+from tests.helpers import eventually
+
+KEY = "reconcile-key-31337"
+BQ = (
+    "subscription { EVM(network: eth) { Blocks { Block { Number Hash ParentHash Time } }"
+    " Transfers { Block { Number Hash } Transaction { Hash } Log { Index } Call { Index }"
+    " Transfer { Amount Sender Receiver Currency { SmartContract Native } } } } }"
+)
+SWAP_PARAMS = {
+    "base_token_address": "c02aaa39b223fe8d0a0e5c4f27ead9083c756cc2",
+    "quote_token_address": "a0b86991c6218b36c1d19d4a2e9eb0ce3606eb48",
+}
+
+
+def blockdb(url: str, **extra) -> dict:
+    subs = [
+        {"chain_id": 1, "dataset_id": "0101"},
+        {"chain_id": 1, "dataset_id": "0304"},
+        {"chain_id": 1, "dataset_id": "0302", "params": SWAP_PARAMS},
+    ]
+    return {"url": url, "auth": {"env": "K"}, "subscriptions": subs, **extra}
+
+
+def bitquery(url: str) -> dict:
+    return {"url": url, "auth": {"env": "K", "in": "query"}, "subscriptions": [{"name": "eth", "query": BQ}]}
+
+
+async def run(tmp_path: Path, monkeypatch, providers: dict, seconds: float, during=None) -> Daemon:
+    monkeypatch.setenv("K", KEY)
+    doc = {
+        "storage": {"data_dir": str(tmp_path / "data")},
+        "flush": {"max_age_seconds": 0.1},
+        "providers": providers,
+    }
+    daemon = Daemon(parse_config(doc, base=tmp_path))
+    task = asyncio.create_task(daemon.run(duration=seconds))
+    if during is not None:
+        await during()
+    await asyncio.wait_for(task, 60)
+    return daemon
+
+
+def both_sources(tmp_path: Path):
+    registry = load_registry()
+    db, _ = connect_for_query(registry, tmp_path / "data" / "ingest.duckdb", None)
+    pq, _ = connect_for_query(registry, None, str(tmp_path / "data" / "parquet"))
+    return db, pq
+
+
+def same_in_both(db, pq, sql: str) -> list[tuple]:
+    """The query answers identically, rows and types, over DuckDB and over the Parquet files."""
+    a, b = db.sql(sql).to_arrow_table(), pq.sql(sql).to_arrow_table()
+    assert a.schema.equals(b.schema) and a.equals(b), sql
+    # datetime holds microseconds only: nanosecond times come back as integers
+    columns = [c.cast("int64") if str(c.type).startswith("timestamp[ns") else c for c in a.columns]
+    return pa.table(columns, names=a.column_names).to_pylist()
+
+
+def canonical_transfers(chain: Chain, steps: int) -> set[str]:
+    """The newest version of every transfer record the chain emitted: what `transfers` must hold."""
+    latest: dict[tuple, str] = {}
+    for _ in range(steps):
+        for dataset_id, record, _ in chain.advance():
+            if dataset_id == "0304":
+                key = (
+                    record["block_number"],
+                    record["tx_index"],
+                    record["log_index"],
+                    record["trace_address"],
+                )
+                latest[key] = record["_tracing_id"]
+    return set(latest.values())
+
+
+async def test_blockdb_reorgs_are_recorded_and_superseded_rows_leave_the_canonical_views(
+    tmp_path, monkeypatch
+):
+    async with BlockDBEmulator(
+        key=KEY, block_interval=0.02, txs_per_block=3, reorg_every=6, max_blocks=40
+    ) as emu:
+        await run(tmp_path, monkeypatch, {"blockdb": blockdb(emu.url)}, 2.5)
+    chain = emu.chains[1]
+    db, pq = both_sources(tmp_path)
+    reorgs = same_in_both(
+        db,
+        pq,
+        "SELECT chain, first_height, depth, old_hashes, new_hashes FROM reorgs "
+        "WHERE provider = 'blockdb' ORDER BY first_height",
+    )
+    assert [(r["chain"], r["first_height"], r["depth"]) for r in reorgs] == [
+        ("eth", f, d) for _, f, d in emu.reorgs
+    ]
+    assert len(emu.reorgs) == 6 and {r["depth"] for r in reorgs} == {1, 2, 3}
+    assert all(o != n for r in reorgs for o, n in zip(r["old_hashes"], r["new_hashes"], strict=True))
+    blocks = same_in_both(
+        db, pq, "SELECT number, hash, parent_hash FROM blocks WHERE provider = 'blockdb' ORDER BY 1"
+    )
+    assert [b["number"] for b in blocks] == list(range(chain.first_block, chain.head + 1))
+    assert all(b["hash"] == "0x" + chain.canonical_hash(b["number"]) for b in blocks)
+    expected = canonical_transfers(Chain(1, 1, txs_per_block=3, reorg_every=6), 40)
+    got = same_in_both(db, pq, "SELECT tracing_id FROM transfers WHERE provider = 'blockdb' ORDER BY 1")
+    assert {r["tracing_id"] for r in got} == expected and len(got) == len(expected)
+    history = db.execute("SELECT count(*) FROM transfers_history WHERE provider = 'blockdb'").fetchall()[0][0]
+    assert history == emu.sent[(1, "0304")] > len(expected)  # every version kept for audit
+    same_in_both(db, pq, "SELECT * FROM trades WHERE provider = 'blockdb' ORDER BY tracing_id")
+
+
+async def test_bitquery_reorgs_are_detected_from_the_chain_itself(tmp_path, monkeypatch):
+    """No flag from Bitquery: a height seen again with another hash is a reorg, old-branch rows go."""
+    async with BitqueryEmulator(
+        key=KEY, block_interval=0.02, txs_per_block=3, reorg_every=6, max_blocks=40
+    ) as emu:
+        await run(tmp_path, monkeypatch, {"bitquery": bitquery(emu.url)}, 2.5)
+    chain = emu.chains.evm["eth"].chain
+    db, pq = both_sources(tmp_path)
+    reorgs = same_in_both(
+        db, pq, "SELECT first_height, depth FROM reorgs WHERE provider = 'bitquery' ORDER BY 1"
+    )
+    assert [(r["first_height"], r["depth"]) for r in reorgs] == [(f, d) for _, f, d in chain.reorgs]
+    blocks = same_in_both(db, pq, "SELECT number, hash FROM blocks WHERE provider = 'bitquery' ORDER BY 1")
+    assert [b["number"] for b in blocks] == list(range(chain.first_block, chain.head + 1))
+    assert all(b["hash"] == "0x" + chain.canonical_hash(b["number"]) for b in blocks)
+    stale = db.execute("""SELECT count(*) FROM transfers_history t JOIN blocks b
+                          ON b.provider = t.provider AND b.chain = t.chain AND b.number = t.block_number
+                          WHERE t.provider = 'bitquery' AND t.block_hash <> b.hash""").fetchall()[0][0]
+    kept = db.execute("""SELECT count(*) FROM transfers t JOIN blocks b
+                         ON b.provider = t.provider AND b.chain = t.chain AND b.number = t.block_number
+                         WHERE t.provider = 'bitquery' AND t.block_hash <> b.hash""").fetchall()[0][0]
+    canonical_rows = db.execute("""SELECT count(DISTINCT t.tracing_id) FROM transfers_history t JOIN blocks b
+                                   ON b.provider = t.provider AND b.number = t.block_number AND t.block_hash = b.hash
+                                   WHERE t.provider = 'bitquery'""").fetchall()[0][0]
+    assert stale > 0 and kept == 0  # old-branch rows exist for audit and are out of the canonical view
+    assert (
+        db.execute("SELECT count(*) FROM transfers WHERE provider = 'bitquery'").fetchall()[0][0]
+        == canonical_rows
+    )
+
+
+async def test_rows_sent_again_after_a_reconnect_count_once(tmp_path, monkeypatch):
+    async with BlockDBEmulator(
+        key=KEY, block_interval=0.02, txs_per_block=3, resend_on_subscribe=120, record_log=True
+    ) as emu:
+
+        async def drop_once() -> None:
+            await eventually(lambda: emu.blocks_produced >= 10, what="blocks")
+            await emu.drop_connections()
+            await eventually(
+                lambda: emu.connections_total >= 2 and sum(emu.resent.values()) > 0, what="resent rows"
+            )
+
+        fast = {"backoff": {"initial": 0.02, "max": 0.05}}  # back before the resend window is all new rows
+        await run(tmp_path, monkeypatch, {"blockdb": blockdb(emu.url, **fast)}, 3.0, drop_once)
+    db, pq = both_sources(tmp_path)
+    sent_ids = [t for _, d, t, _ in emu.sent_log if d == "0304"]
+    assert emu.resent[(1, "0304")] > 0 and len(sent_ids) > len(set(sent_ids))  # duplicates were sent
+    assert db.execute("SELECT count(*) FROM blockdb_transfers").fetchall()[0][0] == len(sent_ids)
+    got = same_in_both(db, pq, "SELECT tracing_id FROM transfers ORDER BY 1")
+    assert sorted(r["tracing_id"] for r in got) == sorted(set(sent_ids))  # each event once
+    numbers = db.execute("SELECT count(*), count(DISTINCT number) FROM blocks").fetchall()[0]
+    assert numbers[0] == numbers[1]
+
+
+async def test_every_gap_is_on_record(tmp_path, monkeypatch):
+    """A silent stretch: the disconnect per subscription, and each hole in the block numbers."""
+    async with BlockDBEmulator(key=KEY, block_interval=0.02, txs_per_block=2, record_log=True) as emu:
+
+        async def silence() -> None:
+            await eventually(lambda: emu.blocks_produced >= 10, what="blocks")
+            emu.go_silent(0.8)
+            await eventually(lambda: emu.connections_total >= 2, timeout=10, what="a reconnect")
+            await asyncio.sleep(0.3)
+
+        await run(tmp_path, monkeypatch, {"blockdb": blockdb(emu.url, idle_timeout=0.3)}, 3.0, silence)
+    chain = Chain(1, 1, txs_per_block=2)
+    number_of = {}
+    for _ in range(emu.blocks_produced):
+        for dataset_id, record, _ in chain.advance():
+            if dataset_id == "0101":
+                number_of[record["_tracing_id"]] = record["block_number"]
+    received = [number_of[t] for _, d, t, _ in emu.sent_log if d == "0101"]
+    holes = [(a + 1, b) for a, b in zip(received, received[1:], strict=False) if b > a + 1]
+    assert holes  # the silence cost blocks
+    db, pq = both_sources(tmp_path)
+    gaps = same_in_both(
+        db,
+        pq,
+        "SELECT kind, subscription, stream, expected, received, started_at < ended_at AS ok "
+        "FROM gaps ORDER BY kind, subscription, expected",
+    )
+    assert [(g["expected"], g["received"]) for g in gaps if g["kind"] == "block"] == holes
+    disconnected = [g for g in gaps if g["kind"] == "disconnected"]
+    assert {g["subscription"] for g in disconnected} == {"1:0101", "1:0304", "1:0302"} and all(
+        g["ok"] for g in gaps
+    )
+    coverage = db.execute("SELECT sum(seconds_missing), sum(block_gaps) FROM coverage").fetchall()[0]
+    assert coverage[0] > 0 and coverage[1] == len(holes)
+
+
+async def test_solana_slots_are_final_once_a_root_covers_them(tmp_path, monkeypatch):
+    async with HeliusEmulator(key=KEY, slot_interval=0.02, finality_lag=4, confirm_lag=1) as emu:
+        subs = [
+            {"name": "roots", "method": "rootSubscribe"},
+            {"name": "slots", "method": "slotSubscribe"},
+            {
+                "name": "tokens",
+                "method": "programSubscribe",
+                "params": ["TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA", {"commitment": "processed"}],
+            },
+        ]
+        await run(
+            tmp_path,
+            monkeypatch,
+            {"helius": {"url": emu.url, "auth": {"env": "K"}, "subscriptions": subs}},
+            2.0,
+        )
+    db, _ = both_sources(tmp_path)
+    root = db.execute("SELECT root FROM solana_final_root").fetchall()[0][0]
+    final, provisional = db.execute(
+        "SELECT count(*) FILTER (WHERE final), count(*) FILTER (WHERE NOT final) FROM solana_accounts"
+    ).fetchall()[0]
+    assert root and final > 0 and provisional > 0
+    assert db.execute("SELECT count(*) FROM solana_accounts WHERE final <> (slot <= ?)", [root]).fetchall()[
+        0
+    ] == (0,)
+
+
+@pytest.mark.parametrize("explicit_range", [False, True])
+async def test_reconcile_finds_exactly_the_injected_differences(tmp_path, monkeypatch, explicit_range):
+    """Same chain, two providers: Bitquery's emulator reorgs where BlockDB's does not, and stops earlier."""
+    async with (
+        BlockDBEmulator(key=KEY, block_interval=0.03, txs_per_block=3, max_blocks=25) as a,
+        BitqueryEmulator(key=KEY, block_interval=0.03, txs_per_block=3, reorg_every=7, max_blocks=20) as b,
+    ):
+        await run(tmp_path, monkeypatch, {"blockdb": blockdb(a.url), "bitquery": bitquery(b.url)}, 2.5)
+    chain_a, chain_b = a.chains[1], b.chains.evm["eth"].chain
+    db, _ = both_sources(tmp_path)
+    first, last = (chain_a.first_block, chain_a.head) if explicit_range else (None, None)
+    r = reconcile(db, "eth", "blockdb", "bitquery", first, last)
+    overlap = range(chain_a.first_block, chain_b.head + 1)
+    assert r.hash_mismatch == [
+        (n, "0x" + chain_a.canonical_hash(n), "0x" + chain_b.canonical_hash(n))
+        for n in overlap
+        if chain_a.canonical_hash(n) != chain_b.canonical_hash(n)
+    ]
+    assert r.hash_mismatch  # the injected reorgs put Bitquery on other branches at those heights
+    assert r.only_a == (list(range(chain_b.head + 1, chain_a.head + 1)) if explicit_range else [])
+    assert r.only_b == [] and r.transfer_mismatch == []
