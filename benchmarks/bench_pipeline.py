@@ -1,0 +1,331 @@
+"""One measured run: the load server here, one consumer process there, then the rows are counted.
+
+A run streams one mix to one consumer (the project's daemon, a baseline, or the null reader)
+for `seconds`, at full speed or a fixed offered rate, then tells the consumer how many rows were
+sent and waits for its result. For the daemon the run ends once every row sent is durable in
+DuckDB and in Parquet; the rows are then counted in both (and must equal what was sent, each
+record once), and the latency of every row is taken from the files themselves:
+
+    queryable latency = the moment its Parquet file appeared (rename done; `query` reads it)
+                        - its `_received_at` (the daemon's clock when the frame was read)
+    durable latency   = the moment `rows_written` covered it (DuckDB committed too) - `_received_at`
+
+Rows received in the first `warmup` seconds are left out of latency and CPU figures (first
+allocations, page faults, DuckDB's first inserts); counts and throughput include everything.
+Throughput is end to end: messages sent / (last row durable - first frame sent), so a backlog
+that the daemon buffered and drained after the load stopped is paid for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from benchmarks.baselines import TABLES
+from benchmarks.frames import BITQUERY_TRANSFERS_QUERY
+from benchmarks.load import LoadServer, RoundResult
+
+__all__ = ["DATASETS", "SYSTEMS", "RunSpec", "daemon_config", "run_once"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEMS = ("ingest", "naive", "dlt", "dlt-arrow", "null")
+DATASETS = {"coinapi": "coinapi_trades", "blockdb": "blockdb_transfers", "bitquery": "bitquery_evm_transfers"}
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    system: str
+    mix: str
+    rate: float | None = None  # frames/s offered, over all connections; None = full speed
+    seconds: float = 5.0
+    subs: int = 1  # concurrent subscriptions, one connection (one collector) each
+    max_rows: int = 50_000  # the daemon's defaults (ingest/config.py FlushPolicy)
+    max_age: float = 1.0
+    warmup: float = 1.0
+    latency: bool = False
+
+    def label(self) -> str:
+        rate = "full" if self.rate is None else f"{self.rate / 1000:g}k/s"
+        return f"{self.system}:{self.mix}:{rate}:subs={self.subs}:rows={self.max_rows}:age={self.max_age:g}"
+
+
+def daemon_config(spec: RunSpec, url: str, data_dir: Path) -> dict[str, Any]:
+    """The daemon's config for a run: default storage (journal on, DuckDB and Parquet on)."""
+    providers: dict[str, Any] = {}
+    for i in range(spec.subs):
+        name = spec.mix if spec.subs == 1 else f"{spec.mix}_{i + 1}"
+        # Generous idle timeouts: the load server sends nothing between the end of a round and stop.
+        provider: dict[str, Any] = {"kind": spec.mix, "url": url, "idle_timeout": 60}
+        if spec.mix == "coinapi":
+            provider |= {"auth": {"in": "message"}, "heartbeat": True}
+            provider["subscriptions"] = [{"name": "trades", "data_types": ["trade"]}]
+        elif spec.mix == "blockdb":
+            provider |= {"auth": {"in": "header"}}
+            provider["subscriptions"] = [{"name": "transfers", "chain_id": 1, "dataset_id": "0304"}]
+        else:
+            provider |= {"auth": {"in": "query"}, "subprotocol": "graphql-transport-ws"}
+            provider["subscriptions"] = [{"name": "eth_transfers", "query": BITQUERY_TRANSFERS_QUERY}]
+        providers[name] = provider
+    return {
+        "instance": "bench",
+        "log_format": "json",
+        "storage": {"data_dir": str(data_dir), "duckdb": True, "parquet": True},
+        "flush": {"max_rows": spec.max_rows, "max_age_seconds": spec.max_age},
+        "providers": providers,
+    }
+
+
+def _consumer_command(spec: RunSpec, url: str, run_dir: Path) -> list[str]:
+    py = [sys.executable, "-m"]
+    if spec.system == "null":
+        return [*py, "benchmarks.null_client", url, spec.mix]
+    spec_file = run_dir / "spec.json"
+    if spec.system == "ingest":
+        body: dict[str, Any] = {
+            "config": daemon_config(spec, url, run_dir / "data"),
+            "base": str(run_dir),
+            "datasets": [DATASETS[spec.mix]],
+            "max_seconds": spec.seconds + 120,
+            "drain_timeout": 60.0,
+        }
+        spec_file.write_text(json.dumps(body))
+        return [*py, "benchmarks.daemon_host", str(spec_file)]
+    body = {
+        "mix": spec.mix,
+        "url": url,
+        "db": str(run_dir / f"{spec.system}.duckdb"),
+        "workdir": str(run_dir),
+        "max_rows": spec.max_rows,
+        "max_age": spec.max_age,
+    }
+    spec_file.write_text(json.dumps(body))
+    return [*py, "benchmarks.baselines", spec.system, str(spec_file)]
+
+
+async def run_once(spec: RunSpec, workdir: Path, *, keep: bool = False) -> dict[str, Any]:
+    """Run one spec; returns its measurements (and `error` instead when it failed)."""
+    run_dir = Path(workdir) / f"run-{time.time_ns()}"
+    run_dir.mkdir(parents=True)
+    server = LoadServer(spec.mix)
+    url = await server.start()
+    await asyncio.to_thread(server.prepare)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RUNTIME__DLTHUB_TELEMETRY": "false"}
+    stderr = (run_dir / "stderr.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        *_consumer_command(spec, url, run_dir),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+        cwd=str(run_dir),
+        env=env,
+        limit=64 << 20,
+    )
+    result: dict[str, Any] = {"spec": asdict(spec), "label": spec.label()}
+    try:
+        rnd = await _round(server, proc, spec)
+        assert proc.stdin is not None and proc.stdout is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.write(json.dumps({"stop": True, "target_rows": rnd.rows}).encode() + b"\n")
+            await proc.stdin.drain()
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=spec.seconds + 150)
+        await asyncio.wait_for(proc.wait(), timeout=30)
+        if not line:
+            raise RuntimeError(f"consumer exited {proc.returncode} without a result: {_tail(run_dir)}")
+        out = json.loads(line)
+        result |= _sent(rnd, spec)
+        result |= await asyncio.to_thread(_measure, spec, rnd, out, run_dir)
+    except Exception as exc:  # one failed run is reported, the benchmark goes on
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        stderr.close()
+        await server.stop()
+        if not keep and "error" not in result:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            result["run_dir"] = str(run_dir)
+    return result
+
+
+async def _round(server: LoadServer, proc: asyncio.subprocess.Process, spec: RunSpec) -> RoundResult:
+    """Stream once every client has subscribed; fail fast if the consumer dies before that."""
+    stream = asyncio.ensure_future(
+        server.run_round(spec.subs, rate=spec.rate, seconds=spec.seconds, close_after=spec.system == "null")
+    )
+    died = asyncio.ensure_future(proc.wait())
+    await asyncio.wait({stream, died}, return_when=asyncio.FIRST_COMPLETED)
+    if not stream.done():
+        stream.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stream
+        raise RuntimeError(f"consumer exited {proc.returncode} before the round ended")
+    died.cancel()
+    return stream.result()
+
+
+def _tail(run_dir: Path, n: int = 800) -> str:
+    try:
+        return (run_dir / "stderr.log").read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def _sent(rnd: RoundResult, spec: RunSpec) -> dict[str, Any]:
+    seconds = rnd.seconds if spec.rate is None else spec.seconds
+    return {
+        "sent_frames": rnd.frames,
+        "sent_rows": rnd.rows,
+        "sent_bytes": rnd.nbytes,
+        "send_seconds": rnd.seconds,
+        "sender_frames_per_s": rnd.frames / seconds,
+        "sender_rows_per_s": rnd.rows / seconds,
+        "sender_mb_per_s": rnd.nbytes / seconds / 1e6,
+        "offered_rate": spec.rate,
+        "kept_up": None if spec.rate is None else rnd.frames >= 0.97 * spec.rate * spec.seconds,
+    }
+
+
+def _measure(spec: RunSpec, rnd: RoundResult, out: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    if spec.system == "null":
+        return {"consumer_cpu_s": out.get("cpu_seconds")}
+    done = out.get("all_durable") or out.get("exited") or time.monotonic()
+    elapsed = max(done - rnd.started, 1e-9)
+    m: dict[str, Any] = {
+        "elapsed_s": elapsed,
+        "drain_s": done - rnd.ended,
+        "peak_rss_mb": out["peak_rss"] / 2**20,
+        "cpu_us_per_msg": _cpu_per_message(out.get("samples", []), rnd.started + spec.warmup, rnd.ended),
+    }
+    if spec.system == "ingest":
+        stored = _count_ingest(spec, run_dir)
+        messages = rnd.frames
+        m |= stored
+        m["rows_match"] = stored["duckdb_rows"] == stored["parquet_rows"] == rnd.rows
+        m["unique_match"] = stored["duckdb_distinct_keys"] == rnd.rows
+        m["drain_timed_out"] = out.get("drain_timed_out", False)
+        m["flushes"] = out.get("flushes", {}).get(DATASETS[spec.mix])
+        m["reconnects"] = sum(out.get("reconnects", {}).values())
+        m["failed"] = out.get("failed")
+        m["sink_errors"] = out.get("sink_errors")
+        if spec.latency:
+            m |= _latency(spec, out)
+    else:
+        messages = out["messages"]
+        db = run_dir / f"{spec.system}.duckdb"
+        table = TABLES[spec.mix] if spec.system == "naive" else f"bench.{TABLES[spec.mix]}"
+        with duckdb.connect(str(db), read_only=True) as con:
+            m["duckdb_rows"] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+        m["rows_match"] = m["duckdb_rows"] == out["rows"]
+        m["loads"] = out.get("loads")
+        rnd_rows_per_frame = rnd.rows / max(rnd.frames, 1)
+        m["messages_read"] = messages
+        m["unread_frames"] = rnd.frames - messages
+        m["rows_read"] = round(messages * rnd_rows_per_frame)
+    stored_rows = m["duckdb_rows"]
+    m["msgs_per_s"] = messages / elapsed
+    m["rows_per_s"] = stored_rows / elapsed
+    return m
+
+
+def _cpu_per_message(samples: list[list[float]], start: float, end: float) -> float | None:
+    """CPU µs per message over [start, end] (the steady part of the round), from the samples."""
+    inside = [s for s in samples if start <= s[0] <= end]
+    if len(inside) < 2:
+        inside = [s for s in samples if s[0] >= start][:1] + [s for s in samples if s[0] <= end][-1:]
+    if len(inside) < 2:
+        return None
+    (_, c0, _, m0), (_, c1, _, m1) = inside[0], inside[-1]
+    return (c1 - c0) / (m1 - m0) * 1e6 if m1 > m0 else None
+
+
+def _parquet_files(run_dir: Path, dataset: str) -> list[str]:
+    return sorted(glob.glob(str(run_dir / "data" / "parquet" / f"dataset={dataset}" / "*" / "*.parquet")))
+
+
+def _count_ingest(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    dataset = DATASETS[spec.mix]
+    files = _parquet_files(run_dir, dataset)
+    parquet_rows = sum(pq.read_metadata(f).num_rows for f in files)
+    with duckdb.connect(str(run_dir / "data" / "ingest.duckdb"), read_only=True) as con:
+        rows, distinct = con.execute(f"SELECT count(*), count(DISTINCT _dedup_key) FROM {dataset}").fetchone()  # type: ignore[misc]
+        quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]  # type: ignore[index]
+        gaps = con.execute("SELECT count(*) FROM gaps").fetchone()[0]  # type: ignore[index]
+    return {
+        "duckdb_rows": rows,
+        "duckdb_distinct_keys": distinct,
+        "parquet_rows": parquet_rows,
+        "parquet_files": len(files),
+        "quarantined": quarantined,
+        "gaps": gaps,
+    }
+
+
+def _latency(spec: RunSpec, out: dict[str, Any]) -> dict[str, Any]:
+    """Per-row latencies from every Parquet file this run wrote (see the module docstring)."""
+    dataset = f"dataset={DATASETS[spec.mix]}"
+    seen = [(path, ns) for path, ns in out.get("files_seen", []) if dataset in path]
+    steps = out.get("rows_steps", [])  # flushes are written one after another, in file order
+    received_parts, queryable_parts, durable_parts = [], [], []
+    cumulative, k = 0, 0
+    for path, seen_ns in seen:
+        received = pq.read_table(path, columns=["_received_at"]).column(0).cast(pa.int64()).combine_chunks()
+        cumulative += len(received)
+        while k < len(steps) and steps[k][1] < cumulative:
+            k += 1
+        durable_ns = max(steps[k][0] if k < len(steps) else seen_ns, seen_ns)
+        received_parts.append(received)
+        queryable_parts.append(pc.subtract(pa.scalar(seen_ns, pa.int64()), received))
+        durable_parts.append(pc.subtract(pa.scalar(durable_ns, pa.int64()), received))
+    if not received_parts:
+        return {"latency_rows": 0}
+    cut = min(pc.min(r).as_py() for r in received_parts) + int(spec.warmup * 1e9)
+    keep = [pc.greater_equal(r, cut) for r in received_parts]
+    q_all = pa.chunked_array([pc.filter(q, m) for q, m in zip(queryable_parts, keep, strict=True)], pa.int64())
+    d_all = pa.chunked_array([pc.filter(d, m) for d, m in zip(durable_parts, keep, strict=True)], pa.int64())
+    if not len(q_all):
+        return {"latency_rows": 0}
+    qq = pc.quantile(q_all, q=[0.5, 0.99]).to_pylist()
+    dq = pc.quantile(d_all, q=[0.5, 0.99]).to_pylist()
+    return {
+        "latency_rows": len(q_all),
+        "queryable_p50_ms": qq[0] / 1e6,
+        "queryable_p99_ms": qq[1] / 1e6,
+        "queryable_max_ms": pc.max(q_all).as_py() / 1e6,
+        "durable_p50_ms": dq[0] / 1e6,
+        "durable_p99_ms": dq[1] / 1e6,
+    }
+
+
+@dataclass(slots=True)
+class Summary:
+    """Median, min and max of one metric over repeated runs."""
+
+    median: float | None
+    min: float | None
+    max: float | None
+    values: list[float] = field(default_factory=list)
+
+
+def summarise(values: list[Any]) -> Summary:
+    xs = sorted(float(v) for v in values if v is not None)
+    if not xs:
+        return Summary(None, None, None, [])
+    mid = len(xs) // 2
+    median = xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+    return Summary(median, xs[0], xs[-1], xs)
