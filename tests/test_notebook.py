@@ -20,7 +20,8 @@ async def test_the_analysis_notebook_runs_on_emulator_data(tmp_path, monkeypatch
     await Daemon(load_config(None)).run(duration=6.0)  # the demo: all four providers, reorgs included
     monkeypatch.setenv("INGEST_DATA", str(tmp_path / "data"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    resources = {"metadata": {"path": str(tmp_path)}}
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources=resources)
     await client.async_execute()  # raises CellExecutionError on any failing cell
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     text = "".join(o.get("text", "") for o in outputs)
