@@ -126,9 +126,9 @@ async def test_daemon_stores_exactly_what_the_embedded_emulator_sent(tmp_path, m
     blocks = con.execute("SELECT number, hash, parent_hash FROM blocks ORDER BY number").fetchall()
     assert [b[0] for b in blocks] == list(range(chain.first_block, chain.head + 1))
     for number, hash_, parent in blocks:
-        assert hash_ == chain.canonical_hash(number)
+        assert hash_ == "0x" + chain.canonical_hash(number)
         if number > chain.first_block:
-            assert parent == chain.canonical_hash(number - 1)
+            assert parent == "0x" + chain.canonical_hash(number - 1)
     reorged = con.execute("SELECT count(*) FROM blockdb_blocks WHERE _is_reorg").fetchone()[0]
     assert reorged == emulator.sent_reorg[(1, "0101")] > 0
     assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from aiohttp import web
 
 from ingest.emulators.bitquery_feeds import Chains, messages
 from ingest.emulators.bitquery_query import Plan, RequestError, compile_request
-from ingest.emulators.server import Connection, EmulatorServer
+from ingest.emulators.server import Connection, EmulatorServer, Ticker
 
 __all__ = ["GRAPHQL_TRANSPORT_WS", "GRAPHQL_WS", "BitqueryEmulator"]
 
@@ -90,11 +89,7 @@ class BitqueryEmulator(EmulatorServer):
         self.chains = Chains(seed, txs_per_block=txs_per_block, reorg_every=reorg_every)
         self._sessions: dict[Connection, _Session] = {}
         self._start_on_subscribe = start_on_subscribe
-        self._clock = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._progress = asyncio.Condition()
-        self._burst = 0
-        self._producer: asyncio.Task[None] | None = None
+        self._ticker = Ticker(block_interval)
         self._encode = msgspec.json.Encoder().encode
 
     @property
@@ -302,7 +297,7 @@ class BitqueryEmulator(EmulatorServer):
             return
         conn.subscriptions[op_id] = plan
         log.info("operation_started", emulator="bitquery", id=op_id, cubes=[c.path for c in plan.cubes])
-        self._clock.set()
+        self._ticker.start()
 
     def on_sent(self, conn: Connection, meta: Any) -> None:
         if meta is None:
@@ -318,51 +313,22 @@ class BitqueryEmulator(EmulatorServer):
 
     async def on_startup(self) -> None:
         if not self._start_on_subscribe:
-            self._clock.set()
-        self._producer = asyncio.create_task(self._produce())
+            self._ticker.start()
+        self._ticker.spawn(self._step, self._exhausted, self.wait_writable)
 
     async def on_shutdown(self) -> None:
-        if self._producer is not None:
-            self._producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._producer
+        await self._ticker.stop()
 
     def burst(self, n_blocks: int) -> None:
         """Produce `n_blocks` extra blocks now, back to back, as fast as the sockets drain."""
-        self._burst += n_blocks
-        self._clock.set()
-        self._wake.set()
+        self._ticker.burst(n_blocks)
 
     async def wait_blocks(self, count: int) -> None:
         """Wait until `blocks_produced` reaches `count` (bound it with asyncio.timeout)."""
-        async with self._progress:
-            await self._progress.wait_for(lambda: self.blocks_produced >= count)
+        await self._ticker.wait_for(lambda: self.blocks_produced >= count)
 
     def _exhausted(self) -> bool:
         return self.max_blocks is not None and self.blocks_produced >= self.max_blocks
-
-    async def _produce(self) -> None:
-        # The clock starts with the first operation; block 1 follows one interval later.
-        await self._clock.wait()
-        loop = asyncio.get_running_loop()
-        due = loop.time() + self.block_interval
-        while not self._exhausted():
-            bursting = self._burst > 0
-            if bursting:
-                self._burst -= 1
-            else:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(due - loop.time(), 0)):
-                        await self._wake.wait()
-                if loop.time() < due:
-                    continue  # woken early by burst()
-            self._step()
-            async with self._progress:
-                self._progress.notify_all()
-            if bursting:
-                await self.wait_writable()
-            due = loop.time() + self.block_interval
 
     def _step(self) -> None:
         routes: dict[bytes, tuple[Plan, list[tuple[Connection, str, bytes]]]] = {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import re
 from collections import Counter, deque
@@ -14,7 +12,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from ingest.emulators.server import Connection, EmulatorServer
+from ingest.emulators.server import Connection, EmulatorServer, Ticker
 from ingest.emulators.synth import Chain, Emission
 
 __all__ = ["DATASET_IDS", "SERVED_DATASETS", "BlockDBEmulator"]
@@ -216,11 +214,7 @@ class BlockDBEmulator(EmulatorServer):
         self._recent: dict[tuple[int, str], deque[tuple[bytes, Any]]] = {}
         self.resent: Counter[tuple[int, str]] = Counter()
         self._start_on_subscribe = start_on_subscribe
-        self._clock = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._progress = asyncio.Condition()
-        self._burst = 0
-        self._producer: asyncio.Task[None] | None = None
+        self._ticker = Ticker(block_interval)
         self._encode = msgspec.json.Encoder().encode
 
     # -- server hooks ----------------------------------------------------------------------------
@@ -245,14 +239,11 @@ class BlockDBEmulator(EmulatorServer):
 
     async def on_startup(self) -> None:
         if not self._start_on_subscribe:
-            self._clock.set()
-        self._producer = asyncio.create_task(self._produce())
+            self._ticker.start()
+        self._ticker.spawn(self._step, self._exhausted, self.wait_writable)
 
     async def on_shutdown(self) -> None:
-        if self._producer is not None:
-            self._producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._producer
+        await self._ticker.stop()
 
     async def on_message(self, conn: Connection, data: str | bytes) -> None:
         echo: dict[str, Any] = {}
@@ -324,48 +315,21 @@ class BlockDBEmulator(EmulatorServer):
             return
         # One stream per (chain_id, dataset_id): a repeated subscribe replaces the filter.
         conn.subscriptions[(chain_id, dataset_id)] = _parse_params(dataset_id, params)
-        self._clock.set()
+        self._ticker.start()
 
     # -- production ------------------------------------------------------------------------------
 
     def burst(self, n_blocks: int) -> None:
         """Produce `n_blocks` extra blocks now, back to back, as fast as the sockets drain."""
-        self._burst += n_blocks
-        self._clock.set()
-        self._wake.set()
+        self._ticker.burst(n_blocks)
 
     async def wait_blocks(self, count: int) -> None:
         """Wait until `blocks_produced` reaches `count` (bound it with asyncio.timeout)."""
-        async with self._progress:
-            await self._progress.wait_for(lambda: self.blocks_produced >= count)
+        await self._ticker.wait_for(lambda: self.blocks_produced >= count)
 
     def _exhausted(self) -> bool:
         limit = self.max_blocks
         return limit is not None and all(c.blocks_produced >= limit for c in self.chains.values())
-
-    async def _produce(self) -> None:
-        # The chain clock starts with the first subscription; block 1 follows one interval later,
-        # so subscriptions sent together all see every block.
-        await self._clock.wait()
-        loop = asyncio.get_running_loop()
-        due = loop.time() + self.block_interval
-        while not self._exhausted():
-            bursting = self._burst > 0
-            if bursting:
-                self._burst -= 1
-            else:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(due - loop.time(), 0)):
-                        await self._wake.wait()
-                if loop.time() < due:
-                    continue  # woken early by burst()
-            self._step()
-            async with self._progress:
-                self._progress.notify_all()
-            if bursting:
-                await self.wait_writable()
-            due = loop.time() + self.block_interval
 
     def _step(self) -> None:
         routes: _Routes = {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import weakref
 from collections import Counter, deque
@@ -33,7 +31,7 @@ from ingest.emulators.helius_rpc import (
     parse_subscribe,
     parse_unsubscribe,
 )
-from ingest.emulators.server import Connection, EmulatorServer
+from ingest.emulators.server import Connection, EmulatorServer, Ticker
 
 __all__ = ["HeliusEmulator"]
 
@@ -150,11 +148,7 @@ class HeliusEmulator(EmulatorServer):
         self._next_sub_id = 0
         self._active: weakref.WeakKeyDictionary[Connection, bool] = weakref.WeakKeyDictionary()
         self._start_on_subscribe = start_on_subscribe
-        self._clock = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._progress = asyncio.Condition()
-        self._burst = 0
-        self._producer: asyncio.Task[None] | None = None
+        self._ticker = Ticker(slot_interval)
         self._encode = msgspec.json.Encoder().encode
 
     # -- server hooks ----------------------------------------------------------------------------
@@ -177,14 +171,11 @@ class HeliusEmulator(EmulatorServer):
 
     async def on_startup(self) -> None:
         if not self._start_on_subscribe:
-            self._clock.set()
-        self._producer = asyncio.create_task(self._produce())
+            self._ticker.start()
+        self._ticker.spawn(self._step, self._exhausted, self.wait_writable)
 
     async def on_shutdown(self) -> None:
-        if self._producer is not None:
-            self._producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._producer
+        await self._ticker.stop()
 
     async def _dispatch(self, conn: Connection, msg: WSMessage, now: float) -> bool:
         if msg.type in _ACTIVITY and not conn.is_silent(now):
@@ -263,7 +254,7 @@ class HeliusEmulator(EmulatorServer):
         prefix = b'{"jsonrpc":"2.0","method":"' + spec.notification.encode() + b'","params":{"result":'
         conn.subscriptions[sub_id] = _Sub(sub_id, spec, conn, prefix, b',"subscription":%d}}' % sub_id)
         self.subscriptions_total += 1
-        self._clock.set()
+        self._ticker.start()
         return sub_id
 
     # -- test helpers ----------------------------------------------------------------------------
@@ -286,39 +277,16 @@ class HeliusEmulator(EmulatorServer):
 
     def burst(self, n_slots: int) -> None:
         """Produce `n_slots` extra slots now, back to back, as fast as the sockets drain."""
-        self._burst += n_slots
-        self._clock.set()
-        self._wake.set()
+        self._ticker.burst(n_slots)
 
     async def wait_slots(self, count: int) -> None:
         """Wait until `slots_produced` reaches `count` (bound it with asyncio.timeout)."""
-        async with self._progress:
-            await self._progress.wait_for(lambda: self.slots_produced >= count)
+        await self._ticker.wait_for(lambda: self.slots_produced >= count)
 
     # -- production ------------------------------------------------------------------------------
 
-    async def _produce(self) -> None:
-        # The slot clock starts with the first subscription; the first slot follows one interval later.
-        await self._clock.wait()
-        loop = asyncio.get_running_loop()
-        due = loop.time() + self.slot_interval
-        while self.max_slots is None or self.slots_produced < self.max_slots:
-            bursting = self._burst > 0
-            if bursting:
-                self._burst -= 1
-            else:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(due - loop.time(), 0)):
-                        await self._wake.wait()
-                if loop.time() < due:
-                    continue  # woken early by burst()
-            self._step()
-            async with self._progress:
-                self._progress.notify_all()
-            if bursting:
-                await self.wait_writable()
-            due = loop.time() + self.slot_interval
+    def _exhausted(self) -> bool:
+        return self.max_slots is not None and self.slots_produced >= self.max_slots
 
     def _step(self) -> None:
         block = self.chain.advance()

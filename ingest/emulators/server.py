@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -361,3 +361,70 @@ class EmulatorServer:
                     await conn.ws.ping()
                 except (ConnectionError, RuntimeError):
                     return
+
+
+class Ticker:
+    """An emulator's clock: a step every `interval` once started, and `burst(n)` steps at once.
+
+    It starts with the first subscription (not at start()), so a client that subscribes sees every
+    step from the first, and equal seeds give equal streams.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._started = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._burst = 0
+
+    def start(self) -> None:
+        self._started.set()
+
+    def burst(self, steps: int) -> None:
+        """Take `steps` extra steps now, back to back, as fast as the sockets drain."""
+        self._burst += steps
+        self._started.set()
+        self._wake.set()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until predicate() holds after a step (bound it with asyncio.timeout)."""
+        async with self._progress:
+            await self._progress.wait_for(predicate)
+
+    async def run(
+        self, step: Callable[[], None], exhausted: Callable[[], bool], drain: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Call step() on the clock until exhausted(); after a burst step, wait for the sockets."""
+        await self._started.wait()
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.interval  # the first step follows one interval after the start
+        while not exhausted():
+            bursting = self._burst > 0
+            if bursting:
+                self._burst -= 1
+            else:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(due - loop.time(), 0)):
+                        await self._wake.wait()
+                if loop.time() < due:
+                    continue  # woken early by burst()
+            step()
+            async with self._progress:
+                self._progress.notify_all()
+            if bursting:
+                await drain()
+            due = loop.time() + self.interval
+
+    def spawn(
+        self, step: Callable[[], None], exhausted: Callable[[], bool], drain: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run the clock as a task (stopped by stop())."""
+        self._task = asyncio.get_running_loop().create_task(self.run(step, exhausted, drain))
+
+    async def stop(self) -> None:
+        task, self._task = getattr(self, "_task", None), None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
