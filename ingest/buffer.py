@@ -79,40 +79,40 @@ class Buffer:
         self._outstanding = 0  # bytes buffered + queued + being written
         self._in_flight: dict[int, int] = {}  # id(flush) -> first journal position, until done()
         self._closed = False
-        self.received: dict[str, int] = {}  # rows accepted per dataset, for metrics
+        self._sealed: dict[str, int] = {}  # rows per dataset handed to the writer so far
+        self._max_rows, self._max_bytes = policy.max_rows, policy.max_bytes
+        self._max_pending = policy.max_pending_bytes
 
     # -- producers (collectors) ------------------------------------------------------------------
 
     def add(self, rows: Rows) -> None:
-        """Buffer one frame's records; flushes that dataset when it reaches max rows or bytes."""
-        if rows.dataset not in self._registry:
-            # A protocol naming an undeclared dataset is a bug, but the data is still kept.
-            for rec in rows.records:
-                self.reject(
-                    Rejected(
-                        rows.provider,
-                        rec,
-                        f"no dataset named {rows.dataset!r}",
-                        rows.received_at,
-                        rows.subscription,
-                    )
-                )
-            return
+        """Buffer one frame's records; flushes that dataset when it reaches max rows or bytes.
+
+        Called once per frame: only appends and counts (the decoding is per flush).
+        """
         pending = self._pending.get(rows.dataset)
         if pending is None:
+            if rows.dataset not in self._registry:
+                # A protocol naming an undeclared dataset is a bug, but the data is still kept.
+                for rec in rows.records:
+                    reason = f"no dataset named {rows.dataset!r}"
+                    self.reject(Rejected(rows.provider, rec, reason, rows.received_at, rows.subscription))
+                return
             pending = self._pending[rows.dataset] = _Pending(since=self._clock())
-        n = len(rows.records)
-        nbytes = len(rows.records[0]) if n == 1 else sum(map(len, rows.records))
+        records = rows.records
+        n = len(records)
+        nbytes = len(records[0]) if n == 1 else sum(map(len, records))
         pending.chunks.append(rows)
         if rows.position:
-            pending.cover(rows.position)
+            if not pending.first:  # frames arrive in journal order: the first one is the lowest
+                pending.first = rows.position
+            pending.last = rows.position
         pending.rows += n
         pending.nbytes += nbytes
         self._outstanding += nbytes
-        self.received[rows.dataset] = self.received.get(rows.dataset, 0) + n
-        if pending.rows >= self._policy.max_rows or pending.nbytes >= self._policy.max_bytes:
-            self._seal(rows.dataset, "rows" if pending.rows >= self._policy.max_rows else "bytes")
-        if self._outstanding >= self._policy.max_pending_bytes:
+        if pending.rows >= self._max_rows or pending.nbytes >= self._max_bytes:
+            self._seal(rows.dataset, "rows" if pending.rows >= self._max_rows else "bytes")
+        if self._outstanding >= self._max_pending:
             self._room.clear()
 
     def reject(self, rejected: Rejected) -> None:
@@ -162,7 +162,6 @@ class Buffer:
         pending.rows += 1
         pending.nbytes += nbytes
         self._outstanding += nbytes
-        self.received[dataset] = self.received.get(dataset, 0) + 1
         if pending.rows >= self._policy.max_rows or self._closed:
             # After close() the writer is draining: a late value must still reach it.
             self._seal(dataset, "rows" if not self._closed else "shutdown")
@@ -217,6 +216,14 @@ class Buffer:
         return min(firsts, default=next_position)
 
     @property
+    def received(self) -> dict[str, int]:
+        """Rows accepted per dataset so far (sealed plus still buffered), for metrics."""
+        out = dict(self._sealed)
+        for name, pending in self._pending.items():
+            out[name] = out.get(name, 0) + pending.rows
+        return out
+
+    @property
     def buffered_rows(self) -> dict[str, int]:
         return {name: p.rows for name, p in self._pending.items()}
 
@@ -231,6 +238,7 @@ class Buffer:
     def _seal(self, name: str, reason: str) -> None:
         pending = self._pending.pop(name)
         p = pending
+        self._sealed[name] = self._sealed.get(name, 0) + p.rows
         flush = Flush(name, p.chunks, p.values, p.rows, p.nbytes, reason, p.first, p.last)
         self._in_flight[id(flush)] = pending.first
         self._ready.append(flush)

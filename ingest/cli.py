@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import gc
 import json
 import subprocess
 import sys
@@ -125,6 +126,12 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
     log_format = args.log_format or config.log_format
     configure_logging(log_format)
+    # The buffers hold tens of thousands of small objects between flushes; with the default
+    # thresholds the cyclic GC rescans them over and over (measured: ~0.8 us of every frame's
+    # ~3.5 us). The daemon makes few cycles, so collect young objects rarely and never rescan
+    # what start-up allocated.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     live = not args.no_live and log_format == "console" and sys.stderr.isatty()
     daemon = Daemon(config)
 

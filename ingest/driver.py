@@ -301,9 +301,10 @@ class Collector:
 
     def _on_frame(self, data: bytes | str) -> None:
         """One data frame: journal it, let the protocol read it, route what comes out."""
-        self.stats.frames += 1
+        stats = self.stats
+        stats.frames += 1
         raw = data if type(data) is bytes else data.encode()  # type: ignore[union-attr]
-        received_at = self.stats.last_frame_ns = time.time_ns()
+        received_at = stats.last_frame_ns = time.time_ns()
         journal = self._journal
         # On disk (the journal) before it counts as received.
         position = journal.append(Kind.FRAME, self.config.name, received_at, raw) if journal else 0
@@ -311,7 +312,11 @@ class Collector:
             reason = f"frame too large: {len(raw)} bytes"
             events: list[Any] = [Rejected(self.config.name, raw, reason, received_at)]
         else:
-            events = _receive(self.protocol, raw, received_at)
+            try:
+                events = self.protocol.receive(raw, received_at)
+            except Exception as exc:  # a protocol bug quarantines the frame, not the collector
+                reason = f"protocol error: {type(exc).__name__}: {exc}"[:500]
+                events = [Rejected(self.config.name, raw, reason, received_at)]
         sink = self._sink
         for event in events:
             if type(event) is Rows:
@@ -387,15 +392,6 @@ class Collector:
                 self._record_state()
                 with contextlib.suppress(aiohttp.ClientError, ConnectionError):
                     await self._send(ws)
-
-
-def _receive(protocol: ProviderProtocol, data: bytes, received_at: int) -> list[Any]:
-    """The protocol's events; a bug in it quarantines the frame instead of ending the collector."""
-    try:
-        return protocol.receive(data, received_at)
-    except Exception as exc:
-        reason = f"protocol error: {type(exc).__name__}: {exc}"
-        return [Rejected(protocol.name, data, reason[:500], received_at)]
 
 
 def _safe(exc: BaseException, target: Target) -> str:

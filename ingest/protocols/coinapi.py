@@ -185,23 +185,26 @@ class CoinAPIProtocol:
         self._outbox.append(_encode(self._scope("hello", list(self._desired.values()))).decode())
 
     def receive(self, frame: str | bytes, received_at: int) -> list[Event]:
-        raw = frame.encode() if isinstance(frame, str) else frame
+        raw = frame if type(frame) is bytes else frame.encode()  # type: ignore[union-attr]
         try:
             head = _decode_head(raw)
         except msgspec.MsgspecError as exc:
             return [Rejected(self.name, raw, f"unreadable frame: {exc}", received_at)]
-        kind = head.type
+        kind, symbol, seq = head.type, head.symbol_id, head.sequence
         if kind in DATA_TYPES:
-            label = self._label(kind, head.symbol_id)
-            events: list[Event] = []
-            if head.sequence is not None and head.symbol_id is not None:
-                gap = self._check_sequence(kind, head.symbol_id, head.sequence, received_at, label)
-                if gap is not None:
-                    events.append(gap)
-            events.append(
-                Rows(self.name, DATASETS.get(kind, GENERIC_DATASET), label, [raw], received_at, self._context)
-            )
-            return events
+            # The hot path (one market message per frame): two dict lookups and one Rows.
+            label = self._labels.get((kind, symbol))
+            if label is None:
+                label = self._label(kind, symbol)
+            dataset = DATASETS.get(kind, GENERIC_DATASET)
+            rows = Rows(self.name, dataset, label, [raw], received_at, self._context)
+            if seq is not None and symbol is not None:
+                last = self._last.get((kind, symbol))
+                if last is not None and seq != last[0] + 1:
+                    gap = self._check_sequence(kind, symbol, seq, received_at, label)
+                    return [gap, rows] if gap is not None else [rows]
+                self._last[(kind, symbol)] = (seq, received_at)
+            return [rows]
         if kind in _HEARTBEATS:
             return []
         if kind == "error":
