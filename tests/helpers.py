@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from ingest.auth import build_target
 from ingest.buffer import Buffer
@@ -107,3 +109,21 @@ def collector(
         key = None
     target = build_target(config.url, config.auth, key)
     return Collector(config, protocol, target, buffer, ProviderStats(config.name), **kwargs), buffer
+
+
+async def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    """`python -m ingest ARGS...` in a subprocess: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ingest",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(), err.decode()

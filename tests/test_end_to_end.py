@@ -23,7 +23,7 @@ from ingest.app import Daemon
 from ingest.config import load_config
 from ingest.emulators.blockdb import BlockDBEmulator
 from ingest.protocols.blockdb import DATASETS, GENERIC_DATASET
-from tests.helpers import eventually
+from tests.helpers import eventually, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "e2e-secret-key-9f8e7d6c5b"
@@ -364,36 +364,12 @@ async def test_either_sink_can_be_switched_off(tmp_path, off):
 
 async def test_query_explains_when_there_is_nothing_it_can_read(tmp_path):
     cfg = write_config(tmp_path, "emulator")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ingest",
-        "query",
-        "SELECT 1",
-        "--config",
-        str(cfg),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0  # no DuckDB file yet, but the Parquet views exist (empty)
+    code, _, err = await run_cli("query", "SELECT 1", "--config", str(cfg), cwd=tmp_path)
+    assert code == 0  # no DuckDB file yet, but the Parquet views exist (empty)
 
     cfg.write_text(cfg.read_text().replace("[storage]", "[storage]\nparquet = false"))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ingest",
-        "query",
-        "SELECT 1",
-        "--config",
-        str(cfg),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 1 and "no data yet" in err.decode()
+    code, _, err = await run_cli("query", "SELECT 1", "--config", str(cfg), cwd=tmp_path)
+    assert code == 1 and "no data yet" in err
 
 
 async def test_the_built_in_demo_ingests_all_four_providers(tmp_path, monkeypatch):
