@@ -3,7 +3,8 @@
 
 Creates .venv on first use, installs the project into it (and the test extras for `test`),
 re-installs only when pyproject.toml changes, then runs `python -m ingest VERB ...` (the
-default verb is `run`: the daemon against the local emulators) or the test suite.
+default verb is `run`: the daemon against the local emulators), the test suite, or the
+benchmarks (`python run.py bench`, which installs the `bench` extra).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def _ensure_venv(extras: str) -> None:
     stamp_file = VENV / ".installed"
     wanted = _stamp(extras)
     installed = stamp_file.read_text().split() if stamp_file.exists() else []
-    # A test install includes everything a plain one has, so it satisfies `run` as well.
-    if wanted in installed or (extras == "" and _stamp("test") in installed):
+    # A test or bench install includes everything a plain one has, so it satisfies `run` as well.
+    if wanted in installed or (extras == "" and any(_stamp(e) in installed for e in ("test", "bench"))):
         return
     if sys.version_info < (3, 11):  # noqa: UP036 - run.py starts on whatever python the user has
         sys.exit(f"Python 3.11 or newer is needed (this is {sys.version.split()[0]})")
@@ -57,6 +58,9 @@ def main(argv: list[str]) -> int:
     if verb == "test":
         _ensure_venv("test")
         return subprocess.call([str(PYTHON), "-m", "pytest", *argv[1:]], cwd=ROOT)
+    if verb == "bench":
+        _ensure_venv("bench")
+        return subprocess.call([str(PYTHON), "-m", "ingest", "bench", *argv[1:]], cwd=ROOT)
     _ensure_venv("")
     args = argv if argv and not argv[0].startswith("-") else ["run", *argv]
     return subprocess.call([str(PYTHON), "-m", "ingest", *args], cwd=os.getcwd())

@@ -1,0 +1,1 @@
+"""Benchmarks of the ingest daemon against what users would write instead (see README.md here)."""

@@ -105,6 +105,7 @@ class _Loader:
     def __init__(self, kind: str, mix: str, spec: dict[str, Any]) -> None:
         self.kind, self.mix = kind, mix
         self.rows = 0
+        self.messages = 0
         self.loads = 0
         self.batch: list[dict[str, Any]] = []
         self.batch_started = 0.0
@@ -168,8 +169,8 @@ async def run(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     mix = spec["mix"]
     control = Control(asyncio.get_running_loop())
     loader = _Loader(kind, mix, spec)
-    sampler = Sampler()
-    messages, first = 0, None
+    sampler = Sampler(lambda: loader.messages)
+    first = None
     async with aiohttp.ClientSession() as session:
         ws = await _open(session, spec["url"], mix)
         while not control.stop.is_set():
@@ -189,17 +190,16 @@ async def run(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             if first is None:
                 first = time.monotonic()
-            messages += 1
+            loader.messages += 1
             loader.add(records)
-            sampler.maybe(messages)
         stopped = time.monotonic()
         loader.flush()  # what was read is stored before the run ends
         done = time.monotonic()
-        sampler.force(messages)
+        sampler.stop()
         await ws.close()
     return {
         "ok": True,
-        "messages": messages,
+        "messages": loader.messages,
         "rows": loader.rows,
         "loads": loader.loads,
         "first_frame": first,

@@ -116,8 +116,14 @@ def _consumer_command(spec: RunSpec, url: str, run_dir: Path) -> list[str]:
     return [*py, "benchmarks.baselines", spec.system, str(spec_file)]
 
 
-async def run_once(spec: RunSpec, workdir: Path, *, keep: bool = False) -> dict[str, Any]:
-    """Run one spec; returns its measurements (and `error` instead when it failed)."""
+async def run_once(
+    spec: RunSpec, workdir: Path, *, keep: bool = False, profile: list[str] | None = None
+) -> dict[str, Any]:
+    """Run one spec; returns its measurements (and `error` instead when it failed).
+
+    `profile`: a command (e.g. py-spy record ... --pid) started with the consumer's pid appended
+    once every client has subscribed, so it sees the streaming and not the start-up.
+    """
     run_dir = Path(workdir) / f"run-{time.time_ns()}"
     run_dir.mkdir(parents=True)
     server = LoadServer(spec.mix)
@@ -135,6 +141,9 @@ async def run_once(spec: RunSpec, workdir: Path, *, keep: bool = False) -> dict[
         limit=64 << 20,
     )
     result: dict[str, Any] = {"spec": asdict(spec), "label": spec.label()}
+    profiler = None
+    if profile is not None:
+        profiler = asyncio.ensure_future(_profile(server, spec, [*profile, str(proc.pid)]))
     try:
         rnd = await _round(server, proc, spec)
         assert proc.stdin is not None and proc.stdout is not None
@@ -155,6 +164,9 @@ async def run_once(spec: RunSpec, workdir: Path, *, keep: bool = False) -> dict[
             proc.kill()
             await proc.wait()
         stderr.close()
+        if profiler is not None:
+            with contextlib.suppress(Exception):  # a profiler that never started is no reason to fail
+                await profiler
         await server.stop()
         if not keep and "error" not in result:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -179,6 +191,12 @@ async def _round(server: LoadServer, proc: asyncio.subprocess.Process, spec: Run
     return stream.result()
 
 
+async def _profile(server: LoadServer, spec: RunSpec, command: list[str]) -> None:
+    await server.wait_ready(spec.subs, timeout=60)
+    proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
+    await proc.wait()
+
+
 def _tail(run_dir: Path, n: int = 800) -> str:
     try:
         return (run_dir / "stderr.log").read_text(errors="replace")[-n:]
@@ -187,7 +205,7 @@ def _tail(run_dir: Path, n: int = 800) -> str:
 
 
 def _sent(rnd: RoundResult, spec: RunSpec) -> dict[str, Any]:
-    seconds = rnd.seconds if spec.rate is None else spec.seconds
+    seconds = rnd.seconds
     return {
         "sent_frames": rnd.frames,
         "sent_rows": rnd.rows,
@@ -196,6 +214,7 @@ def _sent(rnd: RoundResult, spec: RunSpec) -> dict[str, Any]:
         "sender_frames_per_s": rnd.frames / seconds,
         "sender_rows_per_s": rnd.rows / seconds,
         "sender_mb_per_s": rnd.nbytes / seconds / 1e6,
+        "sender_cpu_cores": rnd.cpu_seconds / seconds,  # the harness process, sender and all
         "offered_rate": spec.rate,
         "kept_up": None if spec.rate is None else rnd.frames >= 0.97 * spec.rate * spec.seconds,
     }
@@ -210,8 +229,8 @@ def _measure(spec: RunSpec, rnd: RoundResult, out: dict[str, Any], run_dir: Path
         "elapsed_s": elapsed,
         "drain_s": done - rnd.ended,
         "peak_rss_mb": out["peak_rss"] / 2**20,
-        "cpu_us_per_msg": _cpu_per_message(out.get("samples", []), rnd.started + spec.warmup, rnd.ended),
     }
+    samples = out.get("samples", [])
     if spec.system == "ingest":
         stored = _count_ingest(spec, run_dir)
         messages = rnd.frames
@@ -240,18 +259,50 @@ def _measure(spec: RunSpec, rnd: RoundResult, out: dict[str, Any], run_dir: Path
     stored_rows = m["duckdb_rows"]
     m["msgs_per_s"] = messages / elapsed
     m["rows_per_s"] = stored_rows / elapsed
+    m["read_msgs_per_s"] = _read_rate(samples, rnd.started, rnd.ended)
+    cpu = _cpu_between(samples, rnd.started, done)  # all work: from the first frame to the last row
+    m["cpu_s"] = cpu
+    m["cpu_us_per_msg"] = cpu / messages * 1e6 if cpu is not None and messages else None
+    m["cpu_cores"] = cpu / elapsed if cpu is not None else None  # average cores busy
+    m["cpu_us_per_msg_steady"] = _cpu_steady(samples, rnd.started + spec.warmup, rnd.ended)
+    m["timeline"] = _timeline(samples, rnd.started)
     return m
 
 
-def _cpu_per_message(samples: list[list[float]], start: float, end: float) -> float | None:
-    """CPU µs per message over [start, end] (the steady part of the round), from the samples."""
+def _timeline(samples: list[list[float]], started: float, every: float = 0.25) -> list[list[float]]:
+    """[seconds since the first frame, CPU s, RSS MB, messages] every `every` s: where memory goes."""
+    out: list[list[float]] = []
+    for t, cpu, rss, n in samples:
+        if not out or t - started >= out[-1][0] + every:
+            out.append([round(t - started, 3), round(cpu, 3), round(rss / 2**20, 1), n])
+    return out
+
+
+def _cpu_between(samples: list[list[float]], started: float, done: float) -> float | None:
+    """CPU seconds the consumer used from `started` until `done` (its samples on either side)."""
+    before = [s for s in samples if s[0] <= started]
+    after = [s for s in samples if s[0] >= done]
+    if not before or not after:
+        return None
+    return after[0][1] - before[-1][1]
+
+
+def _cpu_steady(samples: list[list[float]], start: float, end: float) -> float | None:
+    """CPU µs per message read over [start, end], the steady part of the round."""
     inside = [s for s in samples if start <= s[0] <= end]
-    if len(inside) < 2:
-        inside = [s for s in samples if s[0] >= start][:1] + [s for s in samples if s[0] <= end][-1:]
     if len(inside) < 2:
         return None
     (_, c0, _, m0), (_, c1, _, m1) = inside[0], inside[-1]
     return (c1 - c0) / (m1 - m0) * 1e6 if m1 > m0 else None
+
+
+def _read_rate(samples: list[list[float]], started: float, ended: float) -> float | None:
+    """Messages the consumer had read by the end of the round, per second of the round."""
+    inside = [s for s in samples if started < s[0] <= ended]
+    if not inside:
+        return None
+    t, _, _, n = inside[-1]
+    return n / (t - started)
 
 
 def _parquet_files(run_dir: Path, dataset: str) -> list[str]:
@@ -295,9 +346,12 @@ def _latency(spec: RunSpec, out: dict[str, Any]) -> dict[str, Any]:
     if not received_parts:
         return {"latency_rows": 0}
     cut = min(pc.min(r).as_py() for r in received_parts) + int(spec.warmup * 1e9)
-    keep = [pc.greater_equal(r, cut) for r in received_parts]
-    q_all = pa.chunked_array([pc.filter(q, m) for q, m in zip(queryable_parts, keep, strict=True)], pa.int64())
-    d_all = pa.chunked_array([pc.filter(d, m) for d, m in zip(durable_parts, keep, strict=True)], pa.int64())
+    masks = [pc.greater_equal(r, cut) for r in received_parts]
+
+    def after_warmup(parts: list[pa.Array]) -> pa.ChunkedArray:
+        return pa.chunked_array([pc.filter(a, m) for a, m in zip(parts, masks, strict=True)], pa.int64())
+
+    q_all, d_all = after_warmup(queryable_parts), after_warmup(durable_parts)
     if not len(q_all):
         return {"latency_rows": 0}
     qq = pc.quantile(q_all, q=[0.5, 0.99]).to_pylist()

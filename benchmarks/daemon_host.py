@@ -1,42 +1,46 @@
-"""The project's daemon in a process of its own: `Daemon(config).run()`, watched from inside.
+"""The project's daemon in a process of its own, run the way `python -m ingest run` runs it.
 
 `python -m benchmarks.daemon_host SPEC.json` builds the config with `parse_config` (journal on,
-both sinks on, as the daemon runs by default) and runs it exactly as `python -m ingest run`
-does, minus the live view. A watcher task in the same event loop, every 5 ms:
+both sinks on, as the daemon runs by default) and hands it to the CLI's own `run` code
+(`ingest.cli._run`: its logging set-up and process tuning such as the GC thresholds, unattended
+mode: JSON log lines and the progress line, then the end-of-run summary, all on stderr here).
+The only addition is a watcher task in the daemon's event loop (the `Daemon` class is
+subclassed to start it), which every 5 ms:
 
 - notes when each Parquet file appears in `metrics.files` (appended as soon as the Parquet sink
   has renamed it into place: from then on `query` sees its rows) -> receive-to-queryable latency;
 - notes when `rows_written` grows (both sinks done with a flush) -> receive-to-durable latency
   and the moment every row sent is durable in DuckDB *and* Parquet;
-- samples CPU, RSS and frames read every 100 ms.
 
-When the harness says how many rows were sent, the host asks the daemon to stop as soon as
-that many are durable, so the run ends by itself; `max_seconds` bounds it in any case.
+while a sampler thread records CPU, RSS and frames read every 100 ms. When the harness says how
+many rows were sent, the watcher asks the daemon to stop as soon as that many are durable, so
+the run ends by itself; `max_seconds` bounds it in any case.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.probe import Control, Sampler, cpu_seconds, emit, peak_rss_bytes
+from benchmarks.probe import Control, Sampler, cpu_seconds, emit, keep_stdout_for_results, peak_rss_bytes
 
 _POLL = 0.005
 
 
-async def _watch(daemon: Any, control: Control, spec: dict[str, Any], out: dict[str, Any]) -> None:
-    metrics, buffer = daemon.metrics, daemon.buffer
+async def _watch(
+    daemon: Any, control: Control, spec: dict[str, Any], sampler: Sampler, out: dict[str, Any]
+) -> None:
+    metrics = daemon.metrics
     datasets: list[str] = spec["datasets"]
-    sampler = Sampler()
     files_seen: list[tuple[str, int]] = []
     steps: list[tuple[int, int]] = []  # (wall ns, rows written so far) whenever it grows
     last_rows, stop_requested = 0, False
-    out.update(files_seen=files_seen, rows_steps=steps, samples=sampler.samples)
+    out.update(files_seen=files_seen, rows_steps=steps)
     while True:
         await asyncio.sleep(_POLL)
         now_ns = time.time_ns()
@@ -47,59 +51,68 @@ async def _watch(daemon: Any, control: Control, spec: dict[str, Any], out: dict[
         if rows != last_rows:
             steps.append((now_ns, rows))
             last_rows = rows
-        frames = sum(p.frames for p in metrics.providers.values())
-        sampler.maybe(frames)
-        if out.get("first_frame") is None and frames:
-            out["first_frame"] = time.monotonic()
-        target = control.target_rows
         if not stop_requested and control.stop.is_set():
             timed_out = time.monotonic() - (control.stop_at or 0) > spec.get("drain_timeout", 60.0)
+            target = control.target_rows
             if (target is not None and rows >= target) or timed_out:
                 out["all_durable"] = time.monotonic()
                 out["drain_timed_out"] = timed_out
-                sampler.force(frames)
+                sampler.sample()
                 stop_requested = True
                 daemon.request_stop()
-        out["received"] = sum(buffer.received.get(d, 0) for d in datasets)
 
 
-async def main(spec: dict[str, Any]) -> dict[str, Any]:
-    from ingest.app import Daemon
+def main(spec: dict[str, Any]) -> dict[str, Any]:
+    from ingest import app, cli
     from ingest.config import parse_config
-    from ingest.log import configure_logging
 
-    configure_logging("json", level=logging.WARNING)  # what an unattended daemon logs, minus info
     config = parse_config(spec["config"], base=Path(spec["base"]))
-    daemon = Daemon(config)
-    control = Control(asyncio.get_running_loop())
-    out: dict[str, Any] = {"first_frame": None}
+    control = Control()
+    out: dict[str, Any] = {}
+    hosted: list[Any] = []
+
+    class HostedDaemon(app.Daemon):
+        """The daemon, unchanged, plus the watcher in its loop."""
+
+        async def run(self, **kw: Any) -> Any:
+            hosted.append(self)
+            providers = self.metrics.providers
+            sampler = Sampler(lambda: sum(p.frames for p in list(providers.values())))
+            watcher = asyncio.create_task(_watch(self, control, spec, sampler, out))
+            try:
+                return await super().run(**kw)
+            finally:
+                watcher.cancel()
+                sampler.stop()
+                out["samples"] = sampler.samples
+                out["exited"] = time.monotonic()
+
+    app.Daemon = HostedDaemon  # type: ignore[misc]  # cli._run imports it from the module, late
     cpu_start = cpu_seconds()
-    watcher = asyncio.create_task(_watch(daemon, control, spec, out))
-    started = time.monotonic()
-    try:
-        result = await daemon.run(duration=spec["max_seconds"])
-    finally:
-        watcher.cancel()
+    args = argparse.Namespace(log_format="json", no_live=True, duration=spec["max_seconds"], config=None)
+    code = cli._run(config, args)
+    daemon = hosted[0]
+    metrics = daemon.metrics
     out.update(
-        ok=True,
-        seconds=time.monotonic() - started,
-        exited=time.monotonic(),
+        ok=code == 0,
+        exit_code=code,
         cpu_seconds=cpu_seconds(),
         cpu_at_start=cpu_start,
         peak_rss=peak_rss_bytes(),
-        failed=result.failed,
-        buffer_received=result.buffer_received,
-        frames={name: p.frames for name, p in result.metrics.providers.items()},
-        reconnects={name: p.reconnects for name, p in result.metrics.providers.items()},
-        rows_written={n: d.rows_written for n, d in result.metrics.datasets.items()},
-        flushes={n: d.flushes for n, d in result.metrics.datasets.items()},
-        quarantined=dict(result.metrics.quarantined),
-        gaps=sum(result.metrics.gaps.values()),
-        sink_errors=result.metrics.sink_errors,
+        failed=[c.config.name for c in daemon.collectors if c.stats.state == "failed"],
+        buffer_received=daemon.buffer.received,
+        frames={name: p.frames for name, p in metrics.providers.items()},
+        reconnects={name: p.reconnects for name, p in metrics.providers.items()},
+        rows_written={n: d.rows_written for n, d in metrics.datasets.items()},
+        flushes={n: d.flushes for n, d in metrics.datasets.items()},
+        quarantined=dict(metrics.quarantined),
+        gaps=sum(metrics.gaps.values()),
+        sink_errors=metrics.sink_errors,
     )
     return out
 
 
 if __name__ == "__main__":
+    results = keep_stdout_for_results()  # the CLI's summary goes to stderr, the result line here
     spec = json.loads(Path(sys.argv[1]).read_text())
-    emit(asyncio.run(main(spec)))
+    emit(main(spec), results)

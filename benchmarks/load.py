@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from benchmarks.frames import Cursor, FramePool, bitquery_pool, blockdb_pool, coinapi_pool
+from benchmarks.probe import cpu_seconds
 from benchmarks.wire import (
     CLOSE,
     MAX_REQUEST,
@@ -55,7 +56,7 @@ class ConnStats:
     rows: int = 0
     nbytes: int = 0
     started: float = 0.0  # time.monotonic() of the first frame written
-    ended: float = 0.0
+    ended: float = 0.0  # when the round ended for this connection (its time was up, or it left)
     stopped_by_client: bool = False
 
 
@@ -67,8 +68,9 @@ class RoundResult:
     rows: int
     nbytes: int
     started: float  # monotonic: first frame of any connection
-    ended: float  # monotonic: last write of any connection
+    ended: float  # monotonic: the last connection's round ended
     connections: int
+    cpu_seconds: float = 0.0  # the load server's own CPU time during the round (this process)
     per_connection: list[ConnStats] = field(default_factory=list)
 
     @property
@@ -192,11 +194,16 @@ class _Conn(asyncio.Protocol):
                 stats.nbytes += len(piece)
             stats.frames += frames
             stats.rows += rows
-            self.last_write = stats.ended = time.monotonic()
+            self.last_write = time.monotonic()
             if not self._writable.is_set():
-                await self._writable.wait()
+                try:  # a slow client must not hold the round past its end
+                    async with asyncio.timeout_at(end):
+                        await self._writable.wait()
+                except TimeoutError:
+                    break
             elif rate is None:
                 await asyncio.sleep(0)  # let the client's unsubscribe in
+        stats.ended = time.monotonic()
 
     async def keepalive(self) -> None:
         """CoinAPI heartbeats and Bitquery pongs when nothing else went out for a second."""
@@ -342,7 +349,9 @@ class LoadServer:
         await self.wait_ready(n, timeout)
         conns = self._ready[:n]
         per = None if rate is None else rate / n
+        cpu = cpu_seconds()
         await asyncio.gather(*(c.stream(per, seconds) for c in conns))
+        cpu = cpu_seconds() - cpu
         if close_after:
             for c in conns:
                 c.close()
@@ -355,6 +364,7 @@ class LoadServer:
             started=min(started, default=time.monotonic()),
             ended=max((s.ended for s in stats), default=time.monotonic()),
             connections=len(conns),
+            cpu_seconds=cpu,
             per_connection=stats,
         )
 

@@ -22,7 +22,8 @@ OPENING: dict[str, list[bytes]] = {
     "blockdb": [b'{"action":"subscribe","chain_id":1,"dataset_id":"0304","params":{}}'],
     "bitquery": [
         b'{"type":"connection_init"}',
-        b'{"type":"subscribe","id":"1","payload":{"query":"subscription { EVM { Transfers { Block { Number } } } }"}}',
+        b'{"type":"subscribe","id":"1","payload":'
+        b'{"query":"subscription { EVM { Transfers { Block { Number } } } }"}}',
     ],
 }
 

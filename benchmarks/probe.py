@@ -16,8 +16,8 @@ import resource
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
 
 __all__ = ["Control", "Sampler", "cpu_seconds", "emit", "peak_rss_bytes", "rss_bytes"]
 
@@ -39,32 +39,64 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak RSS since it started (VmHWM).
+
+    Not getrusage's ru_maxrss: Linux carries that over from the parent across fork and exec,
+    so a child of a big harness would report the harness's size.
+    """
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
-def emit(obj: dict[str, Any]) -> None:
+def emit(obj: dict[str, Any], stream: TextIO | None = None) -> None:
     """One result line for the harness (stdout carries nothing else)."""
-    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    out = stream or sys.stdout
+    out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    out.flush()
+
+
+def keep_stdout_for_results() -> TextIO:
+    """A stream to the real stdout; fd 1 itself then goes to stderr, so nothing else lands there."""
     sys.stdout.flush()
+    results = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return results
 
 
-@dataclass(slots=True)
 class Sampler:
-    """(monotonic s, cpu s, rss bytes, messages so far) every `every` seconds."""
+    """(monotonic s, cpu s, rss bytes, messages so far) every `every` seconds, from a thread.
 
-    every: float = 0.1
-    samples: list[tuple[float, float, int, int]] = field(default_factory=list)
-    _next: float = 0.0
+    A thread, so that a consumer blocked in a long call (a dlt load, a DuckDB insert) is still
+    sampled; it needs the GIL only for a moment each time.
+    """
 
-    def maybe(self, messages: int, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if now >= self._next:
-            self._next = now + self.every
-            self.samples.append((now, cpu_seconds(), rss_bytes(), messages))
+    def __init__(self, messages: Callable[[], int], every: float = 0.1) -> None:
+        self.samples: list[tuple[float, float, int, int]] = []
+        self._messages = messages
+        self._every = every
+        self._done = threading.Event()
+        self.sample()  # the baseline: before any message
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+        self._thread.start()
 
-    def force(self, messages: int) -> None:
-        self._next = 0.0
-        self.maybe(messages)
+    def _run(self) -> None:
+        while not self._done.wait(self._every):
+            self.sample()
+
+    def sample(self) -> None:
+        self.samples.append((time.monotonic(), cpu_seconds(), rss_bytes(), self._messages()))
+
+    def stop(self) -> None:
+        """Stop sampling, with a last sample taken now."""
+        self._done.set()
+        self._thread.join()
+        self.sample()
 
 
 class Control:

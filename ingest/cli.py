@@ -84,14 +84,24 @@ def _parser() -> argparse.ArgumentParser:
 
     test = sub.add_parser("test", help="run the test suite")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    sub.add_parser(
+        "bench", help="benchmarks: throughput, latency, CPU and memory beside what users write instead"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Verbs that hand their options on untouched (argparse would try to read them itself).
+    if argv[:1] == ["test"]:
+        return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=ROOT)
+    if argv[:1] == ["bench"]:
+        sys.path.insert(0, str(ROOT))  # benchmarks/ sits beside ingest/, outside the package
+        from benchmarks.run import main as bench_main
+
+        return int(bench_main(argv[1:]) or 0)
     args = _parser().parse_args(argv)
     verb = args.verb or "run"
-    if verb == "test":
-        return subprocess.call([sys.executable, "-m", "pytest", *args.pytest_args], cwd=ROOT)
     try:
         if verb == "emulate":
             configure_logging("console")
@@ -120,10 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    from ingest.app import Daemon  # imported late: `query` need not load aiohttp
-    from ingest.live import LiveView, progress_logger
-    from ingest.summary import print_summary
-
     log_format = args.log_format or config.log_format
     configure_logging(log_format)
     # The buffers hold tens of thousands of small objects between flushes; with the default
@@ -132,6 +138,17 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     # what start-up allocated.
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+    try:
+        return _run_daemon(config, args, log_format)
+    finally:
+        gc.unfreeze()  # frozen objects are never freed: duckdb's bindings report them as leaks at exit
+
+
+def _run_daemon(config: Config, args: argparse.Namespace, log_format: str) -> int:
+    from ingest.app import Daemon  # imported late: `query` need not load aiohttp
+    from ingest.live import LiveView, progress_logger
+    from ingest.summary import print_summary
+
     live = not args.no_live and log_format == "console" and sys.stderr.isatty()
     daemon = Daemon(config)
 

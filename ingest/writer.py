@@ -94,7 +94,11 @@ class Writer:
                 self._buffer.reject(r)
             table = result.table
             self.reorgs.observe(dataset.name, table, result.positions)
-            per_sink = {sink: _newer(table, result.positions, stored[sink]) for sink in self._sinks}
+            # Only a replay can hand a sink rows it holds; in normal operation nothing to filter.
+            per_sink = {
+                sink: table if flush.first > stored[sink] else _newer(table, result.positions, stored[sink])
+                for sink in self._sinks
+            }
         writes = [self._write_sink(s, dataset, t, flush) for s, t in per_sink.items() if t.num_rows]
         await asyncio.gather(*writes)
         self._account(dataset, table, time.monotonic() - started)

@@ -24,8 +24,11 @@ log = structlog.get_logger("ingest.sinks.duckdb")
 class DuckDBSink:
     name = "duckdb"
 
-    def __init__(self, path: Path, *, instance: str = "main", lock_wait: float = 15.0) -> None:
+    def __init__(
+        self, path: Path, *, instance: str = "main", lock_wait: float = 15.0, memory_limit: str = "512MB"
+    ) -> None:
         self.path = path
+        self._memory_limit = memory_limit
         self._instance = instance
         self._lock_wait = lock_wait
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -34,6 +37,9 @@ class DuckDBSink:
     def open(self, datasets: Iterable[Dataset]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = self._connect()
+        # DuckDB's buffer pool defaults to 80% of RAM and keeps what it caches: a long-running
+        # daemon's memory would creep. Inserts need little; queries go through other processes.
+        self._con.execute(f"SET memory_limit = '{self._memory_limit}'")
         for ds in datasets:
             self._con.execute(ds.create_table_sql())
             self._add_missing_columns(ds)

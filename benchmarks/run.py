@@ -1,0 +1,227 @@
+"""`python -m benchmarks [--quick] [--json PATH] [--only SCENARIO ...]`: measure, print, save.
+
+Scenarios (all in one run of the benchmark, so the figures compare on one machine state):
+
+- `sender`: the load server alone against the null reader, per mix (its ceiling).
+- `throughput`: every mix at full speed, for the daemon and for each baseline.
+- `latency`: CoinAPI trades at 50k msg/s offered, default flush and the low-latency setting.
+- `cpu`: CoinAPI trades at 20k msg/s offered: CPU per message (and latency) for every system.
+- `scaling`: BlockDB transfers at full speed over 1, 4 and 16 concurrent subscriptions.
+- `flush`: flush `max_rows` at full speed, and `max_age_seconds` at 20k msg/s.
+
+Runs of a spec are interleaved with the others' (round after round), so drift in the host's
+load spreads over every system instead of favouring one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from benchmarks.bench_pipeline import RunSpec, run_once
+from benchmarks.report import Row, render, summaries, write_json
+
+__all__ = ["LOW_LATENCY", "SCENARIOS", "main"]
+
+SCENARIOS = ("sender", "throughput", "latency", "cpu", "scaling", "flush")
+DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
+# The documented low-latency setting (README of benchmarks/): a flush at least every 100 ms.
+LOW_LATENCY = {"max_rows": 50_000, "max_age": 0.1}
+_TARGETS = {"coinapi": 300_000.0, "blockdb": 150_000.0, "bitquery": 1_000_000.0}
+_MIX_LABELS = {"coinapi": "CoinAPI trades", "blockdb": "BlockDB transfers", "bitquery": "Bitquery transfers"}
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    runs: int  # repetitions of the daemon's runs (the median of these is shown)
+    baseline_runs: int  # naive and dlt-arrow
+    dlt_runs: int  # dlt with dicts: ~25 s a run (one 50k-row load), so fewer
+    seconds: float  # full-speed window, single-record mixes
+    bitquery_seconds: float
+    baseline_seconds: float
+    sender_seconds: float
+    rate_seconds: float  # fixed-rate windows (latency, CPU)
+    warmup: float
+    subs: tuple[int, ...]
+    max_rows: tuple[int, ...]
+    max_age: tuple[float, ...]
+    dlt_mixes: tuple[str, ...]  # dlt with dicts is slow: where it runs
+
+
+FULL = Mode(3, 3, 1, 5.0, 3.0, 3.0, 1.0, 4.0, 1.0, (1, 4, 16), (10_000, 50_000, 200_000),
+            (0.1, 0.25, 1.0, 2.0), ("coinapi", "blockdb", "bitquery"))  # fmt: skip
+QUICK = Mode(1, 1, 1, 1.0, 1.0, 1.0, 0.5, 1.5, 0.5, (1, 4), (10_000, 50_000), (0.1, 1.0), ("coinapi",))
+
+
+@dataclass(slots=True)
+class Plan:
+    """What to run (each spec once per round, `runs` rounds) and the tables that show it."""
+
+    runs: dict[RunSpec, int]
+    tables: dict[str, list[Row]]
+
+    def want(self, spec: RunSpec, n: int) -> RunSpec:
+        self.runs[spec] = max(self.runs.get(spec, 0), n)
+        return spec
+
+
+def build_plan(mode: Mode, only: set[str]) -> Plan:
+    plan = Plan({}, {"side by side": [], "how cost grows": []})
+    side, grows = plan.tables["side by side"], plan.tables["how cost grows"]
+    full = {mix: mode.bitquery_seconds if mix == "bitquery" else mode.seconds for mix in _MIX_LABELS}
+
+    def ingest(mix: str, **kw: Any) -> RunSpec:
+        kw.setdefault("seconds", full[mix])
+        return plan.want(RunSpec("ingest", mix, warmup=mode.warmup, **kw), mode.runs)
+
+    def baseline(system: str, mix: str, **kw: Any) -> RunSpec:
+        kw.setdefault("seconds", mode.baseline_seconds)
+        runs = mode.dlt_runs if system == "dlt" else mode.baseline_runs
+        return plan.want(RunSpec(system, mix, warmup=mode.warmup, **kw), runs)
+
+    def baselines(mix: str, **kw: Any) -> dict[str, RunSpec]:
+        systems = ["naive", "dlt-arrow"] + (["dlt"] if mix in mode.dlt_mixes else [])
+        return {s: baseline(s, mix, **kw) for s in systems}
+
+    def sender(mix: str) -> RunSpec:
+        return plan.want(RunSpec("null", mix, seconds=mode.sender_seconds), mode.runs)
+
+    if "sender" in only or "throughput" in only:
+        for mix in _MIX_LABELS:
+            null = sender(mix)
+            if "throughput" not in only:
+                continue
+            specs = {**baselines(mix), "ingest": ingest(mix)}
+            unit, metric, sent = ("rows/s", "rows_per_s", "sender_rows_per_s")
+            if mix != "bitquery":
+                unit, metric, sent = ("msg/s", "msgs_per_s", "sender_frames_per_s")
+            target = (">=", _TARGETS[mix])
+            side.append(Row(f"{_MIX_LABELS[mix]}, full speed", metric, specs, unit, target, (null, sent)))
+            if mix == "bitquery":
+                side.append(Row("  (messages, ~117 rows each)", "msgs_per_s", specs, "msg/s", None,
+                                (null, "sender_frames_per_s")))  # fmt: skip
+            side.append(Row("  peak RSS", "peak_rss_mb", specs, "MB", ("<", 500.0)))
+            side.append(Row("  rows stored = rows read (ingest: = sent, in both sinks)", "rows_match", specs))
+        if "throughput" not in only:
+            for mix in _MIX_LABELS:
+                specs = {"null": sender(mix)}
+                side.append(Row(f"{_MIX_LABELS[mix]}: sender alone", "sender_frames_per_s", specs, "msg/s"))
+    if "cpu" in only:
+        rate = 20_000.0
+        specs = {**baselines("coinapi", rate=rate, seconds=mode.rate_seconds),
+                 "ingest": ingest("coinapi", rate=rate, seconds=mode.rate_seconds, latency=True)}  # fmt: skip
+        side.append(Row("CoinAPI at 20k msg/s: CPU per message", "cpu_us_per_msg", specs, "µs", ("<", 10.0)))
+        side.append(Row("  messages/s read while offered (kept up?)", "read_msgs_per_s", specs, "msg/s", None,
+                        (specs["ingest"], "sender_frames_per_s")))  # fmt: skip
+        side.append(Row("  peak RSS", "peak_rss_mb", specs, "MB", ("<", 500.0)))
+    if "latency" in only:
+        for label, flush, bound in (("default flush (50k rows / 1 s)", {}, 1500.0),
+                                    ("low-latency flush (max_age 0.1 s)", LOW_LATENCY, 250.0)):  # fmt: skip
+            spec = ingest("coinapi", rate=50_000.0, seconds=mode.rate_seconds, latency=True, **flush)
+            specs = {"ingest": spec}
+            sent = (spec, "sender_frames_per_s")
+            side.append(Row(f"CoinAPI at 50k msg/s, {label}: receive→queryable p50", "queryable_p50_ms",
+                            specs, "ms", None, sent))  # fmt: skip
+            side.append(Row("  receive→queryable p99", "queryable_p99_ms", specs, "ms", ("<", bound)))
+            side.append(Row("  receive→durable in both sinks p99", "durable_p99_ms", specs, "ms"))
+            side.append(Row("  CPU per message", "cpu_us_per_msg", specs, "µs"))
+            side.append(Row("  peak RSS", "peak_rss_mb", specs, "MB", ("<", 500.0)))
+    if "scaling" in only:
+        for n in mode.subs:
+            spec = ingest("blockdb", subs=n)
+            specs = {"ingest": spec}
+            label = f"BlockDB full speed, {n} subscription(s): throughput"
+            grows.append(Row(label, "msgs_per_s", specs, "msg/s"))
+            grows.append(Row("  peak RSS", "peak_rss_mb", specs, "MB", ("<", 500.0)))
+    if "flush" in only:
+        for rows in mode.max_rows:
+            specs = {"ingest": ingest("coinapi", max_rows=rows)}
+            label = f"CoinAPI full speed, max_rows {rows:,}: throughput"
+            grows.append(Row(label, "msgs_per_s", specs, "msg/s"))
+            grows.append(Row("  peak RSS", "peak_rss_mb", specs, "MB", ("<", 500.0)))
+        for age in mode.max_age:
+            spec = ingest("coinapi", rate=20_000.0, seconds=mode.rate_seconds, latency=True, max_age=age)
+            specs = {"ingest": spec}
+            grows.append(Row(f"CoinAPI at 20k msg/s, max_age {age:g} s: queryable p50", "queryable_p50_ms",
+                             specs, "ms"))  # fmt: skip
+            grows.append(Row("  queryable p99", "queryable_p99_ms", specs, "ms"))
+            grows.append(Row("  CPU per message", "cpu_us_per_msg", specs, "µs"))
+            grows.append(Row("  peak RSS", "peak_rss_mb", specs, "MB"))
+    return plan
+
+
+def _line(spec: RunSpec, r: dict[str, Any], seconds: float) -> str:
+    if "error" in r:
+        return f"{spec.label()}: [red]{r['error']}[/red]"
+    keys = ("sender_frames_per_s", "msgs_per_s", "rows_per_s", "peak_rss_mb", "cpu_us_per_msg",
+            "queryable_p50_ms", "queryable_p99_ms", "rows_match")  # fmt: skip
+    shown = " ".join(f"{k}={r[k]:.4g}" if isinstance(r[k], float) else f"{k}={r[k]}" for k in keys if k in r)
+    return f"{spec.label()} ({seconds:.1f} s): {shown}"
+
+
+async def _run_all(plan: Plan, workdir: Path, console: Console, keep: bool) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    rounds = max(plan.runs.values(), default=0)
+    total = sum(plan.runs.values())
+    for r in range(rounds):
+        for spec, n in plan.runs.items():
+            if r >= n:
+                continue
+            started = time.monotonic()
+            result = await run_once(spec, workdir, keep=keep)
+            result["round"] = r + 1
+            result["wall_s"] = time.monotonic() - started
+            results.append(result)
+            console.print(f"[dim][{len(results)}/{total}][/dim] {_line(spec, result, result['wall_s'])}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="one short run of each, under ~2 minutes")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file (default: %(default)s)")
+    parser.add_argument("--only", action="append", choices=SCENARIOS, help="only this scenario (repeatable)")
+    parser.add_argument("--runs", type=int, help="repetitions per spec (default 3, quick 1)")
+    parser.add_argument("--workdir", type=Path, help="where runs write their data (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep every run's data directory")
+    args = parser.parse_args(argv)
+    mode = QUICK if args.quick else FULL
+    if args.runs:
+        mode = replace(mode, runs=args.runs, baseline_runs=args.runs, dlt_runs=min(args.runs, mode.dlt_runs))
+    only = set(args.only or SCENARIOS)
+    plan = build_plan(mode, only)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    started = datetime.datetime.now(datetime.UTC)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ingest-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]ingest benchmark[/bold] ({'quick' if args.quick else 'full'}): "
+                  f"{sum(plan.runs.values())} runs, data in {workdir}")  # fmt: skip
+    t0 = time.monotonic()
+    try:
+        results = asyncio.run(_run_all(plan, workdir, console, args.keep))
+    finally:
+        if args.workdir is None and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    stats = summaries(results)
+    for name, rows in plan.tables.items():
+        if rows:
+            render(console, rows, stats, title=f"{name} — median (min..max) of each system's runs")
+    options = {"quick": args.quick, "only": sorted(only), "mode": asdict(mode)}
+    write_json(args.json, results=results, stats=stats, tables=plan.tables, options=options, started=started,
+               extra={"total_seconds": time.monotonic() - t0})  # fmt: skip
+    failed = [r for r in results if "error" in r]
+    console.print(f"results: {args.json} ({len(results)} runs, {len(failed)} failed, "
+                  f"{time.monotonic() - t0:.0f} s)")  # fmt: skip
+    return 1 if failed else 0

@@ -1,0 +1,71 @@
+"""Smoke test of the benchmark harness: every scenario's smallest configuration, a second or two each.
+
+Checks the shape of the JSON it writes and that the daemon stored exactly the rows the load
+server sent (in DuckDB and in Parquet, each record once); timings are not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("dlt", reason="the bench extra (dlt) is not installed")
+
+from benchmarks.run import SCENARIOS, main
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "results.json"
+    code = main(["--quick", "--json", str(out), "--workdir", str(tmp / "runs")])
+    doc = json.loads(out.read_text())
+    failed = [(r["label"], r["error"], r.get("run_dir")) for r in doc["runs"] if "error" in r]
+    assert code == 0 and not failed, failed
+    return doc
+
+
+def test_json_has_machine_options_summaries_tables_and_runs(results):
+    """The results file names the machine and packages, every scenario, and every run."""
+    machine = results["machine"]
+    assert machine["cores"] >= 1 and machine["cpu_model"] and machine["python"]
+    assert {"ingest", "duckdb", "pyarrow", "aiohttp", "dlt"} <= set(machine["packages"])
+    assert results["options"]["quick"] is True
+    assert sorted(results["options"]["only"]) == sorted(SCENARIOS)
+    assert {r["spec"]["system"] for r in results["runs"]} == {"ingest", "naive", "dlt", "dlt-arrow", "null"}
+    labels = set(results["summaries"])
+    for rows in results["tables"].values():
+        assert rows
+        for row in rows:
+            assert set(row["specs"].values()) <= labels
+    for summary in results["summaries"].values():
+        for metric in summary["metrics"].values():
+            assert set(metric) == {"median", "min", "max", "values"}
+
+
+def test_daemon_stores_every_row_sent_once_in_both_sinks(results):
+    """For every run of the daemon, DuckDB and Parquet hold exactly the rows sent, each once."""
+    runs = [r for r in results["runs"] if r["spec"]["system"] == "ingest"]
+    assert {r["spec"]["mix"] for r in runs} == {"coinapi", "blockdb", "bitquery"}
+    for r in runs:
+        assert r["sent_rows"] > 0
+        assert r["duckdb_rows"] == r["parquet_rows"] == r["sent_rows"], r["label"]
+        assert r["duckdb_distinct_keys"] == r["sent_rows"], r["label"]
+        assert r["quarantined"] == 0 and r["gaps"] == 0 and not r["failed"], r["label"]
+        assert r["rows_match"] and r["unique_match"] and not r["drain_timed_out"]
+        if r["spec"]["latency"]:
+            assert r["latency_rows"] > 0 and r["queryable_p99_ms"] >= r["queryable_p50_ms"] > 0
+
+
+def test_baselines_store_what_they_read_and_the_sender_is_measured_alone(results):
+    """Each baseline's table holds the rows it read; the null reader gives the sender's own rate."""
+    for r in results["runs"]:
+        system = r["spec"]["system"]
+        if system in ("naive", "dlt", "dlt-arrow"):
+            assert r["duckdb_rows"] > 0 and r["rows_match"], r["label"]
+            assert r["messages_read"] <= r["sent_frames"]
+        elif system == "null":
+            assert r["sent_frames"] > 0 and r["sender_frames_per_s"] > 0
