@@ -3,8 +3,9 @@
 A journal is a directory of segment files named by the position of their first record. A
 record is `length | crc32 | body`, the body `position | received_at | kind | stream | payload`.
 Positions number records from 1 and never repeat, so a row's position says which frame it came
-from and how far each sink got. Appends go to a memory buffer written out in large writes, and
-the file is fsynced on a short interval rather than per frame. A record torn by a crash (short,
+from and how far each sink got. Appends queue the record's header and the frame itself (never a
+copy of it), written out in large gathered writes (writev), and the file is fsynced on a short
+interval rather than per frame. A record torn by a crash (short,
 or failing its checksum) ends its segment's readable part and is skipped with a log line.
 """
 
@@ -97,7 +98,8 @@ class Journal:
         self._segment_bytes = segment_bytes
         self._write_bytes = write_bytes
         self._sync_interval = sync_interval
-        self._buffer = bytearray()
+        self._pieces: list[bytes] = []  # headers and payloads not yet handed to the OS
+        self._pending = 0  # their bytes
         self._fd = -1
         self._segment: Path | None = None
         self._segment_size = 0
@@ -147,27 +149,24 @@ class Journal:
         position = self.next_position
         self.next_position = position + 1
         head = _HEAD.pack(position, received_at, kind, len(name)) + name
-        buffer = self._buffer
         # The checksum runs over head then payload without joining them: no copy of the frame.
-        buffer += _PREFIX.pack(len(head) + len(payload), zlib.crc32(payload, zlib.crc32(head)))
-        buffer += head
-        buffer += payload
-        if len(buffer) >= self._write_bytes:
+        crc = zlib.crc32(payload, zlib.crc32(head))
+        size = len(head) + len(payload)
+        self._pieces += (_PREFIX.pack(size, crc) + head, payload)
+        self._pending += _PREFIX.size + size
+        if self._pending >= self._write_bytes:
             self.write()
         return position
 
     def write(self) -> None:
-        """Hand the buffered records to the OS (they survive a killed process from here on)."""
-        if not self._buffer:
+        """Hand the queued records to the OS (they survive a killed process from here on)."""
+        if not self._pieces:
             return
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._segment_size += len(data)
-        self.bytes_written += len(data)
+        pieces, size = self._pieces, self._pending
+        self._pieces, self._pending = [], 0
+        _write_all(self._fd, pieces)
+        self._segment_size += size
+        self.bytes_written += size
         self._dirty = True
         if self._segment_size >= self._segment_bytes:
             self.sync()
@@ -220,6 +219,20 @@ class Journal:
         if delete:
             for path in segment_files(self.directory):
                 path.unlink(missing_ok=True)
+
+
+_IOV_MAX = 1024  # Linux's limit of buffers per writev
+
+
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    """Write every piece in order with as few system calls as the kernel allows."""
+    for start in range(0, len(pieces), _IOV_MAX):
+        batch = pieces[start : start + _IOV_MAX]
+        written = os.writev(fd, batch)
+        if written < sum(map(len, batch)):  # a short write (rare for files): finish piece by piece
+            rest = memoryview(b"".join(batch))[written:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,10 +1,12 @@
 """Consumes flushes: builds the Arrow table and writes every sink, off the event loop.
 
-Work per flush, not per message: one decode, one table, one append per sink. Sinks run in
-worker threads (pyarrow and DuckDB release the GIL, so the second core does real work), each
-sink in its own thread so a slow one does not hold the other. A failing sink is retried with
-backoff and the flush keeps its place, so nothing is dropped; meanwhile the buffer's byte limit
-makes the readers wait.
+Work per flush, not per message: one decode, one table, one append per sink. Two stages run
+as a pipeline: while the sinks store flush k, flush k+1 is already being built, so building and
+storing overlap instead of taking turns. Both run in worker threads (pyarrow and DuckDB release
+the GIL, so the second core does real work), each sink in its own thread so a slow one does not
+hold the other. Flushes reach every sink in the order they were sealed. A failing sink is
+retried with backoff and the flush keeps its place, so nothing is dropped; meanwhile the
+buffer's byte limit makes the readers wait.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,26 +55,40 @@ class Writer:
 
     async def run(self) -> None:
         """Write flushes in order until the buffer is closed and drained."""
+        built: asyncio.Queue[_Built | None] = asyncio.Queue(maxsize=1)  # one table ready ahead
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._store_all(built), name="writer-store")
+            await self._build_all(built)
+
+    async def _build_all(self, built: asyncio.Queue[_Built | None]) -> None:
         closed = False
         while True:
             flush = await self._buffer.next_flush()
             if flush is None:
                 if closed:
+                    await built.put(None)
                     return
                 # Shutting down: reorgs still open are recorded now (no newer block will close them).
                 closed = True
                 self.reorgs.close()
                 continue
             try:
-                await self._write(flush)
-            finally:
+                item = await self._build(flush)
+            except BaseException:
                 self._buffer.done(flush)
+                raise
+            await built.put(item)
 
-    async def _write(self, flush: Flush) -> None:
+    async def _store_all(self, built: asyncio.Queue[_Built | None]) -> None:
+        while (item := await built.get()) is not None:
+            try:
+                await self._store(item)
+            finally:
+                self._buffer.done(item.flush)
+
+    async def _build(self, flush: Flush) -> _Built:
         dataset = self._registry[flush.dataset]
         started = time.monotonic()
-        if self._before_write is not None:
-            self._before_write()  # the journal holds every frame before any of its rows is stored
         if dataset.kind == "values":
             # Derived rows (quarantine, gaps) carry deterministic ids instead: readers count ids.
             table = values_table(dataset, flush.values)
@@ -82,26 +99,31 @@ class Writer:
             elif flush.dataset == GAPS:
                 for row in flush.values:
                     self._metrics.gaps[(row["provider"], row["kind"])] += 1
-        else:
-            stored = {sink: sink.checkpoint(dataset.name) for sink in self._sinks}
-            floor = min(stored.values(), default=0)
-            # Frames every sink already holds (a journal replay) are not even decoded again.
-            chunks = [c for c in flush.chunks if not c.position or c.position > floor]
-            result = (
-                await asyncio.to_thread(build_table, dataset, chunks) if chunks else _empty_result(dataset)
-            )
-            for r in result.rejected:  # records the schema could not take go to quarantine
-                self._buffer.reject(r)
-            table = result.table
-            self.reorgs.observe(dataset.name, table, result.positions)
-            # Only a replay can hand a sink rows it holds; in normal operation nothing to filter.
-            per_sink = {
-                sink: table if flush.first > stored[sink] else _newer(table, result.positions, stored[sink])
-                for sink in self._sinks
-            }
-        writes = [self._write_sink(s, dataset, t, flush) for s, t in per_sink.items() if t.num_rows]
+            return _Built(flush, dataset, table, per_sink, started)
+        stored = {sink: sink.checkpoint(dataset.name) for sink in self._sinks}
+        floor = min(stored.values(), default=0)
+        # Frames every sink already holds (a journal replay) are not even decoded again.
+        chunks = [c for c in flush.chunks if not c.position or c.position > floor]
+        result = await asyncio.to_thread(build_table, dataset, chunks) if chunks else _empty_result(dataset)
+        for r in result.rejected:  # records the schema could not take go to quarantine
+            self._buffer.reject(r)
+        table = result.table
+        self.reorgs.observe(dataset.name, table, result.positions)
+        # Only a replay can hand a sink rows it holds; in normal operation nothing to filter.
+        per_sink = {
+            sink: table if flush.first > stored[sink] else _newer(table, result.positions, stored[sink])
+            for sink in self._sinks
+        }
+        return _Built(flush, dataset, table, per_sink, started)
+
+    async def _store(self, item: _Built) -> None:
+        if self._before_write is not None:
+            self._before_write()  # the journal holds every frame before any of its rows is stored
+        writes = [
+            self._write_sink(s, item.dataset, t, item.flush) for s, t in item.per_sink.items() if t.num_rows
+        ]
         await asyncio.gather(*writes)
-        self._account(dataset, table, time.monotonic() - started)
+        self._account(item.dataset, item.table, time.monotonic() - item.started)
 
     async def _write_sink(self, sink: Sink, dataset: Dataset, table: pa.Table, flush: Flush) -> None:
         retrying = AsyncRetrying(
@@ -144,6 +166,17 @@ class Writer:
             latest = pc.max(table["_event_time"]).cast(pa.int64()).as_py()
             if latest is not None and (stats.last_event_time is None or latest > stats.last_event_time):
                 stats.last_event_time = latest
+
+
+@dataclass(slots=True)
+class _Built:
+    """A flush turned into a table (and what each sink still lacks of it), ready to store."""
+
+    flush: Flush
+    dataset: Dataset
+    table: pa.Table
+    per_sink: dict[Sink, pa.Table]
+    started: float
 
 
 def _empty_result(dataset: Dataset) -> BuildResult:
