@@ -72,7 +72,9 @@ class Daemon:
         if storage.parquet_root is not None:
             sinks.append(ParquetSink(storage.lake(), self.config.instance))
         if storage.duckdb_path is not None:
-            sinks.append(DuckDBSink(storage.duckdb_path, instance=self.config.instance))
+            sinks.append(
+                DuckDBSink(storage.duckdb_path, instance=self.config.instance, keep_raw=storage.duckdb_raw)
+            )
         return sinks
 
     async def _start_emulator(self, provider: ProviderConfig, key: str) -> str:

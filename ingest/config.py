@@ -80,6 +80,7 @@ class StorageConfig:
     duckdb_path: Path | None
     parquet_root: str | None  # a local directory or a filesystem URI
     journal_dir: Path | None = None  # write-ahead journal of every frame; None = off
+    duckdb_raw: bool = False  # also keep each row's raw JSON in DuckDB (the lake always has it)
     endpoint: str | None = None  # S3-compatible endpoint for an s3:// Parquet root
     region: str | None = None
     allow_http: bool = False
@@ -178,7 +179,7 @@ def _typename(typ: type | tuple[type, ...]) -> str:
 
 
 def _storage(t: _Table, base: Path) -> StorageConfig:
-    t.only("data_dir", "duckdb", "parquet", "journal", "endpoint", "region", "allow_http")
+    t.only("data_dir", "duckdb", "duckdb_raw", "parquet", "journal", "endpoint", "region", "allow_http")
     data_dir = base / t.get("data_dir", str, "data")
     duckdb = t.get("duckdb", (bool, str), True)
     parquet = t.get("parquet", (bool, str), True)
@@ -199,6 +200,7 @@ def _storage(t: _Table, base: Path) -> StorageConfig:
         duckdb_path=duckdb_path,
         parquet_root=parquet_root,
         journal_dir=journal_dir,
+        duckdb_raw=t.get("duckdb_raw", bool, False),
         endpoint=t.get("endpoint", (str, type(None)), None),
         region=t.get("region", (str, type(None)), None),
         allow_http=t.get("allow_http", bool, False),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -139,20 +139,27 @@ class Dataset:
         return tuple(c for c in self.columns if not c.context and c.split is None)
 
     @property
+    def raw_only(self) -> bool:
+        """No typed payload columns (the generic datasets): `_raw` is the record's only copy."""
+        return self.kind == "records" and not self.payload_columns
+
+    @property
     def context_columns(self) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if c.context)
 
-    def duckdb_columns(self) -> list[tuple[str, str]]:
+    def duckdb_columns(self, exclude: Collection[str] = ()) -> list[tuple[str, str]]:
         """(name, DuckDB type) for every column of the table, in Arrow schema order."""
         out: list[tuple[str, str]] = []
         for col in self.all_columns():
+            if col.name in exclude:
+                continue
             out.append((col.name, col.duckdb_type))
             if col.has_approx:
                 out.append((col.name + APPROX_SUFFIX, "DOUBLE"))
         return out
 
-    def create_table_sql(self) -> str:
-        cols = ", ".join(f"{quote_ident(n)} {t}" for n, t in self.duckdb_columns())
+    def create_table_sql(self, exclude: Collection[str] = ()) -> str:
+        cols = ", ".join(f"{quote_ident(n)} {t}" for n, t in self.duckdb_columns(exclude))
         return f"CREATE TABLE IF NOT EXISTS {quote_ident(self.name)} ({cols})"
 
 

@@ -50,6 +50,7 @@ def test_defaults(tmp_path):
     assert config.storage.parquet_root == str(tmp_path / "data" / "parquet")
     assert config.providers[0].auth.location == "header"
     assert config.providers[0].subscriptions[0].name == "1:0101"
+    assert config.storage.duckdb_raw is False  # the lake keeps _raw; DuckDB only when asked
 
 
 @pytest.mark.parametrize(
@@ -61,6 +62,7 @@ def test_defaults(tmp_path):
         ("flush.max_age_seconds", True, "flush.max_age_seconds: expected"),
         ("flush.max_pending_bytes", 10, "flush.max_pending_bytes: must be at least max_bytes"),
         ("storage.duckdb", 3, "storage.duckdb: expected"),
+        ("storage.duckdb_raw", "yes", "storage.duckdb_raw: expected"),
         ("log_format", "xml", "log_format"),
         ("providers.blockdb.url", "http://example.com", "providers.blockdb.url"),
         ("providers.blockdb.kind", "nope", "providers.blockdb.kind: unknown provider 'nope'"),

@@ -132,8 +132,55 @@ def test_duckdb_table_matches_the_declaration_and_holds_the_rows(tmp_path, regis
     ).fetchone() == (str(10**30 + 7),)
 
 
+@pytest.mark.parametrize("keep_raw", [False, True])
+def test_duckdb_keeps_the_raw_json_only_when_asked(tmp_path, registry, keep_raw):
+    ds = registry["blockdb_transfers"]
+    table = transfers(registry, 3)
+    sink = DuckDBSink(tmp_path / "ingest.duckdb", keep_raw=keep_raw)
+    sink.open(registry.values())
+    sink.write(ds, table, 1, 3)
+    sink.close()
+    con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
+    columns = [row[0] for row in con.execute("DESCRIBE blockdb_transfers").fetchall()]
+    assert ("_raw" in columns) is keep_raw
+    assert len(columns) == len(ds.arrow_schema) - (not keep_raw)
+    if keep_raw:
+        assert [r for (r,) in con.execute("SELECT _raw FROM blockdb_transfers").fetchall()] == table[
+            "_raw"
+        ].to_pylist()
+    assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(3,)]
+
+
+def test_generic_datasets_keep_raw_in_duckdb_as_it_is_their_payload(tmp_path, registry):
+    ds = registry["blockdb_generic"]
+    record = b'{"anything": [1, 2], "_tracing_id": "g1"}'
+    table = build_table(
+        ds, [Rows("blockdb", ds.name, "s", [record], T0, {"chain_id": 1, "dataset_id": "0999"})]
+    )
+    sink = DuckDBSink(tmp_path / "ingest.duckdb")
+    sink.open(registry.values())
+    sink.write(ds, table.table, 1, 1)
+    sink.close()
+    con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
+    assert con.execute("SELECT _raw FROM blockdb_generic").fetchall() == [(record.decode(),)]
+
+
+def test_a_table_made_with_raw_still_takes_rows_without_it(tmp_path, registry):
+    ds = registry["blockdb_transfers"]
+    for keep_raw in (True, False):  # a file from a daemon that kept _raw, reopened by one that does not
+        sink = DuckDBSink(tmp_path / "ingest.duckdb", keep_raw=keep_raw)
+        sink.open(registry.values())
+        sink.write(ds, transfers(registry, 2), 0, 0)
+        sink.close()
+    con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
+    assert con.execute("SELECT count(_raw), count(*) FROM blockdb_transfers").fetchall() == [(2, 4)]
+
+
 def test_both_sinks_read_back_identically_through_the_query_views(tmp_path, registry):
-    """`query` over the DuckDB file and over the Parquet files sees the same rows and types."""
+    """`query` over the DuckDB file and over the Parquet files sees the same rows and types.
+
+    Only `_raw` differs: the lake keeps it, DuckDB by default does not.
+    """
     ds = registry["blockdb_transfers"]
     table = transfers(registry, 30)
     for sink in (ParquetSink(str(tmp_path / "parquet"), "main"), DuckDBSink(tmp_path / "ingest.duckdb")):
@@ -144,7 +191,7 @@ def test_both_sinks_read_back_identically_through_the_query_views(tmp_path, regi
     via_pq, src_pq = connect_for_query(registry, None, str(tmp_path / "parquet"))
     assert (src_db, src_pq) == ("duckdb", "parquet")
     sql = "SELECT * FROM blockdb_transfers ORDER BY _tracing_id"
-    a, b = via_db.sql(sql).to_arrow_table(), via_pq.sql(sql).to_arrow_table()
+    a, b = via_db.sql(sql).to_arrow_table(), via_pq.sql(sql).to_arrow_table().drop_columns(["_raw"])
     assert a.schema.equals(b.schema)
     assert a.equals(b)
     # a dataset with no files yet is an empty view with the same columns, not an error

@@ -1,4 +1,9 @@
-"""DuckDB sink: one table per dataset, created from the declaration, appended a flush at a time."""
+"""DuckDB sink: one table per dataset, created from the declaration, appended a flush at a time.
+
+`_raw` (each row's JSON as received) stays out of DuckDB unless asked for: it is the widest
+column by far and halves DuckDB's insert rate, and the Parquet lake keeps it for every row.
+Datasets whose only payload is `_raw` (the generic ones) keep it everywhere.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from ingest.views import apply_views
 __all__ = ["POSITIONS", "DuckDBSink"]
 
 POSITIONS = "_ingest_positions"  # per instance and dataset: the last journal position stored
+RAW = "_raw"
 
 log = structlog.get_logger("ingest.sinks.duckdb")
 
@@ -25,9 +31,16 @@ class DuckDBSink:
     name = "duckdb"
 
     def __init__(
-        self, path: Path, *, instance: str = "main", lock_wait: float = 15.0, memory_limit: str = "512MB"
+        self,
+        path: Path,
+        *,
+        instance: str = "main",
+        lock_wait: float = 15.0,
+        memory_limit: str = "512MB",
+        keep_raw: bool = False,
     ) -> None:
         self.path = path
+        self._keep_raw = keep_raw
         self._memory_limit = memory_limit
         self._instance = instance
         self._lock_wait = lock_wait
@@ -41,7 +54,7 @@ class DuckDBSink:
         # daemon's memory would creep. Inserts need little; queries go through other processes.
         self._con.execute(f"SET memory_limit = '{self._memory_limit}'")
         for ds in datasets:
-            self._con.execute(ds.create_table_sql())
+            self._con.execute(ds.create_table_sql(self._omitted(ds)))
             self._add_missing_columns(ds)
         self._con.execute(
             f"CREATE TABLE IF NOT EXISTS {POSITIONS} (instance VARCHAR, dataset VARCHAR, position BIGINT, "
@@ -52,6 +65,9 @@ class DuckDBSink:
         ).fetchall()
         self._checkpoints = dict(rows)
         apply_views(self._con)
+
+    def _omitted(self, ds: Dataset) -> tuple[str, ...]:
+        return () if self._keep_raw or ds.raw_only or ds.kind != "records" else (RAW,)
 
     def checkpoint(self, dataset: str) -> int:
         return self._checkpoints.get(dataset, 0)
@@ -78,13 +94,15 @@ class DuckDBSink:
                 "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [ds.name]
             ).fetchall()
         }
-        for name, typ in ds.duckdb_columns():
+        for name, typ in ds.duckdb_columns(self._omitted(ds)):
             if name not in existing:
                 self._con.execute(f"ALTER TABLE {quote_ident(ds.name)} ADD COLUMN {quote_ident(name)} {typ}")
 
     def write(self, dataset: Dataset, table: pa.Table, first: int, last: int) -> list[str]:
         con = self._con
         assert con is not None, "open() first"
+        if omitted := self._omitted(dataset):
+            table = table.drop_columns([c for c in omitted if c in table.column_names])  # zero-copy
         con.register("_ingest_batch", table)
         try:
             # The rows and how far they reach commit together: after a crash both or neither.
