@@ -333,3 +333,106 @@ def test_query_file_next_to_the_config(tmp_path):
 def test_subprotocol_option_is_validated():
     with pytest.raises(ConfigError, match=r"p\.subprotocol"):
         BitqueryProtocol.parse_options({"subprotocol": "graphql"}, "p")
+
+
+ALIASED = """subscription { EVM(network: eth) { Transfers { Block { n: Number }
+  Transfer { a: Amount Amount b: Amount(in: USD) Currency { sym: Symbol } }
+  Args: Arguments { name: Name } total: sum(of: Transfer_Amount) } } }"""
+
+
+def test_aliases_map_back_exactly_and_raw_keeps_the_rows_as_received():
+    p = proto({"name": "t", "query": ALIASED})
+    handshake(p)
+    rows = [
+        rb'{"Block":{"n":"5"},"Transfer":{"a":"1","Amount":"2","b":"3","Currency":{"sym":"caf\u00e9 \"x\""}},'
+        rb'"Args":[{"name":"p"},{"name":"q"}],"total":"9","extra":null}',
+        b'{"Transfer":{"a":"1","b":"3"}}',  # without the field itself, the first alias takes its name
+        b'{"Transfer":{"b":"3","a":"1"}}',
+        b'{ "Block" : { "n" : 6 } }',
+        b'{"Block":null,"Args":[],"Transfer":{"Currency":[{"sym":"A"},{"sym":"B"}]}}',
+    ]
+    frame = b'{"type":"next","id":"1","payload":{"data":{"EVM":{"Transfers":[%s]}}}}' % b",\n ".join(rows)
+    _, event = p.receive(frame, 1)
+    assert event.raw == rows
+    assert event.records == [
+        b'{"Block":{"Number":"5"},"Transfer":{"a":"1","Amount":"2","b":"3",'
+        b'"Currency":{"Symbol":"caf\xc3\xa9 \\"x\\""}},'
+        b'"Arguments":[{"Name":"p"},{"Name":"q"}],"extra":null,"metrics":{"total":"9"}}',
+        b'{"Transfer":{"Amount":"1","b":"3"}}',
+        b'{"Transfer":{"Amount":"3","a":"1"}}',
+        b'{"Block":{"Number":6}}',
+        b'{"Block":null,"Arguments":[],"Transfer":{"Currency":[{"Symbol":"A"},{"Symbol":"B"}]}}',
+    ]
+
+
+def test_rows_without_aliases_are_the_bytes_received():
+    p = proto({"name": "b", "query": BLOCKS})
+    handshake(p)
+    rows = [b'{"Block": {"Number":"1"}}', b'{"Block":{"Hash":"\\u0041\\"","L":[1, [2]]}}']
+    raw = b'{"type":"next","id":"1","payload":{"data":{"EVM":{"Blocks":[ %s ,\n\t%s]}}}}' % tuple(rows)
+    _, event = p.receive(raw, 1)
+    assert event.records == rows
+    assert event.raw is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"null", b"{}", b'{"EVM":null}', b'{"EVM":{}}', b'{"EVM":{"Blocks":null}}', b'{"EVM":{"Blocks":[]}}'],
+)
+def test_empty_results_are_no_events_and_no_ack(data):
+    p = proto({"name": "b", "query": BLOCKS})
+    handshake(p)
+    assert p.receive(b'{"type":"next","id":"1","payload":{"data":%s}}' % data, 1) == []
+    _, rows = p.receive(b'{"type":"next","id":"1","payload":{"data":{"EVM":{"Blocks":[{}]}}}}', 2)
+    assert p.receive(b'{"type":"next","id":"1","payload":{"data":{"EVM":{"Blocks":[{}]}}}}', 2) == [rows]
+
+
+def test_a_rejected_frame_does_not_count_as_the_first_data():
+    p = proto({"name": "b", "query": BLOCKS})
+    handshake(p)
+    half_bad = b'{"type":"next","id":"1","payload":{"data":{"EVM":{"Blocks":[{}]},"Tron":[1]}}}'
+    assert [type(e) for e in p.receive(half_bad, 1)] == [Rejected]
+    good = b'{"type":"next","id":"1","payload":{"data":{"EVM":{"Blocks":[{}]}}}}'
+    assert [type(e) for e in p.receive(good, 2)] == [SubscriptionAcked, Rows]
+
+
+# Data frames are read in one typed pass; any frame that pass cannot take goes to the general reader.
+# Both must give the same events: these frames, of every shape, are read by both and compared.
+SHAPES = [
+    b'{"type":"data","id":"1","payload":{"data":{"EVM":{"Transfers":[{"Block":{"n":"1"}}]}}}}',
+    b'{"type":"data","id":1,"payload":{"data":{"EVM":{"Transfers":[{"Block":{"n":"1"}}]}}}}',
+    b'{"type":"data","id":"7","payload":{"data":{"EVM":{"Transfers":[{"a":1}]}}}}',  # unknown operation
+    b'{"type":"data","id":"1","payload":{"data":{"EVM":{"Transfers":{"Block":{"n":"1"}}}}}}',  # one row
+    b'{"type":"data","id":"1","payload":{"data":{"EVM":{"Transfers":"x"}}}}',
+    b'{"type":"data","id":"1","payload":{"data":{"EVM":{"Transfers":[1,"a",null,[{"n":2}]]}}}}',
+    b'{"type":"data","id":"1","payload":{"data":{"EVM":{"Transfers":[{"a":1}],"Blocks":[{"b":2}]},"X":null}}}',
+    b'{"type":"data","id":"1","payload":{"data":{"EVM":{"Transfers":[{"a":1}]}},"errors":[{"message":"m"}]}}',
+    b'{"type":"data","id":"1","payload":{"errors":[{"message":"only errors"}]}}',
+    b'{"type":"data","id":"1","payload":{"data":{"EVM":{"Transfers":[{"a":"\\ud83d\\ude00\\u00e9"}]}}}}',
+    b'{"type":"data","id":"1","payload":{"data":{"EVM":{"Transfers":[{"a":1}]}}},"extra":[{"x":1}]}',
+    b' {"payload" : {"data":{"EVM" : {"Transfers" : [ {"a" : 1} ]}}}, "id":"1", "type":"data"} ',
+    b'{"type":"data","id":"1","payload":{"data":{"EVM":{"Transfers":[{"a":1}]}}}',  # truncated
+    b'{"type":"data","id":"1","payload":{"data":{"EVM":{"Transfers":[{"a":1},]}}}}',
+    b'{"type":"data","id":"1","payload":{"data":{"EVM":[1]}}}',
+    b'{"type":"data","id":"1","payload":{"data":[]}}',
+    b'{"type":"data","id":"1","payload":null}',
+    b'{"type":"data","id":"1"}',
+    b'{"type":"data","payload":{"data":{"EVM":{"Transfers":[{"a":1}]}}}}',
+    b'{"type":"error","id":"1","payload":{"errors":[{"message":"bad"}]}}',
+    b'{"type":"ka","payload":{"data":{"EVM":{"Transfers":[{"a":1}]}}}}',
+]
+
+
+@pytest.mark.parametrize("subprotocol", [LEGACY, TRANSPORT])
+@pytest.mark.parametrize("raw", SHAPES)
+def test_the_typed_and_the_general_reader_agree(raw, subprotocol):
+    if subprotocol == TRANSPORT:
+        raw = raw.replace(b'"type":"data"', b'"type":"next"')
+    query = ALIASED.replace("Transfers {", "Transfers { Block { n: Number } } Blocks {", 1)
+    both = [proto({"name": "t", "query": query}, subprotocol=subprotocol) for _ in range(2)]
+    for p in both:
+        handshake(p)
+    fast, general = both
+    for text in (raw, raw.decode("utf-8")):
+        assert fast.receive(text, 1) == general._receive_any(text, 1)
+        assert fast.state() == general.state() and fast.active == general.active

@@ -40,8 +40,39 @@ DATASETS: dict[tuple[str, str], str] = {
 GENERIC_DATASET = "bitquery_generic"
 METRICS = "metrics"  # where a row's aggregates (count, sum, ...) go, under the names the query gave
 
-# response key -> (field name, renames below it); None below means nothing to rename further down.
-Renames = dict[str, tuple[str, "Renames | None"]]
+
+@dataclass(frozen=True, slots=True)
+class Renames:
+    """How one level of a row goes back to field names; only the keys with something to do.
+
+    Keys absent from both maps are kept as they are, so a row is walked only down to its aliases.
+    """
+
+    fields: Mapping[str, str] = field(default_factory=dict)  # response key -> field name, where they differ
+    below: Mapping[str, Renames] = field(default_factory=dict)  # response key -> renames inside its value
+    # The rows of a cube share their keys, in order: each key sequence is worked out once (bounded).
+    _seen: dict[tuple[str, ...], tuple[str, ...] | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def renamed_keys(self, keys: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The keys of an object at this level, in order, under field names; None if unchanged."""
+        try:
+            return self._seen[keys]
+        except KeyError:
+            pass
+        out: dict[str, None] = {}
+        present = set(keys)
+        for key in keys:
+            name = self.fields.get(key, key)
+            # Two aliases of one field (`a: Amount`, `b: Amount(in: USD)`) cannot both take its name,
+            # nor can an alias take the name of the field selected alongside it.
+            out[key if name in out or (name != key and name in present) else name] = None
+        renamed = tuple(out)
+        result = None if renamed == keys else renamed
+        if len(self._seen) < 64:
+            self._seen[keys] = result
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +109,21 @@ def _fields(
 def _renames(
     selection: SelectionSetNode | None, fragments: Mapping[str, FragmentDefinitionNode]
 ) -> Renames | None:
-    renames: Renames = {}
+    fields: dict[str, str] = {}
+    below: dict[str, Renames] = {}
     needed = False
     for node in _fields(selection, fragments):
-        key = node.alias.value if node.alias else node.name.value
-        below = _renames(node.selection_set, fragments)
-        renames[key] = (node.name.value, below)
-        needed = needed or key != node.name.value or below is not None
-    return renames if needed else None
+        key, name = (node.alias.value if node.alias else node.name.value), node.name.value
+        inner = _renames(node.selection_set, fragments)
+        # A response key selected twice: the last selection decides what happens to it.
+        fields.pop(key, None)
+        below.pop(key, None)
+        if key != name:
+            fields[key] = name
+        if inner is not None:
+            below[key] = inner
+        needed = needed or key != name or inner is not None
+    return Renames(fields, below) if needed else None
 
 
 def _is_metric(node: FieldNode) -> bool:

@@ -55,12 +55,41 @@ class _Result(msgspec.Struct, kw_only=True):
     errors: list[Any] | None = None
 
 
+# The shape of every data frame Bitquery sends: root -> cube -> list of rows. Decoding a whole frame
+# into it is one pass, the rows coming out as Raw slices of the frame; going level by level through
+# Raw (frame, payload, root, cube) parsed the ~80 kB four times. Any other shape fails here and takes
+# the general path, so what that path accepts, rejects and reports is unchanged.
+class _TypedResult(msgspec.Struct, kw_only=True):
+    data: dict[str, dict[str, list[msgspec.Raw] | None] | None] | None = None
+    errors: list[Any] | None = None
+
+
+class _TypedMsg(msgspec.Struct, kw_only=True):
+    type: str
+    id: str | int | None = None
+    payload: _TypedResult | None = None
+
+
 _decode_msg = msgspec.json.Decoder(_Msg).decode
+_decode_typed = msgspec.json.Decoder(_TypedMsg).decode
 _decode_result = msgspec.json.Decoder(_Result).decode
 _decode_obj = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _decode_rows = msgspec.json.Decoder(list[msgspec.Raw]).decode
 _decode_any = msgspec.json.decode
 _encode = msgspec.json.encode
+
+# (root key, cube key, rows as received) for each non-null cube of a result
+_Cubes = list[tuple[str, str, list[bytes]]]
+
+
+def _typed_cubes(result: _TypedResult) -> _Cubes:
+    return [
+        (root_key, cube_key, list(map(bytes, rows)))
+        for root_key, root in (result.data or {}).items()
+        if root is not None
+        for cube_key, rows in root.items()
+        if rows is not None
+    ]
 
 
 def _messages(payload: Any) -> str:
@@ -71,19 +100,19 @@ def _messages(payload: Any) -> str:
     return "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
 
 
-def _rename(value: Any, renames: Renames | None) -> Any:
-    if renames is None:
-        return value
+def _rename(value: Any, renames: Renames) -> Any:
+    """`value` keyed by field names. It is a freshly decoded row, so a dict is changed in place
+    below its aliases and rebuilt (its key order kept) only at a level where an alias is."""
     if isinstance(value, list):
         return [_rename(v, renames) for v in value]
     if not isinstance(value, dict):
         return value
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        name, below = renames.get(key, (key, None))
-        # Two aliases of one field (`a: Amount`, `b: Amount(in: USD)`) cannot both take its name.
-        out[key if name in out or (name in value and name != key) else name] = _rename(item, below)
-    return out
+    for key, inner in renames.below.items():
+        if key in value:
+            value[key] = _rename(value[key], inner)
+    if renames.fields and (keys := renames.renamed_keys(tuple(value))) is not None:
+        return dict(zip(keys, value.values(), strict=True))
+    return value
 
 
 def _canonical(row: bytes, cube: Cube) -> bytes:
@@ -92,7 +121,8 @@ def _canonical(row: bytes, cube: Cube) -> bytes:
     if not isinstance(obj, dict):
         return row  # not an object: the batch builder rejects it with a reason
     metrics = {k: obj.pop(k) for k in cube.metrics if k in obj}
-    obj = _rename(obj, cube.renames)
+    if cube.renames is not None:
+        obj = _rename(obj, cube.renames)
     if metrics:
         obj[METRICS] = metrics
     return _encode(obj)
@@ -177,6 +207,17 @@ class BitqueryProtocol:
         self._outbox.append('{"type":"connection_init"}')
 
     def receive(self, frame: str | bytes, received_at: int) -> list[Event]:
+        # Data frames, nearly all the traffic, are read in one typed pass (see _TypedMsg); any other
+        # frame, or a data frame of another shape, goes through the general reader.
+        try:
+            msg = _decode_typed(frame)
+        except msgspec.MsgspecError:
+            return self._receive_any(frame, received_at)
+        if msg.type != self._data or msg.id is None or msg.payload is None:
+            return self._receive_any(frame, received_at)
+        return self._on_result(str(msg.id), _typed_cubes(msg.payload), msg.payload.errors, received_at)
+
+    def _receive_any(self, frame: str | bytes, received_at: int) -> list[Event]:
         try:
             msg = _decode_msg(frame)
         except msgspec.MsgspecError as exc:
@@ -265,6 +306,10 @@ class BitqueryProtocol:
         self._ops[op] = sub
         self._outbox.append(_encode({"type": self._start, "id": op, "payload": sub.payload()}).decode())
 
+    @staticmethod
+    def _label(op: str, sub: BitquerySubscription | None) -> str:
+        return sub.name if sub else f"operation {op}"
+
     def _reject(self, frame: str | bytes, reason: str, received_at: int, subscription: str = "") -> Rejected:
         raw = frame.encode() if isinstance(frame, str) else frame
         return Rejected(self.name, raw, reason, received_at, subscription)
@@ -279,21 +324,33 @@ class BitqueryProtocol:
         return [SubscriptionFailed(sub.name, text, retryable=False)]
 
     def _on_data(self, op: str, payload: bytes, frame: str | bytes, received_at: int) -> list[Event]:
-        sub = self._ops.get(op)
-        label = sub.name if sub else f"operation {op}"
+        """A data frame of any shape: a cube may also hold a single row (an object or a scalar)."""
         try:
             result = _decode_result(payload)
-            roots = result.data or {}
-            events: list[Event] = []
-            for root_key, root_raw in roots.items():
+            cubes: _Cubes = []
+            for root_key, root_raw in (result.data or {}).items():
                 if bytes(root_raw) == b"null":
                     continue
                 for cube_key, cube_raw in _decode_obj(root_raw).items():
-                    events.extend(self._rows(sub, label, root_key, cube_key, bytes(cube_raw), received_at))
+                    raw = bytes(cube_raw)
+                    if raw != b"null":
+                        rows = list(map(bytes, _decode_rows(raw))) if raw[:1] == b"[" else [raw]
+                        cubes.append((root_key, cube_key, rows))
         except (msgspec.MsgspecError, ValueError) as exc:
+            label = self._label(op, self._ops.get(op))
             return [self._reject(frame, f"unreadable result: {exc}", received_at, label)]
-        if result.errors:
-            events.append(Notice(label, f"result carried errors: {_messages(result.errors)}"))
+        return self._on_result(op, cubes, result.errors, received_at)
+
+    def _on_result(self, op: str, cubes: _Cubes, errors: list[Any] | None, received_at: int) -> list[Event]:
+        """Events of a whole result, read before any: a frame is taken or rejected as one."""
+        sub = self._ops.get(op)
+        label = self._label(op, sub)
+        events: list[Event] = []
+        for root_key, cube_key, rows in cubes:
+            if rows:
+                events.extend(self._rows(sub, label, root_key, cube_key, rows, received_at))
+        if errors:
+            events.append(Notice(label, f"result carried errors: {_messages(errors)}"))
         return events
 
     def _rows(
@@ -302,14 +359,9 @@ class BitqueryProtocol:
         label: str,
         root_key: str,
         cube_key: str,
-        raw: bytes,
+        rows: list[bytes],
         received_at: int,
     ) -> list[Event]:
-        if raw == b"null":
-            return []
-        rows = [bytes(r) for r in _decode_rows(raw)] if raw[:1] == b"[" else [raw]
-        if not rows:
-            return []
         cube = sub.cubes.get((root_key, cube_key)) if sub else None
         if cube is None:  # a shape the query did not declare: kept whole in the generic table
             context = {"network": None, "mempool": None, "root": root_key, "cube": cube_key}
