@@ -73,7 +73,12 @@ class Daemon:
             sinks.append(ParquetSink(storage.lake(), self.config.instance))
         if storage.duckdb_path is not None:
             sinks.append(
-                DuckDBSink(storage.duckdb_path, instance=self.config.instance, keep_raw=storage.duckdb_raw)
+                DuckDBSink(
+                    storage.duckdb_path,
+                    instance=self.config.instance,
+                    keep_raw=storage.duckdb_raw,
+                    commit_seconds=storage.duckdb_commit_seconds,
+                )
             )
         return sinks
 

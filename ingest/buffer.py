@@ -213,6 +213,15 @@ class Buffer:
         if self._outstanding < self._policy.max_pending_bytes:
             self._room.set()
 
+    def resize(self, flush: Flush, nbytes: int) -> None:
+        """The writer holds `nbytes` for this flush now (its table instead of its records)."""
+        self._outstanding += nbytes - flush.nbytes
+        flush.nbytes = nbytes
+        if self._outstanding >= self._max_pending:
+            self._room.clear()
+        else:
+            self._room.set()
+
     def low_water(self, next_position: int) -> int:
         """The oldest journal position not yet in every sink: segments wholly below it can go."""
         firsts = [p.first for p in self._pending.values() if p.first]

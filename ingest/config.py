@@ -81,6 +81,7 @@ class StorageConfig:
     parquet_root: str | None  # a local directory or a filesystem URI
     journal_dir: Path | None = None  # write-ahead journal of every frame; None = off
     duckdb_raw: bool = False  # also keep each row's raw JSON in DuckDB (the lake always has it)
+    duckdb_commit_seconds: float = 5.0  # longest DuckDB holds rows to commit a row group at once
     endpoint: str | None = None  # S3-compatible endpoint for an s3:// Parquet root
     region: str | None = None
     allow_http: bool = False
@@ -179,7 +180,17 @@ def _typename(typ: type | tuple[type, ...]) -> str:
 
 
 def _storage(t: _Table, base: Path) -> StorageConfig:
-    t.only("data_dir", "duckdb", "duckdb_raw", "parquet", "journal", "endpoint", "region", "allow_http")
+    t.only(
+        "data_dir",
+        "duckdb",
+        "duckdb_raw",
+        "duckdb_commit_seconds",
+        "parquet",
+        "journal",
+        "endpoint",
+        "region",
+        "allow_http",
+    )
     data_dir = base / t.get("data_dir", str, "data")
     duckdb = t.get("duckdb", (bool, str), True)
     parquet = t.get("parquet", (bool, str), True)
@@ -201,6 +212,7 @@ def _storage(t: _Table, base: Path) -> StorageConfig:
         parquet_root=parquet_root,
         journal_dir=journal_dir,
         duckdb_raw=t.get("duckdb_raw", bool, False),
+        duckdb_commit_seconds=float(t.positive("duckdb_commit_seconds", 5.0)),
         endpoint=t.get("endpoint", (str, type(None)), None),
         region=t.get("region", (str, type(None)), None),
         allow_http=t.get("allow_http", bool, False),

@@ -1,12 +1,15 @@
 """Consumes flushes: builds the Arrow table and writes every sink, off the event loop.
 
-Work per flush, not per message: one decode, one table, one append per sink. Two stages run
-as a pipeline: while the sinks store flush k, flush k+1 is already being built, so building and
-storing overlap instead of taking turns. Both run in worker threads (pyarrow and DuckDB release
-the GIL, so the second core does real work), each sink in its own thread so a slow one does not
-hold the other. Flushes reach every sink in the order they were sealed. A failing sink is
-retried with backoff and the flush keeps its place, so nothing is dropped; meanwhile the
-buffer's byte limit makes the readers wait.
+Work per flush, not per message: one decode, one table, one append per sink. A builder turns
+flushes into tables in order; each sink then has its own lane, a queue it stores in that same
+order, so a slow sink (DuckDB committing a large batch) delays neither the building nor the
+other sink (the Parquet files readers query while the daemon runs). Building and storing run in
+worker threads (pyarrow and DuckDB release the GIL, so the second core does real work).
+
+A flush is finished, and the buffer lets its journal frames go, only once every sink has made
+its rows durable: a sink may hold rows to commit them in larger batches (DuckDB), and they count
+against the buffer's memory limit until then. A failing sink is retried with backoff and the
+flush keeps its place, so nothing is dropped; meanwhile the memory limit makes the readers wait.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +35,27 @@ from ingest.sinks.base import Sink
 __all__ = ["Writer"]
 
 log = structlog.get_logger("ingest.writer")
+
+
+@dataclass(slots=True)
+class _Built:
+    """A flush turned into a table, on its way through every sink's lane."""
+
+    flush: Flush
+    dataset: Dataset
+    table: pa.Table
+    per_sink: dict[Sink, pa.Table]  # what each sink still lacks of it (all of it, but in a replay)
+    started: float
+    waiting: int = 0  # sinks that have not made it durable yet
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One sink's queue of tables, and those it holds uncommitted."""
+
+    sink: Sink
+    queue: asyncio.Queue[_Built | None] = field(default_factory=asyncio.Queue)
+    held: list[_Built] = field(default_factory=list)
 
 
 class Writer:
@@ -54,19 +78,21 @@ class Writer:
         self.reorgs = ReorgTracker(buffer.reorg, buffer.gap)
 
     async def run(self) -> None:
-        """Write flushes in order until the buffer is closed and drained."""
-        built: asyncio.Queue[_Built | None] = asyncio.Queue(maxsize=1)  # one table ready ahead
+        """Write flushes in order until the buffer is closed and drained, and every sink committed."""
+        lanes = [_Lane(sink) for sink in self._sinks]
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._store_all(built), name="writer-store")
-            await self._build_all(built)
+            for lane in lanes:
+                tg.create_task(self._drain(lane), name=f"writer-{lane.sink.name}")
+            await self._build_all(lanes)
 
-    async def _build_all(self, built: asyncio.Queue[_Built | None]) -> None:
+    async def _build_all(self, lanes: list[_Lane]) -> None:
         closed = False
         while True:
             flush = await self._buffer.next_flush()
             if flush is None:
                 if closed:
-                    await built.put(None)
+                    for lane in lanes:
+                        lane.queue.put_nowait(None)
                     return
                 # Shutting down: reorgs still open are recorded now (no newer block will close them).
                 closed = True
@@ -77,14 +103,54 @@ class Writer:
             except BaseException:
                 self._buffer.done(flush)
                 raise
-            await built.put(item)
+            if self._before_write is not None:
+                self._before_write()  # the journal holds every frame before any of its rows is stored
+            # The raw records are no longer needed: the table is what stays in memory now.
+            flush.chunks, flush.values = [], []
+            self._buffer.resize(flush, item.table.nbytes)
+            item.waiting = len(lanes)
+            for lane in lanes:
+                lane.queue.put_nowait(item)
+            if not lanes:
+                self._finished(item)
 
-    async def _store_all(self, built: asyncio.Queue[_Built | None]) -> None:
-        while (item := await built.get()) is not None:
+    async def _drain(self, lane: _Lane) -> None:
+        """Store what the builder queues for this sink, in order; commit held rows when due."""
+        sink = lane.sink
+        while True:
+            due = sink.commit_due_in()
             try:
-                await self._store(item)
-            finally:
-                self._buffer.done(item.flush)
+                async with asyncio.timeout(due):
+                    item = await lane.queue.get()
+            except TimeoutError:
+                await self._commit(lane)
+                continue
+            if item is None:
+                await self._commit(lane)
+                return
+            table = item.per_sink[sink]
+            if table.num_rows:
+                await self._retrying(sink, item.dataset, self._write_sink, sink, item, table)
+            lane.held.append(item)
+            if not sink.holding:
+                self._durable(lane)
+
+    async def _commit(self, lane: _Lane) -> None:
+        if lane.sink.holding:
+            await self._retrying(lane.sink, None, asyncio.to_thread, lane.sink.commit)
+        self._durable(lane)
+
+    def _durable(self, lane: _Lane) -> None:
+        """Everything this sink was given is durable in it now."""
+        for item in lane.held:
+            item.waiting -= 1
+            if not item.waiting:
+                self._finished(item)
+        lane.held.clear()
+
+    def _finished(self, item: _Built) -> None:
+        self._buffer.done(item.flush)
+        self._account(item.dataset, item.table, time.monotonic() - item.started)
 
     async def _build(self, flush: Flush) -> _Built:
         dataset = self._registry[flush.dataset]
@@ -116,16 +182,13 @@ class Writer:
         }
         return _Built(flush, dataset, table, per_sink, started)
 
-    async def _store(self, item: _Built) -> None:
-        if self._before_write is not None:
-            self._before_write()  # the journal holds every frame before any of its rows is stored
-        writes = [
-            self._write_sink(s, item.dataset, t, item.flush) for s, t in item.per_sink.items() if t.num_rows
-        ]
-        await asyncio.gather(*writes)
-        self._account(item.dataset, item.table, time.monotonic() - item.started)
+    async def _write_sink(self, sink: Sink, item: _Built, table: pa.Table) -> None:
+        paths = await asyncio.to_thread(sink.write, item.dataset, table, item.flush.first, item.flush.last)
+        self._metrics.files.extend(paths)
+        self._metrics.dataset(item.dataset.name).files += len(paths)
 
-    async def _write_sink(self, sink: Sink, dataset: Dataset, table: pa.Table, flush: Flush) -> None:
+    async def _retrying(self, sink: Sink, dataset: Dataset | None, call: Callable, *args: object) -> None:
+        """Run `call(*args)` until it succeeds: a sink that fails is retried with backoff, not skipped."""
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda exc: not isinstance(exc, Fatal)),
             wait=wait_random_exponential(multiplier=0.2, max=self._retry_max),
@@ -134,18 +197,16 @@ class Writer:
         )
         async for attempt in retrying:
             with attempt:
-                paths = await asyncio.to_thread(sink.write, dataset, table, flush.first, flush.last)
-        self._metrics.files.extend(paths)
-        self._metrics.dataset(dataset.name).files += len(paths)
+                await call(*args)
 
-    def _sink_failed(self, sink: Sink, dataset: Dataset) -> object:
+    def _sink_failed(self, sink: Sink, dataset: Dataset | None) -> object:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self._metrics.sink_errors += 1
             log.error(
                 "sink write failed, retrying",
                 sink=sink.name,
-                dataset=dataset.name,
+                dataset=dataset.name if dataset else None,
                 attempt=state.attempt_number,
                 error=f"{type(exc).__name__}: {exc}",
             )
@@ -166,17 +227,6 @@ class Writer:
             latest = pc.max(table["_event_time"]).cast(pa.int64()).as_py()
             if latest is not None and (stats.last_event_time is None or latest > stats.last_event_time):
                 stats.last_event_time = latest
-
-
-@dataclass(slots=True)
-class _Built:
-    """A flush turned into a table (and what each sink still lacks of it), ready to store."""
-
-    flush: Flush
-    dataset: Dataset
-    table: pa.Table
-    per_sink: dict[Sink, pa.Table]
-    started: float
 
 
 def _empty_result(dataset: Dataset) -> BuildResult:

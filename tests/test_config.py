@@ -63,6 +63,7 @@ def test_defaults(tmp_path):
         ("flush.max_pending_bytes", 10, "flush.max_pending_bytes: must be at least max_bytes"),
         ("storage.duckdb", 3, "storage.duckdb: expected"),
         ("storage.duckdb_raw", "yes", "storage.duckdb_raw: expected"),
+        ("storage.duckdb_commit_seconds", 0, "storage.duckdb_commit_seconds: expected a positive number"),
         ("log_format", "xml", "log_format"),
         ("providers.blockdb.url", "http://example.com", "providers.blockdb.url"),
         ("providers.blockdb.kind", "nope", "providers.blockdb.kind: unknown provider 'nope'"),

@@ -221,3 +221,38 @@ def test_a_column_added_to_the_declaration_is_added_to_the_table(tmp_path, regis
         ).fetchall()
     ]
     assert "extra" in cols
+
+
+class FailingInsert:
+    """A DuckDB connection whose next INSERT into a data table fails (a full disk, say)."""
+
+    def __init__(self, con) -> None:
+        self.con = con
+        self.fail = True
+
+    def execute(self, sql, *args):
+        if self.fail and sql.startswith('INSERT INTO "'):
+            self.fail = False
+            raise duckdb.IOException("No space left on device")
+        return self.con.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.con, name)
+
+
+def test_duckdb_holds_rows_until_a_row_group_and_a_failed_commit_is_retried_whole(tmp_path, registry):
+    ds = registry["blockdb_transfers"]
+    sink = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=5)
+    sink.open(registry.values())
+    sink.write(ds, transfers(registry, 3), 1, 3)
+    assert sink.holding and sink.checkpoint(ds.name) == 0 and sink.commit_due_in() is not None
+    sink._con = FailingInsert(sink._con)
+    with pytest.raises(duckdb.IOException):
+        sink.write(ds, transfers(registry, 3, start_ns=T0 + DAY), 4, 6)  # 6 held: commits, fails
+    assert sink.holding and sink.checkpoint(ds.name) == 0
+    sink.write(ds, transfers(registry, 3, start_ns=T0 + DAY), 4, 6)  # the writer's retry
+    assert not sink.holding and sink.checkpoint(ds.name) == 6 and sink.commit_due_in() is None
+    sink.close()
+    con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(6,)]
+    assert con.execute("SELECT position FROM _ingest_positions").fetchall() == [(6,)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import duckdb
+
 from ingest.buffer import Buffer
 from ingest.config import FlushPolicy
 from ingest.events import Rejected, Rows
@@ -53,6 +55,14 @@ class FlakySink:
             raise OSError("No space left on device")
         self.rows.extend(table.column("block_number").to_pylist())
         return []
+
+    holding = False
+
+    def commit_due_in(self):
+        return None
+
+    def commit(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -119,3 +129,64 @@ async def test_outstanding_bytes_hold_while_a_sink_fails(registry):
     buffer.close()
     await asyncio.wait_for(writer, 10)
     assert flaky.rows == [0, 1, 2, 3]
+
+
+def positioned(n: int) -> Rows:
+    rows = block(n)
+    rows.position = n
+    return rows
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_rows_duckdb_holds_keep_their_journal_frames_until_it_commits(tmp_path, registry):
+    """Parquet has every flush at once; DuckDB commits a larger batch later, and until then the
+    flushes stay in flight: the journal keeps their frames and they do not count as written."""
+    buffer = Buffer(registry, FlushPolicy(max_rows=2, max_age=60))
+    parquet = ParquetSink(str(tmp_path / "parquet"), "main")
+    db = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=5, commit_seconds=60)
+    for sink in (parquet, db):
+        sink.open(registry.values())
+    metrics = Metrics()
+    writer = asyncio.create_task(Writer(registry, buffer, [parquet, db], metrics).run())
+    for n in range(1, 5):
+        buffer.add(positioned(n))
+    await until(lambda: len(metrics.files) == 2)  # two flushes of two rows, each its own file
+    assert db.holding and db.checkpoint("blockdb_blocks") == 0
+    assert buffer.low_water(next_position=100) == 1  # frame 1 on are still needed
+    assert metrics.dataset("blockdb_blocks").rows_written == 0  # not durable in both sinks yet
+
+    buffer.add(positioned(5))
+    buffer.add(positioned(6))  # the third flush takes DuckDB to 6 held rows: it commits
+    await until(lambda: metrics.dataset("blockdb_blocks").rows_written == 6)
+    assert not db.holding and db.checkpoint("blockdb_blocks") == 6
+    assert buffer.low_water(next_position=100) == 100
+    buffer.close()
+    await asyncio.wait_for(writer, 10)
+    db.close()
+    rows = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True).sql(
+        "SELECT block_number FROM blockdb_blocks ORDER BY 1"
+    )
+    assert rows.fetchall() == [(n,) for n in range(1, 7)]
+
+
+async def test_held_rows_are_committed_when_they_are_old_enough_and_at_the_end(tmp_path, registry):
+    buffer = Buffer(registry, FlushPolicy(max_rows=2, max_age=60))
+    db = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=1000, commit_seconds=0.2)
+    db.open(registry.values())
+    metrics = Metrics()
+    writer = asyncio.create_task(Writer(registry, buffer, [db], metrics).run())
+    buffer.add(positioned(1))
+    buffer.add(positioned(2))
+    await until(lambda: metrics.dataset("blockdb_blocks").rows_written == 2)  # by age, no more data
+    assert db.checkpoint("blockdb_blocks") == 2
+    buffer.add(positioned(3))
+    buffer.close()  # the last, partial batch is committed before run() returns
+    await asyncio.wait_for(writer, 10)
+    assert db.checkpoint("blockdb_blocks") == 3 and not db.holding
+    assert metrics.dataset("blockdb_blocks").rows_written == 3
+    db.close()

@@ -18,6 +18,10 @@ class Sink(Protocol):
     Idempotence comes from journal positions: a sink remembers, durably and atomically with the
     rows, the last position it holds per dataset (`checkpoint`), and the writer never hands it
     rows at or below that, so replaying the journal after a crash stores nothing twice.
+
+    A sink may hold written rows to commit them in larger batches (`holding`); the writer keeps
+    their journal frames until `commit()` made them durable, which it calls when
+    `commit_due_in()` says so, and at the end.
     """
 
     name: str
@@ -30,6 +34,19 @@ class Sink(Protocol):
 
     def write(self, dataset: Dataset, table: pa.Table, first: int, last: int) -> list[str]:
         """Write every row of `table` (journal positions first..last); return files created."""
+        ...
+
+    @property
+    def holding(self) -> bool:
+        """Rows written but not durable yet."""
+        ...
+
+    def commit_due_in(self) -> float | None:
+        """Seconds until held rows must be committed (None: nothing held)."""
+        ...
+
+    def commit(self) -> None:
+        """Make every held row durable now."""
         ...
 
     def close(self) -> None: ...

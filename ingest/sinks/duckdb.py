@@ -1,4 +1,12 @@
-"""DuckDB sink: one table per dataset, created from the declaration, appended a flush at a time.
+"""DuckDB sink: one table per dataset, created from the declaration, appended in large commits.
+
+Flushes are held and committed together once a dataset has a row group's worth of rows
+(122,880) or the oldest held one waited `commit_seconds`. DuckDB writes whole row groups of a
+transaction straight to the database file, but logs smaller inserts to its WAL and rewrites
+them at checkpoint, which costs about half again per row (benchmarks/README.md). Readers query
+the Parquet files while the daemon runs (DuckDB has one writer), so only the file DuckDB leaves
+when the daemon stops sees this delay; the writer keeps the journal frames of held rows until
+they are committed, so a crash loses nothing.
 
 `_raw` (each row's JSON as received) stays out of DuckDB unless asked for: it is the widest
 column by far and halves DuckDB's insert rate, and the Parquet lake keeps it for every row.
@@ -23,6 +31,7 @@ __all__ = ["POSITIONS", "DuckDBSink"]
 
 POSITIONS = "_ingest_positions"  # per instance and dataset: the last journal position stored
 RAW = "_raw"
+ROW_GROUP_ROWS = 122_880  # DuckDB's row group: what a commit writes directly to the file
 
 log = structlog.get_logger("ingest.sinks.duckdb")
 
@@ -38,8 +47,15 @@ class DuckDBSink:
         lock_wait: float = 15.0,
         memory_limit: str = "512MB",
         keep_raw: bool = False,
+        commit_rows: int = ROW_GROUP_ROWS,
+        commit_seconds: float = 5.0,
     ) -> None:
         self.path = path
+        self._commit_rows = commit_rows
+        self._commit_seconds = commit_seconds
+        self._held: dict[str, list[tuple[Dataset, pa.Table, int]]] = {}  # dataset -> (ds, rows, last)
+        self._held_rows: dict[str, int] = {}
+        self._held_since: float | None = None
         self._keep_raw = keep_raw
         self._memory_limit = memory_limit
         self._instance = instance
@@ -99,32 +115,73 @@ class DuckDBSink:
                 self._con.execute(f"ALTER TABLE {quote_ident(ds.name)} ADD COLUMN {quote_ident(name)} {typ}")
 
     def write(self, dataset: Dataset, table: pa.Table, first: int, last: int) -> list[str]:
-        con = self._con
-        assert con is not None, "open() first"
+        """Hold the rows; commit everything held once this dataset has a row group's worth."""
+        assert self._con is not None, "open() first"
         if omitted := self._omitted(dataset):
             table = table.drop_columns([c for c in omitted if c in table.column_names])  # zero-copy
-        con.register("_ingest_batch", table)
-        try:
-            # The rows and how far they reach commit together: after a crash both or neither.
-            con.execute("BEGIN TRANSACTION")
+        name = dataset.name
+        self._held.setdefault(name, []).append((dataset, table, last))
+        self._held_rows[name] = self._held_rows.get(name, 0) + table.num_rows
+        if self._held_since is None:
+            self._held_since = time.monotonic()
+        if self._held_rows[name] >= self._commit_rows:
             try:
-                # BY NAME: the Arrow schema and the table agree on names, not necessarily on order.
-                con.execute(f"INSERT INTO {quote_ident(dataset.name)} BY NAME SELECT * FROM _ingest_batch")
-                if last > self._checkpoints.get(dataset.name, 0):
-                    row = [self._instance, dataset.name, last]
-                    con.execute(f"INSERT OR REPLACE INTO {POSITIONS} VALUES (?, ?, ?)", row)
-                con.execute("COMMIT")
+                self.commit()
             except BaseException:
-                con.execute("ROLLBACK")
+                # The writer retries this write whole: it must not be held twice.
+                self._held[name].pop()
+                self._held_rows[name] -= table.num_rows
                 raise
-        finally:
-            con.unregister("_ingest_batch")
-        if last > self._checkpoints.get(dataset.name, 0):
-            self._checkpoints[dataset.name] = last
         return []
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def commit_due_in(self) -> float | None:
+        if self._held_since is None:
+            return None
+        return max(0.0, self._held_since + self._commit_seconds - time.monotonic())
+
+    def commit(self) -> None:
+        """Insert every held table and how far each dataset reaches, in one transaction."""
+        con = self._con
+        assert con is not None, "open() first"
+        if not self._held:
+            return
+        reached: dict[str, int] = {}
+        # The rows and how far they reach commit together: after a crash both or neither.
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for name, parts in self._held.items():
+                dataset = parts[0][0]
+                batch = pa.concat_tables([table for _, table, _ in parts])  # zero-copy
+                con.register("_ingest_batch", batch)
+                try:
+                    # BY NAME: the Arrow schema and the table agree on names, not necessarily on order.
+                    con.execute(
+                        f"INSERT INTO {quote_ident(dataset.name)} BY NAME SELECT * FROM _ingest_batch"
+                    )
+                finally:
+                    con.unregister("_ingest_batch")
+                last = max(last for _, _, last in parts)
+                if last > self._checkpoints.get(name, 0):
+                    reached[name] = last
+                    con.execute(
+                        f"INSERT OR REPLACE INTO {POSITIONS} VALUES (?, ?, ?)", [self._instance, name, last]
+                    )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self._checkpoints.update(reached)
+        self._held.clear()
+        self._held_rows.clear()
+        self._held_since = None
 
     def close(self) -> None:
         if self._con is not None:
+            self.commit()
             self._con.execute("CHECKPOINT")
             self._con.close()
             self._con = None

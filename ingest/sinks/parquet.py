@@ -83,5 +83,13 @@ class ParquetSink:
         self._lake.atomic_write(path, table, compression=self._compression)
         return self._lake.file_uri(path)
 
+    holding = False  # every write is a complete, renamed file
+
+    def commit_due_in(self) -> float | None:
+        return None
+
+    def commit(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
