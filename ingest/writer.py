@@ -43,10 +43,36 @@ class _Built:
 
     flush: Flush
     dataset: Dataset
-    table: pa.Table
-    per_sink: dict[Sink, pa.Table]  # what each sink still lacks of it (all of it, but in a replay)
+    counts: _Counts
+    # What each sink still lacks of it (all of it, but in a replay); a lane lets go of its table
+    # once written, so a sink holding rows for a later commit holds only its own columns.
+    per_sink: dict[Sink, pa.Table | None]
     started: float
+    nbytes: int = 0
     waiting: int = 0  # sinks that have not made it durable yet
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    """What the metrics learn from a table, taken when it is built."""
+
+    rows: int
+    by_provider: dict[str, int]
+    reorg_rows: int
+    latest_event: int | None
+
+    @classmethod
+    def of(cls, table: pa.Table) -> _Counts:
+        names, n = table.column_names, table.num_rows
+        by_provider: dict[str, int] = {}
+        reorgs, latest = 0, None
+        if n and "_provider" in names:
+            by_provider = {i["values"]: i["counts"] for i in pc.value_counts(table["_provider"]).to_pylist()}
+        if n and "_is_reorg" in names:
+            reorgs = pc.sum(table["_is_reorg"].cast(pa.int64())).as_py() or 0
+        if n and "_event_time" in names:
+            latest = pc.max(table["_event_time"]).cast(pa.int64()).as_py()
+        return cls(n, by_provider, reorgs, latest)
 
 
 @dataclass(slots=True)
@@ -107,7 +133,7 @@ class Writer:
                 self._before_write()  # the journal holds every frame before any of its rows is stored
             # The raw records are no longer needed: the table is what stays in memory now.
             flush.chunks, flush.values = [], []
-            self._buffer.resize(flush, item.table.nbytes)
+            self._buffer.resize(flush, item.nbytes)
             item.waiting = len(lanes)
             for lane in lanes:
                 lane.queue.put_nowait(item)
@@ -129,8 +155,10 @@ class Writer:
                 await self._commit(lane)
                 return
             table = item.per_sink[sink]
-            if table.num_rows:
+            item.per_sink[sink] = None
+            if table is not None and table.num_rows:
                 await self._retrying(sink, item.dataset, self._write_sink, sink, item, table)
+            del table
             lane.held.append(item)
             if not sink.holding:
                 self._durable(lane)
@@ -150,7 +178,7 @@ class Writer:
 
     def _finished(self, item: _Built) -> None:
         self._buffer.done(item.flush)
-        self._account(item.dataset, item.table, time.monotonic() - item.started)
+        self._account(item.dataset, item.counts, time.monotonic() - item.started)
 
     async def _build(self, flush: Flush) -> _Built:
         dataset = self._registry[flush.dataset]
@@ -158,14 +186,14 @@ class Writer:
         if dataset.kind == "values":
             # Derived rows (quarantine, gaps) carry deterministic ids instead: readers count ids.
             table = values_table(dataset, flush.values)
-            per_sink = {sink: table for sink in self._sinks}
+            per_sink: dict[Sink, pa.Table | None] = dict.fromkeys(self._sinks, table)
             if flush.dataset == QUARANTINE:
                 for row in flush.values:
                     self._metrics.quarantined[_reason_key(row["reason"])] += 1
             elif flush.dataset == GAPS:
                 for row in flush.values:
                     self._metrics.gaps[(row["provider"], row["kind"])] += 1
-            return _Built(flush, dataset, table, per_sink, started)
+            return _Built(flush, dataset, _Counts.of(table), per_sink, started, table.nbytes)
         stored = {sink: sink.checkpoint(dataset.name) for sink in self._sinks}
         floor = min(stored.values(), default=0)
         # Frames every sink already holds (a journal replay) are not even decoded again.
@@ -176,11 +204,11 @@ class Writer:
         table = result.table
         self.reorgs.observe(dataset.name, table, result.positions)
         # Only a replay can hand a sink rows it holds; in normal operation nothing to filter.
-        per_sink = {
+        per_sink: dict[Sink, pa.Table | None] = {
             sink: table if flush.first > stored[sink] else _newer(table, result.positions, stored[sink])
             for sink in self._sinks
         }
-        return _Built(flush, dataset, table, per_sink, started)
+        return _Built(flush, dataset, _Counts.of(table), per_sink, started, table.nbytes)
 
     async def _write_sink(self, sink: Sink, item: _Built, table: pa.Table) -> None:
         paths = await asyncio.to_thread(sink.write, item.dataset, table, item.flush.first, item.flush.last)
@@ -213,20 +241,17 @@ class Writer:
 
         return before_sleep
 
-    def _account(self, dataset: Dataset, table: pa.Table, seconds: float) -> None:
+    def _account(self, dataset: Dataset, counts: _Counts, seconds: float) -> None:
         stats = self._metrics.dataset(dataset.name)
         stats.flushes += 1
-        stats.rows_written += table.num_rows
+        stats.rows_written += counts.rows
         stats.last_flush_seconds = seconds
-        if "_provider" in table.column_names and table.num_rows:
-            for item in pc.value_counts(table["_provider"]).to_pylist():
-                self._metrics.rows_by_provider[item["values"]] += item["counts"]
-        if "_is_reorg" in table.column_names and table.num_rows:
-            stats.reorg_rows += pc.sum(table["_is_reorg"].cast(pa.int64())).as_py() or 0
-        if "_event_time" in table.column_names and table.num_rows:
-            latest = pc.max(table["_event_time"]).cast(pa.int64()).as_py()
-            if latest is not None and (stats.last_event_time is None or latest > stats.last_event_time):
-                stats.last_event_time = latest
+        for provider, n in counts.by_provider.items():
+            self._metrics.rows_by_provider[provider] += n
+        stats.reorg_rows += counts.reorg_rows
+        latest = counts.latest_event
+        if latest is not None and (stats.last_event_time is None or latest > stats.last_event_time):
+            stats.last_event_time = latest
 
 
 def _empty_result(dataset: Dataset) -> BuildResult:
