@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from ingest.errors import ConfigError
-from ingest.lake import open_lake
+from ingest.lake import dictionary_columns, open_lake
 from ingest.manifest import MANIFEST_NAME, ManifestError
 from tests.lake_data import CLOSED, flush_table, write_flush
 
@@ -109,3 +110,22 @@ def test_s3_errors_do_not_carry_the_keys(s3_server):
     with pytest.raises(OSError) as info:
         lake.atomic_write(f"{lake.base}/f.parquet", pa.table({"a": [1]}))
     assert s3_server.secret_key not in str(info.value) and s3_server.access_key not in str(info.value)
+
+
+def test_only_text_columns_with_few_values_are_dictionary_encoded(tmp_path):
+    n = 4000
+    table = pa.table(
+        {
+            "exchange": pa.array(["BINANCE", "COINBASE"] * (n // 2)),
+            "uuid": pa.array([f"id-{i}" for i in range(n)]),
+            "price": pa.array([float(i) for i in range(n)]),
+        }
+    )
+    assert dictionary_columns(table) == ["exchange"]
+    lake = open_lake(str(tmp_path))
+    lake.atomic_write(f"{lake.uri}/t.parquet", table)
+    meta = pq.ParquetFile(tmp_path / "t.parquet").metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(3)}
+    assert any("DICTIONARY" in e for e in encodings["exchange"])
+    assert not any("DICTIONARY" in e for e in encodings["uuid"])
+    assert pq.read_table(tmp_path / "t.parquet").equals(table)
