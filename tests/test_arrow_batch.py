@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from datetime import UTC, datetime
 
+import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ingest.arrow_batch import build_table
+from ingest import arrow_batch
+from ingest.arrow_batch import _plan, build_table
 from ingest.events import Rows
+from ingest.schema import APPROX_SUFFIX, Column, ColumnType, Dataset, load_registry
 
 TRANSFER = {
     "block_number": 21000000,
@@ -142,3 +151,337 @@ def test_timestamps_without_offset_are_read_as_utc(registry):
     record = {**TRANSFER, "block_time": "2025-11-11T18:42:15"}
     row = build_table(registry["blockdb_transfers"], rows(record)).table.to_pylist()[0]
     assert row["block_time"] == datetime(2025, 11, 11, 18, 42, 15, tzinfo=UTC)
+
+
+# --- The columnar build against the obvious row-by-row one, for hostile records -------------------------
+
+REGISTRY = load_registry()
+RECORD_DATASETS = sorted(name for name, ds in REGISTRY.items() if ds.kind == "records")
+# Private-use characters standing for bytes json.dumps cannot write: replaced once a record is encoded.
+INVALID_UTF8, ESCAPED_2 = "\ue000", "\ue001"
+MARKERS = {INVALID_UTF8: b"\xff\xfe", ESCAPED_2: b"\\u0032"}
+
+_texts = st.text(max_size=6) | st.sampled_from(
+    ["", "a\\b", 'q"q', "\x00\x1f", "é€😀", "null", "1" + ESCAPED_2]
+)
+_digits = st.sampled_from(["1.5", "-0", "1e5", "12" + ESCAPED_2, "0.000000000000000000001", "1" * 30])
+_numbers = st.integers() | st.floats(allow_nan=False) | st.integers(-(10**40), 10**40).map(str) | _digits
+_scalars = st.none() | st.booleans() | _numbers | _texts
+_json = st.recursive(
+    _scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(_texts, c, max_size=3), max_leaves=6
+)
+_int64 = st.integers(-(2**63), 2**63 - 1)
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+_times = st.sampled_from(
+    ["2025-11-11T18:42:15.123456789Z", "2025-11-11T18:42:15", "2025-11-11 18:42:15+02:00"]
+)
+# What each type takes, including the odd but valid (numbers as strings, huge integers, escapes)...
+_VALID = {
+    ColumnType.INT64: _int64 | _int64.map(str),
+    ColumnType.FLOAT64: _finite | st.integers(-(2**53), 2**53),
+    ColumnType.BOOL: st.booleans(),
+    ColumnType.STRING: _texts,
+    ColumnType.TEXT: st.booleans() | _numbers | _texts,
+    ColumnType.TIMESTAMP: _times,
+    ColumnType.BIGINT_TEXT: st.integers(-(10**40), 10**40)
+    | st.integers().map(str)
+    | st.just("12" + ESCAPED_2),
+    ColumnType.DECIMAL_TEXT: st.integers() | _finite | _digits,
+    ColumnType.JSON: _json,
+    ColumnType.LIST_STRING: st.lists(_texts, max_size=3),
+}
+# ... and, now and then, anything at all.
+_ANY = st.none() | st.booleans() | _numbers | _texts | _times | _json | st.just("x" + INVALID_UTF8)
+_CONTEXT = {ColumnType.INT64: _int64, ColumnType.STRING: _texts, ColumnType.BOOL: st.booleans()}
+
+
+def _encode(record: dict, ascii_only: bool, compact: bool) -> bytes:
+    text = json.dumps(record, ensure_ascii=ascii_only, separators=(",", ":") if compact else None)
+    data = text.encode()
+    for marker, raw in MARKERS.items():
+        data = data.replace(marker.encode(), raw).replace(f"\\u{ord(marker):04x}".encode(), raw)
+    return data
+
+
+@st.composite
+def _record(draw, ds: Dataset) -> bytes:
+    """A record with the dataset's paths, each present or not, typed or hostile; parents null or absent."""
+    leaves = {c.path: _VALID[c.type] for c in ds.payload_columns}
+    if ds.tracing_id:
+        leaves.setdefault(ds.tracing_id, _texts | st.integers())
+    if ds.reorg_flag:
+        leaves.setdefault(ds.reorg_flag, st.booleans())
+    hostile = draw(st.integers(0, 3)) == 0  # most records are valid, so most rows are compared
+    record: dict = {}
+    for path, values in leaves.items():
+        kind = draw(st.integers(0, 9))
+        if kind == 0:
+            continue  # absent
+        node = record
+        for key in path[:-1]:
+            node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
+        node[path[-1]] = None if kind == 1 else draw(_ANY if hostile and kind == 2 else values)
+    for path in {p[:i] for p in leaves for i in range(1, len(p))}:
+        if draw(st.integers(0, 9)) == 0:
+            parent = record
+            for key in path[:-1]:
+                parent = parent.get(key) if isinstance(parent.get(key), dict) else {}
+            parent[path[-1]] = None if draw(st.booleans()) else {}  # a null or empty parent object
+    data = _encode(record, draw(st.booleans()), draw(st.booleans()))
+    return draw(st.sampled_from([data] * 60 + [b"{broken", b"[1,2]", b"null", b'{"a":"\\q"}']))
+
+
+@st.composite
+def _flush(draw) -> tuple[Dataset, list[Rows]]:
+    ds = REGISTRY[draw(st.sampled_from(RECORD_DATASETS))]
+    shared = {c.name: draw(_CONTEXT[c.type]) for c in ds.context_columns}
+    chunks = []
+    for position in range(draw(st.integers(0, 6))):
+        records = draw(st.lists(_record(ds), max_size=4))
+        hostile = draw(st.integers(0, 9)) == 0
+        context = {c.name: draw(_ANY if hostile else _CONTEXT[c.type]) for c in ds.context_columns}
+        chunks.append(
+            Rows(
+                provider=draw(st.sampled_from(["p", "q"])),
+                dataset=ds.name,
+                subscription="s",
+                records=records,
+                received_at=draw(st.integers(0, 2**62)),
+                context=shared if draw(st.booleans()) else context,
+                is_reorg=draw(st.booleans()),
+                raw=[b" " + r for r in records] if draw(st.integers(0, 4)) == 0 else None,  # re-keyed
+                position=position + 1,
+            )
+        )
+    return ds, chunks
+
+
+def _reference(ds: Dataset, chunks: list[Rows]) -> tuple[list[dict], list[tuple[bytes, str]], list[int]]:
+    """Row by row, the obvious way: the rows build_table must give, and the records it must reject
+    with the error each meets first."""
+    rows, rejected, positions = [], [], []
+    for ch in chunks:
+        for i, record in enumerate(ch.records):
+            original = (ch.raw or ch.records)[i]
+            try:
+                rows.append(_reference_row(ds, ch, record, original))
+                positions.append(ch.position)
+            except Exception as exc:  # any error: the record is quarantined
+                rejected.append((original, f"{type(exc).__name__}: {exc}"[:500]))
+    return rows, rejected, positions
+
+
+def _reference_row(ds: Dataset, ch: Rows, record: bytes, original: bytes) -> dict:
+    plan = _plan(ds)  # the generated msgspec types: msgspec's validation is the spec here
+    obj = plan.decoder.decode(b"[" + record + b"]")[0]
+
+    def get(path: tuple[str, ...]):
+        value = obj
+        for i in range(len(path)):
+            value = None if value is None else getattr(value, plan.attrs[path[: i + 1]])
+        return value
+
+    def as_text(name: str) -> str:
+        value = row[name]
+        return (
+            ""
+            if value is None
+            else pa.array([value], ds.arrow_schema.field(name).type).cast(pa.string())[0].as_py()
+        )
+
+    row: dict = {}
+    for col in ds.columns:
+        if col.split is None:
+            row.update(_reference_value(col, ch.context.get(col.name) if col.context else get(col.path)))
+    for col in ds.columns:
+        if col.split is not None:
+            source, part = col.split
+            text = row[source]
+            piece = None if text is None else (text + "___").split("_", 3)[part]
+            piece = piece.rstrip("_") if piece is not None and part == 3 else piece
+            row[col.name] = piece or None
+    if ds.tracing_id:
+        tracing = get(ds.tracing_id)
+        tracing = None if tracing is None else str(tracing)
+    elif ds.identity:
+        key = "|".join(as_text(k) for k in ds.identity)
+        data = original if key == "|" * (len(ds.identity) - 1) else key.encode()
+        tracing = hashlib.blake2b(data, digest_size=16).hexdigest()
+    else:
+        tracing = None
+    reorg = ch.is_reorg
+    if ds.reorg_flag:
+        flag = pa.array([get(ds.reorg_flag)], pa.bool_())[0].as_py()
+        reorg = True if ch.is_reorg or flag is None else flag
+    if tracing is not None:
+        dedup = tracing
+    elif ds.key:
+        dedup = "|".join(as_text(k) for k in ds.key)
+    else:
+        dedup = hashlib.blake2b(record, digest_size=16).hexdigest()
+    row.update(
+        _provider=ch.provider,
+        _dataset=ds.name,
+        _subscription=ch.subscription,
+        _received_at=ch.received_at,
+        _event_time=row[ds.event_time] if ds.event_time else None,
+        _tracing_id=tracing,
+        _is_reorg=reorg,
+        _dedup_key=dedup,
+        _raw=pa.array([original], pa.binary()).cast(pa.string())[0].as_py(),
+    )
+    return row
+
+
+def _reference_value(col: Column, value) -> dict:
+    if col.type is ColumnType.TIMESTAMP:
+        text = pa.array([value], pa.string())
+        try:
+            ts = pc.cast(text, pa.timestamp("ns", tz="UTC"))
+        except pa.ArrowInvalid:
+            ts = pc.assume_timezone(pc.cast(text, pa.timestamp("ns")), "UTC")
+        return {col.name: ts.cast(pa.int64())[0].as_py()}
+    if col.type in (ColumnType.BIGINT_TEXT, ColumnType.DECIMAL_TEXT, ColumnType.JSON):
+        raw = b"null" if value is None else bytes(value)
+        if raw == b"null":
+            text = None
+        elif raw[:1] == b'"':
+            text = msgspec.json.decode(raw, type=str) if b"\\" in raw else raw[1:-1].decode()
+        elif col.type is not ColumnType.JSON and raw[:1] in (b"{", b"[", b"t", b"f"):
+            raise ValueError(f"expected a number, got {raw[:40]!r}")
+        else:
+            text = raw.decode()
+        if col.type is ColumnType.JSON:
+            return {col.name: text}
+        approx = pc.cast(pa.array([text], pa.string()), pa.float64())[0].as_py()
+        return {col.name: text, col.name + APPROX_SUFFIX: approx}
+    if col.type is ColumnType.TEXT and value is not None and type(value) is not str:
+        value = msgspec.json.encode(value).decode()
+    return {col.name: pa.array([value], col.arrow_type)[0].as_py()}
+
+
+def _plain(rows: list[dict]) -> list[dict]:
+    """NaN made comparable (NaN != NaN)."""
+    return [{k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
+
+
+def _check_against_reference(ds: Dataset, chunks: list[Rows]) -> None:
+    result = build_table(ds, chunks)
+    rows, rejected, positions = _reference(ds, chunks)
+    table = result.table
+    assert table.schema == ds.arrow_schema
+    times = [f.name for f in ds.arrow_schema if pa.types.is_timestamp(f.type)]
+    plain = table.drop_columns(times).to_pylist()
+    for name in times:
+        for row, t in zip(plain, table[name].cast(pa.int64()).to_pylist(), strict=True):
+            row[name] = t
+    assert _plain(plain) == _plain(rows)
+    assert [(r.raw, r.reason) for r in result.rejected] == rejected
+    assert result.positions.to_pylist() == positions
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],  # same patch each time
+)
+@given(_flush())
+def test_columnar_build_equals_the_row_by_row_reference(monkeypatch, flush):
+    """Escapes, unicode, invalid UTF-8, nulls, absent and null parents, huge and string-typed numbers,
+    shared and per-frame context, several records per frame, blocks: the same rows, the same rejects."""
+    monkeypatch.setattr(arrow_batch, "_BLOCK", 3)  # several decode blocks even in small flushes
+    _check_against_reference(*flush)
+
+
+BITQUERY_TRANSFER = {
+    "Block": {"Number": "21000000", "Hash": "0xab", "Time": "2025-11-11T18:42:15Z"},
+    "Transaction": {"Hash": "0x38", "From": "0xfa", "To": "0x0a", "Index": "1", "Value": "0.5"},
+    "Log": {"Index": 0},
+    "Call": {"Index": 1},
+    "Transfer": {
+        "Amount": "8720074.799519106804256097",
+        "AmountInUSD": 12.5,
+        "Sender": "0x0a",
+        "Receiver": "0x8f",
+        "Type": "call",
+        "Currency": {
+            "Symbol": "ETH",
+            "Name": "Ethereum",
+            "SmartContract": "0x",
+            "Decimals": 18,
+            "Native": True,
+        },
+    },
+    "metrics": {"count": 2, "note": 'é "b" \\ end'},
+}
+
+
+def _with(record: dict, path: str, value) -> bytes:
+    out = json.loads(json.dumps(record))
+    *parents, leaf = path.split(".")
+    node = out
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return json.dumps(out).encode()
+
+
+def test_hostile_values_match_the_reference(registry, monkeypatch):
+    """The vectorised paths and their per-row fallbacks, one case each, against the reference."""
+    monkeypatch.setattr(arrow_batch, "_BLOCK", 4)
+    base = json.dumps(BITQUERY_TRANSFER).encode()
+    records = [
+        base,
+        base.replace(b'"Amount": "8720074.799519106804256097"', rb'"Amount": "\u0031\u0032.5"'),  # "12.5"
+        _with(BITQUERY_TRANSFER, "Transfer.Amount", 10**40),  # a bare number beyond any float's digits
+        _with(BITQUERY_TRANSFER, "Transfer.Amount", {"nested": 1}),  # not a number: rejected
+        _with(BITQUERY_TRANSFER, "Transfer.Amount", True),  # not a number: rejected
+        _with(BITQUERY_TRANSFER, "Transfer.Amount", "twelve"),  # text that is no number: rejected
+        _with(BITQUERY_TRANSFER, "Transfer", None),  # a null parent: every transfer column null
+        _with(BITQUERY_TRANSFER, "Transfer.Currency", None),
+        _with(BITQUERY_TRANSFER, "Transfer.Type", 3),  # text sent as a number
+        _with(BITQUERY_TRANSFER, "metrics", [1, "é", None, {"k": "\u2028"}]),
+        _with(BITQUERY_TRANSFER, "metrics", "just text"),
+        _with(BITQUERY_TRANSFER, "Block.Number", "not a number"),  # rejected by the decoder
+        base.replace(b'"Amount": "8720074', b'"Amount": "\xff8720074'),  # invalid UTF-8 in raw text: rejected
+        base.replace(b'"Sender": "0x0a"', rb'"Sender": "0x\u00e9\n"'),  # escapes in a string column
+        json.dumps({}).encode(),  # nothing selected: the derived id hashes the record itself
+        json.dumps({"metrics": None}).encode(),
+    ]
+    eth, bsc = {"network": "eth", "mempool": False}, {"network": "bsc", "mempool": True}
+    chunks = [
+        Rows("bitquery", "bitquery_evm_transfers", "s", records[:5], 1_000, eth),
+        Rows("bitquery", "bitquery_evm_transfers", "s", [], 2_000, eth),
+        Rows("bitquery", "bitquery_evm_transfers", "t", records[5:], 3_000, bsc),
+    ]
+    _check_against_reference(registry["bitquery_evm_transfers"], chunks)
+    reasons = [r.reason for r in build_table(registry["bitquery_evm_transfers"], chunks).rejected]
+    assert [r.split(":")[0] for r in reasons] == [
+        "ValueError",
+        "ValueError",
+        "ArrowInvalid",
+        "ValidationError",
+        "UnicodeDecodeError",
+    ]
+
+
+def test_a_valid_flush_is_built_in_one_pass(registry, monkeypatch):
+    """Many frames, several records each, several decode blocks: no record is retried alone."""
+    monkeypatch.setattr(arrow_batch, "_BLOCK", 3)
+    monkeypatch.setattr(arrow_batch, "_split", lambda chunks: pytest.fail("the flush was bisected"))
+    ds = registry["blockdb_transfers"]
+    context = {"chain_id": 1, "dataset_id": "0304"}
+    chunks = [
+        Rows(
+            "blockdb",
+            ds.name,
+            "s",
+            [json.dumps({**TRANSFER, "tx_index": i * 10 + j}).encode() for j in range(i)],
+            1_000 + i,
+            context if i % 2 else {"chain_id": i},
+            is_reorg=i == 3,
+            position=i,
+        )
+        for i in range(8)
+    ]
+    _check_against_reference(ds, chunks)
