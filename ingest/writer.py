@@ -36,6 +36,8 @@ __all__ = ["Writer"]
 
 log = structlog.get_logger("ingest.writer")
 
+_PRESSURE_POLL = 0.05  # seconds between looks at the buffer's memory while a sink holds rows
+
 
 @dataclass(slots=True)
 class _Built:
@@ -146,10 +148,12 @@ class Writer:
         while True:
             due = sink.commit_due_in()
             try:
-                async with asyncio.timeout(due):
+                # While holding rows, look up now and then: under memory pressure they go at once.
+                async with asyncio.timeout(None if due is None else min(due, _PRESSURE_POLL)):
                     item = await lane.queue.get()
             except TimeoutError:
-                await self._commit(lane)
+                if self._buffer.congested or sink.commit_due_in() == 0:
+                    await self._commit(lane)
                 continue
             if item is None:
                 await self._commit(lane)
@@ -160,6 +164,10 @@ class Writer:
                 await self._retrying(sink, item.dataset, self._write_sink, sink, item, table)
             del table
             lane.held.append(item)
+            if sink.holding and self._buffer.congested:
+                # The readers wait for memory that only a commit frees: waiting for a full batch
+                # would stall them.
+                await self._commit(lane)
             if not sink.holding:
                 self._durable(lane)
 

@@ -1,0 +1,54 @@
+"""Process tuning for the long-running daemon: the cyclic GC and the allocators.
+
+Both are measured (benchmarks/README.md), and both only change when memory is collected or
+handed back, never what the daemon computes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import sys
+from collections.abc import Callable
+
+import pyarrow as pa
+
+__all__ = ["tune_process"]
+
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_KEEP_BYTES = 256 << 20
+
+
+def tune_process() -> Callable[[], None]:
+    """Tune the GC and the allocators for the daemon; returns what undoes the GC part at exit."""
+    _tune_allocators()
+    # The buffers hold tens of thousands of small objects between flushes; with the default
+    # thresholds the cyclic GC rescans them over and over (measured: ~0.8 us of every frame's
+    # ~3.5 us). The daemon makes few cycles, so collect young objects rarely and never rescan
+    # what start-up allocated.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    # Frozen objects are never freed: duckdb's bindings report them as leaks at exit.
+    return gc.unfreeze
+
+
+def _tune_allocators() -> None:
+    """Keep freed memory for the next flush instead of handing it back to the OS.
+
+    Each flush allocates and frees tens of MB (records joined, columns, Parquet pages). By
+    default glibc returns large blocks to the OS at once (mmap) and jemalloc after a second, so
+    at a flush a second every page was faulted in again, at 2-15 us a 4 KiB page: at 20k msg/s
+    that was 8 of the 19 us of CPU per message. Arrow allocates from glibc's heap here, and the
+    heap keeps up to 256 MB of free memory. Peak RSS does not grow (it fell: less fragmentation).
+    """
+    pa.set_memory_pool(pa.system_memory_pool())
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
+        libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt): defaults stay
+        pass
