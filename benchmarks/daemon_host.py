@@ -13,10 +13,10 @@ subclassed to start it), which every 5 ms:
   and the moment every row sent is durable in DuckDB *and* Parquet;
 
 while a sampler thread records CPU, RSS and frames read every 100 ms. When the harness says the
-load is over (and how many rows it sent), the watcher stops the daemon the way a user does: it
-reads what is still in flight, flushes, and commits what DuckDB holds for its next batch (which
-a running daemon commits within `duckdb_commit_seconds`), so the run ends by itself once every
-row sent is durable; `max_seconds` bounds it in any case.
+load is over (and how many rows it sent), the watcher waits until the daemon has read all of
+them, then stops it the way a user does: it flushes and commits what DuckDB holds for its next
+batch (which a running daemon commits within `duckdb_commit_seconds`), so the run ends by
+itself once every row sent is durable; `max_seconds` bounds it in any case.
 """
 
 from __future__ import annotations
@@ -53,10 +53,17 @@ async def _watch(
         if rows != last_rows:
             steps.append((now_ns, rows))
             last_rows = rows
-        if not stop_requested and control.stop.is_set():
+        if not stop_requested and control.stop.is_set() and _all_read(daemon, control, datasets):
             stop_requested = True
             daemon.request_stop()
         _note_durable(control, rows, sampler, out)
+
+
+def _all_read(daemon: Any, control: Control, datasets: list[str]) -> bool:
+    """Every row sent has been read off the socket (stopping sooner would cut off the backlog)."""
+    target = control.target_rows
+    received = daemon.buffer.received
+    return target is None or sum(received.get(d, 0) for d in datasets) >= target
 
 
 def _note_durable(control: Control, rows: int, sampler: Sampler, out: dict[str, Any]) -> None:
