@@ -27,6 +27,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 from ingest.arrow_batch import BuildResult, build_table, values_table
 from ingest.buffer import GAPS, QUARANTINE, Buffer, Flush
 from ingest.errors import Fatal
+from ingest.events import Rows
 from ingest.metrics import Metrics
 from ingest.reorgs import ReorgTracker
 from ingest.schema import Dataset, Registry
@@ -205,8 +206,11 @@ class Writer:
         stored = {sink: sink.checkpoint(dataset.name) for sink in self._sinks}
         floor = min(stored.values(), default=0)
         # Frames every sink already holds (a journal replay) are not even decoded again.
-        chunks = [c for c in flush.chunks if not c.position or c.position > floor]
-        result = await asyncio.to_thread(build_table, dataset, chunks) if chunks else _empty_result(dataset)
+        chunks = flush.chunks
+        if flush.first <= floor:
+            chunks = [c for c in chunks if not c.position or c.position > floor]
+        flush.chunks = []
+        result = await asyncio.to_thread(_build_table, dataset, chunks) if chunks else _empty_result(dataset)
         for r in result.rejected:  # records the schema could not take go to quarantine
             self._buffer.reject(r)
         table = result.table
@@ -260,6 +264,13 @@ class Writer:
         latest = counts.latest_event
         if latest is not None and (stats.last_event_time is None or latest > stats.last_event_time):
             stats.last_event_time = latest
+
+
+def _build_table(dataset: Dataset, chunks: list[Rows]) -> BuildResult:
+    try:
+        return build_table(dataset, chunks)
+    finally:
+        chunks.clear()  # tens of thousands of records are freed here, not on the event loop
 
 
 def _empty_result(dataset: Dataset) -> BuildResult:
