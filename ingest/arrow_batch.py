@@ -460,6 +460,8 @@ def _split(chunks: Sequence[Rows]) -> list[Rows]:
     """One Rows per record, so bisection can isolate a single bad record."""
     out: list[Rows] = []
     for ch in chunks:
+        # A protocol bug could send fewer originals than records: keep the records, not crash.
+        raw = ch.raw if ch.raw is not None and len(ch.raw) == len(ch.records) else None
         for i, rec in enumerate(ch.records):
             out.append(
                 Rows(
@@ -470,7 +472,7 @@ def _split(chunks: Sequence[Rows]) -> list[Rows]:
                     received_at=ch.received_at,
                     context=ch.context,
                     is_reorg=ch.is_reorg,
-                    raw=None if ch.raw is None else [ch.raw[i]],
+                    raw=None if raw is None else [raw[i]],
                     position=ch.position,
                 )
             )

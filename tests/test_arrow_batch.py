@@ -485,3 +485,13 @@ def test_a_valid_flush_is_built_in_one_pass(registry, monkeypatch):
         for i in range(8)
     ]
     _check_against_reference(ds, chunks)
+
+
+def test_a_frame_with_fewer_originals_than_records_loses_no_record(registry):
+    """A protocol bug (raw shorter than records) must not crash the writer: the rows are kept."""
+    ds = registry["blockdb_blocks"]
+    records = [json.dumps({"block_number": n, "_tracing_id": f"t{n}"}).encode() for n in (1, 2)]
+    rows = Rows("blockdb", ds.name, "s", records, 1, {"chain_id": 1}, raw=[b'{"original": 1}'])
+    result = build_table(ds, [rows])
+    assert result.table["block_number"].to_pylist() == [1, 2] and not result.rejected
+    assert result.table["_raw"].to_pylist() == [r.decode() for r in records]
