@@ -210,13 +210,15 @@ class Buffer:
         """The writer finished with a flush: its bytes no longer count against the limit."""
         self._in_flight.pop(id(flush), None)
         self._outstanding -= flush.nbytes
-        if self._outstanding < self._policy.max_pending_bytes:
-            self._room.set()
+        self._update_room()
 
     def resize(self, flush: Flush, nbytes: int) -> None:
         """The writer holds `nbytes` for this flush now (its table instead of its records)."""
         self._outstanding += nbytes - flush.nbytes
         flush.nbytes = nbytes
+        self._update_room()
+
+    def _update_room(self) -> None:
         if self._outstanding >= self._max_pending:
             self._room.clear()
         else:

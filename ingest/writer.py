@@ -209,7 +209,6 @@ class Writer:
         chunks = flush.chunks
         if flush.first <= floor:
             chunks = [c for c in chunks if not c.position or c.position > floor]
-        flush.chunks = []
         result = await asyncio.to_thread(_build_table, dataset, chunks) if chunks else _empty_result(dataset)
         for r in result.rejected:  # records the schema could not take go to quarantine
             self._buffer.reject(r)

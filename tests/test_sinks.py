@@ -256,3 +256,19 @@ def test_duckdb_holds_rows_until_a_row_group_and_a_failed_commit_is_retried_whol
     con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(6,)]
     assert con.execute("SELECT position FROM _ingest_positions").fetchall() == [(6,)]
+
+
+def test_a_failed_first_commit_leaves_nothing_held(tmp_path, registry):
+    ds = registry["blockdb_transfers"]
+    sink = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=3)
+    sink.open(registry.values())
+    sink._con = FailingInsert(sink._con)
+    with pytest.raises(duckdb.IOException):
+        sink.write(ds, transfers(registry, 3), 1, 3)  # a full batch at once: commits, fails
+    assert not sink.holding and sink.commit_due_in() is None
+    sink.commit()  # nothing to do, and no error from an empty batch
+    sink.write(ds, transfers(registry, 3), 1, 3)  # the writer's retry
+    assert sink.checkpoint(ds.name) == 3
+    sink.close()
+    con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(3,)]

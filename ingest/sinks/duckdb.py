@@ -54,7 +54,6 @@ class DuckDBSink:
         self._commit_rows = commit_rows
         self._commit_seconds = commit_seconds
         self._held: dict[str, list[tuple[Dataset, pa.Table, int]]] = {}  # dataset -> (ds, rows, last)
-        self._held_rows: dict[str, int] = {}
         self._held_since: float | None = None
         self._keep_raw = keep_raw
         self._memory_limit = memory_limit
@@ -119,20 +118,24 @@ class DuckDBSink:
         assert self._con is not None, "open() first"
         if omitted := self._omitted(dataset):
             table = table.drop_columns([c for c in omitted if c in table.column_names])  # zero-copy
-        name = dataset.name
-        self._held.setdefault(name, []).append((dataset, table, last))
-        self._held_rows[name] = self._held_rows.get(name, 0) + table.num_rows
+        parts = self._held.setdefault(dataset.name, [])
+        parts.append((dataset, table, last))
         if self._held_since is None:
             self._held_since = time.monotonic()
-        if self._held_rows[name] >= self._commit_rows:
+        if sum(t.num_rows for _, t, _ in parts) >= self._commit_rows:
             try:
                 self.commit()
             except BaseException:
-                # The writer retries this write whole: it must not be held twice.
-                self._held[name].pop()
-                self._held_rows[name] -= table.num_rows
+                self._unhold_last(dataset.name)  # the writer retries this write whole
                 raise
         return []
+
+    def _unhold_last(self, name: str) -> None:
+        self._held[name].pop()
+        if not self._held[name]:
+            del self._held[name]
+        if not self._held:
+            self._held_since = None
 
     @property
     def holding(self) -> bool:
@@ -176,7 +179,6 @@ class DuckDBSink:
             raise
         self._checkpoints.update(reached)
         self._held.clear()
-        self._held_rows.clear()
         self._held_since = None
 
     def close(self) -> None:
