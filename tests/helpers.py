@@ -13,6 +13,7 @@ from ingest.auth import build_target
 from ingest.buffer import Buffer
 from ingest.config import AuthConfig, BackoffConfig, FlushPolicy, ProviderConfig
 from ingest.driver import Collector
+from ingest.events import Rows
 from ingest.metrics import ProviderStats
 from ingest.protocols import PROTOCOLS
 from ingest.protocols.blockdb import BlockDBProtocol
@@ -54,6 +55,7 @@ class Drain:
         self.buffer = buffer
         self.rows: Counter[str] = Counter()
         self.records: list[bytes] = []
+        self.chunks: list[Rows] = []
         self.rejected = 0
         self.values: dict[str, list[dict]] = {}
         self.task = asyncio.create_task(self._run())
@@ -63,6 +65,7 @@ class Drain:
             for chunk in flush.chunks:
                 self.rows[chunk.dataset] += len(chunk.records)
                 self.records.extend(chunk.records)
+                self.chunks.append(chunk)
             self.rejected += len(flush.values) if flush.dataset == "quarantine" else 0
             self.values.setdefault(flush.dataset, []).extend(flush.values)
             self.buffer.done(flush)

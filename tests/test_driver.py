@@ -8,6 +8,7 @@ import pytest
 
 from ingest.config import BackoffConfig, FlushPolicy
 from ingest.emulators.blockdb import BlockDBEmulator
+from ingest.journal import Journal, Kind, read_records, segment_files
 from tests.helpers import Drain, blockdb_config, collector, eventually
 
 KEY = "test-key-0123456789"
@@ -217,3 +218,40 @@ async def test_backpressure_pauses_reading_without_losing_frames(registry):
         assert numbers == sorted(numbers)
     finally:
         await emu.stop()
+
+
+async def test_a_burst_is_read_a_socket_read_at_a_time_and_every_row_keeps_its_frame(registry, tmp_path):
+    """Frames that arrived together are journaled and read together: they share one receive time
+    and one journal record, and each row still points at the very frame it came from."""
+    emu = BlockDBEmulator(key=KEY, block_interval=3600, txs_per_block=40)
+    await emu.start()
+    journal = Journal(tmp_path)
+    journal.open()
+    try:
+        col, buffer = collector(
+            registry, blockdb_config(emu.url, ALL), KEY, journal=journal, policy=FlushPolicy(max_age=0.05)
+        )
+        drain = Drain(buffer)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: col.stats.subscriptions == {"blocks": "active", "transfers": "active"})
+        emu.burst(50)
+        await eventually(lambda: sum(buffer.received.values()) >= sum(emu.sent.values()) >= 50 * 41)
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+        await drain.close()
+    finally:
+        await emu.stop()
+    journal.close()
+    journaled = [r for seg in segment_files(tmp_path) for r in read_records(seg)]
+    frames = {r.position: r for r in journaled if r.kind is Kind.FRAME}
+    rows = drain.chunks
+    assert len(rows) == sum(emu.sent.values())
+    assert len({c.position for c in rows}) == len(rows)  # one frame, one row
+    for dataset in ("blockdb_blocks", "blockdb_transfers"):
+        positions = [c.position for c in rows if c.dataset == dataset]
+        assert positions == sorted(positions)
+    for chunk in rows:  # the journaled frame holds exactly this record, received when the row says
+        frame = frames[chunk.position]
+        assert chunk.records[0] in frame.payload and frame.received_at == chunk.received_at
+    reads = len({c.received_at for c in rows})
+    assert reads < len(rows) / 4  # a 64 KiB read carries dozens of these frames

@@ -99,3 +99,41 @@ def test_a_new_run_starts_a_new_segment(tmp_path):
         journal.close()
     assert [int(p.stem) for p in segment_files(tmp_path)] == [1, 3]
     assert os.path.getsize(segment_files(tmp_path)[0]) > 0
+
+
+def test_the_frames_of_one_read_are_one_record_and_read_back_frame_by_frame(tmp_path):
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(Kind.STATE, "coinapi", 5, b"{}")
+    frames = [b'{"n":%d}' % i for i in range(300)] + [b"", b"x" * 70_000]
+    first = journal.append_frames("coinapi", 9, frames)
+    after = journal.append_frames("coinapi", 10, [b"solo"])
+    journal.close()
+    assert first == 2 and after == 2 + len(frames) and journal.next_position == after + 1
+    got = records(tmp_path)
+    assert [r.payload for r in got[1:]] == [*frames, b"solo"]
+    assert [r.position for r in got] == list(range(1, after + 1))
+    assert {(r.kind, r.stream) for r in got[1:]} == {(Kind.FRAME, "coinapi")}
+    assert {r.received_at for r in got[1:-1]} == {9}
+    (segment,) = segment_files(tmp_path)
+    assert [r.position for r in read_records(segment, after=250)] == list(range(251, after + 1))
+    reopened = Journal(tmp_path)
+    reopened.open()
+    assert reopened.next_position == after + 1
+
+
+def test_a_torn_frames_record_loses_only_that_read(tmp_path):
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append_frames("blockdb", 1, [b"a", b"b", b"c"])
+    journal.append_frames("blockdb", 2, [b"d", b"e"])
+    journal.close()
+    (segment,) = segment_files(tmp_path)
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-1])
+    with capture_logs() as logs:
+        assert [r.payload for r in read_records(segment)] == [b"a", b"b", b"c"]
+    assert logs[0]["reason"] == "a short record"
+    reopened = Journal(tmp_path)
+    reopened.open()
+    assert reopened.next_position == 4  # the torn read never counted: its positions are reused

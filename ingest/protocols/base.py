@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from ingest.events import Event
+from ingest.events import Event, Gap, Rejected, Rows
 
-__all__ = ["AuthDefaults", "ProviderProtocol", "SubscriptionSpec"]
+__all__ = ["AuthDefaults", "ProviderProtocol", "SubscriptionSpec", "read_frames"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,12 @@ class ProviderProtocol(Protocol):
         """Read one frame; never raises for anything the server can send."""
         ...
 
+    def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
+        """Read the frames of one socket read, in order; each Rows, Rejected and Gap carries the
+        position of the frame it came from. `read_frames` is the frame-by-frame reading; a
+        protocol may read the whole batch at once, with the same events."""
+        ...
+
     def data_to_send(self) -> list[str]:
         """Drain the frames queued for the server."""
         ...
@@ -96,3 +102,24 @@ class ProviderProtocol(Protocol):
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore what state() returned."""
+
+
+_POSITIONED = (Rows, Rejected, Gap)
+
+
+def read_frames(
+    protocol: ProviderProtocol, frames: list[bytes], received_at: int, positions: Iterable[int]
+) -> list[Event]:
+    """receive() on each frame in turn; a frame that raises is quarantined, the rest go on."""
+    events: list[Event] = []
+    for raw, position in zip(frames, positions, strict=False):
+        try:
+            out = protocol.receive(raw, received_at)
+        except Exception as exc:  # a protocol bug quarantines the frame, not the collector
+            reason = f"protocol error: {type(exc).__name__}: {exc}"[:500]
+            out = [Rejected(protocol.name, raw, reason, received_at)]
+        for event in out:
+            if type(event) in _POSITIONED:
+                event.position = position  # type: ignore[union-attr]
+        events += out
+    return events

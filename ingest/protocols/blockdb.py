@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,7 +19,7 @@ from ingest.events import (
     SubscriptionAcked,
     SubscriptionFailed,
 )
-from ingest.protocols.base import AuthDefaults
+from ingest.protocols.base import AuthDefaults, read_frames
 
 __all__ = ["DATASETS", "GENERIC_DATASET", "BlockDBProtocol", "BlockDBSubscription"]
 
@@ -135,8 +135,31 @@ class BlockDBProtocol:
             msg = _decode(frame)
         except msgspec.MsgspecError as exc:
             return [self._reject(frame, f"unreadable frame: {exc}", received_at)]
+        events: list[Event] = []
+        self._read(frame, msg, received_at, 0, events)
+        return events
+
+    def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
+        try:
+            msgs = list(map(_decode, frames))  # no Python frame per message
+        except msgspec.MsgspecError:  # one is unreadable: frame by frame, so only it is quarantined
+            return read_frames(self, frames, received_at, positions)
+        events: list[Event] = []
+        read = self._read
+        for raw, msg, position in zip(frames, msgs, positions, strict=False):
+            read(raw, msg, received_at, position, events)
+        return events
+
+    def _read(
+        self, frame: str | bytes, msg: _Frame, received_at: int, position: int, events: list[Event]
+    ) -> None:
+        """Append what one decoded frame means to `events`."""
         if msg.status is not None:
-            return self._on_ack(msg, frame, received_at)
+            for event in self._on_ack(msg, frame, received_at):
+                if type(event) is Rejected:
+                    event.position = position
+                events.append(event)
+            return
         data = bytes(msg.data)
         if msg.chain_id is not None and msg.dataset_id is not None and data != b"null":
             pair = (msg.chain_id, msg.dataset_id)
@@ -144,7 +167,7 @@ class BlockDBProtocol:
             context = self._context.get(pair)
             if context is None:
                 context = self._context[pair] = {"chain_id": msg.chain_id, "dataset_id": msg.dataset_id}
-            return [
+            events.append(
                 Rows(
                     provider=self.name,
                     dataset=DATASETS.get(msg.dataset_id, GENERIC_DATASET),
@@ -153,9 +176,14 @@ class BlockDBProtocol:
                     received_at=received_at,
                     context=context,
                     is_reorg=bool(msg.is_reorg),
+                    position=position,
                 )
-            ]
-        return [self._reject(frame, "unknown message: neither an acknowledgement nor an update", received_at)]
+            )
+            return
+        reason = "unknown message: neither an acknowledgement nor an update"
+        rejected = self._reject(frame, reason, received_at)
+        rejected.position = position
+        events.append(rejected)
 
     def data_to_send(self) -> list[str]:
         out, self._outbox = self._outbox, []

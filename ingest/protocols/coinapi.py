@@ -7,7 +7,7 @@ and its `sequence` (per type and symbol, restarting on every connection) is chec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,7 +16,7 @@ import msgspec
 
 from ingest.errors import ConfigError
 from ingest.events import Event, FatalError, Gap, Notice, Reconnect, Rejected, Rows
-from ingest.protocols.base import AuthDefaults
+from ingest.protocols.base import AuthDefaults, read_frames
 
 __all__ = ["DATASETS", "GENERIC_DATASET", "CoinAPIProtocol", "CoinAPISubscription"]
 
@@ -190,6 +190,23 @@ class CoinAPIProtocol:
             head = _decode_head(raw)
         except msgspec.MsgspecError as exc:
             return [Rejected(self.name, raw, f"unreadable frame: {exc}", received_at)]
+        events: list[Event] = []
+        self._read(raw, head, received_at, 0, events)
+        return events
+
+    def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
+        try:
+            heads = list(map(_decode_head, frames))  # no Python frame per message
+        except msgspec.MsgspecError:  # one is unreadable: frame by frame, so only it is quarantined
+            return read_frames(self, frames, received_at, positions)
+        events: list[Event] = []
+        read = self._read
+        for raw, head, position in zip(frames, heads, positions, strict=False):
+            read(raw, head, received_at, position, events)
+        return events
+
+    def _read(self, raw: bytes, head: _Head, received_at: int, position: int, events: list[Event]) -> None:
+        """Append what one decoded frame means to `events`."""
         kind, symbol, seq = head.type, head.symbol_id, head.sequence
         if kind in DATA_TYPES:
             # The hot path (one market message per frame): two dict lookups and one Rows.
@@ -197,25 +214,31 @@ class CoinAPIProtocol:
             if label is None:
                 label = self._label(kind, symbol)
             dataset = DATASETS.get(kind, GENERIC_DATASET)
-            rows = Rows(self.name, dataset, label, [raw], received_at, self._context)
+            rows = Rows(self.name, dataset, label, [raw], received_at, self._context, position=position)
             if seq is not None and symbol is not None:
                 last = self._last.get((kind, symbol))
                 if last is not None and seq != last[0] + 1:
                     gap = self._check_sequence(kind, symbol, seq, received_at, label)
-                    return [gap, rows] if gap is not None else [rows]
-                self._last[(kind, symbol)] = (seq, received_at)
-            return [rows]
-        if kind in _HEARTBEATS:
-            return []
-        if kind == "error":
+                    if gap is not None:
+                        gap.position = position
+                        events.append(gap)
+                else:
+                    self._last[(kind, symbol)] = (seq, received_at)
+            events.append(rows)
+        elif kind in _HEARTBEATS:
+            pass
+        elif kind == "error":
             message = head.message or "error without a message"
             if "buffered messages" in message:
                 # The server's buffer for a slow reader overflowed; it closes, and a reconnect may do.
-                return [Notice("", f"server dropped the connection: {message}")]
-            return [FatalError(f"CoinAPI error: {message}")]
-        if kind == "reconnect":
-            return [Reconnect(f"planned server restart within {head.within_seconds or 0:g} s")]
-        return [Rejected(self.name, raw, f"unknown message type {kind!r}", received_at)]
+                events.append(Notice("", f"server dropped the connection: {message}"))
+            else:
+                events.append(FatalError(f"CoinAPI error: {message}"))
+        elif kind == "reconnect":
+            events.append(Reconnect(f"planned server restart within {head.within_seconds or 0:g} s"))
+        else:
+            reason = f"unknown message type {kind!r}"
+            events.append(Rejected(self.name, raw, reason, received_at, position=position))
 
     def data_to_send(self) -> list[str]:
         out, self._outbox = self._outbox, []

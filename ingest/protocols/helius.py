@@ -7,7 +7,7 @@ itself after its terminal notification and is not asked again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,7 +16,7 @@ import msgspec
 
 from ingest.errors import ConfigError
 from ingest.events import Event, Notice, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
-from ingest.protocols.base import AuthDefaults
+from ingest.protocols.base import AuthDefaults, read_frames
 
 __all__ = ["DATASETS", "METHODS", "HeliusProtocol", "HeliusSubscription"]
 
@@ -178,6 +178,9 @@ class HeliusProtocol:
         return [
             Rejected(self.name, raw, "unknown message: neither a notification nor a response", received_at)
         ]
+
+    def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
+        return read_frames(self, frames, received_at, positions)
 
     def data_to_send(self) -> list[str]:
         out, self._outbox = self._outbox, []

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from ingest.arrow_batch import build_table
 from ingest.events import Rejected, Rows
+from ingest.protocols.base import read_frames
 from ingest.protocols.bitquery import BitqueryProtocol
 from ingest.protocols.blockdb import BlockDBProtocol
 from ingest.protocols.coinapi import CoinAPIProtocol
@@ -67,29 +68,30 @@ def blockdb() -> BlockDBProtocol:
     return p
 
 
-@SETTINGS
-@given(
-    frames(
-        {
-            "action": st.sampled_from(["subscribe", "unsubscribe", "x"]),
-            "status": st.sampled_from(["success", "error"]),
-            "chain_id": st.integers(0, 3),
-            "dataset_id": st.sampled_from(["0101", "0102", "0304", "0404", "../x", ""]),
-            "is_reorg": st.booleans(),
-            "error": json_values,
-            "data": st.fixed_dictionaries(
-                {},
-                optional={
-                    "block_number": json_values,
-                    "amount_raw": json_values,
-                    "block_time": st.one_of(st.text(), json_values),
-                    "_tracing_id": json_values,
-                    "_is_reorg": json_values,
-                },
-            ),
-        }
-    )
+BLOCKDB_FRAMES = frames(
+    {
+        "action": st.sampled_from(["subscribe", "unsubscribe", "x"]),
+        "status": st.sampled_from(["success", "error"]),
+        "chain_id": st.integers(0, 3),
+        "dataset_id": st.sampled_from(["0101", "0102", "0304", "0404", "../x", ""]),
+        "is_reorg": st.booleans(),
+        "error": json_values,
+        "data": st.fixed_dictionaries(
+            {},
+            optional={
+                "block_number": json_values,
+                "amount_raw": json_values,
+                "block_time": st.one_of(st.text(), json_values),
+                "_tracing_id": json_values,
+                "_is_reorg": json_values,
+            },
+        ),
+    }
 )
+
+
+@SETTINGS
+@given(BLOCKDB_FRAMES)
 def test_blockdb_parser_never_raises(frame):
     check(blockdb(), frame)
 
@@ -141,29 +143,34 @@ def test_bitquery_parser_never_raises(frame, subprotocol):
     check(bitquery(subprotocol), frame)
 
 
-@SETTINGS
-@given(
-    frames(
-        {
-            "type": st.sampled_from(
-                ["trade", "quote", "book5", "ohlcv", "exrate", "hearbeat", "error", "reconnect", "?"]
-            ),
-            "symbol_id": st.sampled_from(["BITSTAMP_SPOT_BTC_USD", "X", "", "../../x"]),
-            "sequence": json_values,
-            "time_exchange": st.sampled_from(["2017-03-18T22:42:21.3763342Z", "soon"]),
-            "price": json_values,
-            "uuid": json_values,
-            "message": json_values,
-            "within_seconds": json_values,
-        }
-    )
+COINAPI_FRAMES = frames(
+    {
+        "type": st.sampled_from(
+            ["trade", "quote", "book5", "ohlcv", "exrate", "hearbeat", "error", "reconnect", "?"]
+        ),
+        "symbol_id": st.sampled_from(["BITSTAMP_SPOT_BTC_USD", "X", "", "../../x"]),
+        "sequence": json_values,
+        "time_exchange": st.sampled_from(["2017-03-18T22:42:21.3763342Z", "soon"]),
+        "price": json_values,
+        "uuid": json_values,
+        "message": json_values,
+        "within_seconds": json_values,
+    }
 )
-def test_coinapi_parser_never_raises(frame):
+
+
+def coinapi() -> CoinAPIProtocol:
     p = CoinAPIProtocol(
         "coinapi", [CoinAPIProtocol.parse_subscription({"name": "t", "data_types": ["trade"]}, "s")]
     )
     p.connect()
-    check(p, frame)
+    return p
+
+
+@SETTINGS
+@given(COINAPI_FRAMES)
+def test_coinapi_parser_never_raises(frame):
+    check(coinapi(), frame)
 
 
 @SETTINGS
@@ -211,3 +218,57 @@ def test_helius_parser_never_raises(frame):
     for request, sub_id in ((1, 7), (2, 8), (3, 9)):
         p.receive(json.dumps({"jsonrpc": "2.0", "result": sub_id, "id": request}).encode(), 1)
     check(p, frame)
+
+
+# -- reading a socket read's frames at once is reading them one by one --------------------------
+
+T = 1_763_000_000_000_000_000
+
+
+def same_events(make, batch: list[bytes]) -> None:
+    """receive_many gives exactly what receive() frame by frame gives, positions included."""
+    one, many = make(), make()
+    positions = range(100, 100 + len(batch))
+    expected = read_frames(one, batch, T, positions)
+    assert many.receive_many(batch, T, positions) == expected
+    assert many.state() == one.state() and many.data_to_send() == one.data_to_send()
+
+
+def coinapi_trade(symbol: str, seq: int) -> bytes:
+    return json.dumps(
+        {"type": "trade", "symbol_id": symbol, "sequence": seq, "uuid": f"u{seq}", "price": 1.5}
+    ).encode()
+
+
+def blockdb_update(dataset_id: str, n: int, reorg: bool) -> bytes:
+    return json.dumps(
+        {"chain_id": 1, "dataset_id": dataset_id, "is_reorg": reorg, "data": {"block_number": n}}
+    ).encode()
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.one_of(
+            COINAPI_FRAMES,
+            st.builds(coinapi_trade, st.sampled_from(["BITSTAMP_SPOT_BTC_USD", "X"]), st.integers(1, 6)),
+        ),
+        max_size=12,
+    )
+)
+def test_coinapi_reads_a_batch_as_it_reads_each_frame(batch):
+    same_events(coinapi, batch)
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.one_of(
+            BLOCKDB_FRAMES,
+            st.builds(blockdb_update, st.sampled_from(["0101", "0304", "9"]), st.integers(), st.booleans()),
+        ),
+        max_size=12,
+    )
+)
+def test_blockdb_reads_a_batch_as_it_reads_each_frame(batch):
+    same_events(blockdb, batch)

@@ -8,7 +8,7 @@ operation id; ids are never reused, so a late frame of an old operation cannot b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +17,7 @@ import msgspec
 
 from ingest.errors import ConfigError
 from ingest.events import Event, FatalError, Notice, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
-from ingest.protocols.base import AuthDefaults
+from ingest.protocols.base import AuthDefaults, read_frames
 from ingest.protocols.bitquery.query import GENERIC_DATASET, METRICS, Cube, Renames, analyse
 
 __all__ = ["LEGACY", "TRANSPORT", "BitqueryProtocol", "BitquerySubscription"]
@@ -250,6 +250,9 @@ class BitqueryProtocol:
                 return [FatalError(f"connection refused: {text}")]
             return [Notice("", f"server reported: {text}")]
         return [self._reject(frame, f"unknown message type {kind!r}", received_at)]
+
+    def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
+        return read_frames(self, frames, received_at, positions)
 
     def data_to_send(self) -> list[str]:
         out, self._outbox = self._outbox, []
