@@ -169,19 +169,9 @@ class Journal:
 
     def append(self, kind: Kind, stream: str, received_at: int, payload: bytes) -> int:
         """Append one record; returns its position. Durable after the next write and sync."""
-        name = self._names.get(stream)
-        if name is None:
-            name = self._names[stream] = stream.encode()
         position = self.next_position
         self.next_position = position + 1
-        head = _HEAD.pack(position, received_at, kind, len(name)) + name
-        # The checksum runs over head then payload without joining them: no copy of the frame.
-        crc = zlib.crc32(payload, zlib.crc32(head))
-        size = len(head) + len(payload)
-        self._pieces += (_PREFIX.pack(size, crc) + head, payload)
-        self._pending += _PREFIX.size + size
-        if self._pending >= self._write_bytes:
-            self.write()
+        self._queue(position, received_at, kind, stream, b"", payload)
         return position
 
     def append_frames(self, stream: str, received_at: int, frames: list[bytes]) -> int:
@@ -192,28 +182,30 @@ class Journal:
         """
         if len(frames) == 1:
             return self.append(Kind.FRAME, stream, received_at, frames[0])
-        name = self._names.get(stream)
-        if name is None:
-            name = self._names[stream] = stream.encode()
         position = self.next_position
         self.next_position = position + len(frames)
         lengths = array("I", map(len, frames))
         if _BIG_ENDIAN:
             lengths.byteswap()
-        payload = b"".join(frames)
-        head = (
-            _HEAD.pack(position, received_at, Kind.FRAMES, len(name))
-            + name
-            + _COUNT.pack(len(frames))
-            + lengths.tobytes()
-        )
+        counts = _COUNT.pack(len(frames)) + lengths.tobytes()
+        self._queue(position, received_at, Kind.FRAMES, stream, counts, b"".join(frames))
+        return position
+
+    def _queue(
+        self, position: int, received_at: int, kind: Kind, stream: str, extra: bytes, payload: bytes
+    ) -> None:
+        """Queue a record: its header (and `extra`, the FRAMES counts) then the payload as is."""
+        name = self._names.get(stream)
+        if name is None:
+            name = self._names[stream] = stream.encode()
+        head = _HEAD.pack(position, received_at, kind, len(name)) + name + extra
+        # The checksum runs over head then payload without joining them: no copy of the frame.
         crc = zlib.crc32(payload, zlib.crc32(head))
         size = len(head) + len(payload)
         self._pieces += (_PREFIX.pack(size, crc) + head, payload)
         self._pending += _PREFIX.size + size
         if self._pending >= self._write_bytes:
             self.write()
-        return position
 
     def write(self) -> None:
         """Hand the queued records to the OS (they survive a killed process from here on)."""

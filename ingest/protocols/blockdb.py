@@ -19,7 +19,7 @@ from ingest.events import (
     SubscriptionAcked,
     SubscriptionFailed,
 )
-from ingest.protocols.base import AuthDefaults, read_frames
+from ingest.protocols.base import AuthDefaults, read_decoded
 
 __all__ = ["DATASETS", "GENERIC_DATASET", "BlockDBProtocol", "BlockDBSubscription"]
 
@@ -140,15 +140,7 @@ class BlockDBProtocol:
         return events
 
     def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
-        try:
-            msgs = list(map(_decode, frames))  # no Python frame per message
-        except msgspec.MsgspecError:  # one is unreadable: frame by frame, so only it is quarantined
-            return read_frames(self, frames, received_at, positions)
-        events: list[Event] = []
-        read = self._read
-        for raw, msg, position in zip(frames, msgs, positions, strict=False):
-            read(raw, msg, received_at, position, events)
-        return events
+        return read_decoded(self, _decode, self._read, frames, received_at, positions)
 
     def _read(
         self, frame: str | bytes, msg: _Frame, received_at: int, position: int, events: list[Event]

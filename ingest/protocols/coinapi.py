@@ -16,7 +16,7 @@ import msgspec
 
 from ingest.errors import ConfigError
 from ingest.events import Event, FatalError, Gap, Notice, Reconnect, Rejected, Rows
-from ingest.protocols.base import AuthDefaults, read_frames
+from ingest.protocols.base import AuthDefaults, read_decoded
 
 __all__ = ["DATASETS", "GENERIC_DATASET", "CoinAPIProtocol", "CoinAPISubscription"]
 
@@ -195,15 +195,7 @@ class CoinAPIProtocol:
         return events
 
     def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
-        try:
-            heads = list(map(_decode_head, frames))  # no Python frame per message
-        except msgspec.MsgspecError:  # one is unreadable: frame by frame, so only it is quarantined
-            return read_frames(self, frames, received_at, positions)
-        events: list[Event] = []
-        read = self._read
-        for raw, head, position in zip(frames, heads, positions, strict=False):
-            read(raw, head, received_at, position, events)
-        return events
+        return read_decoded(self, _decode_head, self._read, frames, received_at, positions)
 
     def _read(self, raw: bytes, head: _Head, received_at: int, position: int, events: list[Event]) -> None:
         """Append what one decoded frame means to `events`."""
