@@ -26,6 +26,10 @@ __all__ = ["CHUNK_OVERHEAD", "GAPS", "QUARANTINE", "REORGS", "Buffer", "Flush"]
 # with tracemalloc: a 280-byte trade costs ~670. Counted, so max_pending_bytes bounds real memory.
 CHUNK_OVERHEAD = 400
 
+# Above this share of max_pending_bytes, sinks holding rows for a larger commit commit them now:
+# waiting until the budget is full would stop the readers first (measured: BlockDB 83k -> 92k msg/s).
+NEAR_FULL = 0.75
+
 QUARANTINE = "quarantine"
 GAPS = "gaps"
 REORGS = "reorgs"
@@ -173,6 +177,11 @@ class Buffer:
     @property
     def congested(self) -> bool:
         return not self._room.is_set()
+
+    @property
+    def near_full(self) -> bool:
+        """Most of the memory budget is taken: what a sink holds should be committed and freed."""
+        return self._outstanding >= NEAR_FULL * self._max_pending
 
     async def wait_for_room(self) -> None:
         await self._room.wait()

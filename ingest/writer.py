@@ -153,7 +153,7 @@ class Writer:
                 async with asyncio.timeout(None if due is None else min(due, _PRESSURE_POLL)):
                     item = await lane.queue.get()
             except TimeoutError:
-                if self._buffer.congested or sink.commit_due_in() == 0:
+                if self._buffer.near_full or sink.commit_due_in() == 0:
                     await self._commit(lane)
                 continue
             if item is None:
@@ -165,9 +165,9 @@ class Writer:
                 await self._retrying(sink, item.dataset, self._write_sink, sink, item, table)
             del table
             lane.held.append(item)
-            if sink.holding and self._buffer.congested:
-                # The readers wait for memory that only a commit frees: waiting for a full batch
-                # would stall them.
+            if sink.holding and self._buffer.near_full:
+                # The readers soon wait for memory that only a commit frees: waiting for a full
+                # batch would stall them.
                 await self._commit(lane)
             if not sink.holding:
                 self._durable(lane)

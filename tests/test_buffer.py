@@ -101,3 +101,16 @@ async def test_close_seals_everything_and_late_rejects_still_flush(registry):
     buf.reject(Rejected("blockdb", b"late", "r", 7))
     assert (await buf.next_flush()).dataset == QUARANTINE
     assert await buf.next_flush() is None
+
+
+def test_near_full_comes_before_the_readers_have_to_wait(registry):
+    frame = 10 + CHUNK_OVERHEAD
+    policy = FlushPolicy(max_rows=100, max_bytes=100 * frame, max_age=60, max_pending_bytes=4 * frame)
+    buf = Buffer(registry, policy)
+    for i in range(2):
+        buf.add(block(i))
+    assert not buf.near_full and not buf.congested
+    buf.add(block(2))  # 3 of 4 frames' worth: near full, readers still read
+    assert buf.near_full and not buf.congested
+    buf.add(block(3))
+    assert buf.near_full and buf.congested

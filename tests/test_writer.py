@@ -7,7 +7,8 @@ import json
 
 import duckdb
 
-from ingest.buffer import Buffer
+from ingest.arrow_batch import build_table
+from ingest.buffer import NEAR_FULL, Buffer
 from ingest.config import FlushPolicy
 from ingest.events import Rejected, Rows
 from ingest.metrics import Metrics
@@ -172,6 +173,26 @@ async def test_rows_duckdb_holds_keep_their_journal_frames_until_it_commits(tmp_
         "SELECT block_number FROM blockdb_blocks ORDER BY 1"
     )
     assert rows.fetchall() == [(n,) for n in range(1, 7)]
+
+
+async def test_held_rows_are_committed_once_the_memory_budget_is_nearly_taken(tmp_path, registry):
+    """DuckDB would hold these rows for a minute, but they take most of max_pending_bytes: they
+    are committed now, before the readers have to stop for memory only a commit frees."""
+    table_bytes = build_table(registry["blockdb_blocks"], [positioned(1), positioned(2)]).table.nbytes
+    policy = FlushPolicy(max_rows=2, max_age=60, max_pending_bytes=int(table_bytes / (NEAR_FULL + 0.05)))
+    buffer = Buffer(registry, policy)
+    db = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=1000, commit_seconds=60)
+    db.open(registry.values())
+    metrics = Metrics()
+    writer = asyncio.create_task(Writer(registry, buffer, [db], metrics).run())
+    buffer.add(positioned(1))
+    buffer.add(positioned(2))
+    await until(lambda: metrics.dataset("blockdb_blocks").rows_written == 2, timeout=5)
+    assert db.checkpoint("blockdb_blocks") == 2 and not db.holding
+    assert buffer.outstanding_bytes == 0 and not buffer.near_full
+    buffer.close()
+    await asyncio.wait_for(writer, 10)
+    db.close()
 
 
 async def test_held_rows_are_committed_when_they_are_old_enough_and_at_the_end(tmp_path, registry):

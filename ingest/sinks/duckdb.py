@@ -45,7 +45,7 @@ class DuckDBSink:
         *,
         instance: str = "main",
         lock_wait: float = 15.0,
-        memory_limit: str = "256MB",
+        memory_limit: str = "128MB",
         keep_raw: bool = False,
         commit_rows: int = ROW_GROUP_ROWS,
         commit_seconds: float = 5.0,
