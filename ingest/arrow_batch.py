@@ -178,6 +178,17 @@ class _Frames:
         values, ends = self.runs(get)
         return _repeat(pa.array(values, typ), ends)
 
+    def positions(self) -> pa.Array:
+        """Each row's journal position: its chunk's, or its own where a chunk spans frames."""
+        spans = list(map(attrgetter("positions"), self.chunks))
+        if spans.count(None) == len(spans):
+            return self.column(attrgetter("position"), pa.int64())
+        per_row = chain.from_iterable(
+            repeat(ch.position, len(ch.records)) if span is None else span
+            for ch, span in zip(self.chunks, spans, strict=True)
+        )
+        return pa.array(list(per_row), pa.int64())
+
     def constant(self, value: Any, typ: pa.DataType) -> pa.Array:
         if not self.n:
             return pa.array([], typ)
@@ -473,7 +484,7 @@ def _split(chunks: Sequence[Rows]) -> list[Rows]:
                     context=ch.context,
                     is_reorg=ch.is_reorg,
                     raw=None if raw is None else [raw[i]],
-                    position=ch.position,
+                    position=ch.positions[i] if ch.positions else ch.position,
                 )
             )
     return out
@@ -487,7 +498,7 @@ def build_table(dataset: Dataset, chunks: Sequence[Rows]) -> BuildResult:
     """Build one table from a flush; records that cannot be read come back as Rejected."""
     try:
         frames = _Frames.of(chunks)
-        return BuildResult(_build(dataset, frames), [], frames.column(attrgetter("position"), pa.int64()))
+        return BuildResult(_build(dataset, frames), [], frames.positions())
     except (msgspec.MsgspecError, pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
         records = _split(chunks)
         if len(records) == 1:

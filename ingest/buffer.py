@@ -20,11 +20,22 @@ from ingest.config import FlushPolicy
 from ingest.events import Gap, Rejected, Rows
 from ingest.schema import Registry
 
-__all__ = ["CHUNK_OVERHEAD", "GAPS", "QUARANTINE", "REORGS", "Buffer", "Flush"]
+__all__ = [
+    "CHUNK_OVERHEAD",
+    "GAPS",
+    "NEAR_FULL",
+    "QUARANTINE",
+    "RECORD_OVERHEAD",
+    "REORGS",
+    "Buffer",
+    "Flush",
+]
 
 # What Python holds for a frame beyond its bytes (the Rows, its list, object headers), measured
 # with tracemalloc: a 280-byte trade costs ~670. Counted, so max_pending_bytes bounds real memory.
 CHUNK_OVERHEAD = 400
+# And for each further record of the same Rows (a bytes object, its list slot, its position).
+RECORD_OVERHEAD = 80
 
 # Above this share of max_pending_bytes, sinks holding rows for a larger commit commit them now:
 # waiting until the budget is full would stop the readers first (measured: BlockDB 83k -> 92k msg/s).
@@ -109,12 +120,15 @@ class Buffer:
             pending = self._pending[rows.dataset] = _Pending(since=self._clock())
         records = rows.records
         n = len(records)
-        nbytes = CHUNK_OVERHEAD + (len(records[0]) if n == 1 else sum(map(len, records)))
+        if n == 1:
+            nbytes = CHUNK_OVERHEAD + len(records[0])
+        else:
+            nbytes = CHUNK_OVERHEAD + RECORD_OVERHEAD * (n - 1) + sum(map(len, records))
         pending.chunks.append(rows)
         if rows.position:
             if not pending.first:  # frames arrive in journal order: the first one is the lowest
                 pending.first = rows.position
-            pending.last = rows.position
+            pending.last = rows.last_position
         pending.rows += n
         pending.nbytes += nbytes
         self._outstanding += nbytes

@@ -21,7 +21,8 @@ __all__ = [
 
 @dataclass(slots=True)
 class Rows:
-    """Records of one dataset from one frame, each kept as its raw JSON bytes.
+    """Records of one dataset from one frame (or a run of frames, see positions), each kept as
+    its raw JSON bytes.
 
     Decoding into columns happens a flush at a time (see arrow_batch), not per frame.
     """
@@ -35,6 +36,13 @@ class Rows:
     is_reorg: bool = False  # envelope-level reorg flag (ORed with the payload's)
     raw: list[bytes] | None = None  # the records as received, where `records` were re-keyed
     position: int = 0  # journal position of the frame (0: not journaled)
+    # Where the records came from several frames of one socket read, one record each (a run
+    # of trades, say): each record's frame position. None: every record is from `position`.
+    positions: list[int] | None = None
+
+    @property
+    def last_position(self) -> int:
+        return self.positions[-1] if self.positions else self.position
 
 
 @dataclass(slots=True)

@@ -208,7 +208,7 @@ class Writer:
         # Frames every sink already holds (a journal replay) are not even decoded again.
         chunks = flush.chunks
         if flush.first <= floor:
-            chunks = [c for c in chunks if not c.position or c.position > floor]
+            chunks = [c for c in chunks if not c.position or c.last_position > floor]
         result = await asyncio.to_thread(_build_table, dataset, chunks) if chunks else _empty_result(dataset)
         for r in result.rejected:  # records the schema could not take go to quarantine
             self._buffer.reject(r)

@@ -495,3 +495,26 @@ def test_a_frame_with_fewer_originals_than_records_loses_no_record(registry):
     result = build_table(ds, [rows])
     assert result.table["block_number"].to_pylist() == [1, 2] and not result.rejected
     assert result.table["_raw"].to_pylist() == [r.decode() for r in records]
+
+
+def test_a_run_of_frames_in_one_rows_keeps_each_records_frame(registry):
+    """One Rows for a run of frames of one read: each row and each rejected record keeps the
+    journal position of its own frame, and the table equals the one built frame by frame."""
+    records = [{**TRANSFER, "tx_index": i, "_tracing_id": f"id{i}"} for i in range(4)]
+    records[2] = {**TRANSFER, "block_number": "not a number"}
+    encoded = [json.dumps(r).encode() for r in records]
+    per_frame = rows(*encoded, received_at=7)
+    for chunk, position in zip(per_frame, (5, 6, 8, 9), strict=True):
+        chunk.received_at, chunk.position = 7, position
+    run = Rows(
+        "blockdb", "blockdb_transfers", "eth_transfers", list(encoded), 7, per_frame[0].context,
+        position=5, positions=[5, 6, 8, 9],
+    )  # fmt: skip
+    merged, single = (
+        build_table(registry["blockdb_transfers"], [run]),
+        build_table(registry["blockdb_transfers"], per_frame),
+    )
+    assert merged.table.equals(single.table)
+    assert merged.positions.to_pylist() == single.positions.to_pylist() == [5, 6, 9]
+    ((rejected,), (expected,)) = merged.rejected, single.rejected
+    assert rejected == expected and rejected.position == 8

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.buffer import CHUNK_OVERHEAD, QUARANTINE, Buffer
+from ingest.buffer import CHUNK_OVERHEAD, QUARANTINE, RECORD_OVERHEAD, Buffer
 from ingest.config import FlushPolicy
 from ingest.events import Rejected, Rows
 
@@ -114,3 +114,14 @@ def test_near_full_comes_before_the_readers_have_to_wait(registry):
     assert buf.near_full and not buf.congested
     buf.add(block(3))
     assert buf.near_full and buf.congested
+
+
+async def test_a_rows_of_several_frames_counts_each_record_and_covers_each_frame(registry):
+    buf = Buffer(registry, FlushPolicy(max_rows=100, max_age=60))
+    run = Rows("blockdb", "blockdb_blocks", "b", [b"{}", b"{1}", b"{12}"], 1, position=3, positions=[3, 4, 6])
+    buf.add(run)
+    assert buf.outstanding_bytes == CHUNK_OVERHEAD + 2 * RECORD_OVERHEAD + 2 + 3 + 4
+    assert buf.low_water(next_position=100) == 3
+    buf.close()
+    flush = await buf.next_flush()
+    assert (flush.rows, flush.first, flush.last) == (3, 3, 6)

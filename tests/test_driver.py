@@ -244,14 +244,21 @@ async def test_a_burst_is_read_a_socket_read_at_a_time_and_every_row_keeps_its_f
     journal.close()
     journaled = [r for seg in segment_files(tmp_path) for r in read_records(seg)]
     frames = {r.position: r for r in journaled if r.kind is Kind.FRAME}
-    rows = drain.chunks
+    rows = [
+        (chunk.dataset, record, position, chunk.received_at)
+        for chunk in drain.chunks
+        for record, position in zip(
+            chunk.records, chunk.positions or [chunk.position] * len(chunk.records), strict=True
+        )
+    ]
     assert len(rows) == sum(emu.sent.values())
-    assert len({c.position for c in rows}) == len(rows)  # one frame, one row
+    assert len({position for _, _, position, _ in rows}) == len(rows)  # one frame, one row
     for dataset in ("blockdb_blocks", "blockdb_transfers"):
-        positions = [c.position for c in rows if c.dataset == dataset]
+        positions = [position for name, _, position, _ in rows if name == dataset]
         assert positions == sorted(positions)
-    for chunk in rows:  # the journaled frame holds exactly this record, received when the row says
-        frame = frames[chunk.position]
-        assert chunk.records[0] in frame.payload and frame.received_at == chunk.received_at
-    reads = len({c.received_at for c in rows})
+    for _, record, position, received_at in rows:  # the journaled frame holds exactly this record
+        frame = frames[position]
+        assert record in frame.payload and frame.received_at == received_at
+    assert len(drain.chunks) < len(rows) / 4  # a run of frames of one read is one Rows
+    reads = len({received_at for _, _, _, received_at in rows})
     assert reads < len(rows) / 4  # a 64 KiB read carries dozens of these frames

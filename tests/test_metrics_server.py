@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.buffer import CHUNK_OVERHEAD, Buffer
+from ingest.buffer import CHUNK_OVERHEAD, RECORD_OVERHEAD, Buffer
 from ingest.config import FlushPolicy
 from ingest.errors import ConfigError
 from ingest.events import Rows
@@ -68,7 +68,8 @@ async def test_metric_lines_follow_from_the_state(served):
     assert server.url.startswith("http://127.0.0.1:")
     lines = set((await scrape(server, http)).splitlines())
     sub = escape_label(ODD_SUB)
-    outstanding = CHUNK_OVERHEAD + sum(map(len, RECORDS))  # one frame, as the buffer counts it
+    # One Rows of several records, as the buffer counts it.
+    outstanding = CHUNK_OVERHEAD + RECORD_OVERHEAD * (len(RECORDS) - 1) + sum(map(len, RECORDS))
     for line in [
         "# TYPE ingest_provider_frames_total counter",
         'ingest_provider_frames_total{provider="blockdb"} 120',

@@ -91,6 +91,7 @@ class BlockDBProtocol:
         self._closing = False
         self._unsubscribing: set[Pair] = set()
         self._outbox: list[str] = []
+        self._run: Rows | None = None  # while reading a batch: the Rows the next record may join
         self._context: dict[Pair, dict[str, Any]] = {}
 
     @classmethod
@@ -136,11 +137,17 @@ class BlockDBProtocol:
         except msgspec.MsgspecError as exc:
             return [self._reject(frame, f"unreadable frame: {exc}", received_at)]
         events: list[Event] = []
+        self._run = None  # one frame: nothing to join
         self._read(frame, msg, received_at, 0, events)
+        self._run = None
         return events
 
     def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
-        return read_decoded(self, _decode, self._read, frames, received_at, positions)
+        self._run = None
+        try:
+            return read_decoded(self, _decode, self._read, frames, received_at, positions)
+        finally:
+            self._run = None  # the Rows went out with the events: nothing more goes into it
 
     def _read(
         self, frame: str | bytes, msg: _Frame, received_at: int, position: int, events: list[Event]
@@ -159,18 +166,26 @@ class BlockDBProtocol:
             context = self._context.get(pair)
             if context is None:
                 context = self._context[pair] = {"chain_id": msg.chain_id, "dataset_id": msg.dataset_id}
-            events.append(
-                Rows(
-                    provider=self.name,
-                    dataset=DATASETS.get(msg.dataset_id, GENERIC_DATASET),
-                    subscription=sub.name if sub else f"{msg.chain_id}:{msg.dataset_id}",
-                    records=[data],
-                    received_at=received_at,
-                    context=context,
-                    is_reorg=bool(msg.is_reorg),
-                    position=position,
-                )
+            reorg = bool(msg.is_reorg)
+            run = self._run
+            # Frames of one read from the same stream, reorg flag alike: one Rows for the run.
+            if run is not None and run.context is context and run.is_reorg is reorg:
+                run.records.append(data)
+                if run.positions is None:
+                    run.positions = [run.position]
+                run.positions.append(position)
+                return
+            run = self._run = Rows(
+                provider=self.name,
+                dataset=DATASETS.get(msg.dataset_id, GENERIC_DATASET),
+                subscription=sub.name if sub else f"{msg.chain_id}:{msg.dataset_id}",
+                records=[data],
+                received_at=received_at,
+                context=context,
+                is_reorg=reorg,
+                position=position,
             )
+            events.append(run)
             return
         reason = "unknown message: neither an acknowledgement nor an update"
         rejected = self._reject(frame, reason, received_at)

@@ -121,6 +121,7 @@ class CoinAPIProtocol:
         self._labels: dict[tuple[str, str | None], str] = {}
         self._last: dict[tuple[str, str], tuple[int, int]] = {}  # (type, symbol) -> (sequence, received_at)
         self._outbox: list[str] = []
+        self._run: Rows | None = None  # while reading a batch: the Rows the next record may join
 
     def set_key(self, key: str | None) -> None:
         """The API key for `hello` (auth in = "message"); never part of any event."""
@@ -191,32 +192,48 @@ class CoinAPIProtocol:
         except msgspec.MsgspecError as exc:
             return [Rejected(self.name, raw, f"unreadable frame: {exc}", received_at)]
         events: list[Event] = []
+        self._run = None  # one frame: nothing to join
         self._read(raw, head, received_at, 0, events)
+        self._run = None
         return events
 
     def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
-        return read_decoded(self, _decode_head, self._read, frames, received_at, positions)
+        self._run = None
+        try:
+            return read_decoded(self, _decode_head, self._read, frames, received_at, positions)
+        finally:
+            self._run = None  # the Rows went out with the events: nothing more goes into it
 
     def _read(self, raw: bytes, head: _Head, received_at: int, position: int, events: list[Event]) -> None:
         """Append what one decoded frame means to `events`."""
         kind, symbol, seq = head.type, head.symbol_id, head.sequence
         if kind in DATA_TYPES:
-            # The hot path (one market message per frame): two dict lookups and one Rows.
-            label = self._labels.get((kind, symbol))
+            # The hot path (one market message per frame): two dict lookups, and one Rows per
+            # run of frames of one read that share table and label, not one per frame.
+            key = (kind, symbol)
+            label = self._labels.get(key)
             if label is None:
                 label = self._label(kind, symbol)
-            dataset = DATASETS.get(kind, GENERIC_DATASET)
-            rows = Rows(self.name, dataset, label, [raw], received_at, self._context, position=position)
             if seq is not None and symbol is not None:
-                last = self._last.get((kind, symbol))
+                last = self._last.get(key)
                 if last is not None and seq != last[0] + 1:
                     gap = self._check_sequence(kind, symbol, seq, received_at, label)
                     if gap is not None:
                         gap.position = position
                         events.append(gap)
                 else:
-                    self._last[(kind, symbol)] = (seq, received_at)
-            events.append(rows)
+                    self._last[key] = (seq, received_at)
+            dataset = DATASETS.get(kind, GENERIC_DATASET)
+            run = self._run
+            if run is not None and run.subscription is label and run.dataset is dataset:
+                run.records.append(raw)
+                if run.positions is None:
+                    run.positions = [run.position]
+                run.positions.append(position)
+            else:
+                run = self._run = Rows(self.name, dataset, label, [raw], received_at, self._context)
+                run.position = position
+                events.append(run)
         elif kind in _HEARTBEATS:
             pass
         elif kind == "error":
