@@ -68,7 +68,8 @@ class ProviderProtocol(Protocol):
     def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
         """Read the frames of one socket read, in order; each Rows, Rejected and Gap carries the
         position of the frame it came from. `read_frames` is the frame-by-frame reading; a
-        protocol may read the whole batch at once, with the same events."""
+        protocol may read the whole batch at once, with the same events and records, except that
+        a run of frames of one stream may share one Rows (which then lists each record's position)."""
         ...
 
     def data_to_send(self) -> list[str]:
