@@ -44,6 +44,13 @@ class Rows:
     def last_position(self) -> int:
         return self.positions[-1] if self.positions else self.position
 
+    def join(self, record: bytes, position: int) -> None:
+        """Take the record of a later frame of the same read and stream (see positions)."""
+        self.records.append(record)
+        if self.positions is None:
+            self.positions = [self.position]
+        self.positions.append(position)
+
 
 @dataclass(slots=True)
 class Rejected:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -11,7 +11,7 @@ import msgspec
 
 from ingest.events import Event, Gap, Rejected, Rows
 
-__all__ = ["AuthDefaults", "ProviderProtocol", "SubscriptionSpec", "read_decoded", "read_frames"]
+__all__ = ["AuthDefaults", "Batch", "ProviderProtocol", "SubscriptionSpec", "read_decoded", "read_frames"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +131,19 @@ def read_frames(
 Decoded = TypeVar("Decoded")
 
 
+@dataclass(slots=True)
+class Batch:
+    """What reading one call's frames appends to: the events, and the Rows that a record of a
+    later frame of the same stream may join (a call's frames share one receive time)."""
+
+    events: list[Event] = field(default_factory=list)
+    run: Rows | None = None
+
+
 def read_decoded(
     protocol: ProviderProtocol,
     decode: Callable[[bytes], Decoded],
-    read: Callable[[bytes, Decoded, int, int, list[Event]], None],
+    read: Callable[[bytes, Decoded, int, int, Batch], None],
     frames: list[bytes],
     received_at: int,
     positions: Iterable[int],
@@ -142,14 +151,14 @@ def read_decoded(
     """A batch for a protocol that decodes every frame into one struct, then reads the struct.
 
     The decoding is one C-level map over the batch, no Python call per frame; `read` appends
-    what one frame means. A frame that does not decode sends the batch frame by frame, so only
-    it is quarantined.
+    what one frame means to the batch. A frame that does not decode sends the batch frame by
+    frame, so only it is quarantined.
     """
     try:
         decoded = list(map(decode, frames))
     except msgspec.MsgspecError:
         return read_frames(protocol, frames, received_at, positions)
-    events: list[Event] = []
+    batch = Batch()
     for raw, value, position in zip(frames, decoded, positions, strict=False):
-        read(raw, value, received_at, position, events)
-    return events
+        read(raw, value, received_at, position, batch)
+    return batch.events

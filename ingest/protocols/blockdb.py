@@ -19,7 +19,7 @@ from ingest.events import (
     SubscriptionAcked,
     SubscriptionFailed,
 )
-from ingest.protocols.base import AuthDefaults, read_decoded
+from ingest.protocols.base import AuthDefaults, Batch, read_decoded
 
 __all__ = ["DATASETS", "GENERIC_DATASET", "BlockDBProtocol", "BlockDBSubscription"]
 
@@ -91,7 +91,6 @@ class BlockDBProtocol:
         self._closing = False
         self._unsubscribing: set[Pair] = set()
         self._outbox: list[str] = []
-        self._run: Rows | None = None  # while reading a batch: the Rows the next record may join
         self._context: dict[Pair, dict[str, Any]] = {}
 
     @classmethod
@@ -136,23 +135,16 @@ class BlockDBProtocol:
             msg = _decode(frame)
         except msgspec.MsgspecError as exc:
             return [self._reject(frame, f"unreadable frame: {exc}", received_at)]
-        events: list[Event] = []
-        self._run = None  # one frame: nothing to join
-        self._read(frame, msg, received_at, 0, events)
-        self._run = None
-        return events
+        batch = Batch()
+        self._read(frame, msg, received_at, 0, batch)
+        return batch.events
 
     def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
-        self._run = None
-        try:
-            return read_decoded(self, _decode, self._read, frames, received_at, positions)
-        finally:
-            self._run = None  # the Rows went out with the events: nothing more goes into it
+        return read_decoded(self, _decode, self._read, frames, received_at, positions)
 
-    def _read(
-        self, frame: str | bytes, msg: _Frame, received_at: int, position: int, events: list[Event]
-    ) -> None:
-        """Append what one decoded frame means to `events`."""
+    def _read(self, frame: str | bytes, msg: _Frame, received_at: int, position: int, batch: Batch) -> None:
+        """Append what one decoded frame means to the batch."""
+        events = batch.events
         if msg.status is not None:
             for event in self._on_ack(msg, frame, received_at):
                 if type(event) is Rejected:
@@ -167,15 +159,12 @@ class BlockDBProtocol:
             if context is None:
                 context = self._context[pair] = {"chain_id": msg.chain_id, "dataset_id": msg.dataset_id}
             reorg = bool(msg.is_reorg)
-            run = self._run
+            run = batch.run
             # Frames of one read from the same stream, reorg flag alike: one Rows for the run.
             if run is not None and run.context is context and run.is_reorg is reorg:
-                run.records.append(data)
-                if run.positions is None:
-                    run.positions = [run.position]
-                run.positions.append(position)
+                run.join(data, position)
                 return
-            run = self._run = Rows(
+            run = batch.run = Rows(
                 provider=self.name,
                 dataset=DATASETS.get(msg.dataset_id, GENERIC_DATASET),
                 subscription=sub.name if sub else f"{msg.chain_id}:{msg.dataset_id}",

@@ -16,7 +16,7 @@ import msgspec
 
 from ingest.errors import ConfigError
 from ingest.events import Event, FatalError, Gap, Notice, Reconnect, Rejected, Rows
-from ingest.protocols.base import AuthDefaults, read_decoded
+from ingest.protocols.base import AuthDefaults, Batch, read_decoded
 
 __all__ = ["DATASETS", "GENERIC_DATASET", "CoinAPIProtocol", "CoinAPISubscription"]
 
@@ -121,7 +121,6 @@ class CoinAPIProtocol:
         self._labels: dict[tuple[str, str | None], str] = {}
         self._last: dict[tuple[str, str], tuple[int, int]] = {}  # (type, symbol) -> (sequence, received_at)
         self._outbox: list[str] = []
-        self._run: Rows | None = None  # while reading a batch: the Rows the next record may join
 
     def set_key(self, key: str | None) -> None:
         """The API key for `hello` (auth in = "message"); never part of any event."""
@@ -191,21 +190,16 @@ class CoinAPIProtocol:
             head = _decode_head(raw)
         except msgspec.MsgspecError as exc:
             return [Rejected(self.name, raw, f"unreadable frame: {exc}", received_at)]
-        events: list[Event] = []
-        self._run = None  # one frame: nothing to join
-        self._read(raw, head, received_at, 0, events)
-        self._run = None
-        return events
+        batch = Batch()
+        self._read(raw, head, received_at, 0, batch)
+        return batch.events
 
     def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
-        self._run = None
-        try:
-            return read_decoded(self, _decode_head, self._read, frames, received_at, positions)
-        finally:
-            self._run = None  # the Rows went out with the events: nothing more goes into it
+        return read_decoded(self, _decode_head, self._read, frames, received_at, positions)
 
-    def _read(self, raw: bytes, head: _Head, received_at: int, position: int, events: list[Event]) -> None:
-        """Append what one decoded frame means to `events`."""
+    def _read(self, raw: bytes, head: _Head, received_at: int, position: int, batch: Batch) -> None:
+        """Append what one decoded frame means to the batch."""
+        events = batch.events
         kind, symbol, seq = head.type, head.symbol_id, head.sequence
         if kind in DATA_TYPES:
             # The hot path (one market message per frame): two dict lookups, and one Rows per
@@ -224,14 +218,11 @@ class CoinAPIProtocol:
                 else:
                     self._last[key] = (seq, received_at)
             dataset = DATASETS.get(kind, GENERIC_DATASET)
-            run = self._run
+            run = batch.run
             if run is not None and run.subscription is label and run.dataset is dataset:
-                run.records.append(raw)
-                if run.positions is None:
-                    run.positions = [run.position]
-                run.positions.append(position)
+                run.join(raw, position)
             else:
-                run = self._run = Rows(self.name, dataset, label, [raw], received_at, self._context)
+                run = batch.run = Rows(self.name, dataset, label, [raw], received_at, self._context)
                 run.position = position
                 events.append(run)
         elif kind in _HEARTBEATS:
