@@ -33,11 +33,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ingest.errors import ConfigError
-from ingest.manifest import MANIFEST_NAME, Manifest, journal_range
+from ingest.manifest import MANIFEST_NAME, Manifest, ManifestError, journal_range
 
 __all__ = ["Lake", "Partition", "open_lake"]
 
 PARTITION_FIELD = "date"
+_MANIFEST_RETRIES = 2  # reads again of a manifest that came back torn (see read_manifest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +99,22 @@ class Lake:
 
     def read_manifest(self, partition_path: str) -> Manifest:
         path = f"{partition_path}/{MANIFEST_NAME}"
-        try:
-            with self.fs.open_input_stream(path) as src:
-                data = src.read()
-        except FileNotFoundError:
-            return Manifest()
-        return Manifest.from_json(data, path)
+        retries = _MANIFEST_RETRIES
+        while True:
+            try:
+                with self.fs.open_input_stream(path) as src:
+                    data = src.read()
+            except FileNotFoundError:
+                return Manifest()
+            try:
+                return Manifest.from_json(data, path)
+            except ManifestError:
+                # On S3 pyarrow sizes the object, then reads it: a manifest replaced in between
+                # reads back cut short (seen with a compaction publishing while a reader reads).
+                # A fresh read sees one whole version; one that stays unreadable is really bad.
+                if not retries:
+                    raise
+                retries -= 1
 
     def live_files(self, partition: Partition, manifest: Manifest | None = None) -> list[pafs.FileInfo]:
         """The files of one partition a reader must read, the manifest (read unless given) applied."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -9,7 +11,7 @@ import pytest
 
 from ingest.errors import ConfigError
 from ingest.lake import dictionary_columns, open_lake
-from ingest.manifest import MANIFEST_NAME, ManifestError
+from ingest.manifest import MANIFEST_NAME, Manifest, ManifestError
 from tests.lake_data import CLOSED, flush_table, write_flush
 
 pytest_plugins = ["tests.s3"]
@@ -102,6 +104,29 @@ def test_an_unreadable_manifest_stops_readers_instead_of_guessing(any_lake, regi
     any_lake.write_bytes(f"{any_lake.partition_dir(ds.name, CLOSED[0])}/{MANIFEST_NAME}", b"{not json")
     with pytest.raises(ManifestError, match="unreadable manifest"):
         any_lake.list_files(ds.name)
+
+
+def test_a_manifest_read_cut_short_by_a_concurrent_replace_is_read_again(any_lake, registry):
+    """On S3 a manifest replaced between sizing and reading it reads back torn: a second read
+    sees one whole version. The damaged-manifest error above still stands for one that stays bad."""
+    ds = registry["blockdb_transfers"]
+    write_flush(any_lake, ds, flush_table(ds, 1, day=CLOSED[0], tag="a"), instance="main", seq=0)
+    partition = any_lake.partition_dir(ds.name, CLOSED[0])
+    whole = Manifest(generation=3, writer="compactor")
+    any_lake.write_bytes(f"{partition}/{MANIFEST_NAME}", whole.to_json())
+    opened = []
+    real_open = any_lake.fs.open_input_stream
+
+    class TornOnce:
+        def open_input_stream(self, path):
+            opened.append(path)
+            if len(opened) == 1:
+                return pa.BufferReader(whole.to_json()[:-7])
+            return real_open(path)
+
+    lake = dataclasses.replace(any_lake, fs=TornOnce())
+    assert lake.read_manifest(partition) == whole
+    assert len(opened) == 2
 
 
 def test_s3_errors_do_not_carry_the_keys(s3_server):
