@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import duckdb
 
@@ -130,6 +131,49 @@ async def test_outstanding_bytes_hold_while_a_sink_fails(registry):
     buffer.close()
     await asyncio.wait_for(writer, 10)
     assert flaky.rows == [0, 1, 2, 3]
+
+
+class ThreadNotingSink(FlakySink):
+    """Notes the thread of every write and commit."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(failures=0)
+        self.name = name
+        self.threads: list[str] = []
+
+    def write(self, dataset, table, first, last) -> list[str]:
+        self.threads.append(threading.current_thread().name)
+        return super().write(dataset, table, first, last)
+
+
+async def test_the_build_and_each_sink_keep_one_thread_of_their_own(registry, monkeypatch):
+    """So each stage's large allocations reuse one heap (glibc's are per thread) flush after flush."""
+    import ingest.writer as writer_module
+
+    build_threads: list[str] = []
+    real_build = writer_module._build_table
+
+    def noting_build(dataset, chunks):
+        build_threads.append(threading.current_thread().name)
+        return real_build(dataset, chunks)
+
+    monkeypatch.setattr(writer_module, "_build_table", noting_build)
+    buffer = Buffer(registry, FlushPolicy(max_rows=2, max_age=60))
+    sinks = [ThreadNotingSink("a"), ThreadNotingSink("b")]
+    writer = Writer(registry, buffer, sinks, Metrics())
+    task = asyncio.create_task(writer.run())
+    for n in range(12):
+        buffer.add(block(n))
+        await asyncio.sleep(0)
+    buffer.close()
+    await asyncio.wait_for(task, 10)
+    assert sinks[0].rows == sinks[1].rows == list(range(12))
+    assert len(build_threads) == len(sinks[0].threads) == len(sinks[1].threads) == 6
+    stages = [set(build_threads), set(sinks[0].threads), set(sinks[1].threads)]
+    assert all(len(threads) == 1 for threads in stages)  # one thread per stage, every flush
+    assert len(set.union(*stages)) == 3  # and no two stages share one
+    assert threading.main_thread().name not in set.union(*stages)
+    assert not writer._threads  # shut down with the writer
 
 
 def positioned(n: int) -> Rows:
