@@ -272,3 +272,98 @@ def test_a_failed_first_commit_leaves_nothing_held(tmp_path, registry):
     sink.close()
     con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(3,)]
+
+
+def generic_rows(registry, n: int, size: int) -> pa.Table:
+    """Rows of a generic dataset (its `_raw`, kept in DuckDB) of about `size` bytes each."""
+    ds = registry["blockdb_generic"]
+    records = [
+        json.dumps({"data": f"{i:08d}" * (size // 8), "_tracing_id": f"g{i}"}).encode() for i in range(n)
+    ]
+    chunk = Rows("blockdb", ds.name, "s", records, T0, {"chain_id": 1, "dataset_id": "0999"})
+    return build_table(ds, [chunk]).table
+
+
+def test_a_commit_that_runs_out_of_memory_is_made_with_a_higher_limit(tmp_path, registry):
+    """Large values (account data, generic rows) can need more than DuckDB's usual memory."""
+    ds = registry["blockdb_generic"]
+    limit = 16 << 20
+    sink = DuckDBSink(tmp_path / "ingest.duckdb", memory_limit=limit, commit_rows=10**6)
+    sink.open(registry.values())
+    table = generic_rows(registry, 400, 100_000)  # 40 MB of 100 kB values: too much at 16 MB
+    sink.write(ds, table, 1, 400)
+    probe = duckdb.connect(str(tmp_path / "probe.duckdb"))
+    probe.execute(f"SET memory_limit = '{limit}B'")
+    probe.register("big", table)
+    probe.execute("CREATE TABLE t AS SELECT * FROM big LIMIT 0")
+    with pytest.raises(duckdb.OutOfMemoryException):  # what one try at the usual limit meets
+        probe.execute("INSERT INTO t SELECT * FROM big")
+    sink.commit()
+    assert not sink.holding and sink.checkpoint(ds.name) == 400
+    assert sink._con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "16.0 MiB"
+    sink.write(ds, generic_rows(registry, 3, 100), 401, 403)  # and it goes on at the usual limit
+    sink.close()
+    con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*), sum(length(_raw)) FROM blockdb_generic").fetchone() == (
+        403,
+        sum(map(len, table["_raw"].to_pylist()))
+        + sum(map(len, generic_rows(registry, 3, 100)["_raw"].to_pylist())),
+    )
+    assert con.execute("SELECT position FROM _ingest_positions").fetchall() == [(403,)]
+
+
+class FatalAfterCommit:
+    """A connection whose next COMMIT makes the rows durable, then fails as a checkpoint that
+    follows it can ("reopen the database instance to recover")."""
+
+    def __init__(self, con) -> None:
+        self.con = con
+
+    def execute(self, sql, *args):
+        result = self.con.execute(sql, *args)
+        if sql == "COMMIT":
+            raise duckdb.FatalException(
+                "Transaction COMMIT succeeded and is durable, but the autocheckpoint failed"
+            )
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self.con, name)
+
+
+def test_a_fatal_error_after_a_durable_commit_reopens_and_stores_nothing_twice(tmp_path, registry):
+    ds = registry["blockdb_transfers"]
+    sink = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=10**6)
+    sink.open(registry.values())
+    sink.write(ds, transfers(registry, 3), 1, 3)
+    sink._con = FatalAfterCommit(sink._con)
+    sink.commit()  # the rows were in: nothing to redo, and a working connection again
+    assert not sink.holding and sink.checkpoint(ds.name) == 3
+    assert not isinstance(sink._con, FatalAfterCommit)
+    sink.write(ds, transfers(registry, 2, start_ns=T0 + DAY), 4, 5)
+    sink.close()
+    con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(5,)]
+    assert con.execute("SELECT position FROM _ingest_positions").fetchall() == [(5,)]
+
+
+def test_a_fatal_error_before_the_rows_were_in_reopens_and_lets_the_writer_try_again(tmp_path, registry):
+    ds = registry["blockdb_transfers"]
+    sink = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=10**6)
+    sink.open(registry.values())
+    sink.write(ds, transfers(registry, 3), 1, 3)
+
+    class FatalInsert(FailingInsert):
+        def execute(self, sql, *args):
+            if sql.startswith('INSERT INTO "'):
+                raise duckdb.FatalException("database has been invalidated")
+            return self.con.execute(sql, *args)
+
+    sink._con = FatalInsert(sink._con)
+    with pytest.raises(duckdb.FatalException):
+        sink.commit()
+    assert sink.holding and sink.checkpoint(ds.name) == 0 and not isinstance(sink._con, FatalInsert)
+    sink.commit()  # the writer's retry, on the reopened connection
+    sink.close()
+    con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(3,)]

@@ -11,10 +11,17 @@ they are committed, so a crash loses nothing.
 `_raw` (each row's JSON as received) stays out of DuckDB unless asked for: it is the widest
 column by far and halves DuckDB's insert rate, and the Parquet lake keeps it for every row.
 Datasets whose only payload is `_raw` (the generic ones) keep it everywhere.
+
+DuckDB keeps its buffer pool filled up to `memory_limit`, so the limit is what it costs the
+daemon's RSS: 64 MB (128 MB cost ~70 MB more peak RSS at full speed, for no speed). A commit of
+large values (tens of kB each: account data, raw rows of generic datasets) can need more than
+that, so a commit that runs out of memory is rolled back and tried again with a higher limit,
+which then goes back down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +39,8 @@ __all__ = ["POSITIONS", "DuckDBSink"]
 POSITIONS = "_ingest_positions"  # per instance and dataset: the last journal position stored
 RAW = "_raw"
 ROW_GROUP_ROWS = 122_880  # DuckDB's row group: what a commit writes directly to the file
+MEMORY_LIMIT = 64 << 20
+MAX_MEMORY_LIMIT = 4 << 30  # how high a commit that runs out of memory may raise the limit
 
 log = structlog.get_logger("ingest.sinks.duckdb")
 
@@ -45,7 +54,8 @@ class DuckDBSink:
         *,
         instance: str = "main",
         lock_wait: float = 15.0,
-        memory_limit: str = "128MB",
+        memory_limit: int = MEMORY_LIMIT,
+        max_memory_limit: int = MAX_MEMORY_LIMIT,
         keep_raw: bool = False,
         commit_rows: int = ROW_GROUP_ROWS,
         commit_seconds: float = 5.0,
@@ -57,17 +67,19 @@ class DuckDBSink:
         self._held_since: float | None = None
         self._keep_raw = keep_raw
         self._memory_limit = memory_limit
+        self._max_memory_limit = max(memory_limit, max_memory_limit)
         self._instance = instance
         self._lock_wait = lock_wait
         self._con: duckdb.DuckDBPyConnection | None = None
         self._checkpoints: dict[str, int] = {}
+        self._opened = False
 
     def open(self, datasets: Iterable[Dataset]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = self._connect()
         # DuckDB's buffer pool defaults to 80% of RAM and keeps what it caches: a long-running
         # daemon's memory would creep. Inserts need little; queries go through other processes.
-        self._con.execute(f"SET memory_limit = '{self._memory_limit}'")
+        self._set_memory_limit(self._memory_limit)
         for ds in datasets:
             self._con.execute(ds.create_table_sql(self._omitted(ds)))
             self._add_missing_columns(ds)
@@ -80,6 +92,7 @@ class DuckDBSink:
         ).fetchall()
         self._checkpoints = dict(rows)
         apply_views(self._con)
+        self._opened = True
 
     def _omitted(self, ds: Dataset) -> tuple[str, ...]:
         return () if self._keep_raw or ds.raw_only or ds.kind != "records" else (RAW,)
@@ -115,7 +128,7 @@ class DuckDBSink:
 
     def write(self, dataset: Dataset, table: pa.Table, first: int, last: int) -> list[str]:
         """Hold the rows; commit everything held once this dataset has a row group's worth."""
-        assert self._con is not None, "open() first"
+        assert self._opened, "open() first"
         if omitted := self._omitted(dataset):
             table = table.drop_columns([c for c in omitted if c in table.column_names])  # zero-copy
         parts = self._held.setdefault(dataset.name, [])
@@ -146,12 +159,72 @@ class DuckDBSink:
             return None
         return max(0.0, self._held_since + self._commit_seconds - time.monotonic())
 
+    def _set_memory_limit(self, limit: int) -> None:
+        assert self._con is not None
+        self._con.execute(f"SET memory_limit = '{limit}B'")
+
     def commit(self) -> None:
-        """Insert every held table and how far each dataset reaches, in one transaction."""
-        con = self._con
-        assert con is not None, "open() first"
+        """Insert every held table and how far each dataset reaches, in one transaction; with a
+        higher memory limit for this commit if it runs out of memory."""
         if not self._held:
             return
+        if self._con is None:  # a reopen after a fatal error failed: try it again
+            self._con = self._connect()
+            self._set_memory_limit(self._memory_limit)
+        limit = self._memory_limit
+        try:
+            while True:
+                try:
+                    self._insert_held()
+                    return
+                except duckdb.Error as exc:
+                    fatal = isinstance(exc, duckdb.FatalException)
+                    raised = _out_of_memory(exc) and limit < self._max_memory_limit
+                    if not (raised or fatal):
+                        raise
+                    if raised:
+                        limit = min(limit * 4, self._max_memory_limit)
+                    rows = sum(t.num_rows for parts in self._held.values() for _, t, _ in parts)
+                    log.warning("commit failed", rows=rows, memory_limit=limit, error=str(exc)[:300])
+                    if fatal and self._reopen(limit, exc):
+                        return  # the rows were in: only what followed the commit failed
+                    if not raised:
+                        raise  # a fresh connection, for the writer's next try
+                    self._set_memory_limit(limit)
+        finally:
+            if limit != self._memory_limit and self._con is not None:
+                self._set_memory_limit(self._memory_limit)
+
+    def _reopen(self, limit: int, exc: duckdb.Error) -> bool:
+        """A fatal error leaves the database instance unusable (DuckDB: "reopen the database to
+        recover"), and one raised by COMMIT may come after the rows were made durable (the
+        checkpoint that follows a commit failed). Reopen (at `limit`: opening replays the log), and
+        say whether the held rows are in, from the positions committed with them."""
+        if self._con is not None:
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+            self._con = None
+        self._con = self._connect()
+        self._set_memory_limit(limit)
+        stored = dict(
+            self._con.execute(
+                f"SELECT dataset, position FROM {POSITIONS} WHERE instance = ?", [self._instance]
+            ).fetchall()
+        )
+        lasts = {name: max(last for _, _, last in parts) for name, parts in self._held.items()}
+        if all(lasts.values()):
+            committed = all(stored.get(name, 0) >= last for name, last in lasts.items())
+        else:  # rows without journal positions: only DuckDB's word tells
+            committed = "COMMIT succeeded" in str(exc)
+        self._checkpoints.update(stored)
+        if committed:
+            self._held.clear()
+            self._held_since = None
+        return committed
+
+    def _insert_held(self) -> None:
+        con = self._con
+        assert con is not None
         reached: dict[str, int] = {}
         # The rows and how far they reach commit together: after a crash both or neither.
         con.execute("BEGIN TRANSACTION")
@@ -166,7 +239,9 @@ class DuckDBSink:
                         f"INSERT INTO {quote_ident(dataset.name)} BY NAME SELECT * FROM _ingest_batch"
                     )
                 finally:
-                    con.unregister("_ingest_batch")
+                    # In a failed transaction this fails too; registering again replaces it.
+                    with contextlib.suppress(duckdb.Error):
+                        con.unregister("_ingest_batch")
                 last = max(last for _, _, last in parts)
                 if last > self._checkpoints.get(name, 0):
                     reached[name] = last
@@ -175,7 +250,9 @@ class DuckDBSink:
                     )
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            # A COMMIT that fails has already ended the transaction: nothing left to roll back.
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
             raise
         self._checkpoints.update(reached)
         self._held.clear()
@@ -184,6 +261,17 @@ class DuckDBSink:
     def close(self) -> None:
         if self._con is not None:
             self.commit()
-            self._con.execute("CHECKPOINT")
+            try:
+                self._con.execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                if not _out_of_memory(exc):
+                    raise
+                self._set_memory_limit(self._max_memory_limit)  # large values in the log, as above
+                self._con.execute("CHECKPOINT")
             self._con.close()
             self._con = None
+
+
+def _out_of_memory(exc: duckdb.Error) -> bool:
+    # Out of memory at COMMIT comes as a TransactionException, known only by its text.
+    return isinstance(exc, duckdb.OutOfMemoryException) or "failed to pin block" in str(exc)
