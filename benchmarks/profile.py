@@ -31,7 +31,10 @@ _POOL = re.compile(r"(_\d+|-\d+)$")
 
 
 def _thread_group(name: str) -> str:
-    """asyncio_0, asyncio_1 ... are to_thread workers: one group (sinks, Arrow builds, fsync)."""
+    """asyncio_0, asyncio_1 ... are to_thread workers: one group (journal fsyncs, sink opening);
+    ingest-build_0, ingest-parquet_0, ingest-duckdb_0 are the writer's stages, one thread each."""
+    if name.startswith("ingest-"):
+        return _POOL.sub("", name)
     return _POOL.sub("_*", name) if name.startswith(("asyncio", "ThreadPoolExecutor")) else name
 
 

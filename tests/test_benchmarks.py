@@ -69,3 +69,20 @@ def test_baselines_store_what_they_read_and_the_sender_is_measured_alone(results
             assert r["messages_read"] <= r["sent_frames"]
         elif system == "null":
             assert r["sent_frames"] > 0 and r["sender_frames_per_s"] > 0
+
+
+def test_profile_groups_threads_by_stage():
+    from benchmarks.profile import summarise_collapsed
+
+    lines = [
+        "thread (0x1): ingest-build_0;_build_table (ingest/writer.py:1) 3",
+        "thread (0x2): asyncio_0;_sync_fd (ingest/journal.py:1) 1",
+        "thread (0x3): asyncio_1;_sync_fd (ingest/journal.py:1) 2",
+        "thread (0x4): MainThread;run (ingest/app.py:1) 5",
+    ]
+    groups = summarise_collapsed(lines)
+    assert {k: g["total"]["samples"] for k, g in groups.items()} == {
+        "ingest-build": 3,
+        "asyncio_*": 3,
+        "MainThread": 5,
+    }
