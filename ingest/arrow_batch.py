@@ -412,8 +412,11 @@ def _build(dataset: Dataset, frames: _Frames) -> pa.Table:
     # What _raw keeps: the bytes as received, where the protocol had to re-key a record.
     as_received = list(map(attrgetter("raw"), chunks)).count(None) == len(chunks)
     blocks, records = _read_payload(plan, fields, raws, keep_records=as_received)
+    # Each column's blocks are let go as soon as the column is joined from them: a table's worth
+    # of blocks and the table itself are never both held (for wide rows, tens of MB a flush).
     if as_received:
         originals, raw_column = raws, _concat(records)
+        del records
     else:
         originals = list(chain.from_iterable(ch.raw or ch.records for ch in chunks))
         raw_column = None  # built last, as it always was
@@ -427,7 +430,7 @@ def _build(dataset: Dataset, frames: _Frames) -> pa.Table:
             built = _context_column(col, list(map(methodcaller("get", col.name), contexts)))
             arrays.update((name, _repeat(arr, context_ends)) for name, arr in built)
         else:
-            arrays.update(_assemble(col, blocks[col]))
+            arrays.update(_assemble(col, blocks.pop(col)))
 
     splits: dict[str, pa.Array] = {}  # each source column is split once for all its parts
     for col in dataset.columns:
@@ -439,14 +442,14 @@ def _build(dataset: Dataset, frames: _Frames) -> pa.Table:
     if tracing_column is not None:
         tracing = arrays[tracing_column]
     elif dataset.tracing_id:
-        tracing = _concat(blocks[_TRACING])
+        tracing = _concat(blocks.pop(_TRACING))
     elif dataset.identity:
         tracing = _derived_tracing_ids(dataset, arrays, originals)
     else:
         tracing = pa.nulls(n, pa.string())
     chunk_reorg = frames.column(attrgetter("is_reorg"), pa.bool_())
     if dataset.reorg_flag:
-        payload_reorg = _concat(blocks[_REORG])
+        payload_reorg = _concat(blocks.pop(_REORG))
         reorg = pc.fill_null(pc.or_kleene(chunk_reorg, payload_reorg), True)
     else:
         reorg = chunk_reorg
