@@ -160,7 +160,17 @@ def _run_daemon(config: Config, args: argparse.Namespace, log_format: str) -> in
         print_summary(result, config, load_registry(), Console(width=None if sys.stdout.isatty() else 160))
         return 1 if result.failed and len(result.failed) == len(config.providers) else 0
 
-    return asyncio.run(main_task())
+    try:
+        return asyncio.run(main_task())
+    except ExceptionGroup as group:
+        # A component that cannot go on (a sink's fatal error) stops the daemon's task group: say
+        # what it was, as any other fatal error, rather than a traceback of the group.
+        fatal = group.subgroup(Fatal)
+        if fatal is None:
+            raise
+        while isinstance(fatal, BaseExceptionGroup):
+            fatal = fatal.exceptions[0]
+        raise fatal from None
 
 
 def _reconcile(config: Config, args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from ingest.arrow_batch import build_table
+from ingest.errors import Fatal
 from ingest.events import Rows
 from ingest.schema import Column, ColumnType, Dataset
 from ingest.sinks.duckdb import DuckDBSink
@@ -331,23 +332,30 @@ class FatalAfterCommit:
         return getattr(self.con, name)
 
 
-def test_a_fatal_error_after_a_durable_commit_reopens_and_stores_nothing_twice(tmp_path, registry):
+def test_a_fatal_error_stops_the_sink_and_a_restart_stores_nothing_twice(tmp_path, registry):
+    """DuckDB's instance is unusable after a fatal error (reusing it crashed a soak run): the sink
+    stops with a clear error; a restart learns from the committed positions what is in."""
     ds = registry["blockdb_transfers"]
     sink = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=10**6)
     sink.open(registry.values())
     sink.write(ds, transfers(registry, 3), 1, 3)
     sink._con = FatalAfterCommit(sink._con)
-    sink.commit()  # the rows were in: nothing to redo, and a working connection again
-    assert not sink.holding and sink.checkpoint(ds.name) == 3
-    assert not isinstance(sink._con, FatalAfterCommit)
-    sink.write(ds, transfers(registry, 2, start_ns=T0 + DAY), 4, 5)
-    sink.close()
+    with pytest.raises(Fatal, match="start the daemon again"):
+        sink.commit()
+    with pytest.raises(Fatal):  # the writer's retry meets the same answer, not a crash
+        sink.commit()
+    sink.close()  # nothing left to do with a closed instance
+    restarted = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=10**6)
+    restarted.open(registry.values())
+    assert restarted.checkpoint(ds.name) == 3  # the commit was durable: a replay skips frames 1-3
+    restarted.write(ds, transfers(registry, 2, start_ns=T0 + DAY), 4, 5)
+    restarted.close()
     con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(5,)]
     assert con.execute("SELECT position FROM _ingest_positions").fetchall() == [(5,)]
 
 
-def test_a_fatal_error_before_the_rows_were_in_reopens_and_lets_the_writer_try_again(tmp_path, registry):
+def test_a_fatal_error_before_the_rows_were_in_leaves_them_to_the_restart(tmp_path, registry):
     ds = registry["blockdb_transfers"]
     sink = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=10**6)
     sink.open(registry.values())
@@ -360,10 +368,38 @@ def test_a_fatal_error_before_the_rows_were_in_reopens_and_lets_the_writer_try_a
             return self.con.execute(sql, *args)
 
     sink._con = FatalInsert(sink._con)
-    with pytest.raises(duckdb.FatalException):
+    with pytest.raises(Fatal):
         sink.commit()
-    assert sink.holding and sink.checkpoint(ds.name) == 0 and not isinstance(sink._con, FatalInsert)
-    sink.commit()  # the writer's retry, on the reopened connection
-    sink.close()
+    restarted = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=10**6)
+    restarted.open(registry.values())
+    assert restarted.checkpoint(ds.name) == 0  # not in: the journal replays frames 1-3
+    restarted.write(ds, transfers(registry, 3), 1, 3)
+    restarted.close()
     con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(3,)]
+
+
+def test_a_sinks_fatal_error_ends_the_daemon_with_that_error_not_a_traceback(monkeypatch, capsys, tmp_path):
+    """The daemon's task group wraps what stopped it; the CLI says it as any fatal error, exit 1."""
+    import argparse
+
+    import ingest.app
+    from ingest import cli
+    from ingest.config import parse_config
+
+    class StoppedByDuckDB(ingest.app.Daemon):
+        async def run(self, **kw):
+            raise ExceptionGroup("daemon", [Fatal("DuckDB failed and must be reopened")])
+
+    monkeypatch.setattr(ingest.app, "Daemon", StoppedByDuckDB)
+    provider = {
+        "kind": "coinapi",
+        "url": "ws://127.0.0.1:9/",
+        "subscriptions": [{"name": "t", "data_types": ["trade"]}],
+    }
+    config = parse_config(
+        {"storage": {"data_dir": str(tmp_path)}, "providers": {"c": provider}}, base=tmp_path
+    )
+    args = argparse.Namespace(log_format="json", no_live=True, duration=1, config=None)
+    with pytest.raises(Fatal, match="must be reopened"):  # main() prints it: "error: ..." and 1
+        cli._run_daemon(config, args, "json")

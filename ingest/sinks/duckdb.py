@@ -13,10 +13,12 @@ column by far and halves DuckDB's insert rate, and the Parquet lake keeps it for
 Datasets whose only payload is `_raw` (the generic ones) keep it everywhere.
 
 DuckDB keeps its buffer pool filled up to `memory_limit`, so the limit is what it costs the
-daemon's RSS: 64 MB (128 MB cost ~70 MB more peak RSS at full speed, for no speed). A commit of
+daemon's RSS: 128 MB. 64 MB took ~70 MB off the peak in short runs, but ten minutes at full
+speed with it ended in a fatal checkpoint failure (the table past ~20M rows). A commit of
 large values (tens of kB each: account data, raw rows of generic datasets) can need more than
 that, so a commit that runs out of memory is rolled back and tried again with a higher limit,
-which then goes back down.
+which then goes back down. A fatal DuckDB error stops the daemon with a clear error instead: the
+instance cannot be used again in the same process, and a restart loses nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ __all__ = ["POSITIONS", "DuckDBSink"]
 POSITIONS = "_ingest_positions"  # per instance and dataset: the last journal position stored
 RAW = "_raw"
 ROW_GROUP_ROWS = 122_880  # DuckDB's row group: what a commit writes directly to the file
-MEMORY_LIMIT = 64 << 20
+MEMORY_LIMIT = 128 << 20
 MAX_MEMORY_LIMIT = 4 << 30  # how high a commit that runs out of memory may raise the limit
 
 log = structlog.get_logger("ingest.sinks.duckdb")
@@ -168,59 +170,37 @@ class DuckDBSink:
         higher memory limit for this commit if it runs out of memory."""
         if not self._held:
             return
-        if self._con is None:  # a reopen after a fatal error failed: try it again
-            self._con = self._connect()
-            self._set_memory_limit(self._memory_limit)
+        con = self._con
+        if con is None:
+            raise Fatal(f"{self.path} was closed after a fatal DuckDB error: start the daemon again")
         limit = self._memory_limit
         try:
             while True:
                 try:
                     self._insert_held()
                     return
+                except duckdb.FatalException as exc:
+                    # DuckDB's instance is unusable ("reopen the database to recover"), and reusing
+                    # it in this process crashed it (a 10-minute soak). Stop: the journal keeps every
+                    # frame not stored yet, and the positions committed with the rows tell a restart
+                    # whether these rows are in.
+                    with contextlib.suppress(duckdb.Error):
+                        con.close()
+                    self._con = None
+                    raise Fatal(
+                        f"DuckDB failed and must be reopened ({str(exc)[:300]}); nothing is lost: "
+                        "start the daemon again and it stores what is missing from the journal"
+                    ) from None
                 except duckdb.Error as exc:
-                    fatal = isinstance(exc, duckdb.FatalException)
-                    raised = _out_of_memory(exc) and limit < self._max_memory_limit
-                    if not (raised or fatal):
+                    if not _out_of_memory(exc) or limit >= self._max_memory_limit:
                         raise
-                    if raised:
-                        limit = min(limit * 4, self._max_memory_limit)
+                    limit = min(limit * 4, self._max_memory_limit)
                     rows = sum(t.num_rows for parts in self._held.values() for _, t, _ in parts)
-                    log.warning("commit failed", rows=rows, memory_limit=limit, error=str(exc)[:300])
-                    if fatal and self._reopen(limit, exc):
-                        return  # the rows were in: only what followed the commit failed
-                    if not raised:
-                        raise  # a fresh connection, for the writer's next try
+                    log.warning("commit ran out of memory, trying again", rows=rows, memory_limit=limit)
                     self._set_memory_limit(limit)
         finally:
             if limit != self._memory_limit and self._con is not None:
                 self._set_memory_limit(self._memory_limit)
-
-    def _reopen(self, limit: int, exc: duckdb.Error) -> bool:
-        """A fatal error leaves the database instance unusable (DuckDB: "reopen the database to
-        recover"), and one raised by COMMIT may come after the rows were made durable (the
-        checkpoint that follows a commit failed). Reopen (at `limit`: opening replays the log), and
-        say whether the held rows are in, from the positions committed with them."""
-        if self._con is not None:
-            with contextlib.suppress(duckdb.Error):
-                self._con.close()
-            self._con = None
-        self._con = self._connect()
-        self._set_memory_limit(limit)
-        stored = dict(
-            self._con.execute(
-                f"SELECT dataset, position FROM {POSITIONS} WHERE instance = ?", [self._instance]
-            ).fetchall()
-        )
-        lasts = {name: max(last for _, _, last in parts) for name, parts in self._held.items()}
-        if all(lasts.values()):
-            committed = all(stored.get(name, 0) >= last for name, last in lasts.items())
-        else:  # rows without journal positions: only DuckDB's word tells
-            committed = "COMMIT succeeded" in str(exc)
-        self._checkpoints.update(stored)
-        if committed:
-            self._held.clear()
-            self._held_since = None
-        return committed
 
     def _insert_held(self) -> None:
         con = self._con
