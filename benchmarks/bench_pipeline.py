@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,8 +265,31 @@ def _measure(spec: RunSpec, rnd: RoundResult, out: dict[str, Any], run_dir: Path
     m["cpu_us_per_msg"] = cpu / messages * 1e6 if cpu is not None and messages else None
     m["cpu_cores"] = cpu / elapsed if cpu is not None else None  # average cores busy
     m["cpu_us_per_msg_steady"] = _cpu_steady(samples, rnd.started + spec.warmup, rnd.ended)
+    m |= rss_drift(samples, rnd.started + spec.warmup, rnd.ended)
     m["timeline"] = _timeline(samples, rnd.started)
     return m
+
+
+def rss_drift(samples: Sequence[Sequence[float]], start: float, end: float) -> dict[str, float]:
+    """Whether RSS stays flat over [start, end]: the peak of its first and last thirds, their
+    difference, and the least-squares slope of RSS over time. Empty if too few samples."""
+    inside = [(t, rss / 2**20) for t, _, rss, _ in samples if start <= t <= end]
+    if len(inside) < 6:
+        return {}
+    third = len(inside) // 3
+    first = max(r for _, r in inside[:third])
+    last = max(r for _, r in inside[-third:])
+    n = len(inside)
+    mean_t = sum(t for t, _ in inside) / n
+    mean_r = sum(r for _, r in inside) / n
+    var_t = sum((t - mean_t) ** 2 for t, _ in inside)
+    slope = sum((t - mean_t) * (r - mean_r) for t, r in inside) / var_t if var_t else 0.0
+    return {
+        "rss_first_third_peak_mb": first,
+        "rss_last_third_peak_mb": last,
+        "rss_growth_mb": last - first,
+        "rss_slope_mb_per_min": slope * 60,
+    }
 
 
 def _timeline(samples: list[list[float]], started: float, every: float = 0.25) -> list[list[float]]:

@@ -8,6 +8,7 @@ Scenarios (all in one run of the benchmark, so the figures compare on one machin
 - `cpu`: CoinAPI trades at 20k msg/s offered: CPU per message (and latency) for every system.
 - `scaling`: BlockDB transfers at full speed over 1, 4 and 16 concurrent subscriptions.
 - `flush`: flush `max_rows` at full speed, and `max_age_seconds` at 20k msg/s.
+- `soak`: CoinAPI trades at full speed for 10 minutes, once: peak RSS, and whether RSS stays flat.
 
 Runs of a spec are interleaved with the others' (round after round), so drift in the host's
 load spreads over every system instead of favouring one.
@@ -34,7 +35,7 @@ from benchmarks.report import Row, render, summaries, write_json
 
 __all__ = ["LOW_LATENCY", "SCENARIOS", "main"]
 
-SCENARIOS = ("sender", "throughput", "latency", "cpu", "scaling", "flush")
+SCENARIOS = ("sender", "throughput", "latency", "cpu", "scaling", "flush", "soak")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 # The documented low-latency setting (README of benchmarks/): a flush at least every 100 ms.
 LOW_LATENCY = {"max_rows": 50_000, "max_age": 0.1}
@@ -57,11 +58,14 @@ class Mode:
     max_rows: tuple[int, ...]
     max_age: tuple[float, ...]
     dlt_mixes: tuple[str, ...]  # dlt with dicts is slow: where it runs
+    soak_seconds: float  # the one long run: is RSS flat?
+    soak_warmup: float
 
 
 FULL = Mode(3, 3, 1, 5.0, 3.0, 3.0, 1.0, 4.0, 1.0, (1, 4, 16), (10_000, 50_000, 200_000),
-            (0.1, 0.25, 1.0, 2.0), ("coinapi", "blockdb", "bitquery"))  # fmt: skip
-QUICK = Mode(1, 1, 1, 1.0, 1.0, 1.0, 0.5, 1.5, 0.5, (1, 4), (10_000, 50_000), (0.1, 1.0), ("coinapi",))
+            (0.1, 0.25, 1.0, 2.0), ("coinapi", "blockdb", "bitquery"), 600.0, 30.0)  # fmt: skip
+QUICK = Mode(1, 1, 1, 1.0, 1.0, 1.0, 0.5, 1.5, 0.5, (1, 4), (10_000, 50_000), (0.1, 1.0), ("coinapi",),
+             10.0, 2.0)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -158,6 +162,18 @@ def build_plan(mode: Mode, only: set[str]) -> Plan:
             grows.append(Row("  queryable p99", "queryable_p99_ms", specs, "ms"))
             grows.append(Row("  CPU per message", "cpu_us_per_msg", specs, "µs"))
             grows.append(Row("  peak RSS", "peak_rss_mb", specs, "MB"))
+    if "soak" in only:
+        # Once: a 10-minute run writes ~15 GB. Warm-up left out of the flatness figures.
+        spec = plan.want(RunSpec("ingest", "coinapi", seconds=mode.soak_seconds, warmup=mode.soak_warmup), 1)
+        specs = {"ingest": spec}
+        secs = mode.soak_seconds
+        length = f"{secs / 60:g} min" if secs >= 60 else f"{secs:g} s"
+        grows.append(Row(f"CoinAPI full speed for {length}: throughput", "msgs_per_s", specs, "msg/s"))
+        grows.append(Row("  peak RSS", "peak_rss_mb", specs, "MB", ("<", 500.0)))
+        grows.append(Row("  RSS peak, first third of the run", "rss_first_third_peak_mb", specs, "MB"))
+        grows.append(Row("  RSS peak, last third of the run", "rss_last_third_peak_mb", specs, "MB"))
+        grows.append(Row("  RSS trend (least squares)", "rss_slope_mb_per_min", specs, "MB/min"))
+        grows.append(Row("  rows stored = rows sent, in both sinks", "rows_match", specs))
     return plan
 
 

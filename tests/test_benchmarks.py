@@ -86,3 +86,17 @@ def test_profile_groups_threads_by_stage():
         "asyncio_*": 3,
         "MainThread": 5,
     }
+
+
+def test_rss_drift_tells_flat_from_growing():
+    from benchmarks.bench_pipeline import rss_drift
+
+    mb = 2**20
+    flat = [(t, 0.0, (400 + (t % 3)) * mb, 0) for t in range(0, 601, 10)]  # a sawtooth, no trend
+    growing = [(t, 0.0, (300 + t / 6) * mb, 0) for t in range(0, 601, 10)]  # +10 MB a minute
+    out = rss_drift(flat, 30, 600)
+    assert out["rss_first_third_peak_mb"] == out["rss_last_third_peak_mb"] == 402
+    assert out["rss_growth_mb"] == 0 and abs(out["rss_slope_mb_per_min"]) < 0.1
+    out = rss_drift(growing, 30, 600)
+    assert out["rss_growth_mb"] > 60 and abs(out["rss_slope_mb_per_min"] - 10) < 1e-6
+    assert rss_drift(flat, 0, 20) == {}  # too few samples to tell
