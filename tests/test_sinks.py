@@ -227,14 +227,15 @@ def test_a_column_added_to_the_declaration_is_added_to_the_table(tmp_path, regis
 class FailingInsert:
     """A DuckDB connection whose next INSERT into a data table fails (a full disk, say)."""
 
-    def __init__(self, con) -> None:
+    def __init__(self, con, error: duckdb.Error | None = None) -> None:
         self.con = con
+        self.error = error or duckdb.IOException("No space left on device")
         self.fail = True
 
     def execute(self, sql, *args):
         if self.fail and sql.startswith('INSERT INTO "'):
             self.fail = False
-            raise duckdb.IOException("No space left on device")
+            raise self.error
         return self.con.execute(sql, *args)
 
     def __getattr__(self, name):
@@ -360,14 +361,7 @@ def test_a_fatal_error_before_the_rows_were_in_leaves_them_to_the_restart(tmp_pa
     sink = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=10**6)
     sink.open(registry.values())
     sink.write(ds, transfers(registry, 3), 1, 3)
-
-    class FatalInsert(FailingInsert):
-        def execute(self, sql, *args):
-            if sql.startswith('INSERT INTO "'):
-                raise duckdb.FatalException("database has been invalidated")
-            return self.con.execute(sql, *args)
-
-    sink._con = FatalInsert(sink._con)
+    sink._con = FailingInsert(sink._con, duckdb.FatalException("database has been invalidated"))
     with pytest.raises(Fatal):
         sink.commit()
     restarted = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=10**6)
@@ -379,7 +373,7 @@ def test_a_fatal_error_before_the_rows_were_in_leaves_them_to_the_restart(tmp_pa
     assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(3,)]
 
 
-def test_a_sinks_fatal_error_ends_the_daemon_with_that_error_not_a_traceback(monkeypatch, capsys, tmp_path):
+def test_a_sinks_fatal_error_ends_the_daemon_with_that_error_not_a_traceback(monkeypatch, tmp_path):
     """The daemon's task group wraps what stopped it; the CLI says it as any fatal error, exit 1."""
     import argparse
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import duckdb
@@ -166,10 +166,13 @@ class DuckDBSink:
         self._con.execute(f"SET memory_limit = '{limit}B'")
 
     def commit(self) -> None:
-        """Insert every held table and how far each dataset reaches, in one transaction; with a
-        higher memory limit for this commit if it runs out of memory."""
-        if not self._held:
-            return
+        """Insert every held table and how far each dataset reaches, in one transaction."""
+        if self._held:
+            self._with_memory(self._insert_held)
+
+    def _with_memory(self, work: Callable[[], None]) -> None:
+        """Run `work` (DuckDB statements); if it runs out of memory, again with a higher limit,
+        which then goes back down. A fatal error ends the sink (see the module's docstring)."""
         con = self._con
         if con is None:
             raise Fatal(f"{self.path} was closed after a fatal DuckDB error: start the daemon again")
@@ -177,7 +180,7 @@ class DuckDBSink:
         try:
             while True:
                 try:
-                    self._insert_held()
+                    work()
                     return
                 except duckdb.FatalException as exc:
                     # DuckDB's instance is unusable ("reopen the database to recover"), and reusing
@@ -196,7 +199,7 @@ class DuckDBSink:
                         raise
                     limit = min(limit * 4, self._max_memory_limit)
                     rows = sum(t.num_rows for parts in self._held.values() for _, t, _ in parts)
-                    log.warning("commit ran out of memory, trying again", rows=rows, memory_limit=limit)
+                    log.warning("ran out of memory, trying again", rows=rows, memory_limit=limit)
                     self._set_memory_limit(limit)
         finally:
             if limit != self._memory_limit and self._con is not None:
@@ -241,15 +244,14 @@ class DuckDBSink:
     def close(self) -> None:
         if self._con is not None:
             self.commit()
-            try:
-                self._con.execute("CHECKPOINT")
-            except duckdb.Error as exc:
-                if not _out_of_memory(exc):
-                    raise
-                self._set_memory_limit(self._max_memory_limit)  # large values in the log, as above
-                self._con.execute("CHECKPOINT")
+            self._with_memory(self._checkpoint)  # large values in the log need memory here too
+            assert self._con is not None
             self._con.close()
             self._con = None
+
+    def _checkpoint(self) -> None:
+        assert self._con is not None
+        self._con.execute("CHECKPOINT")
 
 
 def _out_of_memory(exc: duckdb.Error) -> bool:
