@@ -5,6 +5,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import duckdb
 import polars as pl
@@ -397,3 +399,77 @@ def test_a_sinks_fatal_error_ends_the_daemon_with_that_error_not_a_traceback(mon
     args = argparse.Namespace(log_format="json", no_live=True, duration=1, config=None)
     with pytest.raises(Fatal, match="must be reopened"):  # main() prints it: "error: ..." and 1
         cli._run_daemon(config, args, "json")
+
+
+def duckdb_cached_bytes(con) -> int:
+    return con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0]
+
+
+def test_duckdb_hands_back_the_blocks_a_commit_cached(tmp_path, registry):
+    """DuckDB keeps what a commit wrote cached up to its memory limit, which the daemon pays in
+    RSS between commits; the sink evicts it after each commit and keeps the limit."""
+    ds = registry["blockdb_transfers"]
+    table = transfers(registry, 50_000)
+    probe = duckdb.connect(str(tmp_path / "probe.duckdb"))
+    probe.execute("SET memory_limit = '128MB'")
+    probe.execute(ds.create_table_sql(("_raw",)))
+    probe.register("batch", table.drop_columns(["_raw"]))
+    probe.execute(f"INSERT INTO {ds.name} BY NAME SELECT * FROM batch")
+    assert duckdb_cached_bytes(probe) > 12 << 20  # what a commit leaves behind, untouched
+
+    sink = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=50_000)
+    sink.open(registry.values())
+    sink.write(ds, table, 1, 50_000)
+    assert not sink.holding
+    assert duckdb_cached_bytes(sink._con) <= 4 << 20
+    assert sink._con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "128.0 MiB"
+    sink.close()
+    con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*), sum(block_number) FROM blockdb_transfers").fetchone() == (
+        50_000,
+        sum(range(100, 50_100)),
+    )
+
+
+READER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print("reading", flush=True)
+time.sleep(1.5)
+"""
+
+
+def test_duckdb_is_opened_again_after_many_rows_waiting_for_a_reader_that_took_the_file(
+    tmp_path, registry, monkeypatch
+):
+    """DuckDB keeps the metadata of every row group it appended in memory for as long as the
+    connection lives (RSS grows ~0.8 MB a million rows), so the sink opens the file again every
+    `reopen_rows`; a reader that takes the file in that moment is waited for, nothing fails."""
+    ds = registry["blockdb_transfers"]
+    path = tmp_path / "ingest.duckdb"
+    sink = DuckDBSink(path, commit_rows=3, reopen_rows=6, lock_wait=0.1)
+    sink.open(registry.values())
+    first = sink._con
+    sink.write(ds, transfers(registry, 3), 1, 3)
+    assert sink._con is first
+
+    readers = []
+    real_connect = duckdb.connect
+
+    def a_reader_comes_first(database, *args, **kwargs):
+        if not readers:  # in the moment between close and open, a `query` takes the file
+            reader = subprocess.Popen([sys.executable, "-c", READER, str(database)], stdout=subprocess.PIPE)
+            assert reader.stdout.readline() == b"reading\n"
+            readers.append(reader)
+        return real_connect(database, *args, **kwargs)
+
+    monkeypatch.setattr("ingest.sinks.duckdb.duckdb.connect", a_reader_comes_first)
+    sink.write(ds, transfers(registry, 3, start_ns=T0 + DAY), 4, 6)  # 6 rows: opened again
+    assert len(readers) == 1 and readers[0].wait(timeout=10) == 0  # waited past lock_wait
+    assert sink._con is not first and sink.checkpoint(ds.name) == 6
+    assert sink._con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "128.0 MiB"
+    sink.write(ds, transfers(registry, 3, start_ns=T0 + 2 * DAY), 7, 9)
+    sink.close()
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(9,)]
+    assert con.execute("SELECT position FROM _ingest_positions").fetchall() == [(9,)]

@@ -12,9 +12,13 @@ they are committed, so a crash loses nothing.
 column by far and halves DuckDB's insert rate, and the Parquet lake keeps it for every row.
 Datasets whose only payload is `_raw` (the generic ones) keep it everywhere.
 
-DuckDB keeps its buffer pool filled up to `memory_limit`, so the limit is what it costs the
-daemon's RSS: 128 MB. 64 MB took ~70 MB off the peak in short runs, but ten minutes at full
-speed with it ended in a fatal checkpoint failure (the table past ~20M rows). A commit of
+DuckDB keeps what a commit wrote cached up to `memory_limit` (128 MB), and it keeps the
+metadata of every row group appended on a connection for as long as the connection lives: in a
+long run, RSS that never comes back. So after each commit the sink evicts the cache (a commit
+only appends, it reads nothing back), and every 10M rows it opens the file again. The limit
+itself bounds a commit's working set (~60-75 MB for a row group of trade rows): 64 MB took
+~70 MB off the peak in short runs, but ten minutes at full speed with it ended in a fatal
+checkpoint failure (the table past ~20M rows). A commit of
 large values (tens of kB each: account data, raw rows of generic datasets) can need more than
 that, so a commit that runs out of memory is rolled back and tried again with a higher limit,
 which then goes back down. A fatal DuckDB error stops the daemon with a clear error instead: the
@@ -43,6 +47,8 @@ RAW = "_raw"
 ROW_GROUP_ROWS = 122_880  # DuckDB's row group: what a commit writes directly to the file
 MEMORY_LIMIT = 128 << 20
 MAX_MEMORY_LIMIT = 4 << 30  # how high a commit that runs out of memory may raise the limit
+RELEASE_LIMIT = 4 << 20  # between commits: DuckDB evicts its cached blocks down to this
+REOPEN_ROWS = 10_000_000  # rows committed on one connection before it is opened again
 
 log = structlog.get_logger("ingest.sinks.duckdb")
 
@@ -61,6 +67,7 @@ class DuckDBSink:
         keep_raw: bool = False,
         commit_rows: int = ROW_GROUP_ROWS,
         commit_seconds: float = 5.0,
+        reopen_rows: int = REOPEN_ROWS,
     ) -> None:
         self.path = path
         self._commit_rows = commit_rows
@@ -75,6 +82,8 @@ class DuckDBSink:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._checkpoints: dict[str, int] = {}
         self._opened = False
+        self._reopen_rows = reopen_rows
+        self._rows_on_connection = 0
 
     def open(self, datasets: Iterable[Dataset]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,15 +111,16 @@ class DuckDBSink:
     def checkpoint(self, dataset: str) -> int:
         return self._checkpoints.get(dataset, 0)
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
+    def _connect(self, *, wait_forever: bool = False) -> duckdb.DuckDBPyConnection:
         # One writer or many readers, never both: a `query` reading the file right now holds it
-        # only briefly, so wait for it; another daemon would hold it for good.
-        deadline = time.monotonic() + self._lock_wait
+        # only briefly, so wait for it; another daemon would hold it for good, so at start the
+        # wait is bounded. Once running, the file is ours: wait for the reader, however long.
+        deadline = None if wait_forever else time.monotonic() + self._lock_wait
         while True:
             try:
                 return duckdb.connect(str(self.path))
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                if "lock" not in str(exc).lower() or (deadline is not None and time.monotonic() > deadline):
                     raise Fatal(f"cannot open {self.path} for writing: {exc}") from None
                 log.warning("database busy, waiting", path=str(self.path))
                 time.sleep(0.5)
@@ -167,8 +177,35 @@ class DuckDBSink:
 
     def commit(self) -> None:
         """Insert every held table and how far each dataset reaches, in one transaction."""
-        if self._held:
-            self._with_memory(self._insert_held)
+        if not self._held:
+            return
+        rows = sum(t.num_rows for parts in self._held.values() for _, t, _ in parts)
+        self._with_memory(self._insert_held)
+        self._rows_on_connection += rows
+        if self._rows_on_connection >= self._reopen_rows:
+            self._reopen()
+        else:
+            self._release_cache()
+
+    def _release_cache(self) -> None:
+        """Hand back the blocks DuckDB cached during the commit (~70 MB of trade rows at the
+        128 MB limit): lowering the limit evicts them, and the next commit reads nothing back,
+        it only appends. Measured: no cost per row."""
+        with contextlib.suppress(duckdb.Error):  # what is still pinned stays; that is all
+            self._set_memory_limit(RELEASE_LIMIT)
+        self._set_memory_limit(self._memory_limit)
+
+    def _reopen(self) -> None:
+        """Open the database again: DuckDB keeps every row group's metadata of a table it
+        appended to in memory (~0.8 MB a million trade rows, for good), and loads it back only
+        when read. The file stays this daemon's but for the moment between close and open; a
+        reader that takes it then is waited for (see _connect)."""
+        assert self._con is not None
+        self._con.close()
+        self._con = None
+        self._con = self._connect(wait_forever=True)
+        self._set_memory_limit(self._memory_limit)
+        self._rows_on_connection = 0
 
     def _with_memory(self, work: Callable[[], None]) -> None:
         """Run `work` (DuckDB statements); if it runs out of memory, again with a higher limit,
