@@ -7,7 +7,7 @@ mode: JSON log lines and the progress line, then the end-of-run summary, all on 
 The only addition is a watcher task in the daemon's event loop (the `Daemon` class is
 subclassed to start it), which every 5 ms:
 
-- notes when each Parquet file appears in `metrics.files` (appended as soon as the Parquet sink
+- notes when each Parquet file appears in `metrics.recent_files` (appended as soon as the Parquet sink
   has renamed it into place: from then on `query` sees its rows) -> receive-to-queryable latency;
 - notes when `rows_written` grows (both sinks done with a flush) -> receive-to-durable latency
   and the moment every row sent is durable in DuckDB *and* Parquet;
@@ -46,9 +46,8 @@ async def _watch(
     while True:
         await asyncio.sleep(_POLL)
         now_ns = time.time_ns()
-        files = metrics.files
-        if len(files) > len(files_seen):
-            files_seen.extend((f, now_ns) for f in files[len(files_seen) :])
+        if new := metrics.files_written - len(files_seen):  # polled far more often than 1024 a poll
+            files_seen.extend((f, now_ns) for f in list(metrics.recent_files)[-new:])
         rows = sum(metrics.datasets[d].rows_written for d in datasets if d in metrics.datasets)
         if rows != last_rows:
             steps.append((now_ns, rows))

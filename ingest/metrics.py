@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 __all__ = ["DatasetStats", "Metrics", "ProviderStats"]
+
+RECENT_FILES = 1024  # Parquet paths kept for watchers; a daemon runs for months, so not all of them
 
 
 @dataclass(slots=True)
@@ -47,7 +49,8 @@ class Metrics:
     quarantined: Counter[str] = field(default_factory=Counter)  # by reason (first words)
     rows_by_provider: Counter[str] = field(default_factory=Counter)  # rows written to every sink
     gaps: Counter[tuple[str, str]] = field(default_factory=Counter)  # (provider, kind) -> gaps recorded
-    files: list[str] = field(default_factory=list)  # Parquet files written this run
+    files_written: int = 0  # Parquet files written this run
+    recent_files: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_FILES))  # the latest
     sink_errors: int = 0
     replayed_frames: int = 0  # frames replayed from the journal at start (an unclean stop before)
 

@@ -163,7 +163,7 @@ def collect(metrics: Metrics, buffer: BufferStats, extras: Extras, latency: Flus
             metrics.sink_errors
         ),
         Family("ingest_parquet_files_total", "counter", "Parquet files written this run.").add(
-            len(metrics.files)
+            metrics.files_written
         ),
     ]
     if extras.gaps is not None:

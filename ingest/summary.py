@@ -122,7 +122,7 @@ def print_summary(result: RunResult, config: Config, registry: Registry, console
     if storage.parquet_root:
         console.print(
             f"Parquet: {storage.parquet_root}/dataset=<name>/date=<YYYY-MM-DD>/*.parquet "
-            f"({len(m.files)} files written this run)"
+            f"({m.files_written} files written this run)"
         )
     console.print("\nTry:")
     for sql in EXAMPLE_QUERIES:

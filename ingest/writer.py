@@ -250,7 +250,8 @@ class Writer:
     async def _write_sink(self, sink: Sink, item: _Built, table: pa.Table) -> None:
         flush = item.flush
         paths = await self._in_thread(sink, sink.write, item.dataset, table, flush.first, flush.last)
-        self._metrics.files.extend(paths)
+        self._metrics.files_written += len(paths)
+        self._metrics.recent_files.extend(paths)
         self._metrics.dataset(item.dataset.name).files += len(paths)
 
     async def _retrying(self, sink: Sink, dataset: Dataset | None, call: Callable, *args: object) -> None:

@@ -33,7 +33,7 @@ def known_state(registry) -> tuple[Metrics, Buffer]:
     blocks.last_event_time, blocks.last_flush_seconds = 1_762_992_000 * 10**9, 0.25
     metrics.quarantined[ODD_REASON] += 3
     metrics.sink_errors = 1
-    metrics.files.extend(["a.parquet", "b.parquet"])
+    metrics.files_written = 2
     buffer = Buffer(registry, FlushPolicy())
     buffer.add(Rows("blockdb", "blockdb_blocks", "eth_blocks", list(RECORDS), 1))
     return metrics, buffer

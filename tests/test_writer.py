@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 
 import duckdb
@@ -200,7 +201,8 @@ async def test_rows_duckdb_holds_keep_their_journal_frames_until_it_commits(tmp_
     writer = asyncio.create_task(Writer(registry, buffer, [parquet, db], metrics).run())
     for n in range(1, 5):
         buffer.add(positioned(n))
-    await until(lambda: len(metrics.files) == 2)  # two flushes of two rows, each its own file
+    await until(lambda: metrics.files_written == 2)  # two flushes of two rows, each its own file
+    assert len(metrics.recent_files) == 2 and all(map(os.path.exists, metrics.recent_files))
     assert db.holding and db.checkpoint("blockdb_blocks") == 0
     assert buffer.low_water(next_position=100) == 1  # frame 1 on are still needed
     assert metrics.dataset("blockdb_blocks").rows_written == 0  # not durable in both sinks yet
