@@ -116,7 +116,7 @@ class FlushPolicy:
     max_rows: int = 50_000
     max_bytes: int = 64 << 20
     max_age: float = 1.0
-    max_pending_bytes: int = 128 << 20  # buffered + being written; readers wait above it
+    max_pending_bytes: int = 96 << 20  # buffered + being written; readers wait above it
 
 
 @dataclass(frozen=True, slots=True)
