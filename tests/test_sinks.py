@@ -473,3 +473,44 @@ def test_duckdb_is_opened_again_after_many_rows_waiting_for_a_reader_that_took_t
     con = duckdb.connect(str(path), read_only=True)
     assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(9,)]
     assert con.execute("SELECT position FROM _ingest_positions").fetchall() == [(9,)]
+
+
+class FailingAfterCommit:
+    """A connection on which what the sink does once the rows are in fails: setting the memory
+    limit, or closing to open the file again."""
+
+    def __init__(self, con) -> None:
+        self.con = con
+
+    def execute(self, sql, *args):
+        if sql.startswith("SET memory_limit"):
+            raise duckdb.IOException("injected")
+        return self.con.execute(sql, *args)
+
+    def close(self):
+        self.con.close()
+        raise duckdb.IOException("No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.con, name)
+
+
+def test_a_failure_after_the_rows_are_in_never_makes_the_writer_store_them_twice(tmp_path, registry):
+    """The writer makes a failed write again whole: so once a commit is in, what follows it
+    (handing memory back) must not fail the write, and a failed reopen is fatal, not retried."""
+    ds = registry["blockdb_transfers"]
+    path = tmp_path / "ingest.duckdb"
+    sink = DuckDBSink(path, commit_rows=3, reopen_rows=6)
+    sink.open(registry.values())
+    sink._con = FailingAfterCommit(sink._con)
+    sink.write(ds, transfers(registry, 3), 1, 3)  # in; the memory limit cannot be set: a warning
+    assert not sink.holding and sink.checkpoint(ds.name) == 3
+    with pytest.raises(Fatal, match="nothing is lost"):
+        sink.write(ds, transfers(registry, 3, start_ns=T0 + DAY), 4, 6)  # in; the reopen fails
+    assert not sink.holding and sink.checkpoint(ds.name) == 6
+    restarted = DuckDBSink(path)
+    restarted.open(registry.values())
+    assert restarted.checkpoint(ds.name) == 6  # a replay skips frames 1-6
+    restarted.close()
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(6,)]

@@ -151,7 +151,8 @@ class DuckDBSink:
             try:
                 self.commit()
             except BaseException:
-                self._unhold_last(dataset.name)  # the writer retries this write whole
+                if self._held:  # not committed: the writer retries this write whole
+                    self._unhold_last(dataset.name)
                 raise
         return []
 
@@ -182,10 +183,15 @@ class DuckDBSink:
         rows = sum(t.num_rows for parts in self._held.values() for _, t, _ in parts)
         self._with_memory(self._insert_held)
         self._rows_on_connection += rows
-        if self._rows_on_connection >= self._reopen_rows:
-            self._reopen()
-        else:
-            self._release_cache()
+        try:
+            if self._rows_on_connection >= self._reopen_rows:
+                self._reopen()
+            else:
+                self._release_cache()
+        except duckdb.Error as exc:
+            # The rows are in: an error here must not read as a failed write, which the writer
+            # would make again (twice the rows). Memory is handed back after the next commit.
+            log.warning("could not hand DuckDB's memory back", error=str(exc)[:300])
 
     def _release_cache(self) -> None:
         """Hand back the blocks DuckDB cached during the commit (~70 MB of trade rows at the
@@ -200,9 +206,15 @@ class DuckDBSink:
         appended to in memory (~0.8 MB a million trade rows, for good), and loads it back only
         when read. The file stays this daemon's but for the moment between close and open; a
         reader that takes it then is waited for (see _connect)."""
-        assert self._con is not None
-        self._con.close()
-        self._con = None
+        con, self._con = self._con, None
+        assert con is not None
+        try:
+            con.close()  # a checkpoint first, of what smaller commits left in the WAL
+        except duckdb.Error as exc:
+            raise Fatal(
+                f"DuckDB failed closing {self.path} to reopen it ({str(exc)[:300]}); nothing is "
+                "lost: start the daemon again"
+            ) from None
         self._con = self._connect(wait_forever=True)
         self._set_memory_limit(self._memory_limit)
         self._rows_on_connection = 0
