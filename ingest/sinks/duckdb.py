@@ -116,13 +116,17 @@ class DuckDBSink:
         # only briefly, so wait for it; another daemon would hold it for good, so at start the
         # wait is bounded. Once running, the file is ours: wait for the reader, however long.
         deadline = None if wait_forever else time.monotonic() + self._lock_wait
+        next_warning = 0.0
         while True:
             try:
                 return duckdb.connect(str(self.path))
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or (deadline is not None and time.monotonic() > deadline):
+                now = time.monotonic()
+                if "lock" not in str(exc).lower() or (deadline is not None and now > deadline):
                     raise Fatal(f"cannot open {self.path} for writing: {exc}") from None
-                log.warning("database busy, waiting", path=str(self.path))
+                if now >= next_warning:  # once, then every half minute of a long wait
+                    log.warning("database busy, waiting", path=str(self.path))
+                    next_warning = now + 30.0
                 time.sleep(0.5)
 
     def _add_missing_columns(self, ds: Dataset) -> None:
