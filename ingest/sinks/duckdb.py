@@ -171,6 +171,9 @@ class DuckDBSink:
     def holding(self) -> bool:
         return bool(self._held)
 
+    def _held_rows(self) -> int:
+        return sum(t.num_rows for parts in self._held.values() for _, t, _ in parts)
+
     def commit_due_in(self) -> float | None:
         if self._held_since is None:
             return None
@@ -184,7 +187,7 @@ class DuckDBSink:
         """Insert every held table and how far each dataset reaches, in one transaction."""
         if not self._held:
             return
-        rows = sum(t.num_rows for parts in self._held.values() for _, t, _ in parts)
+        rows = self._held_rows()
         self._with_memory(self._insert_held)
         self._rows_on_connection += rows
         try:
@@ -251,8 +254,7 @@ class DuckDBSink:
                     if not _out_of_memory(exc) or limit >= self._max_memory_limit:
                         raise
                     limit = min(limit * 4, self._max_memory_limit)
-                    rows = sum(t.num_rows for parts in self._held.values() for _, t, _ in parts)
-                    log.warning("ran out of memory, trying again", rows=rows, memory_limit=limit)
+                    log.warning("ran out of memory, trying again", rows=self._held_rows(), memory_limit=limit)
                     self._set_memory_limit(limit)
         finally:
             if limit != self._memory_limit and self._con is not None:
