@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from ingest.events import Rejected, Rows
 from ingest.schema import APPROX_SUFFIX, Column, ColumnType, Dataset
 
-__all__ = ["BuildResult", "build_table", "values_table"]
+__all__ = ["BuildResult", "build_table", "table_bytes", "values_table"]
 
 _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 _NULL = msgspec.Raw(b"null")
@@ -359,6 +359,8 @@ def _derived_tracing_ids(dataset: Dataset, arrays: dict[str, pa.Array], raws: li
 def _dedup_keys(
     dataset: Dataset, arrays: dict[str, pa.Array], tracing: pa.Array, raws: list[bytes]
 ) -> pa.Array:
+    if not tracing.null_count:
+        return tracing  # every row has its tracing id: that is the key (the same buffers, no copy)
     if dataset.key:
         parts = [pc.fill_null(pc.cast(arrays[k], pa.string()), "") for k in dataset.key]
         natural = pc.binary_join_element_wise(*parts, "|")
@@ -518,6 +520,18 @@ def build_table(dataset: Dataset, chunks: Sequence[Rows]) -> BuildResult:
     table = pa.concat_tables(tables) if tables else dataset.arrow_schema.empty_table()
     positions = pa.concat_arrays([left.positions, right.positions])
     return BuildResult(table, left.rejected + right.rejected, positions)
+
+
+def table_bytes(table: pa.Table) -> int:
+    """The memory a table's buffers take, each counted once: columns share buffers (the tracing
+    id is the dedup key, CoinAPI's uuid is its tracing id), which `nbytes` counts again per column."""
+    seen: dict[int, int] = {}
+    for column in table.columns:
+        for chunk in column.chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    seen[buffer.address] = buffer.size
+    return sum(seen.values())
 
 
 def values_table(dataset: Dataset, values: Sequence[dict[str, Any]]) -> pa.Table:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
-from ingest.arrow_batch import BuildResult, build_table, values_table
+from ingest.arrow_batch import BuildResult, build_table, table_bytes, values_table
 from ingest.buffer import GAPS, QUARANTINE, Buffer, Flush
 from ingest.errors import Fatal
 from ingest.events import Rows
@@ -62,6 +62,8 @@ class _Built:
     started: float
     nbytes: int = 0
     waiting: int = 0  # sinks that have not made it durable yet
+    unwritten: int = 0  # sinks that have not been handed it yet
+    retained: int = 0  # bytes of it that sinks hold for a later commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +162,7 @@ class Writer:
             # The raw records are no longer needed: the table is what stays in memory now.
             flush.chunks, flush.values = [], []
             self._buffer.resize(flush, item.nbytes)
-            item.waiting = len(lanes)
+            item.waiting = item.unwritten = len(lanes)
             for lane in lanes:
                 lane.queue.put_nowait(item)
             if not lanes:
@@ -185,8 +187,16 @@ class Writer:
             table = item.per_sink[sink]
             item.per_sink[sink] = None
             if table is not None and table.num_rows:
+                before = sink.held_bytes if sink.holding else 0
                 await self._retrying(sink, item.dataset, self._write_sink, sink, item, table)
+                if sink.holding:
+                    item.retained += max(0, sink.held_bytes - before)
             del table
+            item.unwritten -= 1
+            if not item.unwritten:
+                # Every sink has its rows: what is still in memory is only what sinks hold for a
+                # later commit, often fewer columns (DuckDB leaves `_raw` to the Parquet files).
+                self._buffer.resize(item.flush, item.retained)
             lane.held.append(item)
             if sink.holding and self._buffer.near_full:
                 # The readers soon wait for memory that only a commit frees: waiting for a full
@@ -225,7 +235,7 @@ class Writer:
             elif flush.dataset == GAPS:
                 for row in flush.values:
                     self._metrics.gaps[(row["provider"], row["kind"])] += 1
-            return _Built(flush, dataset, _Counts.of(table), per_sink, started, table.nbytes)
+            return _Built(flush, dataset, _Counts.of(table), per_sink, started, table_bytes(table))
         stored = {sink: sink.checkpoint(dataset.name) for sink in self._sinks}
         floor = min(stored.values(), default=0)
         # Frames every sink already holds (a journal replay) are not even decoded again.
@@ -245,7 +255,7 @@ class Writer:
             sink: table if flush.first > stored[sink] else _newer(table, result.positions, stored[sink])
             for sink in self._sinks
         }
-        return _Built(flush, dataset, _Counts.of(table), per_sink, started, table.nbytes)
+        return _Built(flush, dataset, _Counts.of(table), per_sink, started, table_bytes(table))
 
     async def _write_sink(self, sink: Sink, item: _Built, table: pa.Table) -> None:
         flush = item.flush

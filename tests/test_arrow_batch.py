@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest import arrow_batch
-from ingest.arrow_batch import _plan, build_table
+from ingest.arrow_batch import _plan, build_table, table_bytes
 from ingest.events import Rows
 from ingest.schema import APPROX_SUFFIX, Column, ColumnType, Dataset, load_registry
 
@@ -106,6 +106,28 @@ def test_dedup_key_falls_back_to_the_natural_key(registry):
     row = build_table(registry["blockdb_transfers"], rows(record)).table.to_pylist()[0]
     assert row["_tracing_id"] is None
     assert row["_dedup_key"] == "1|21000000|4|11|"
+
+
+def test_dedup_key_mixes_tracing_ids_and_natural_keys_row_by_row(registry):
+    """Where every row has a tracing id the key shares its buffers; one row without makes the key
+    of that row its natural key, the others still their tracing ids."""
+    ds = registry["blockdb_transfers"]
+    whole = build_table(ds, rows(TRANSFER, {**TRANSFER, "_tracing_id": "0304bb"})).table
+    assert whole["_dedup_key"].to_pylist() == ["0304aa", "0304bb"]
+    shared = whole.select(["_dedup_key", "_tracing_id"])
+    assert table_bytes(shared) == table_bytes(whole.select(["_tracing_id"]))
+    untraced = {k: v for k, v in TRANSFER.items() if k != "_tracing_id"}
+    mixed = build_table(ds, rows(TRANSFER, untraced)).table
+    assert mixed["_dedup_key"].to_pylist() == ["0304aa", "1|21000000|4|11|"]
+
+
+def test_table_bytes_counts_buffers_columns_share_once():
+    text = pa.array(["x" * 40] * 100)
+    table = pa.table({"a": text, "b": text, "n": pa.array(range(100), pa.int64())})
+    text_bytes = sum(b.size for b in text.buffers() if b is not None)  # offsets and characters
+    assert table_bytes(table) == text_bytes + 800 < table.nbytes
+    assert table_bytes(table.select(["b", "n"])) == table_bytes(table)
+    assert table_bytes(table.slice(0, 10)) == table_bytes(table)  # a slice keeps its buffers whole
 
 
 def test_bad_records_are_isolated_and_the_rest_is_kept(registry):

@@ -9,7 +9,7 @@ import threading
 
 import duckdb
 
-from ingest.arrow_batch import build_table
+from ingest.arrow_batch import build_table, table_bytes
 from ingest.buffer import NEAR_FULL, Buffer
 from ingest.config import FlushPolicy
 from ingest.events import Rejected, Rows
@@ -224,8 +224,9 @@ async def test_rows_duckdb_holds_keep_their_journal_frames_until_it_commits(tmp_
 async def test_held_rows_are_committed_once_the_memory_budget_is_nearly_taken(tmp_path, registry):
     """DuckDB would hold these rows for a minute, but they take most of max_pending_bytes: they
     are committed now, before the readers have to stop for memory only a commit frees."""
-    table_bytes = build_table(registry["blockdb_blocks"], [positioned(1), positioned(2)]).table.nbytes
-    policy = FlushPolicy(max_rows=2, max_age=60, max_pending_bytes=int(table_bytes / (NEAR_FULL + 0.05)))
+    table = build_table(registry["blockdb_blocks"], [positioned(1), positioned(2)]).table
+    held = table_bytes(table.drop_columns(["_raw"]))  # what DuckDB holds of it
+    policy = FlushPolicy(max_rows=2, max_age=60, max_pending_bytes=int(held / (NEAR_FULL + 0.05)))
     buffer = Buffer(registry, policy)
     db = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=1000, commit_seconds=60)
     db.open(registry.values())
@@ -238,6 +239,29 @@ async def test_held_rows_are_committed_once_the_memory_budget_is_nearly_taken(tm
     assert buffer.outstanding_bytes == 0 and not buffer.near_full
     buffer.close()
     await asyncio.wait_for(writer, 10)
+    db.close()
+
+
+async def test_once_every_sink_has_a_flush_only_what_sinks_hold_counts_against_memory(tmp_path, registry):
+    """Parquet is done with the table and DuckDB holds it without `_raw`: the buffer counts the
+    bytes DuckDB keeps, not the whole table, so readers are not held back by memory already freed."""
+    buffer = Buffer(registry, FlushPolicy(max_rows=2, max_age=60))
+    parquet = ParquetSink(str(tmp_path / "parquet"), "main")
+    db = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=1000, commit_seconds=60)
+    for sink in (parquet, db):
+        sink.open(registry.values())
+    metrics = Metrics()
+    writer = asyncio.create_task(Writer(registry, buffer, [parquet, db], metrics).run())
+    buffer.add(positioned(1))
+    buffer.add(positioned(2))
+    await until(lambda: metrics.files_written == 1 and db.holding)
+    table = build_table(registry["blockdb_blocks"], [positioned(1), positioned(2)]).table
+    await until(lambda: buffer.outstanding_bytes == db.held_bytes)
+    assert db.held_bytes == table_bytes(table.drop_columns(["_raw"])) < table_bytes(table)
+    buffer.close()
+    await asyncio.wait_for(writer, 10)  # the end commits what DuckDB holds: nothing counts any more
+    assert buffer.outstanding_bytes == 0 and not db.holding
+    assert metrics.dataset("blockdb_blocks").rows_written == 2
     db.close()
 
 

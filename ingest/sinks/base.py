@@ -41,6 +41,11 @@ class Sink(Protocol):
         """Rows written but not durable yet."""
         ...
 
+    @property
+    def held_bytes(self) -> int:
+        """Memory the held rows take (read only while `holding`)."""
+        ...
+
     def commit_due_in(self) -> float | None:
         """Seconds until held rows must be committed (None: nothing held)."""
         ...

@@ -36,6 +36,7 @@ import duckdb
 import pyarrow as pa
 import structlog
 
+from ingest.arrow_batch import table_bytes
 from ingest.errors import Fatal
 from ingest.schema import Dataset, quote_ident
 from ingest.views import apply_views
@@ -170,6 +171,10 @@ class DuckDBSink:
     @property
     def holding(self) -> bool:
         return bool(self._held)
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(table_bytes(t) for parts in self._held.values() for _, t, _ in parts)
 
     def _held_rows(self) -> int:
         return sum(t.num_rows for parts in self._held.values() for _, t, _ in parts)
