@@ -514,3 +514,25 @@ def test_a_failure_after_the_rows_are_in_never_makes_the_writer_store_them_twice
     restarted.close()
     con = duckdb.connect(str(path), read_only=True)
     assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(6,)]
+
+
+def test_duckdb_leaves_row_groups_as_commits_wrote_them(tmp_path, registry):
+    """A commit past a whole row group writes its rows straight to the file, the last row group
+    partial; DuckDB's checkpoint (at each reopen and at close) would merge the partial ones by
+    rewriting them, which costs more CPU than the inserts did. The sink turns that off."""
+    ds = registry["blockdb_transfers"]
+    rows = pa.concat_tables([transfers(registry, 1000)] * 150)  # 150k rows: more than a row group
+    path = tmp_path / "ingest.duckdb"
+    sink = DuckDBSink(path, reopen_rows=200_000)
+    sink.open(registry.values())
+    sink.write(ds, rows, 1, 1000)
+    sink.write(ds, rows, 1001, 2000)  # past reopen_rows: closed (a checkpoint) and opened again
+    sink.close()  # a checkpoint again
+    con = duckdb.connect(str(path), read_only=True)
+    groups = con.execute(
+        "SELECT row_group_id, max(count) FROM pragma_storage_info('blockdb_transfers') GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    sizes = [n for _, n in groups]
+    assert len(sizes) == 4 and sizes[:2] == sizes[2:] and sizes[1] < 122_880  # per commit: as written
+    assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(300_000,)]
+    assert con.execute("SELECT position FROM _ingest_positions").fetchall() == [(2000,)]

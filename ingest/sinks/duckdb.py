@@ -15,7 +15,8 @@ Datasets whose only payload is `_raw` (the generic ones) keep it everywhere.
 DuckDB keeps what a commit wrote cached up to `memory_limit` (128 MB), and it keeps the
 metadata of every row group appended on a connection for as long as the connection lives: in a
 long run, RSS that never comes back. So after each commit the sink evicts the cache (a commit
-only appends, it reads nothing back), and every 10M rows it opens the file again. The limit
+only appends, it reads nothing back), and every 10M rows it opens the file again. That
+reopen's checkpoint does not merge the partial row groups commits leave (`_no_vacuum`). The limit
 itself bounds a commit's working set (~60-75 MB for a row group of trade rows): 64 MB took
 ~70 MB off the peak in short runs, but ten minutes at full speed with it ended in a fatal
 checkpoint failure (the table past ~20M rows). A commit of
@@ -120,7 +121,7 @@ class DuckDBSink:
         next_warning = 0.0
         while True:
             try:
-                return duckdb.connect(str(self.path))
+                con = duckdb.connect(str(self.path))
             except duckdb.IOException as exc:
                 now = time.monotonic()
                 if "lock" not in str(exc).lower() or (deadline is not None and now > deadline):
@@ -129,6 +130,9 @@ class DuckDBSink:
                     log.warning("database busy, waiting", path=str(self.path))
                     next_warning = now + 30.0
                 time.sleep(0.5)
+                continue
+            _no_vacuum(con)
+            return con
 
     def _add_missing_columns(self, ds: Dataset) -> None:
         """Columns declared after the table was made are added, so old data stays queryable."""
@@ -312,6 +316,20 @@ class DuckDBSink:
     def _checkpoint(self) -> None:
         assert self._con is not None
         self._con.execute("CHECKPOINT")
+
+
+def _no_vacuum(con: duckdb.DuckDBPyConnection) -> None:
+    """Leave row groups as commits wrote them.
+
+    A commit that is not a whole number of row groups leaves a partial one, and DuckDB's
+    checkpoint (at each reopen and at close) merges partial row groups by rewriting them: 2.3 us
+    of CPU a trade row, more than the insert (1.6 us), on both cores, while the sink waits.
+    Measured on 1.5M trade rows in commits of 150k: the checkpoint 2.0 s -> 0 s, the file 216 ->
+    114 MB. The table keeps some smaller row groups; it only ever grows (the pipeline deletes
+    nothing), so there is nothing else to vacuum.
+    """
+    with contextlib.suppress(duckdb.CatalogException):  # DuckDB before 1.2 has no such setting
+        con.execute("SET max_vacuum_tasks = 0")
 
 
 def _out_of_memory(exc: duckdb.Error) -> bool:
