@@ -61,7 +61,9 @@ class RunSpec:
 
     def label(self) -> str:
         rate = "full" if self.rate is None else f"{self.rate / 1000:g}k/s"
-        return f"{self.system}:{self.mix}:{rate}:subs={self.subs}:rows={self.max_rows}:age={self.max_age:g}"
+        # The length too: the soak is the throughput run made long, and the results file keys by label.
+        return (f"{self.system}:{self.mix}:{rate}:{self.seconds:g}s:subs={self.subs}:rows={self.max_rows}"
+                f":age={self.max_age:g}")  # fmt: skip
 
 
 def daemon_config(spec: RunSpec, url: str, data_dir: Path) -> dict[str, Any]:

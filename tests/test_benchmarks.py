@@ -37,6 +37,8 @@ def test_json_has_machine_options_summaries_tables_and_runs(results):
     assert sorted(results["options"]["only"]) == sorted(SCENARIOS)
     assert {r["spec"]["system"] for r in results["runs"]} == {"ingest", "naive", "dlt", "dlt-arrow", "null"}
     labels = set(results["summaries"])
+    distinct_specs = {json.dumps(r["spec"], sort_keys=True) for r in results["runs"] if "error" not in r}
+    assert len(labels) == len(distinct_specs)  # one summary per spec: no two share a key
     for rows in results["tables"].values():
         assert rows
         for row in rows:
