@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest import arrow_batch
+from ingest import arrow_batch, json_columns
 from ingest.arrow_batch import _plan, build_table, table_bytes
 from ingest.events import Rows
 from ingest.schema import APPROX_SUFFIX, Column, ColumnType, Dataset, load_registry
@@ -35,6 +35,22 @@ TRANSFER = {
     "_tracing_id": "0304aa",
     "_is_reorg": False,
 }
+
+
+@pytest.fixture(params=["arrow-json", "msgspec"])
+def reader(request, monkeypatch):
+    """Each reader of a flush's records: Arrow's JSON reader (trying every flush, a few records a
+    slice, so slices and relearning happen in small flushes) or only msgspec."""
+    cached = arrow_batch._json_columns
+    cached.cache_clear()
+    if request.param == "arrow-json":
+        monkeypatch.setattr(arrow_batch, "_ARROW_JSON_FLAT", True)  # every dataset, not only nested
+        monkeypatch.setattr(json_columns, "_BACKOFF", 0)
+        monkeypatch.setattr(json_columns, "_SLICE", 3)
+    else:
+        monkeypatch.setattr(arrow_batch, "_json_columns", lambda dataset: json_columns.JsonColumns({}))
+    yield request.param
+    cached.cache_clear()
 
 
 def rows(
@@ -212,13 +228,28 @@ _VALID = {
     ColumnType.JSON: _json,
     ColumnType.LIST_STRING: st.lists(_texts, max_size=3),
 }
+# The values Arrow's JSON reader can read as msgspec does, each column sent one way in a flush, so
+# that many flushes go that way: exact numbers as strings, JSON columns null or absent.
+_ARROW_READABLE = {
+    ColumnType.INT64: (_int64, _int64.map(str)),
+    ColumnType.FLOAT64: (_finite,),
+    ColumnType.BOOL: (st.booleans(),),
+    ColumnType.STRING: (_texts,),
+    ColumnType.TEXT: (_texts, _int64, st.booleans()),
+    ColumnType.TIMESTAMP: (_times,),
+    ColumnType.BIGINT_TEXT: (st.integers(-(10**40), 10**40).map(str),),
+    ColumnType.DECIMAL_TEXT: (_digits,),
+    ColumnType.JSON: (st.none(),),
+    ColumnType.LIST_STRING: (st.lists(_texts, max_size=3),),
+}
 # ... and, now and then, anything at all.
 _ANY = st.none() | st.booleans() | _numbers | _texts | _times | _json | st.just("x" + INVALID_UTF8)
 _CONTEXT = {ColumnType.INT64: _int64, ColumnType.STRING: _texts, ColumnType.BOOL: st.booleans()}
 
 
-def _encode(record: dict, ascii_only: bool, compact: bool) -> bytes:
-    text = json.dumps(record, ensure_ascii=ascii_only, separators=(",", ":") if compact else None)
+def _encode(record: dict, ascii_only: bool, compact: bool, indent: int | None = None) -> bytes:
+    separators = (",", ":") if compact else None
+    text = json.dumps(record, ensure_ascii=ascii_only, separators=separators, indent=indent)
     data = text.encode()
     for marker, raw in MARKERS.items():
         data = data.replace(marker.encode(), raw).replace(f"\\u{ord(marker):04x}".encode(), raw)
@@ -226,9 +257,10 @@ def _encode(record: dict, ascii_only: bool, compact: bool) -> bytes:
 
 
 @st.composite
-def _record(draw, ds: Dataset) -> bytes:
-    """A record with the dataset's paths, each present or not, typed or hostile; parents null or absent."""
-    leaves = {c.path: _VALID[c.type] for c in ds.payload_columns}
+def _record(draw, ds: Dataset, wire: dict[tuple[str, ...], st.SearchStrategy] | None) -> bytes:
+    """A record with the dataset's paths, each present or not, typed or hostile; parents null or absent.
+    With `wire`, each leaf's values come from there (what Arrow's JSON reader can read)."""
+    leaves = {c.path: _VALID[c.type] for c in ds.payload_columns} if wire is None else dict(wire)
     if ds.tracing_id:
         leaves.setdefault(ds.tracing_id, _texts | st.integers())
     if ds.reorg_flag:
@@ -249,17 +281,24 @@ def _record(draw, ds: Dataset) -> bytes:
             for key in path[:-1]:
                 parent = parent.get(key) if isinstance(parent.get(key), dict) else {}
             parent[path[-1]] = None if draw(st.booleans()) else {}  # a null or empty parent object
-    data = _encode(record, draw(st.booleans()), draw(st.booleans()))
-    return draw(st.sampled_from([data] * 60 + [b"{broken", b"[1,2]", b"null", b'{"a":"\\q"}']))
+    indent = draw(st.sampled_from([None] * 9 + [1]))  # records over several lines, now and then
+    data = _encode(record, draw(st.booleans()), draw(st.booleans()), indent)
+    odd = [b"{broken", b"[1,2]", b"null", b'{"a":"\\q"}', b"{}{}", b"{}\n{}", b'{"a":"\\ud800"}']
+    return draw(st.sampled_from([data] * 60 + odd))
 
 
 @st.composite
 def _flush(draw) -> tuple[Dataset, list[Rows]]:
     ds = REGISTRY[draw(st.sampled_from(RECORD_DATASETS))]
     shared = {c.name: draw(_CONTEXT[c.type]) for c in ds.context_columns}
+    wire = None
+    if draw(st.booleans()):  # each column sent one way for the whole flush, as providers do
+        wire = {c.path: draw(st.sampled_from(_ARROW_READABLE[c.type])) for c in ds.payload_columns}
+        if ds.tracing_id:
+            wire.setdefault(ds.tracing_id, draw(st.sampled_from([_texts, _int64])))
     chunks = []
     for position in range(draw(st.integers(0, 6))):
-        records = draw(st.lists(_record(ds), max_size=4))
+        records = draw(st.lists(_record(ds, wire), max_size=4))
         hostile = draw(st.integers(0, 9)) == 0
         context = {c.name: draw(_ANY if hostile else _CONTEXT[c.type]) for c in ds.context_columns}
         chunks.append(
@@ -408,9 +447,10 @@ def _check_against_reference(ds: Dataset, chunks: list[Rows]) -> None:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],  # same patch each time
 )
 @given(_flush())
-def test_columnar_build_equals_the_row_by_row_reference(monkeypatch, flush):
+def test_columnar_build_equals_the_row_by_row_reference(monkeypatch, reader, flush):
     """Escapes, unicode, invalid UTF-8, nulls, absent and null parents, huge and string-typed numbers,
-    shared and per-frame context, several records per frame, blocks: the same rows, the same rejects."""
+    shared and per-frame context, several records per frame, blocks: the same rows, the same rejects,
+    whichever reader (msgspec, or Arrow's JSON reader where it can) reads the flush."""
     monkeypatch.setattr(arrow_batch, "_BLOCK", 3)  # several decode blocks even in small flushes
     _check_against_reference(*flush)
 
