@@ -36,3 +36,52 @@ def test_live_view_shows_each_dataset_and_provider(registry):
     ]  # rows/s, rows, written, buffered, reorgs
     provider = [c.strip() for c in next(ln for ln in text.splitlines() if "connected" in ln).split("│")]
     assert provider[1:7] == ["blockdb", "connected", "wss://h/?api_key=***", "0", "2", "1/2 active"]
+
+
+def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(registry, tmp_path, monkeypatch):
+    """The summary scans every table: at DuckDB's default limit (80% of RAM) those scans filled its
+    cache, and after a long run were the daemon's peak RSS. It still counts every row."""
+    import io
+
+    from ingest import summary
+    from ingest.app import RunResult
+    from ingest.arrow_batch import build_table
+    from ingest.config import parse_config
+    from ingest.sinks.duckdb import DuckDBSink
+
+    from .test_arrow_batch import TRANSFER, rows
+
+    config = parse_config(
+        {
+            "storage": {"data_dir": str(tmp_path), "parquet": False},
+            "providers": {
+                "blockdb": {
+                    "url": "wss://api.blockdb.io/v1/evm/",
+                    "auth": {"env": "BLOCKDB_API_KEY"},
+                    "subscriptions": [{"chain_id": 1, "dataset_id": "0304"}],
+                }
+            },
+        },
+        base=tmp_path,
+    )
+    ds = registry["blockdb_transfers"]
+    sink = DuckDBSink(config.storage.duckdb_path)
+    sink.open(registry.values())
+    table = build_table(ds, rows(*({**TRANSFER, "tx_index": i} for i in range(3)))).table
+    sink.write(ds, table, 1, 3)
+    sink.commit()
+    sink.close()
+    limits = []
+    status_table = summary.status_table
+
+    def spy(con, registry, source):
+        limits.append(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+        return status_table(con, registry, source)
+
+    monkeypatch.setattr(summary, "status_table", spy)
+    out = io.StringIO()
+    result = RunResult(Metrics(), {ds.name: 3})
+    summary.print_summary(result, config, registry, Console(file=out, width=200))
+    assert limits == ["128.0 MiB"]
+    stored = [line.split("│") for line in out.getvalue().splitlines() if "2025-11-11" in line]
+    assert [(cells[1].strip(), cells[2].strip()) for cells in stored] == [("blockdb_transfers", "3")]
