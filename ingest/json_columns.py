@@ -159,9 +159,11 @@ class JsonColumns:
             return False
         path = tuple(found.group(1).split("/")[1:])
         allowed = self._allowed.get(path, ())
-        kind = _KIND.get(found.group(2)) or next(
-            (t for t in allowed if pa.types.is_integer(t) or pa.types.is_floating(t)), None
-        )
+        sent = found.group(2)  # string, number, boolean, or object, array, null: never a leaf's
+        if sent == "number":
+            kind = next((t for t in allowed if pa.types.is_integer(t) or pa.types.is_floating(t)), None)
+        else:
+            kind = _KIND.get(sent)
         if kind is None or kind not in allowed or path in relearned:
             return False
         relearned.add(path)

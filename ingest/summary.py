@@ -11,6 +11,7 @@ from ingest.buffer import GAPS, QUARANTINE
 from ingest.config import Config
 from ingest.errors import Fatal
 from ingest.schema import Registry, quote_ident
+from ingest.sinks.duckdb import MEMORY_LIMIT
 from ingest.views import connect_for_query
 
 __all__ = ["EXAMPLE_QUERIES", "print_summary", "status_table"]
@@ -20,9 +21,6 @@ EXAMPLE_QUERIES = (
     "SELECT token_address, count(*) AS transfers, sum(amount_raw_f64) AS volume "
     "FROM blockdb_transfers GROUP BY 1 ORDER BY 2 DESC LIMIT 5",
 )
-
-
-SUMMARY_MEMORY_LIMIT = 128 << 20  # DuckDB's memory for reading the store back at the end of a run
 
 
 def status_table(con: duckdb.DuckDBPyConnection, registry: Registry, source: str) -> Table:
@@ -119,7 +117,7 @@ def print_summary(result: RunResult, config: Config, registry: Registry, console
         )
         # Its scans stream; left at DuckDB's default (80% of RAM) they filled its cache instead:
         # after ten minutes at full speed (148M rows), the daemon's peak RSS 540 -> 843 MB here.
-        con.execute(f"SET memory_limit = '{SUMMARY_MEMORY_LIMIT >> 20}MiB'")
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT >> 20}MiB'")  # the sink's own
         console.print(status_table(con, registry, source))
     except (duckdb.Error, Fatal) as exc:
         console.print(f"[red]could not read the store back: {exc}[/red]")
