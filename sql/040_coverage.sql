@@ -1,6 +1,7 @@
 -- How complete each hour is, per provider and subscription: seconds not received (disconnects
 -- until the resubscribe), and the sequence and block-number jumps seen. Gap rows derived twice
--- (a journal replay) share an id and count once.
+-- (a journal replay) share an id and count once. Seconds are split between the hours a gap spans;
+-- a jump counts once, in the hour it started, so summing hours never counts it twice.
 CREATE OR REPLACE VIEW coverage AS
 WITH g AS (
     SELECT * FROM gaps QUALIFY row_number() OVER (PARTITION BY id ORDER BY detected_at) = 1
@@ -18,7 +19,7 @@ SELECT
     hour,
     sum(CASE WHEN kind = 'disconnected'
              THEN epoch(least(e, hour + INTERVAL 1 HOUR)) - epoch(greatest(s, hour)) ELSE 0 END) AS seconds_missing,
-    count(*) FILTER (WHERE kind = 'sequence') AS sequence_gaps,
-    count(*) FILTER (WHERE kind = 'block')    AS block_gaps
+    count(*) FILTER (WHERE kind = 'sequence' AND hour = date_trunc('hour', s)) AS sequence_gaps,
+    count(*) FILTER (WHERE kind = 'block'    AND hour = date_trunc('hour', s)) AS block_gaps
 FROM hours
 GROUP BY ALL;

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -16,7 +17,7 @@ from ingest.emulators import BitqueryEmulator, BlockDBEmulator, HeliusEmulator
 from ingest.emulators.synth import Chain
 from ingest.reconcile import reconcile
 from ingest.schema import load_registry
-from ingest.views import connect_for_query
+from ingest.views import apply_views, connect_for_query
 from tests.helpers import eventually
 
 KEY = "reconcile-key-31337"
@@ -214,6 +215,31 @@ async def test_every_gap_is_on_record(tmp_path, monkeypatch):
     )
     coverage = db.execute("SELECT sum(seconds_missing), sum(block_gaps) FROM coverage").fetchall()[0]
     assert coverage[0] > 0 and coverage[1] == len(holes)
+
+
+def test_coverage_splits_seconds_between_hours_and_counts_each_jump_once():
+    """A gap across an hour boundary: its seconds go to both hours, its count to the first only."""
+    con = duckdb.connect()
+    for ds in load_registry().values():
+        con.execute(ds.create_table_sql())
+    rows = [  # kind, started_at, ended_at, id
+        ("disconnected", "2026-01-01 09:59:59.5", "2026-01-01 10:00:00.25", "d1"),
+        ("block", "2026-01-01 09:59:59.75", "2026-01-01 10:00:00.5", "b1"),
+        ("block", "2026-01-01 09:59:59.75", "2026-01-01 10:00:00.5", "b1"),  # derived again: one gap
+        ("sequence", "2026-01-01 10:30:00", "2026-01-01 11:00:01", "s1"),
+        ("block", "2026-01-01 10:10:00", "2026-01-01 10:10:01", "b2"),
+    ]
+    for kind, started, ended, gap_id in rows:
+        con.execute(
+            "INSERT INTO gaps (provider, subscription, kind, stream, started_at, ended_at, detected_at, id)"
+            " VALUES ('blockdb', '1:0101', ?, '', ?, ?, ?, ?)",
+            [kind, started, ended, ended, gap_id],
+        )
+    apply_views(con)
+    got = con.execute(
+        "SELECT strftime(hour, '%H'), seconds_missing, sequence_gaps, block_gaps FROM coverage ORDER BY hour"
+    ).fetchall()
+    assert got == [("09", 0.5, 0, 1), ("10", 0.25, 1, 1), ("11", 0.0, 0, 0)]
 
 
 async def test_solana_slots_are_final_once_a_root_covers_them(tmp_path, monkeypatch):
