@@ -45,13 +45,14 @@ def status_table(con: duckdb.DuckDBPyConnection, registry: Registry, source: str
                 FROM {quote_ident(name)}"""
         ).fetchall()[0]
         table.add_row(name, f"{row[0]:,}", row[1] or "-", row[2] or "-", f"{row[3]:,}", row[4] or "-")
+    # Derived rows written again by a journal replay share an id: each counts once.
     quarantined = con.execute(
-        f"SELECT provider, split_part(reason, ':', 1) AS kind, count(*) FROM {quote_ident(QUARANTINE)} "
-        "GROUP BY ALL ORDER BY 3 DESC"
+        "SELECT provider, split_part(reason, ':', 1) AS kind, count(*) "
+        f"FROM (SELECT DISTINCT ON (id) * FROM {quote_ident(QUARANTINE)}) GROUP BY ALL ORDER BY 3 DESC, 1, 2"
     ).fetchall()
     gaps = con.execute(
         "SELECT provider, kind, count(*), sum(epoch_ns(ended_at) - epoch_ns(started_at)) / 1e9 "
-        f"FROM {quote_ident(GAPS)} GROUP BY ALL ORDER BY 1, 2"
+        f"FROM (SELECT DISTINCT ON (id) * FROM {quote_ident(GAPS)}) GROUP BY ALL ORDER BY 1, 2"
     ).fetchall()
     table.caption = "\n".join(
         [

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import io
+
+import duckdb
 from rich.console import Console
 
+from ingest import summary
+from ingest.app import RunResult
+from ingest.arrow_batch import build_table
 from ingest.buffer import Buffer
-from ingest.config import FlushPolicy
+from ingest.config import FlushPolicy, parse_config
 from ingest.events import Rows
 from ingest.live import LiveView
 from ingest.metrics import Metrics
+from ingest.sinks.duckdb import DuckDBSink
+
+from .test_arrow_batch import TRANSFER, rows
 
 
 def test_live_view_shows_each_dataset_and_provider(registry):
@@ -41,16 +50,6 @@ def test_live_view_shows_each_dataset_and_provider(registry):
 def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(registry, tmp_path, monkeypatch):
     """The summary scans every table: at DuckDB's default limit (80% of RAM) those scans filled its
     cache, and after a long run were the daemon's peak RSS. It still counts every row."""
-    import io
-
-    from ingest import summary
-    from ingest.app import RunResult
-    from ingest.arrow_batch import build_table
-    from ingest.config import parse_config
-    from ingest.sinks.duckdb import DuckDBSink
-
-    from .test_arrow_batch import TRANSFER, rows
-
     config = parse_config(
         {
             "storage": {"data_dir": str(tmp_path), "parquet": False},
@@ -85,3 +84,27 @@ def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(regis
     assert limits == ["128.0 MiB"]
     stored = [line.split("│") for line in out.getvalue().splitlines() if "2025-11-11" in line]
     assert [(cells[1].strip(), cells[2].strip()) for cells in stored] == [("blockdb_transfers", "3")]
+
+
+def test_status_counts_each_derived_row_once(registry):
+    """Quarantine and gap rows written again by a journal replay share an id and count once."""
+    con = duckdb.connect()
+    for ds in registry.values():
+        con.execute(ds.create_table_sql())
+    for reason, row_id in [("malformed: x", "q1"), ("malformed: x", "q1"), ("unknown_type: y", "q2")]:
+        con.execute(
+            "INSERT INTO quarantine (provider, reason, received_at, raw, id) "
+            "VALUES ('coinapi', ?, now(), 'x', ?)",
+            [reason, row_id],
+        )
+    for kind, gap_id in [("disconnected", "g1"), ("disconnected", "g1"), ("sequence", "g2")]:
+        con.execute(
+            "INSERT INTO gaps (provider, kind, started_at, ended_at, id) "
+            "VALUES ('coinapi', ?, TIMESTAMP '2026-01-01 10:00:00', TIMESTAMP '2026-01-01 10:00:02', ?)",
+            [kind, gap_id],
+        )
+    out = io.StringIO()
+    Console(file=out, width=300).print(summary.status_table(con, registry, "test"))
+    text = out.getvalue()
+    assert "quarantined frames: coinapi malformed: 1, coinapi unknown_type: 1" in text
+    assert "gaps: coinapi disconnected: 1 (2.0 s), coinapi sequence: 1 (2.0 s)" in text
