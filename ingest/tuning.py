@@ -37,11 +37,11 @@ def tune_process() -> Callable[[], None]:
 def _tune_allocators() -> None:
     """Keep freed memory for the next flush instead of handing it back to the OS.
 
-        Each flush allocates and frees tens of MB (records joined, columns, Parquet pages). By
-        default glibc returns large blocks to the OS at once (mmap) and jemalloc after a second, so
-        at a flush a second every page was faulted in again, at 2-15 us a 4 KiB page: at 20k msg/s
-        that was 8 of the 19 us of CPU per message. Arrow allocates from glibc's heap here, and the
-        heap keeps up to 64 MB of free memory: enough for a flush's blocks (256 MB gave no less CPU at
+    Each flush allocates and frees tens of MB (records joined, columns, Parquet pages). By
+    default glibc returns large blocks to the OS at once (mmap) and jemalloc after a second, so
+    at a flush a second every page was faulted in again, at 2-15 us a 4 KiB page: at 20k msg/s
+    that was 8 of the 19 us of CPU per message. Arrow allocates from glibc's heap here, and the
+    heap keeps up to 64 MB of free memory: enough for a flush's blocks (256 MB gave no less CPU at
     20k msg/s, and ~50 MB more peak RSS at full speed).
     """
     pa.set_memory_pool(pa.system_memory_pool())
