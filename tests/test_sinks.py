@@ -423,6 +423,7 @@ def test_duckdb_hands_back_the_blocks_a_commit_cached(tmp_path, registry):
     assert not sink.holding
     assert duckdb_cached_bytes(sink._con) <= 4 << 20
     assert sink._con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "128.0 MiB"
+    assert sink._con.execute("SELECT current_setting('threads')").fetchone()[0] == 1  # see _one_thread
     sink.close()
     con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
     assert con.execute("SELECT count(*), sum(block_number) FROM blockdb_transfers").fetchone() == (
