@@ -114,7 +114,9 @@ class MetricsConfig:
 @dataclass(frozen=True, slots=True)
 class FlushPolicy:
     max_rows: int = 50_000
-    max_bytes: int = 64 << 20
+    # A flush's transient memory (records, decoded columns, table, Parquet pages) grows with its
+    # bytes: 24 MB caps wide rows (Bitquery's ~700 B) below 50k rows, not trades or transfers.
+    max_bytes: int = 24 << 20
     max_age: float = 1.0
     max_pending_bytes: int = 96 << 20  # buffered + being written; readers wait above it
 
