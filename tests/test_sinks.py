@@ -18,7 +18,8 @@ from ingest.arrow_batch import build_table
 from ingest.errors import Fatal
 from ingest.events import Rows
 from ingest.schema import Column, ColumnType, Dataset
-from ingest.sinks.duckdb import DuckDBSink
+from ingest.sinks import duckdb as duckdb_sink
+from ingest.sinks.duckdb import ROW_GROUP_ROWS, DuckDBSink
 from ingest.sinks.parquet import ParquetSink, dataset_glob
 from ingest.views import connect_for_query
 
@@ -455,16 +456,16 @@ def test_duckdb_is_opened_again_after_many_rows_waiting_for_a_reader_that_took_t
     assert sink._con is first
 
     readers = []
-    real_connect = duckdb.connect
+    real_attach = duckdb_sink._attach
 
-    def a_reader_comes_first(database, *args, **kwargs):
+    def a_reader_comes_first(database):
         if not readers:  # in the moment between close and open, a `query` takes the file
             reader = subprocess.Popen([sys.executable, "-c", READER, str(database)], stdout=subprocess.PIPE)
             assert reader.stdout.readline() == b"reading\n"
             readers.append(reader)
-        return real_connect(database, *args, **kwargs)
+        return real_attach(database)
 
-    monkeypatch.setattr("ingest.sinks.duckdb.duckdb.connect", a_reader_comes_first)
+    monkeypatch.setattr(duckdb_sink, "_attach", a_reader_comes_first)
     sink.write(ds, transfers(registry, 3, start_ns=T0 + DAY), 4, 6)  # 6 rows: opened again
     assert len(readers) == 1 and readers[0].wait(timeout=10) == 0  # waited past lock_wait
     assert sink._con is not first and sink.checkpoint(ds.name) == 6
@@ -518,13 +519,15 @@ def test_a_failure_after_the_rows_are_in_never_makes_the_writer_store_them_twice
 
 
 def test_duckdb_leaves_row_groups_as_commits_wrote_them(tmp_path, registry):
-    """A commit past a whole row group writes its rows straight to the file, the last row group
-    partial; DuckDB's checkpoint (at each reopen and at close) would merge the partial ones by
-    rewriting them, which costs more CPU than the inserts did. The sink turns that off."""
+    """A commit past a whole row group writes its rows straight to the file in row groups of the
+    sink's size, the last one partial; DuckDB's checkpoint (at each reopen and at close) would
+    merge the partial ones by rewriting them, which costs more CPU than the inserts did. The
+    sink turns that off."""
     ds = registry["blockdb_transfers"]
-    rows = pa.concat_tables([transfers(registry, 1000)] * 150)  # 150k rows: more than a row group
+    per_commit = 2 * ROW_GROUP_ROWS + 1000  # two whole row groups and a partial one
+    rows = pa.concat_tables([transfers(registry, 1000)] * (per_commit // 1000 + 1)).slice(0, per_commit)
     path = tmp_path / "ingest.duckdb"
-    sink = DuckDBSink(path, reopen_rows=200_000)
+    sink = DuckDBSink(path, reopen_rows=per_commit + 1)
     sink.open(registry.values())
     sink.write(ds, rows, 1, 1000)
     sink.write(ds, rows, 1001, 2000)  # past reopen_rows: closed (a checkpoint) and opened again
@@ -533,7 +536,7 @@ def test_duckdb_leaves_row_groups_as_commits_wrote_them(tmp_path, registry):
     groups = con.execute(
         "SELECT row_group_id, max(count) FROM pragma_storage_info('blockdb_transfers') GROUP BY 1 ORDER BY 1"
     ).fetchall()
-    sizes = [n for _, n in groups]
-    assert len(sizes) == 4 and sizes[:2] == sizes[2:] and sizes[1] < 122_880  # per commit: as written
-    assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(300_000,)]
+    per_commit_groups = [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 1000]  # as written, and left so
+    assert [n for _, n in groups] == per_commit_groups * 2
+    assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(2 * per_commit,)]
     assert con.execute("SELECT position FROM _ingest_positions").fetchall() == [(2000,)]
