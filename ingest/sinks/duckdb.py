@@ -16,8 +16,9 @@ Datasets whose only payload is `_raw` (the generic ones) keep it everywhere.
 DuckDB keeps what a commit wrote cached up to `memory_limit` (128 MB), and it keeps the
 metadata of every row group appended on a connection for as long as the connection lives: in a
 long run, RSS that never comes back. So after each commit the sink evicts the cache (a commit
-only appends, it reads nothing back), and every 80 row groups (2.6M rows) it opens the file again. That
-reopen's checkpoint does not merge the partial row groups commits leave (`_no_vacuum`). The limit
+only appends, it reads nothing back), and every 80 row groups (2.6M rows) it opens the file
+again. That reopen's checkpoint does not merge the partial row groups commits leave
+(`_no_vacuum`). The limit
 itself bounds a commit's working set (~60-75 MB for 122,880 trade rows): 64 MB took
 ~70 MB off the peak in short runs, but ten minutes at full speed with it ended in a fatal
 checkpoint failure (the table past ~20M rows). A commit of
