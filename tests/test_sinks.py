@@ -19,7 +19,7 @@ from ingest.errors import Fatal
 from ingest.events import Rows
 from ingest.schema import Column, ColumnType, Dataset
 from ingest.sinks import duckdb as duckdb_sink
-from ingest.sinks.duckdb import ROW_GROUP_ROWS, DuckDBSink
+from ingest.sinks.duckdb import RAW, ROW_GROUP_ROWS, DuckDBSink
 from ingest.sinks.parquet import ParquetSink, dataset_glob
 from ingest.views import connect_for_query
 
@@ -178,6 +178,32 @@ def test_a_table_made_with_raw_still_takes_rows_without_it(tmp_path, registry):
         sink.close()
     con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
     assert con.execute("SELECT count(_raw), count(*) FROM blockdb_transfers").fetchall() == [(2, 4)]
+
+
+def test_a_file_an_earlier_daemon_wrote_is_appended_to_and_stays_readable(tmp_path, registry):
+    """The sink attaches the file with its own row group size; a file written with DuckDB's
+    default (by an earlier daemon, or by hand) is appended to as is, and readers that open it
+    plainly see every row and the views."""
+    ds = registry["blockdb_transfers"]
+    path = tmp_path / "ingest.duckdb"
+    with duckdb.connect(str(path)) as con:  # as an earlier daemon left it
+        con.execute(ds.create_table_sql((RAW,)))
+        con.register("earlier", transfers(registry, 1000).drop_columns([RAW]))
+        con.execute(f"INSERT INTO {ds.name} BY NAME SELECT * FROM earlier")
+    sink = DuckDBSink(path)
+    sink.open(registry.values())
+    copies = ROW_GROUP_ROWS // 1000 + 1
+    rows = pa.concat_tables([transfers(registry, 1000)] * copies).slice(0, ROW_GROUP_ROWS)
+    sink.write(ds, rows, 1, 1000)  # a whole row group: committed at once
+    sink.close()
+    con = duckdb.connect(str(path), read_only=True)
+    groups = con.execute(
+        f"SELECT row_group_id, max(count) FROM pragma_storage_info('{ds.name}') GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert [n for _, n in groups] == [1000, ROW_GROUP_ROWS]
+    assert con.execute(f"SELECT count(*) FROM {ds.name}").fetchall() == [(1000 + ROW_GROUP_ROWS,)]
+    # The view counts each event once: the same 1000 transfers, sent again and again.
+    assert con.execute("SELECT count(*) FROM transfers").fetchall() == [(1000,)]
 
 
 def test_both_sinks_read_back_identically_through_the_query_views(tmp_path, registry):
