@@ -81,6 +81,11 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(text: str) -> str:
+    """Quote an SQL string literal (a path in ATTACH, which takes no parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     """One declared column: where its value comes from and how it is typed."""

@@ -17,7 +17,7 @@ from ingest.chains import chain_macro_sql
 from ingest.errors import Fatal
 from ingest.lake import Lake, open_lake
 from ingest.lake_query import register_lake_views
-from ingest.schema import Dataset, Registry, quote_ident
+from ingest.schema import Dataset, Registry, quote_ident, quote_literal
 
 __all__ = ["SQL_DIR", "QuerySource", "apply_views", "connect_for_query"]
 
@@ -33,10 +33,6 @@ def apply_views(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list
         con.execute(path.read_text())
         applied.append(path.stem)
     return applied
-
-
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _empty_view(ds: Dataset) -> str:
@@ -58,7 +54,7 @@ def connect_for_query(
     source = None
     if duckdb_path is not None and duckdb_path.exists():
         try:
-            con.execute(f"ATTACH {_sql_str(str(duckdb_path))} AS store (READ_ONLY)")
+            con.execute(f"ATTACH {quote_literal(str(duckdb_path))} AS store (READ_ONLY)")
             source = QuerySource.DUCKDB
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():

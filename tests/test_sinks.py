@@ -52,6 +52,17 @@ def transfers(registry, n: int, start_ns: int = T0, step_ns: int = 10**9) -> pa.
     return build_table(registry["blockdb_transfers"], chunks).table
 
 
+def repeated_transfers(registry, n: int) -> pa.Table:
+    """n rows: the same 1000 transfers over and over (a whole row group or more, cheaply)."""
+    return pa.concat_tables([transfers(registry, 1000)] * (n // 1000 + 1)).slice(0, n)
+
+
+def row_group_sizes(con, table: str) -> list[int]:
+    """Rows in each of a table's DuckDB row groups, in order."""
+    sql = f"SELECT row_group_id, max(count) FROM pragma_storage_info('{table}') GROUP BY 1 ORDER BY 1"
+    return [n for _, n in con.execute(sql).fetchall()]
+
+
 def test_parquet_files_are_partitioned_atomic_and_readable_by_every_engine(tmp_path, registry):
     ds = registry["blockdb_transfers"]
     sink = ParquetSink(str(tmp_path / "parquet"), "main")
@@ -192,15 +203,10 @@ def test_a_file_an_earlier_daemon_wrote_is_appended_to_and_stays_readable(tmp_pa
         con.execute(f"INSERT INTO {ds.name} BY NAME SELECT * FROM earlier")
     sink = DuckDBSink(path)
     sink.open(registry.values())
-    copies = ROW_GROUP_ROWS // 1000 + 1
-    rows = pa.concat_tables([transfers(registry, 1000)] * copies).slice(0, ROW_GROUP_ROWS)
-    sink.write(ds, rows, 1, 1000)  # a whole row group: committed at once
+    sink.write(ds, repeated_transfers(registry, ROW_GROUP_ROWS), 1, 1000)  # a row group: committed at once
     sink.close()
     con = duckdb.connect(str(path), read_only=True)
-    groups = con.execute(
-        f"SELECT row_group_id, max(count) FROM pragma_storage_info('{ds.name}') GROUP BY 1 ORDER BY 1"
-    ).fetchall()
-    assert [n for _, n in groups] == [1000, ROW_GROUP_ROWS]
+    assert row_group_sizes(con, ds.name) == [1000, ROW_GROUP_ROWS]
     assert con.execute(f"SELECT count(*) FROM {ds.name}").fetchall() == [(1000 + ROW_GROUP_ROWS,)]
     # The view counts each event once: the same 1000 transfers, sent again and again.
     assert con.execute("SELECT count(*) FROM transfers").fetchall() == [(1000,)]
@@ -551,7 +557,7 @@ def test_duckdb_leaves_row_groups_as_commits_wrote_them(tmp_path, registry):
     sink turns that off."""
     ds = registry["blockdb_transfers"]
     per_commit = 2 * ROW_GROUP_ROWS + 1000  # two whole row groups and a partial one
-    rows = pa.concat_tables([transfers(registry, 1000)] * (per_commit // 1000 + 1)).slice(0, per_commit)
+    rows = repeated_transfers(registry, per_commit)
     path = tmp_path / "ingest.duckdb"
     sink = DuckDBSink(path, reopen_rows=per_commit + 1)
     sink.open(registry.values())
@@ -559,10 +565,7 @@ def test_duckdb_leaves_row_groups_as_commits_wrote_them(tmp_path, registry):
     sink.write(ds, rows, 1001, 2000)  # past reopen_rows: closed (a checkpoint) and opened again
     sink.close()  # a checkpoint again
     con = duckdb.connect(str(path), read_only=True)
-    groups = con.execute(
-        "SELECT row_group_id, max(count) FROM pragma_storage_info('blockdb_transfers') GROUP BY 1 ORDER BY 1"
-    ).fetchall()
     per_commit_groups = [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 1000]  # as written, and left so
-    assert [n for _, n in groups] == per_commit_groups * 2
+    assert row_group_sizes(con, "blockdb_transfers") == per_commit_groups * 2
     assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(2 * per_commit,)]
     assert con.execute("SELECT position FROM _ingest_positions").fetchall() == [(2000,)]

@@ -18,13 +18,12 @@ metadata of every row group appended on a connection for as long as the connecti
 long run, RSS that never comes back. So after each commit the sink evicts the cache (a commit
 only appends, it reads nothing back), and every 80 row groups (2.6M rows) it opens the file
 again. That reopen's checkpoint does not merge the partial row groups commits leave
-(`_no_vacuum`). The limit
-itself bounds a commit's working set (~60-75 MB for 122,880 trade rows): 64 MB took
-~70 MB off the peak in short runs, but ten minutes at full speed with it ended in a fatal
-checkpoint failure (the table past ~20M rows). A commit of
-large values (tens of kB each: account data, raw rows of generic datasets) can need more than
-that, so a commit that runs out of memory is rolled back and tried again with a higher limit,
-which then goes back down. A fatal DuckDB error stops the daemon with a clear error instead: the
+(`_no_vacuum`). The limit itself bounds a commit's working set (~60-75 MB for 122,880 trade
+rows): 64 MB took ~70 MB off the peak in short runs, but ten minutes at full speed with it
+ended in a fatal checkpoint failure (the table past ~20M rows). A commit of large values (tens
+of kB each: account data, raw rows of generic datasets) can need more than that, so a commit
+that runs out of memory is rolled back and tried again with a higher limit, which then goes
+back down. A fatal DuckDB error stops the daemon with a clear error instead: the
 instance cannot be used again in the same process, and a restart loses nothing.
 """
 
@@ -41,7 +40,7 @@ import structlog
 
 from ingest.arrow_batch import table_bytes
 from ingest.errors import Fatal
-from ingest.schema import Dataset, quote_ident
+from ingest.schema import Dataset, quote_ident, quote_literal
 from ingest.views import apply_views
 
 __all__ = ["POSITIONS", "DuckDBSink"]
@@ -340,8 +339,7 @@ def _attach(path: Path) -> duckdb.DuckDBPyConnection:
     """
     con = duckdb.connect()
     try:
-        literal = "'" + str(path).replace("'", "''") + "'"
-        con.execute(f"ATTACH {literal} AS {_CATALOG} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+        con.execute(f"ATTACH {quote_literal(str(path))} AS {_CATALOG} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
         con.execute(f"USE {_CATALOG}")
     except BaseException:
         con.close()
