@@ -4,15 +4,19 @@
 both sinks on, as the daemon runs by default) and hands it to the CLI's own `run` code
 (`ingest.cli._run`: its logging set-up and process tuning such as the GC thresholds, unattended
 mode: JSON log lines and the progress line, then the end-of-run summary, all on stderr here).
-The only addition is a watcher task in the daemon's event loop (the `Daemon` class is
-subclassed to start it), which every 5 ms:
+The only additions are two observers and a watcher task in the daemon's event loop (the
+`Daemon` class is subclassed to install them):
 
-- notes when each Parquet file appears in `metrics.recent_files` (appended as soon as the Parquet sink
-  has renamed it into place: from then on `query` sees its rows) -> receive-to-queryable latency;
-- notes when `rows_written` grows (both sinks done with a flush) -> receive-to-durable latency
-  and the moment every row sent is durable in DuckDB *and* Parquet;
+- the Parquet file list (`metrics.recent_files`) notes the moment each file is added, right after
+  the Parquet sink renamed it into place (from then on `query` sees its rows)
+  -> receive-to-queryable latency;
+- each dataset's `rows_written` notes the moment it grows (both sinks done with a flush)
+  -> receive-to-durable latency, and the moment every row sent is durable in DuckDB *and*
+  Parquet;
 
-while a sampler thread records CPU, RSS and frames read every 100 ms. When the harness says the
+both at the very moment of the update, in the daemon's loop, rather than by polling (a 5 ms poll
+cost the daemon ~1% of a core, ~0.5 us a message at 20k msg/s, and noted each moment up to 5 ms
+late). A sampler thread records CPU, RSS and frames read every 100 ms. When the harness says the
 load is over (and how many rows it sent), the watcher waits until the daemon has read all of
 them, then stops it the way a user does: it flushes and commits what DuckDB holds for its next
 batch (which a running daemon commits within `duckdb_commit_seconds`), so the run ends by
@@ -26,36 +30,82 @@ import asyncio
 import json
 import sys
 import time
+from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from benchmarks.probe import Control, Sampler, cpu_seconds, emit, keep_stdout_for_results, peak_rss_bytes
+from ingest.metrics import DatasetStats
 
-_POLL = 0.005
+_POLL_LOADED = 0.1  # while the load runs, only the end of the load is waited for
+_POLL_ENDING = 0.005  # after it, how soon the stop follows the last row read
 
 
-async def _watch(
-    daemon: Any, control: Control, spec: dict[str, Any], sampler: Sampler, out: dict[str, Any]
-) -> None:
-    metrics = daemon.metrics
-    datasets: list[str] = spec["datasets"]
-    files_seen: list[tuple[str, int]] = []
-    steps: list[tuple[int, int]] = []  # (wall ns, rows written so far) whenever it grows
-    last_rows, stop_requested = 0, False
-    out.update(files_seen=files_seen, rows_steps=steps)
-    while True:
-        await asyncio.sleep(_POLL)
+class _NotedFiles(deque[str]):
+    """The daemon's list of recent Parquet files, noting when each was added."""
+
+    def __init__(self, maxlen: int | None, seen: list[tuple[str, int]]) -> None:
+        super().__init__(maxlen=maxlen)
+        self._seen = seen
+
+    def extend(self, paths: Iterable[str]) -> None:
+        paths = list(paths)
         now_ns = time.time_ns()
-        if new := metrics.files_written - len(files_seen):  # polled far more often than 1024 a poll
-            files_seen.extend((f, now_ns) for f in list(metrics.recent_files)[-new:])
-        rows = sum(metrics.datasets[d].rows_written for d in datasets if d in metrics.datasets)
-        if rows != last_rows:
-            steps.append((now_ns, rows))
-            last_rows = rows
-        if not stop_requested and control.stop.is_set() and _all_read(daemon, control, datasets):
-            stop_requested = True
-            daemon.request_stop()
-        _note_durable(control, rows, sampler, out)
+        self._seen.extend((p, now_ns) for p in paths)
+        super().extend(paths)
+
+
+class _Durable:
+    """Rows written of the measured datasets: each growth noted with its moment."""
+
+    def __init__(self, control: Control, sampler: Sampler, out: dict[str, Any]) -> None:
+        self.rows = 0
+        self.steps: list[tuple[int, int]] = []  # (wall ns, rows written so far) whenever it grows
+        self._control, self._sampler, self._out = control, sampler, out
+
+    def grew(self, by: int) -> None:
+        if by:
+            self.rows += by
+            self.steps.append((time.time_ns(), self.rows))
+            self.check()
+
+    def check(self) -> None:
+        """Note the moment every row sent is durable, once the harness has said how many."""
+        _note_durable(self._control, self.rows, self._sampler, self._out)
+
+
+def _observe(daemon: Any, spec: dict[str, Any], durable: _Durable, files_seen: list[tuple[str, int]]) -> None:
+    """Install the observers (before the writer's first flush)."""
+    metrics = daemon.metrics
+    metrics.recent_files = _NotedFiles(metrics.recent_files.maxlen, files_seen)
+
+    class NotedStats(DatasetStats):
+        @property  # type: ignore[override]
+        def rows_written(self) -> int:
+            return DatasetStats.rows_written.__get__(self)  # type: ignore[attr-defined]
+
+        @rows_written.setter
+        def rows_written(self, value: int) -> None:
+            slot = DatasetStats.rows_written  # type: ignore[attr-defined]
+            before = slot.__get__(self) if hasattr(self, "_ready") else 0  # 0: set by __init__
+            slot.__set__(self, value)
+            self._ready = True
+            durable.grew(value - before)
+
+    for name in spec["datasets"]:
+        metrics.datasets[name] = NotedStats()
+
+
+async def _watch(daemon: Any, control: Control, spec: dict[str, Any], durable: _Durable) -> None:
+    """Stop the daemon once the load is over and it has read every row sent."""
+    datasets: list[str] = spec["datasets"]
+    while not control.stop.is_set():
+        await asyncio.sleep(_POLL_LOADED)
+    durable.check()  # every row may have been durable before the harness said how many it sent
+    while not _all_read(daemon, control, datasets):
+        await asyncio.sleep(_POLL_ENDING)
+    daemon.request_stop()
 
 
 def _all_read(daemon: Any, control: Control, datasets: list[str]) -> bool:
@@ -83,20 +133,22 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
     hosted: list[Any] = []
 
     class HostedDaemon(app.Daemon):
-        """The daemon, unchanged, plus the watcher in its loop."""
+        """The daemon, unchanged, plus the observers and the watcher in its loop."""
 
         async def run(self, **kw: Any) -> Any:
             hosted.append(self)
             providers = self.metrics.providers
             sampler = Sampler(lambda: sum(p.frames for p in list(providers.values())))
-            watcher = asyncio.create_task(_watch(self, control, spec, sampler, out))
+            files_seen: list[tuple[str, int]] = []
+            durable = _Durable(control, sampler, out)
+            out.update(files_seen=files_seen, rows_steps=durable.steps)
+            _observe(self, spec, durable, files_seen)
+            watcher = asyncio.create_task(_watch(self, control, spec, durable))
             try:
                 return await super().run(**kw)
             finally:
                 watcher.cancel()
-                # The last rows become durable as run() returns: between two of the watcher's polls.
-                rows = sum(d.rows_written for n, d in self.metrics.datasets.items() if n in spec["datasets"])
-                _note_durable(control, rows, sampler, out)
+                durable.check()
                 sampler.stop()
                 out["samples"] = sampler.samples
                 out["exited"] = time.monotonic()

@@ -102,3 +102,37 @@ def test_rss_drift_tells_flat_from_growing():
     out = rss_drift(growing, 30, 600)
     assert out["rss_growth_mb"] > 60 and abs(out["rss_slope_mb_per_min"] - 10) < 1e-6
     assert rss_drift(flat, 0, 20) == {}  # too few samples to tell
+
+
+def test_daemon_host_notes_each_file_and_each_durable_step_when_it_happens():
+    """The hosted daemon's observers note a Parquet file and a growth of rows_written at the
+    moment the writer makes it, and the moment every row sent is durable once the target is known."""
+    from types import SimpleNamespace
+
+    from benchmarks.daemon_host import _Durable, _observe
+    from ingest.metrics import Metrics
+
+    control = SimpleNamespace(target_rows=None)
+    sampled: list[int] = []
+    sampler = SimpleNamespace(sample=lambda: sampled.append(1))
+    out: dict = {}
+    durable = _Durable(control, sampler, out)  # type: ignore[arg-type]
+    files: list[tuple[str, int]] = []
+    metrics = Metrics()
+    _observe(SimpleNamespace(metrics=metrics), {"datasets": ["trades"]}, durable, files)
+
+    metrics.recent_files.extend(["a.parquet", "b.parquet"])  # what the writer does
+    stats = metrics.dataset("trades")
+    stats.rows_written += 30
+    stats.rows_written += 0  # no growth, no step
+    metrics.dataset("other").rows_written += 7  # not measured
+    stats.rows_written += 20
+    assert [path for path, _ in files] == ["a.parquet", "b.parquet"] == list(metrics.recent_files)
+    assert [rows for _, rows in durable.steps] == [30, 50] and stats.rows_written == 50
+    assert files[0][1] <= durable.steps[0][0] <= durable.steps[1][0]
+    assert "all_durable" not in out  # the harness has not said how many rows it sent
+    control.target_rows = 50
+    durable.check()
+    assert "all_durable" in out and sampled == [1]
+    durable.check()
+    assert sampled == [1]  # noted once
