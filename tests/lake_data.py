@@ -10,6 +10,9 @@ from ingest.lake import Lake
 from ingest.schema import Dataset
 
 CLOSED = (datetime.date(2025, 11, 13), datetime.date(2025, 11, 14))  # long over, so closed
+# A day that is not over, as today is, but stays so while a test runs: with today's date, a
+# test crossing midnight UTC would see its "open" files compacted as yesterday's.
+OPEN = datetime.date(2200, 1, 1)
 
 
 def today() -> datetime.date:

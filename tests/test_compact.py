@@ -19,7 +19,7 @@ from ingest.lake import Lake
 from ingest.lake_query import register_lake_views
 from ingest.manifest import MANIFEST_NAME, is_compacted
 from ingest.schema import Registry
-from tests.lake_data import CLOSED, flush_table, today, write_flush
+from tests.lake_data import CLOSED, OPEN, flush_table, write_flush
 
 pytest_plugins = ["tests.s3"]
 
@@ -83,11 +83,11 @@ def assert_compacted(lake: Lake, registry: Registry) -> None:
 
 
 def test_small_files_of_every_writer_are_merged_and_open_days_left_alone(any_lake, small):
-    """Closed days shrink to full files; today's files and the journal positions are unchanged."""
+    """Closed days shrink to full files; an open day's files and the journal positions are unchanged."""
     populate(any_lake, small)
     for ds in small.values():
-        write_flush(any_lake, ds, flush_table(ds, 3, day=today(), tag="today"), instance="alpha", first=10**6)
-    open_day = {n: stored(any_lake, n, today()) for n in small}
+        write_flush(any_lake, ds, flush_table(ds, 3, day=OPEN, tag="today"), instance="alpha", first=10**6)
+    open_day = {n: stored(any_lake, n, OPEN) for n in small}
     positions = {n: any_lake.journal_positions(n) for n in small}
 
     report = compact(any_lake, small, instance="compactor", target_rows=TARGET, grace_seconds=0)
@@ -97,7 +97,7 @@ def test_small_files_of_every_writer_are_merged_and_open_days_left_alone(any_lak
     assert report.rows == partitions * per_partition() and report.deleted == partitions * FILES * 2
     assert report.bytes_after > 0 and {p.merged for p in report.partitions} == {FILES * 2}
     assert_compacted(any_lake, small)
-    assert {n: stored(any_lake, n, today()) for n in small} == open_day
+    assert {n: stored(any_lake, n, OPEN) for n in small} == open_day
     assert {n: any_lake.journal_positions(n) for n in small} == positions
     assert counts(any_lake, small) == {n: (rows + 3, rows + 3) for n, (rows, _) in expected(small).items()}
 
@@ -182,7 +182,7 @@ def test_readers_and_writers_running_during_compaction_see_every_row_once(any_la
     def reader() -> None:
         while not done.is_set():
             try:
-                seen.append(counts(any_lake, small, before=today()))
+                seen.append(counts(any_lake, small, before=OPEN))
             except BaseException as exc:
                 errors.append(exc)
                 return
@@ -191,7 +191,7 @@ def test_readers_and_writers_running_during_compaction_see_every_row_once(any_la
         i = 0
         while not done.is_set() and i < 200:
             for ds in small.values():
-                table = flush_table(ds, 2, day=today(), tag=f"w-{i}")
+                table = flush_table(ds, 2, day=OPEN, tag=f"w-{i}")
                 written[ds.name].append(write_flush(any_lake, ds, table, instance="live", seq=i))
             i += 1
             time.sleep(0.01)
@@ -214,7 +214,7 @@ def test_readers_and_writers_running_during_compaction_see_every_row_once(any_la
     assert len(seen) >= 3 and all(s == want for s in seen), [s for s in seen if s != want][:3]
     assert_compacted(any_lake, small)
     for name, paths in written.items():
-        assert {p.rpartition("/")[2] for p in paths} == stored(any_lake, name, today())
+        assert {p.rpartition("/")[2] for p in paths} == stored(any_lake, name, OPEN)
 
 
 @pytest.mark.parametrize("crash", ["writing merged files", "before the switch", "deleting inputs"])
