@@ -35,6 +35,7 @@ from ingest.buffer import GAPS, QUARANTINE, Buffer, Flush
 from ingest.errors import Fatal
 from ingest.events import Rows
 from ingest.metrics import Metrics
+from ingest.os_threads import name_os_thread
 from ingest.reorgs import ReorgTracker
 from ingest.schema import Dataset, Registry
 from ingest.sinks.base import Sink
@@ -136,7 +137,9 @@ class Writer:
         pool = self._threads.get(stage)
         if pool is None:
             name = f"ingest-{stage if isinstance(stage, str) else getattr(stage, 'name', 'sink')}"
-            pool = self._threads[stage] = ThreadPoolExecutor(1, thread_name_prefix=name)
+            pool = self._threads[stage] = ThreadPoolExecutor(
+                1, thread_name_prefix=name, initializer=name_os_thread, initargs=(name,)
+            )
         return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(call, *args))
 
     async def _build_all(self, lanes: list[_Lane]) -> None:

@@ -141,10 +141,21 @@ class ThreadNotingSink(FlakySink):
         super().__init__(failures=0)
         self.name = name
         self.threads: list[str] = []
+        self.os_names: set[str] = set()
 
     def write(self, dataset, table, first, last) -> list[str]:
         self.threads.append(threading.current_thread().name)
+        self.os_names.add(os_thread_name())
         return super().write(dataset, table, first, last)
+
+
+def os_thread_name() -> str:
+    """The calling thread's name as the OS shows it (top -H); "" where there is no /proc."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
 
 async def test_the_build_and_each_sink_keep_one_thread_of_their_own(registry, monkeypatch):
@@ -152,10 +163,12 @@ async def test_the_build_and_each_sink_keep_one_thread_of_their_own(registry, mo
     import ingest.writer as writer_module
 
     build_threads: list[str] = []
+    build_os_names: set[str] = set()
     real_build = writer_module._build_table
 
     def noting_build(dataset, chunks):
         build_threads.append(threading.current_thread().name)
+        build_os_names.add(os_thread_name())
         return real_build(dataset, chunks)
 
     monkeypatch.setattr(writer_module, "_build_table", noting_build)
@@ -175,6 +188,12 @@ async def test_the_build_and_each_sink_keep_one_thread_of_their_own(registry, mo
     assert len(set.union(*stages)) == 3  # and no two stages share one
     assert threading.main_thread().name not in set.union(*stages)
     assert not writer._threads  # shut down with the writer
+    if os.path.exists("/proc/self/task"):  # and the OS knows each by its stage (top -H, profile --threads)
+        assert (build_os_names, sinks[0].os_names, sinks[1].os_names) == (
+            {"ingest-build"},
+            {"ingest-a"},
+            {"ingest-b"},
+        )
 
 
 def positioned(n: int) -> Rows:
