@@ -4,13 +4,16 @@ Runs one full-speed run of the daemon (the `throughput` scenario's spec) and att
 the daemon process once its collectors have subscribed, for the streaming part only. Writes the
 collapsed stacks (`profile-<mix>.txt`: open in speedscope.app, or feed to flamegraph.pl) and
 prints, per thread, where the samples went: by function including callees, and by leaf (self).
-`--gil` samples only the thread holding the GIL: what serialises the daemon.
+`--gil` samples only the thread holding the GIL: what serialises the daemon. `--threads` instead
+measures each thread's CPU over the load (from the scheduler, without py-spy): the event loop,
+each writer stage, the `to_thread` workers, in % of a core and us per message.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import shutil
 import sys
@@ -92,15 +95,54 @@ def _boring(fn: str) -> bool:
     )
 
 
+def _threads(spec: RunSpec) -> int:
+    """One run; each thread's CPU over the load after its first second (warm-up)."""
+    workdir = Path(tempfile.mkdtemp(prefix="ingest-profile-"))
+    out = workdir / "threads.json"
+    window = max(spec.seconds - 1.5, 0.5)
+    command = [sys.executable, "-m", "benchmarks.thread_cpu", "--after", "1", f"{window:g}", str(out)]
+    try:
+        result = asyncio.run(run_once(spec, workdir, profile=command))
+        rows = json.loads(out.read_text()) if out.exists() else []
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    if "error" in result or not rows:
+        console.print(f"[red]run failed: {result.get('error', 'no thread figures')}[/red]")
+        return 1
+    messages = result["sent_frames"] / result["send_seconds"]  # the rate the load was read at
+    table = Table(
+        title=f"{spec.label()}: CPU by thread, {window:g} s of the load ({messages:,.0f} msg/s sent)"
+    )
+    for column in ("thread", "% of a core", "us a message", "wake-ups/s"):
+        table.add_column(column, justify="left" if column == "thread" else "right")
+    busy = [r for r in rows if r["cores"] >= 0.005]
+    for r in busy:
+        table.add_row(
+            r["name"],
+            f"{100 * r['cores']:.1f}",
+            f"{1e6 * r['cores'] / messages:.2f}",
+            f"{r['wakeups_per_s']:.0f}",
+        )
+    total = sum(r["cores"] for r in rows)
+    table.add_row("all threads", f"{100 * total:.1f}", f"{1e6 * total / messages:.2f}", "")
+    console.print(table)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
     parser.add_argument("--mix", default="coinapi", choices=("coinapi", "blockdb", "bitquery"))
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=float, help="offered frames/s (default: full speed)")
     parser.add_argument("--gil", action="store_true", help="only samples that hold the GIL")
+    parser.add_argument("--threads", action="store_true", help="each thread's CPU instead of py-spy samples")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
+    spec = RunSpec("ingest", args.mix, rate=args.rate, seconds=args.seconds)
+    if args.threads:
+        return _threads(spec)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         print("py-spy is not installed: pip install py-spy (the bench extra)", file=sys.stderr)
@@ -110,7 +152,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     collapsed = args.out / f"profile-{args.mix}{suffix}.txt"
     command = [py_spy, "record", "-o", str(collapsed), "-f", "raw", "-r", "100", "-t", "-F"]
     command += ["-d", f"{args.seconds:g}", *(["--gil"] if args.gil else []), "--pid"]
-    spec = RunSpec("ingest", args.mix, rate=args.rate, seconds=args.seconds)
     workdir = Path(tempfile.mkdtemp(prefix="ingest-profile-"))
     try:
         result = asyncio.run(run_once(spec, workdir, profile=command))

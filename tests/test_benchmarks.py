@@ -136,3 +136,33 @@ def test_daemon_host_notes_each_file_and_each_durable_step_when_it_happens():
     assert "all_durable" in out and sampled == [1]
     durable.check()
     assert sampled == [1]  # noted once
+
+
+def test_thread_cpu_names_each_thread_and_finds_the_busy_one():
+    """Per-thread CPU from the scheduler: a spinning thread, named for the OS, comes out busiest."""
+    import os
+    import threading
+
+    from benchmarks.thread_cpu import thread_cpu
+    from ingest.os_threads import name_os_thread
+
+    if not os.path.exists("/proc/self/task"):
+        pytest.skip("Linux only")
+    stop = threading.Event()
+
+    def spin() -> None:
+        name_os_thread("bench-spin-and-a-long-tail")  # the OS keeps 15 bytes of it
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        rows = thread_cpu(os.getpid(), 0.3)
+    finally:
+        stop.set()
+        spinner.join()
+    assert rows[0].name == "bench-spin-and-" and rows[0].cores > 0
+    assert rows[0].tid == spinner.native_id
+    assert any(r.name == "MainThread" for r in rows)
+    assert [r.cores for r in rows] == sorted((r.cores for r in rows), reverse=True)
