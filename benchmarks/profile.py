@@ -6,7 +6,8 @@ collapsed stacks (`profile-<mix>.txt`: open in speedscope.app, or feed to flameg
 prints, per thread, where the samples went: by function including callees, and by leaf (self).
 `--gil` samples only the thread holding the GIL: what serialises the daemon. `--threads` instead
 measures each thread's CPU over the load (from the scheduler, without py-spy): the event loop,
-each writer stage, the `to_thread` workers, in % of a core and us per message.
+each writer stage, the `to_thread` workers, in % of a core and us per message, with wake-ups and
+page faults a second. `--hz` sets py-spy's sampling rate.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _threads(spec: RunSpec) -> int:
     table = Table(
         title=f"{spec.label()}: CPU by thread, {window:g} s of the load ({messages:,.0f} msg/s sent)"
     )
-    for column in ("thread", "% of a core", "us a message", "wake-ups/s"):
+    for column in ("thread", "% of a core", "us a message", "wake-ups/s", "page faults/s"):
         table.add_column(column, justify="left" if column == "thread" else "right")
     busy = [r for r in rows if r["cores"] >= 0.005]
     for r in busy:
@@ -123,9 +124,11 @@ def _threads(spec: RunSpec) -> int:
             f"{100 * r['cores']:.1f}",
             f"{1e6 * r['cores'] / messages:.2f}",
             f"{r['wakeups_per_s']:.0f}",
+            f"{r['faults_per_s']:.0f}",
         )
     total = sum(r["cores"] for r in rows)
-    table.add_row("all threads", f"{100 * total:.1f}", f"{1e6 * total / messages:.2f}", "")
+    faults = sum(r["faults_per_s"] for r in rows)
+    table.add_row("all threads", f"{100 * total:.1f}", f"{1e6 * total / messages:.2f}", "", f"{faults:.0f}")
     console.print(table)
     return 0
 
@@ -139,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", action="store_true", help="each thread's CPU instead of py-spy samples")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--hz", type=int, default=100, help="py-spy samples a second (more: a quiet daemon)")
     args = parser.parse_args(argv)
     spec = RunSpec("ingest", args.mix, rate=args.rate, seconds=args.seconds)
     if args.threads:
@@ -150,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "-gil" if args.gil else ""
     collapsed = args.out / f"profile-{args.mix}{suffix}.txt"
-    command = [py_spy, "record", "-o", str(collapsed), "-f", "raw", "-r", "100", "-t", "-F"]
+    command = [py_spy, "record", "-o", str(collapsed), "-f", "raw", "-r", str(args.hz), "-t", "-F"]
     command += ["-d", f"{args.seconds:g}", *(["--gil"] if args.gil else []), "--pid"]
     workdir = Path(tempfile.mkdtemp(prefix="ingest-profile-"))
     try:

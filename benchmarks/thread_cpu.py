@@ -24,21 +24,25 @@ class ThreadCPU:
     name: str
     cores: float  # CPU seconds per second of the window
     wakeups_per_s: float  # voluntary context switches: the thread slept and was woken
+    faults_per_s: float  # minor page faults: memory touched for the first time since it was mapped
 
 
-def sample(pid: int) -> dict[int, tuple[str, float, int]]:
-    """Per thread now: (name, CPU seconds, voluntary switches); threads that end meanwhile are left out."""
-    out: dict[int, tuple[str, float, int]] = {}
+def sample(pid: int) -> dict[int, tuple[str, float, int, int]]:
+    """Per thread now: (name, CPU seconds, voluntary switches, minor faults); threads that end
+    meanwhile are left out."""
+    out: dict[int, tuple[str, float, int, int]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             run_ns = int((task / "schedstat").read_text().split()[0])
             name = (task / "comm").read_text().strip()
             status = (task / "status").read_text()
+            # After the name in parentheses (which may hold spaces): state is field 3, minflt 10.
+            faults = int((task / "stat").read_text().rpartition(")")[2].split()[7])
         except (OSError, ValueError, IndexError):
             continue
         switches = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_"))
         tid = int(task.name)
-        out[tid] = ("MainThread" if tid == pid else name, run_ns / 1e9, switches)
+        out[tid] = ("MainThread" if tid == pid else name, run_ns / 1e9, switches, faults)
     return out
 
 
@@ -48,9 +52,10 @@ def thread_cpu(pid: int, seconds: float) -> list[ThreadCPU]:
     time.sleep(seconds)
     after, elapsed = sample(pid), time.monotonic() - start
     rows = []
-    for tid, (name, cpu, switches) in after.items():
-        _, cpu0, switches0 = before.get(tid, (name, 0.0, 0))
-        rows.append(ThreadCPU(tid, name, (cpu - cpu0) / elapsed, (switches - switches0) / elapsed))
+    for tid, (name, cpu, switches, faults) in after.items():
+        _, cpu0, switches0, faults0 = before.get(tid, (name, 0.0, 0, 0))
+        rates = ((cpu - cpu0) / elapsed, (switches - switches0) / elapsed, (faults - faults0) / elapsed)
+        rows.append(ThreadCPU(tid, name, *rates))
     return sorted(rows, key=lambda r: -r.cores)
 
 

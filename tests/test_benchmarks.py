@@ -166,3 +166,36 @@ def test_thread_cpu_names_each_thread_and_finds_the_busy_one():
     assert rows[0].tid == spinner.native_id
     assert any(r.name == "MainThread" for r in rows)
     assert [r.cores for r in rows] == sorted((r.cores for r in rows), reverse=True)
+
+
+def test_thread_cpu_counts_the_page_faults_of_the_thread_that_touches_fresh_memory():
+    import mmap
+    import os
+    import threading
+
+    from benchmarks.thread_cpu import thread_cpu
+
+    if not os.path.exists("/proc/self/task"):
+        pytest.skip("Linux only")
+    pages = 8192  # 32 MiB, each page touched once: one minor fault each
+    started, stop = threading.Event(), threading.Event()
+
+    def touch() -> None:
+        with mmap.mmap(-1, pages * mmap.PAGESIZE) as memory:
+            started.wait()
+            for offset in range(0, pages * mmap.PAGESIZE, mmap.PAGESIZE):
+                memory[offset] = 1
+            stop.wait()
+
+    toucher = threading.Thread(target=touch)
+    toucher.start()
+    try:
+        threading.Timer(0.05, started.set).start()  # the touching starts inside the window
+        rows = thread_cpu(os.getpid(), 1.0)
+    finally:
+        started.set()
+        stop.set()
+        toucher.join()
+    faults = {r.tid: r.faults_per_s for r in rows}
+    assert faults[toucher.native_id] >= pages * 0.9  # per second, over a 1 s window
+    assert faults[os.getpid()] < pages / 4
