@@ -2,8 +2,9 @@
 
 `python -m benchmarks.daemon_host SPEC.json` builds the config with `parse_config` (journal on,
 both sinks on, as the daemon runs by default) and hands it to the CLI's own `run` code
-(`ingest.cli._run`: its logging set-up and process tuning such as the GC thresholds, unattended
-mode: JSON log lines and the progress line, then the end-of-run summary, all on stderr here).
+(`ingest.cli._run`: its logging set-up and process tuning such as the GC thresholds and the
+allocators, unattended mode: JSON log lines and the progress line, then the end-of-run summary,
+all on stderr here).
 The only additions are two observers and a watcher task in the daemon's event loop (the
 `Daemon` class is subclassed to install them):
 
@@ -126,6 +127,9 @@ def _note_durable(control: Control, rows: int, sampler: Sampler, out: dict[str, 
 
 
 def main(spec: dict[str, Any]) -> dict[str, Any]:
+    from ingest.tuning import choose_arrow_allocator
+
+    choose_arrow_allocator()  # as `python -m ingest` does, before pyarrow loads (imported here, late)
     from ingest import app, cli
     from ingest.config import parse_config
 
