@@ -457,6 +457,8 @@ def test_duckdb_hands_back_the_blocks_a_commit_cached(tmp_path, registry):
     assert duckdb_cached_bytes(sink._con) <= 4 << 20
     assert sink._con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "128.0 MiB"
     assert sink._con.execute("SELECT current_setting('threads')").fetchone()[0] == 1  # see _one_thread
+    # The blocks' memory stays for the next commit (see _keep_blocks): evicted, not handed back.
+    assert sink._con.execute("SELECT current_setting('block_allocator_memory')").fetchone()[0] == "64.0 MiB"
     sink.close()
     con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
     assert con.execute("SELECT count(*), sum(block_number) FROM blockdb_transfers").fetchone() == (
@@ -502,6 +504,7 @@ def test_duckdb_is_opened_again_after_many_rows_waiting_for_a_reader_that_took_t
     assert len(readers) == 1 and readers[0].wait(timeout=10) == 0  # waited past lock_wait
     assert sink._con is not first and sink.checkpoint(ds.name) == 6
     assert sink._con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "128.0 MiB"
+    assert sink._con.execute("SELECT current_setting('block_allocator_memory')").fetchone()[0] == "64.0 MiB"
     sink.write(ds, transfers(registry, 3, start_ns=T0 + 2 * DAY), 7, 9)
     sink.close()
     con = duckdb.connect(str(path), read_only=True)

@@ -58,6 +58,7 @@ ROW_GROUP_ROWS = 32_768
 MEMORY_LIMIT = 128 << 20
 MAX_MEMORY_LIMIT = 4 << 30  # how high a commit that runs out of memory may raise the limit
 RELEASE_LIMIT = 4 << 20  # between commits: DuckDB evicts its cached blocks down to this
+KEPT_BLOCK_MEMORY = 64 << 20  # what DuckDB's blocks keep of memory between commits (_keep_blocks)
 # Row groups appended on one connection before it is opened again: DuckDB keeps each one's
 # metadata (~100 kB) for the connection's life. A reopen takes ~75 ms.
 REOPEN_ROW_GROUPS = 80
@@ -145,6 +146,7 @@ class DuckDBSink:
                 continue
             _no_vacuum(con)
             _one_thread(con)
+            _keep_blocks(con)
             return con
 
     def _add_missing_columns(self, ds: Dataset) -> None:
@@ -359,6 +361,20 @@ def _no_vacuum(con: duckdb.DuckDBPyConnection) -> None:
     """
     with contextlib.suppress(duckdb.CatalogException):  # DuckDB before 1.2 has no such setting
         con.execute("SET max_vacuum_tasks = 0")
+
+
+def _keep_blocks(con: duckdb.DuckDBPyConnection) -> None:
+    """Keep the memory of the blocks a commit used for the next commit.
+
+    The sink evicts DuckDB's cache after each commit (_release_cache), and DuckDB's allocator
+    (its own jemalloc) hands the freed blocks' pages back to the OS within a second, so each
+    commit faulted them in again, ~3.5 us a 4 KiB page on these VMs. DuckDB's block allocator
+    keeps up to this much physical memory for blocks instead, only what was touched. Measured on
+    the sink alone, 20k-row CoinAPI writes: 120 -> 36 page faults every 1,000 rows, 2.2-2.4 ->
+    2.0-2.1 us of CPU a row, peak RSS +6 MB (32, 64 and 128 MB gave the same).
+    """
+    with contextlib.suppress(duckdb.CatalogException):  # DuckDB before 1.3 has no such setting
+        con.execute(f"SET block_allocator_memory = '{KEPT_BLOCK_MEMORY}B'")
 
 
 def _one_thread(con: duckdb.DuckDBPyConnection) -> None:
