@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence, Sized
 from typing import Any, Protocol
 
@@ -271,11 +272,14 @@ class Collector:
                 try:
                     frames: list[bytes] = []
                     queued = _parsed_queue(ws)
+                    take = _queued_data_reader(ws, queued)
                     while True:
                         msg = await ws.receive()
                         kind = msg.type
                         if kind in _DATA:
                             frames.append(msg.data)  # bytes: ws_connect(decode_text=False)
+                            if queued and len(frames) < _MAX_BATCH and take is not None:
+                                await take(frames, _MAX_BATCH)  # the data frames queued next
                             if queued and len(frames) < _MAX_BATCH:
                                 continue  # more of this socket read is parsed: read it in the same batch
                         if frames:
@@ -437,6 +441,35 @@ def _parsed_queue(ws: aiohttp.ClientWebSocketResponse) -> Sized:
     """
     queue = getattr(getattr(ws, "_reader", None), "_buffer", None)
     return queue if isinstance(queue, Sized) else ()
+
+
+def _queued_data_reader(
+    ws: aiohttp.ClientWebSocketResponse, queued: Sized
+) -> Callable[[list[bytes], int], Awaitable[None]] | None:
+    """What appends the data frames at the head of aiohttp's parsed queue to a batch, up to a
+    limit, straight from its reader; None where aiohttp's internals are not as expected.
+
+    `receive()` costs ~0.3 us a frame over the reader's own `read()` (its state checks and a
+    second coroutine): a quarter of aiohttp's cost per frame. In the daemon, CoinAPI trades, 3
+    runs each: the event loop's CPU 4.5-5.7 -> 4.3-5.5 us a message at 20k msg/s, 2.2-2.8 ->
+    2.15-2.17 at full speed. Only frames already parsed and queued are taken, and only data
+    frames, so nothing can suspend or raise in between, and every control frame (close, ping)
+    still goes through `receive()`, which acts on it. Not public API, like _parsed_queue.
+    """
+    reader = getattr(ws, "_reader", None)
+    read = getattr(reader, "read", None)
+    if read is None or not isinstance(queued, deque):
+        return None
+
+    async def take(frames: list[bytes], limit: int) -> None:
+        append = frames.append
+        while queued and len(frames) < limit:
+            head = queued[0]  # (message, size)
+            if type(head) is not tuple or getattr(head[0], "type", None) not in _DATA:
+                return
+            append((await read()).data)
+
+    return take
 
 
 def _safe(exc: BaseException, target: Target) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 import pytest
 
@@ -262,3 +263,81 @@ async def test_a_burst_is_read_a_socket_read_at_a_time_and_every_row_keeps_its_f
     assert len(drain.chunks) < len(rows) / 4  # a run of frames of one read is one Rows
     reads = len({received_at for _, _, _, received_at in rows})
     assert reads < len(rows) / 4  # a 64 KiB read carries dozens of these frames
+
+
+async def test_pings_amid_a_burst_are_answered_and_no_frame_around_them_is_lost(registry):
+    """Frames of one socket read are taken from aiohttp's queue in a batch; a ping among them
+    stops the batch there and goes through receive(), so it is answered (the server drops a
+    peer that leaves its pings unanswered) and the data after it is read as well."""
+    # idle_timeout is also how long the emulator waits for a pong before it drops the peer.
+    emu = BlockDBEmulator(
+        key=KEY, block_interval=3600, txs_per_block=40, ping_interval=0.005, idle_timeout=0.5
+    )
+    await emu.start()
+    try:
+        col, buffer = collector(registry, blockdb_config(emu.url, ALL, idle_timeout=5.0), KEY)
+        drain = Drain(buffer)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: col.stats.subscriptions == {"blocks": "active", "transfers": "active"})
+        for _ in range(8):  # bursts, with pings every 5 ms in between and among them
+            emu.burst(40)
+            await asyncio.sleep(0.03)
+        await eventually(lambda: sum(buffer.received.values()) >= sum(emu.sent.values()) >= 8 * 40 * 41)
+        await asyncio.sleep(0.6)  # past the pong timeout: a ping left unanswered would cut the link
+        assert col.stats.connects == 1 and col.stats.state == "connected"
+        assert col.stats.keepalives >= 10
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+        await drain.close()
+    finally:
+        await emu.stop()
+    assert sum(len(chunk.records) for chunk in drain.chunks) == sum(emu.sent.values())
+
+
+class _Message:
+    def __init__(self, kind, data=b""):
+        self.type, self.data = kind, data
+
+
+class _Reader:
+    """aiohttp's WebSocketDataQueue as the driver sees it: `_buffer` of (message, size), `read()`."""
+
+    def __init__(self, messages):
+        self._buffer = deque((m, len(m.data)) for m in messages)
+
+    async def read(self):
+        return self._buffer.popleft()[0]
+
+
+class _WS:
+    def __init__(self, messages):
+        self._reader = _Reader(messages)
+
+
+async def test_queued_data_frames_are_taken_up_to_a_control_frame_or_the_limit():
+    from aiohttp import WSMsgType
+
+    from ingest.driver import _parsed_queue, _queued_data_reader
+
+    text, ping = WSMsgType.TEXT, WSMsgType.PING
+    ws = _WS([_Message(text, b"a"), _Message(WSMsgType.BINARY, b"b"), _Message(ping), _Message(text, b"c")])
+    queued = _parsed_queue(ws)
+    take = _queued_data_reader(ws, queued)
+    frames = [b"first"]
+    await take(frames, 100)
+    assert frames == [b"first", b"a", b"b"] and queued[0][0].type is ping  # the ping is left for receive()
+    queued.popleft()
+    await take(frames, 4)
+    assert frames == [b"first", b"a", b"b", b"c"] and not queued
+    ws = _WS([_Message(text, b"x")] * 5)
+    frames = []
+    await _queued_data_reader(ws, _parsed_queue(ws))(frames, 3)
+    assert len(frames) == 3 and len(ws._reader._buffer) == 2  # the limit: the rest is the next batch
+
+    class Unexpected:  # another aiohttp: the queue holds something else, or there is none
+        _reader = type("R", (), {"_buffer": deque([b"raw"]), "read": _Reader.read})()
+
+    frames = []
+    await _queued_data_reader(Unexpected, _parsed_queue(Unexpected))(frames, 10)
+    assert frames == [] and len(Unexpected._reader._buffer) == 1
+    assert _queued_data_reader(object(), ()) is None
