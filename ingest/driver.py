@@ -278,10 +278,11 @@ class Collector:
                         kind = msg.type
                         if kind in _DATA:
                             frames.append(msg.data)  # bytes: ws_connect(decode_text=False)
-                            if queued and len(frames) < _MAX_BATCH and take is not None:
-                                await take(frames, _MAX_BATCH)  # the data frames queued next
                             if queued and len(frames) < _MAX_BATCH:
-                                continue  # more of this socket read is parsed: read it in the same batch
+                                if take is not None:
+                                    await take(frames, _MAX_BATCH)  # the data frames queued next
+                                if queued and len(frames) < _MAX_BATCH:
+                                    continue  # more of this socket read is parsed: read it in the same batch
                         if frames:
                             self._on_frames(frames)
                             frames = []
