@@ -65,6 +65,7 @@ class ProviderConfig:
     keepalive_interval: float = 20.0
     connect_timeout: float = 10.0  # TCP connect plus the WebSocket upgrade
     max_frame_bytes: int = 64 << 20  # larger frames are quarantined, not parsed
+    read_coalesce: float = 0.01  # a drained socket's frames gather this long before the next read; 0 = off
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     emulator: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)  # protocol-specific provider keys
@@ -299,6 +300,7 @@ def _provider(name: str, t: _Table, config_dir: Path) -> ProviderConfig:
         "enabled",
         "connect_timeout",
         "max_frame_bytes",
+        "read_coalesce",
     )
     if not _NAME.match(name):
         raise ConfigError(f"{t.where}: provider names are lower-case identifiers, got {name!r}")
@@ -339,6 +341,7 @@ def _provider(name: str, t: _Table, config_dir: Path) -> ProviderConfig:
         options=options,
         connect_timeout=float(t.positive("connect_timeout", 10.0)),
         max_frame_bytes=t.positive("max_frame_bytes", 64 << 20, integer=True),
+        read_coalesce=float(t.positive("read_coalesce", 0.01, zero=True)),
     )
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import sys
+import termios
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence, Sized
@@ -273,6 +276,7 @@ class Collector:
                     frames: list[bytes] = []
                     queued = _parsed_queue(ws)
                     take = _queued_data_reader(ws, queued)
+                    pacer = _ReadPacer.of(ws, self.config.read_coalesce)
                     while True:
                         msg = await ws.receive()
                         kind = msg.type
@@ -288,6 +292,8 @@ class Collector:
                             frames = []
                             if await self._after_frames(ws):
                                 return
+                            if pacer is not None and not queued:
+                                await pacer.gather()
                         if kind is aiohttp.WSMsgType.PING:
                             stats.keepalives += 1
                             stats.last_frame_ns = time.time_ns()
@@ -471,6 +477,57 @@ def _queued_data_reader(
             append((await read()).data)
 
     return take
+
+
+class _ReadPacer:
+    """Lets the frames of a drained socket gather for a moment before the next read.
+
+    Every read is a wake-up of the event loop, and a wake-up costs more than the frames of a
+    quiet stream: on these VMs ~90 us of CPU over a busy loop's. A provider sending a few frames
+    every couple of milliseconds would cost the daemon more in wake-ups than in messages (CoinAPI
+    trades at 20k msg/s: the event loop 6.1-6.4 -> 4.6-4.8 us a message with 10 ms pauses). So
+    once the kernel holds nothing more to read, reading pauses for `seconds`, and what arrives
+    meanwhile waits in the socket's buffer to come as one read. A socket with data waiting is
+    never paused, so a busy stream is read as fast as before; a frame waits `seconds` at most.
+    """
+
+    def __init__(self, transport: asyncio.Transport, fd: int, seconds: float) -> None:
+        self._transport = transport
+        self._fd = fd
+        self._seconds = seconds
+
+    @classmethod
+    def of(cls, ws: aiohttp.ClientWebSocketResponse, seconds: float) -> _ReadPacer | None:
+        """The pacer of this socket; None when pausing is off or the transport is not reachable.
+
+        Not public API: aiohttp keeps the transport on the upgrade's response connection.
+        """
+        connection = getattr(getattr(ws, "_response", None), "connection", None)
+        transport = getattr(connection, "transport", None)
+        if seconds <= 0 or not isinstance(transport, asyncio.Transport):
+            return None
+        sock = transport.get_extra_info("socket")
+        return None if sock is None else cls(transport, sock.fileno(), seconds)
+
+    def _waiting(self) -> bool:
+        """Bytes are in the socket's buffer, not read yet (or it cannot say: then read on)."""
+        try:
+            count = fcntl.ioctl(self._fd, termios.FIONREAD, bytes(4))
+        except OSError:
+            return True
+        return int.from_bytes(count, sys.byteorder) > 0
+
+    async def gather(self) -> None:
+        """Pause reading for a moment, unless there is more to read now or aiohttp holds it."""
+        transport = self._transport
+        # Not reading: aiohttp paused it (its queue is full) and resumes it itself.
+        if not transport.is_reading() or self._waiting():
+            return
+        transport.pause_reading()
+        try:
+            await asyncio.sleep(self._seconds)
+        finally:
+            transport.resume_reading()  # a no-op once closing
 
 
 def _safe(exc: BaseException, target: Target) -> str:

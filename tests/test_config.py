@@ -51,6 +51,20 @@ def test_defaults(tmp_path):
     assert config.providers[0].auth.location == "header"
     assert config.providers[0].subscriptions[0].name == "1:0101"
     assert config.storage.duckdb_raw is False  # the lake keeps _raw; DuckDB only when asked
+    assert config.providers[0].read_coalesce == 0.01
+
+
+def test_read_coalescing_can_be_set_or_switched_off(tmp_path):
+    assert (
+        parse_config(with_("providers.blockdb.read_coalesce", 0.002), base=tmp_path)
+        .providers[0]
+        .read_coalesce
+        == 0.002
+    )
+    assert (
+        parse_config(with_("providers.blockdb.read_coalesce", 0), base=tmp_path).providers[0].read_coalesce
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -83,6 +97,7 @@ def test_defaults(tmp_path):
         ),
         ("providers.blockdb.backoff.max", -1, "providers.blockdb.backoff.max"),
         ("providers.blockdb.idle_timeout", "soon", "providers.blockdb.idle_timeout"),
+        ("providers.blockdb.read_coalesce", -0.01, "providers.blockdb.read_coalesce: expected"),
         ("providers.blockdb.enabled", False, "providers: no enabled provider"),
     ],
 )

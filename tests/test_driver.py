@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+import msgspec
 import pytest
 
 from ingest.config import BackoffConfig, FlushPolicy
@@ -292,6 +293,46 @@ async def test_pings_amid_a_burst_are_answered_and_no_frame_around_them_is_lost(
     finally:
         await emu.stop()
     assert sum(len(chunk.records) for chunk in drain.chunks) == sum(emu.sent.values())
+
+
+async def test_a_quiet_socket_is_read_in_gathered_reads_and_nothing_is_lost(registry, tmp_path):
+    """A block every 2 ms, each its own write: once a read drains the socket, reading pauses for
+    `read_coalesce`, so the frames come a few dozen to a read, each once and in order."""
+    emu = BlockDBEmulator(key=KEY, block_interval=0.002, txs_per_block=0)
+    await emu.start()
+    journal = Journal(tmp_path)
+    journal.open()
+    try:
+        config = blockdb_config(emu.url, BLOCKS, read_coalesce=0.05)
+        col, buffer = collector(registry, config, KEY, journal=journal, policy=FlushPolicy(max_age=0.05))
+        drain = Drain(buffer)
+        await run_until(col, lambda: buffer.received.get("blockdb_blocks", 0) >= 150, "150 blocks")
+        await drain.close()
+    finally:
+        await emu.stop()
+        journal.close()
+    rows = [
+        (record, position, chunk.received_at)
+        for chunk in drain.chunks
+        for record, position in zip(
+            chunk.records, chunk.positions or [chunk.position] * len(chunk.records), strict=True
+        )
+    ]
+    assert len(rows) == emu.sent[(1, "0101")] >= 150
+    numbers = [msgspec.json.decode(record)["block_number"] for record, _, _ in rows]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)  # each block once, in order
+    positions = [position for _, position, _ in rows]
+    assert positions == sorted(positions)
+    reads = len({received_at for _, _, received_at in rows})
+    assert reads < len(rows) / 4  # ~25 blocks a read; one a read without the pauses
+
+
+async def test_no_read_pacer_when_coalescing_is_off_or_the_transport_is_out_of_reach():
+    from ingest.driver import _ReadPacer
+
+    assert _ReadPacer.of(object(), 0.01) is None  # type: ignore[arg-type]
+    ws = type("WS", (), {"_response": type("R", (), {"connection": None})()})()
+    assert _ReadPacer.of(ws, 0.01) is None
 
 
 class _Message:
