@@ -101,6 +101,9 @@ class Buffer:
         self._sealed: dict[str, int] = {}  # rows per dataset handed to the writer so far
         self._max_rows, self._max_bytes = policy.max_rows, policy.max_bytes
         self._max_pending = policy.max_pending_bytes
+        self._near_full_bytes = NEAR_FULL * policy.max_pending_bytes
+        self._near = False  # at or above near full, as last told
+        self._on_near_full: Callable[[], None] | None = None
 
     # -- producers (collectors) ------------------------------------------------------------------
 
@@ -134,6 +137,8 @@ class Buffer:
         self._outstanding += nbytes
         if pending.rows >= self._max_rows or pending.nbytes >= self._max_bytes:
             self._seal(rows.dataset, "rows" if pending.rows >= self._max_rows else "bytes")
+        if self._outstanding >= self._near_full_bytes and not self._near:
+            self._became_near_full()
         if self._outstanding >= self._max_pending:
             self._room.clear()
 
@@ -184,6 +189,8 @@ class Buffer:
         pending.rows += 1
         pending.nbytes += nbytes
         self._outstanding += nbytes
+        if self._outstanding >= self._near_full_bytes and not self._near:
+            self._became_near_full()
         if pending.rows >= self._policy.max_rows or self._closed:
             # After close() the writer is draining: a late value must still reach it.
             self._seal(dataset, "rows" if not self._closed else "shutdown")
@@ -195,7 +202,17 @@ class Buffer:
     @property
     def near_full(self) -> bool:
         """Most of the memory budget is taken: what a sink holds should be committed and freed."""
-        return self._outstanding >= NEAR_FULL * self._max_pending
+        return self._outstanding >= self._near_full_bytes
+
+    def on_near_full(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` each time the memory taken rises to near full (the writer's cue to
+        commit what sinks hold), so that nothing has to poll for it."""
+        self._on_near_full = callback
+
+    def _became_near_full(self) -> None:
+        self._near = True
+        if self._on_near_full is not None:
+            self._on_near_full()
 
     async def wait_for_room(self) -> None:
         await self._room.wait()
@@ -242,6 +259,10 @@ class Buffer:
         self._update_room()
 
     def _update_room(self) -> None:
+        if self._outstanding < self._near_full_bytes:
+            self._near = False
+        elif not self._near:
+            self._became_near_full()
         if self._outstanding >= self._max_pending:
             self._room.clear()
         else:

@@ -44,7 +44,6 @@ __all__ = ["Writer"]
 
 log = structlog.get_logger("ingest.writer")
 
-_PRESSURE_POLL = 0.05  # seconds between looks at the buffer's memory while a sink holds rows
 _BUILD = "build"  # the stage that turns flushes into tables; each sink is a stage of its own
 
 T = TypeVar("T")
@@ -90,12 +89,19 @@ class _Counts:
         return cls(n, by_provider, reorgs, latest)
 
 
+class _Pressure:
+    """Queued to each sink holding rows when the buffer's memory rises to near full: commit now."""
+
+
+_PRESSURE = _Pressure()
+
+
 @dataclass(slots=True)
 class _Lane:
     """One sink's queue of tables, and those it holds uncommitted."""
 
     sink: Sink
-    queue: asyncio.Queue[_Built | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[_Built | _Pressure | None] = field(default_factory=asyncio.Queue)
     held: list[_Built] = field(default_factory=list)
 
 
@@ -122,12 +128,20 @@ class Writer:
     async def run(self) -> None:
         """Write flushes in order until the buffer is closed and drained, and every sink committed."""
         lanes = [_Lane(sink) for sink in self._sinks]
+
+        def press() -> None:
+            for lane in lanes:
+                if lane.sink.holding:
+                    lane.queue.put_nowait(_PRESSURE)
+
+        self._buffer.on_near_full(press)
         try:
             async with asyncio.TaskGroup() as tg:
                 for lane in lanes:
                     tg.create_task(self._drain(lane), name=f"writer-{lane.sink.name}")
                 await self._build_all(lanes)
         finally:
+            self._buffer.on_near_full(None)
             for pool in self._threads.values():
                 pool.shutdown(wait=False)  # idle by now, or finishing a call nobody awaits
             self._threads.clear()
@@ -175,14 +189,15 @@ class Writer:
         """Store what the builder queues for this sink, in order; commit held rows when due."""
         sink = lane.sink
         while True:
-            due = sink.commit_due_in()
             try:
-                # While holding rows, look up now and then: under memory pressure they go at once.
-                async with asyncio.timeout(None if due is None else min(due, _PRESSURE_POLL)):
+                # Held rows are committed when due, or at once when the memory runs short (press).
+                async with asyncio.timeout(sink.commit_due_in()):
                     item = await lane.queue.get()
             except TimeoutError:
-                if self._buffer.near_full or sink.commit_due_in() == 0:
-                    await self._commit(lane)
+                await self._commit(lane)
+                continue
+            if isinstance(item, _Pressure):
+                await self._commit(lane)
                 continue
             if item is None:
                 await self._commit(lane)

@@ -116,6 +116,26 @@ def test_near_full_comes_before_the_readers_have_to_wait(registry):
     assert buf.near_full and buf.congested
 
 
+async def test_the_writer_is_told_each_time_the_memory_rises_to_near_full(registry):
+    frame = 10 + CHUNK_OVERHEAD
+    policy = FlushPolicy(max_rows=3, max_bytes=100 * frame, max_age=60, max_pending_bytes=4 * frame)
+    buf = Buffer(registry, policy)
+    told: list[int] = []
+    buf.on_near_full(lambda: told.append(buf.outstanding_bytes))
+    buf.add(block(0))
+    buf.add(block(1))
+    assert told == []
+    buf.add(block(2))  # 3 of 4 frames' worth, and a flush of 3 rows: told once
+    buf.add(block(3))
+    assert told == [3 * frame]
+    buf.done(await buf.next_flush())  # back below near full
+    assert not buf.near_full
+    buf.add(block(4))
+    buf.add(block(5))
+    assert told == [3 * frame, 3 * frame]  # risen again: told again
+    buf.on_near_full(None)
+
+
 async def test_a_rows_of_several_frames_counts_each_record_and_covers_each_frame(registry):
     buf = Buffer(registry, FlushPolicy(max_rows=100, max_age=60))
     run = Rows("blockdb", "blockdb_blocks", "b", [b"{}", b"{1}", b"{12}"], 1, position=3, positions=[3, 4, 6])

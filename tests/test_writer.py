@@ -261,6 +261,37 @@ async def test_held_rows_are_committed_once_the_memory_budget_is_nearly_taken(tm
     db.close()
 
 
+async def test_held_rows_are_committed_when_other_records_fill_the_memory_budget(tmp_path, registry):
+    """DuckDB holds a flush for a minute and its lane is idle; records still buffered for another
+    flush then take the memory past near full: the lane is told, and commits without waiting."""
+    table = build_table(registry["blockdb_blocks"], [positioned(1), positioned(2)]).table
+    held = table_bytes(table.drop_columns(["_raw"]))
+    policy = FlushPolicy(max_rows=2, max_age=60, max_pending_bytes=4 * held)
+    buffer = Buffer(registry, policy)
+    db = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=1000, commit_seconds=60)
+    db.open(registry.values())
+    metrics = Metrics()
+    writer = asyncio.create_task(Writer(registry, buffer, [db], metrics).run())
+    buffer.add(positioned(1))
+    buffer.add(positioned(2))
+    await until(lambda: db.holding and buffer.outstanding_bytes <= held)
+    await asyncio.sleep(0.2)
+    assert db.holding and metrics.dataset("blockdb_blocks").rows_written == 0  # held, not due
+    big = block(3)
+    big.records = [big.records[0][:-1] + b', "pad": "' + b"x" * (3 * held) + b'"}']
+    buffer.add(big)  # one row of the next flush, not sealed: only its bytes count
+    assert buffer.near_full
+    await until(lambda: metrics.dataset("blockdb_blocks").rows_written == 2, timeout=5)
+    assert db.checkpoint("blockdb_blocks") == 2 and not db.holding
+    buffer.close()
+    await asyncio.wait_for(writer, 10)
+    db.close()
+    rows = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True).sql(
+        "SELECT block_number FROM blockdb_blocks ORDER BY 1"
+    )
+    assert rows.fetchall() == [(1,), (2,), (3,)]
+
+
 async def test_once_every_sink_has_a_flush_only_what_sinks_hold_counts_against_memory(tmp_path, registry):
     """Parquet is done with the table and DuckDB holds it without `_raw`: the buffer counts the
     bytes DuckDB keeps, not the whole table, so readers are not held back by memory already freed."""
