@@ -289,11 +289,11 @@ class Collector:
                                     continue  # more of this socket read is parsed: read it in the same batch
                         if frames:
                             self._on_frames(frames)
-                            frames = []
                             if await self._after_frames(ws):
                                 return
                             if pacer is not None and not queued:
-                                await pacer.gather()
+                                await pacer.gather(len(frames))
+                            frames = []
                         if kind is aiohttp.WSMsgType.PING:
                             stats.keepalives += 1
                             stats.last_frame_ns = time.time_ns()
@@ -480,21 +480,26 @@ def _queued_data_reader(
 
 
 class _ReadPacer:
-    """Lets the frames of a drained socket gather for a moment before the next read.
+    """Lets the frames of a fast stream gather for a moment before the next read.
 
     Every read is a wake-up of the event loop, and a wake-up costs more than the frames of a
-    quiet stream: on these VMs ~90 us of CPU over a busy loop's. A provider sending a few frames
+    moderate stream: on these VMs ~90 us of CPU over a busy loop's. A provider sending a few frames
     every couple of milliseconds would cost the daemon more in wake-ups than in messages (CoinAPI
-    trades at 20k msg/s: the event loop 6.1-6.4 -> 4.6-4.8 us a message with 10 ms pauses). So
-    once the kernel holds nothing more to read, reading pauses for `seconds`, and what arrives
-    meanwhile waits in the socket's buffer to come as one read. A socket with data waiting is
-    never paused, so a busy stream is read as fast as before; a frame waits `seconds` at most.
+    trades at 20k msg/s: the event loop 4.6-6.6 -> 3.8-5.7 us a message with 10 ms pauses). So
+    when reads come less than half of `seconds` apart and have drained the socket, reading pauses
+    for `seconds`, and what arrives meanwhile waits in the socket's buffer to come as one read.
+    Pacing stops once a pause gathers no more than one frame: a pause that gathers nothing costs
+    a wake-up of its own (at 100 msg/s it doubled the event loop's CPU). A socket with data
+    waiting is never paused, so a busy stream is read as fast as before; a frame waits `seconds`
+    at most.
     """
 
-    def __init__(self, transport: asyncio.Transport, fd: int, seconds: float) -> None:
+    def __init__(self, transport: asyncio.Transport | None, fd: int, seconds: float) -> None:
         self._transport = transport
         self._fd = fd
         self._seconds = seconds
+        self._pacing = False
+        self._last = -seconds  # when the last read was done with
 
     @classmethod
     def of(cls, ws: aiohttp.ClientWebSocketResponse, seconds: float) -> _ReadPacer | None:
@@ -509,6 +514,15 @@ class _ReadPacer:
         sock = transport.get_extra_info("socket")
         return None if sock is None else cls(transport, sock.fileno(), seconds)
 
+    def pace(self, now: float, frames: int) -> bool:
+        """Whether to pause after a read of `frames` done with at `now` (loop time)."""
+        since, self._last = now - self._last, now
+        if self._pacing:
+            self._pacing = frames > 1  # the pause gathered more than one frame: still worth it
+        else:
+            self._pacing = since < self._seconds / 2
+        return self._pacing
+
     def _waiting(self) -> bool:
         """Bytes are in the socket's buffer, not read yet (or it cannot say: then read on)."""
         try:
@@ -517,9 +531,13 @@ class _ReadPacer:
             return True
         return int.from_bytes(count, sys.byteorder) > 0
 
-    async def gather(self) -> None:
-        """Pause reading for a moment, unless there is more to read now or aiohttp holds it."""
+    async def gather(self, frames: int) -> None:
+        """After a read that drained aiohttp's queue: pause reading for a moment, if the stream is
+        fast, the socket holds nothing more, and aiohttp is not holding it itself."""
         transport = self._transport
+        assert transport is not None
+        if not self.pace(asyncio.get_running_loop().time(), frames):
+            return
         # Not reading: aiohttp paused it (its queue is full) and resumes it itself.
         if not transport.is_reading() or self._waiting():
             return

@@ -327,6 +327,20 @@ async def test_a_quiet_socket_is_read_in_gathered_reads_and_nothing_is_lost(regi
     assert reads < len(rows) / 4  # ~25 blocks a read; one a read without the pauses
 
 
+def test_reads_are_paced_only_while_pauses_gather_frames():
+    from ingest.driver import _ReadPacer
+
+    pacer = _ReadPacer(None, -1, 0.01)
+    # A slow stream (reads 10 ms apart or more) is never paused: a pause would cost a wake-up.
+    assert [pacer.pace(t, 1) for t in (1.0, 1.010, 1.030, 1.5)] == [False] * 4
+    # Reads 2 ms apart: pace; and keep pacing while each pause gathers more than one frame.
+    assert pacer.pace(1.502, 3) is True
+    assert [pacer.pace(t, 8) for t in (1.513, 1.524, 1.535)] == [True] * 3
+    # A pause that gathered one frame: the stream has slowed, stop pacing.
+    assert pacer.pace(1.546, 1) is False
+    assert pacer.pace(1.600, 1) is False
+
+
 async def test_no_read_pacer_when_coalescing_is_off_or_the_transport_is_out_of_reach():
     from ingest.driver import _ReadPacer
 
