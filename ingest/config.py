@@ -65,7 +65,7 @@ class ProviderConfig:
     keepalive_interval: float = 20.0
     connect_timeout: float = 10.0  # TCP connect plus the WebSocket upgrade
     max_frame_bytes: int = 64 << 20  # larger frames are quarantined, not parsed
-    read_coalesce: float = 0.01  # a drained socket's frames gather this long before the next read; 0 = off
+    read_coalesce: float = 0.01  # a fast stream's frames gather this long between reads; 0 = off
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     emulator: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)  # protocol-specific provider keys
