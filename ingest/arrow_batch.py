@@ -326,22 +326,27 @@ def _context_column(col: Column, values: list[Any]) -> list[tuple[str, pa.Array]
     return _assemble(col, [_block_form(col)(values)])
 
 
-def _split_parts(values: pa.Array) -> pa.Array:
-    """ "A_B_C_D..." text as a list of four parts (the last keeps the rest), for _split_part.
+def _split_parts(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """ "A_B_C_D..." text as four parts (the last keeps the rest) of each distinct value, and each
+    row's index into them, for _split_part.
 
-    Padding with separators first makes every row split into at least four parts, so the
-    lookup needs no per-row bounds check (CoinAPI: EXCHANGE_TYPE_BASE_QUOTE).
+    Split once per distinct value, then taken per row: the values repeat (CoinAPI's symbol ids,
+    a few dozen a flush), and all four parts cost ~90 ns a row instead of ~310. Padding with
+    separators first makes every value split into at least four parts, so the lookup needs no
+    bounds check (CoinAPI: EXCHANGE_TYPE_BASE_QUOTE).
     """
-    padded = pc.binary_join_element_wise(values, "___", "")
-    return pc.split_pattern(padded, "_", max_splits=3)
+    encoded = pc.dictionary_encode(values)
+    padded = pc.binary_join_element_wise(encoded.dictionary, "___", "")
+    return pc.split_pattern(padded, "_", max_splits=3), encoded.indices
 
 
-def _split_part(parts: pa.Array, part: int) -> pa.Array:
-    """Part `part` of the text split by _split_parts; null where there is none."""
+def _split_part(split: tuple[pa.Array, pa.Array], part: int) -> pa.Array:
+    """Part `part` of each row's text split by _split_parts; null where there is none."""
+    parts, indices = split
     piece = pc.list_element(parts, part)
     if part == 3:
         piece = pc.utf8_rtrim(piece, "_")
-    return pc.if_else(pc.equal(piece, ""), _NULL_STRING, piece)
+    return pc.take(pc.if_else(pc.equal(piece, ""), _NULL_STRING, piece), indices)
 
 
 def _hex_digests(keys: list[bytes]) -> pa.Array:
@@ -494,7 +499,7 @@ def _build(dataset: Dataset, frames: _Frames) -> pa.Table:
         else:
             arrays.update(payload(col))
 
-    splits: dict[str, pa.Array] = {}  # each source column is split once for all its parts
+    splits: dict[str, tuple[pa.Array, pa.Array]] = {}  # each source column split once for all its parts
     for col in dataset.columns:
         if col.split is not None:
             source, part = col.split
