@@ -240,19 +240,27 @@ async def test_rows_duckdb_holds_keep_their_journal_frames_until_it_commits(tmp_
     assert rows.fetchall() == [(n,) for n in range(1, 7)]
 
 
-async def test_held_rows_are_committed_once_the_memory_budget_is_nearly_taken(tmp_path, registry):
-    """DuckDB would hold these rows for a minute, but they take most of max_pending_bytes: they
-    are committed now, before the readers have to stop for memory only a commit frees."""
+def _duckdb_holding_two_rows(tmp_path, registry, budget):
+    """A writer to DuckDB alone, which holds commits for a minute, given a flush of two rows; the
+    memory budget is `budget(bytes DuckDB holds of that flush)`."""
     table = build_table(registry["blockdb_blocks"], [positioned(1), positioned(2)]).table
     held = table_bytes(table.drop_columns(["_raw"]))  # what DuckDB holds of it
-    policy = FlushPolicy(max_rows=2, max_age=60, max_pending_bytes=int(held / (NEAR_FULL + 0.05)))
-    buffer = Buffer(registry, policy)
+    buffer = Buffer(registry, FlushPolicy(max_rows=2, max_age=60, max_pending_bytes=budget(held)))
     db = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=1000, commit_seconds=60)
     db.open(registry.values())
     metrics = Metrics()
     writer = asyncio.create_task(Writer(registry, buffer, [db], metrics).run())
     buffer.add(positioned(1))
     buffer.add(positioned(2))
+    return buffer, db, metrics, writer, held
+
+
+async def test_held_rows_are_committed_once_the_memory_budget_is_nearly_taken(tmp_path, registry):
+    """DuckDB would hold these rows for a minute, but they take most of max_pending_bytes: they
+    are committed now, before the readers have to stop for memory only a commit frees."""
+    buffer, db, metrics, writer, _ = _duckdb_holding_two_rows(
+        tmp_path, registry, lambda held: int(held / (NEAR_FULL + 0.05))
+    )
     await until(lambda: metrics.dataset("blockdb_blocks").rows_written == 2, timeout=5)
     assert db.checkpoint("blockdb_blocks") == 2 and not db.holding
     assert buffer.outstanding_bytes == 0 and not buffer.near_full
@@ -264,16 +272,7 @@ async def test_held_rows_are_committed_once_the_memory_budget_is_nearly_taken(tm
 async def test_held_rows_are_committed_when_other_records_fill_the_memory_budget(tmp_path, registry):
     """DuckDB holds a flush for a minute and its lane is idle; records still buffered for another
     flush then take the memory past near full: the lane is told, and commits without waiting."""
-    table = build_table(registry["blockdb_blocks"], [positioned(1), positioned(2)]).table
-    held = table_bytes(table.drop_columns(["_raw"]))
-    policy = FlushPolicy(max_rows=2, max_age=60, max_pending_bytes=4 * held)
-    buffer = Buffer(registry, policy)
-    db = DuckDBSink(tmp_path / "ingest.duckdb", commit_rows=1000, commit_seconds=60)
-    db.open(registry.values())
-    metrics = Metrics()
-    writer = asyncio.create_task(Writer(registry, buffer, [db], metrics).run())
-    buffer.add(positioned(1))
-    buffer.add(positioned(2))
+    buffer, db, metrics, writer, held = _duckdb_holding_two_rows(tmp_path, registry, lambda held: 4 * held)
     await until(lambda: db.holding and buffer.outstanding_bytes <= held)
     await asyncio.sleep(0.2)
     assert db.holding and metrics.dataset("blockdb_blocks").rows_written == 0  # held, not due
