@@ -485,7 +485,7 @@ class _ReadPacer:
     Every read is a wake-up of the event loop, and a wake-up costs more than the frames of a
     moderate stream: on these VMs ~90 us of CPU over a busy loop's. A provider sending a few frames
     every couple of milliseconds would cost the daemon more in wake-ups than in messages (CoinAPI
-    trades at 20k msg/s: the event loop 4.6-6.6 -> 3.8-5.7 us a message with 10 ms pauses). So
+    trades at 20k msg/s: the event loop 4.5-6.6 -> 3.2-5.7 us a message with 10 ms pauses). So
     when reads come less than half of `seconds` apart and have drained the socket, reading pauses
     for `seconds`, and what arrives meanwhile waits in the socket's buffer to come as one read.
     Pacing stops once a pause gathers no more than one frame: a pause that gathers nothing costs
@@ -495,7 +495,7 @@ class _ReadPacer:
     """
 
     def __init__(self, transport: asyncio.Transport | None, fd: int, seconds: float) -> None:
-        self._transport = transport
+        self._transport = transport  # None: only `pace` is used (its tests)
         self._fd = fd
         self._seconds = seconds
         self._pacing = False
