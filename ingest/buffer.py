@@ -137,8 +137,8 @@ class Buffer:
         self._outstanding += nbytes
         if pending.rows >= self._max_rows or pending.nbytes >= self._max_bytes:
             self._seal(rows.dataset, "rows" if pending.rows >= self._max_rows else "bytes")
-        if self._outstanding >= self._near_full_bytes and not self._near:
-            self._became_near_full()
+        if self._outstanding >= self._near_full_bytes and not self._near:  # the hot path: no call
+            self._check_near_full()
         if self._outstanding >= self._max_pending:
             self._room.clear()
 
@@ -189,8 +189,7 @@ class Buffer:
         pending.rows += 1
         pending.nbytes += nbytes
         self._outstanding += nbytes
-        if self._outstanding >= self._near_full_bytes and not self._near:
-            self._became_near_full()
+        self._check_near_full()
         if pending.rows >= self._policy.max_rows or self._closed:
             # After close() the writer is draining: a late value must still reach it.
             self._seal(dataset, "rows" if not self._closed else "shutdown")
@@ -209,10 +208,14 @@ class Buffer:
         commit what sinks hold), so that nothing has to poll for it."""
         self._on_near_full = callback
 
-    def _became_near_full(self) -> None:
-        self._near = True
-        if self._on_near_full is not None:
-            self._on_near_full()
+    def _check_near_full(self) -> None:
+        """Note whether the memory taken is near full; tell the writer when it has just risen there."""
+        if self._outstanding < self._near_full_bytes:
+            self._near = False
+        elif not self._near:
+            self._near = True
+            if self._on_near_full is not None:
+                self._on_near_full()
 
     async def wait_for_room(self) -> None:
         await self._room.wait()
@@ -259,10 +262,7 @@ class Buffer:
         self._update_room()
 
     def _update_room(self) -> None:
-        if self._outstanding < self._near_full_bytes:
-            self._near = False
-        elif not self._near:
-            self._became_near_full()
+        self._check_near_full()
         if self._outstanding >= self._max_pending:
             self._room.clear()
         else:

@@ -55,16 +55,12 @@ def test_defaults(tmp_path):
 
 
 def test_read_coalescing_can_be_set_or_switched_off(tmp_path):
-    assert (
-        parse_config(with_("providers.blockdb.read_coalesce", 0.002), base=tmp_path)
-        .providers[0]
-        .read_coalesce
-        == 0.002
-    )
-    assert (
-        parse_config(with_("providers.blockdb.read_coalesce", 0), base=tmp_path).providers[0].read_coalesce
-        == 0
-    )
+    def read_coalesce(value: float) -> float:
+        config = parse_config(with_("providers.blockdb.read_coalesce", value), base=tmp_path)
+        return config.providers[0].read_coalesce
+
+    assert read_coalesce(0.002) == 0.002
+    assert read_coalesce(0) == 0
 
 
 @pytest.mark.parametrize(

@@ -295,9 +295,10 @@ async def test_pings_amid_a_burst_are_answered_and_no_frame_around_them_is_lost(
     assert sum(len(chunk.records) for chunk in drain.chunks) == sum(emu.sent.values())
 
 
-async def test_a_quiet_socket_is_read_in_gathered_reads_and_nothing_is_lost(registry, tmp_path):
-    """A block every 2 ms, each its own write: once a read drains the socket, reading pauses for
-    `read_coalesce`, so the frames come a few dozen to a read, each once and in order."""
+async def test_a_fast_trickle_is_read_in_gathered_reads_and_nothing_is_lost(registry, tmp_path):
+    """A block every 2 ms, each its own write: reads come less than half of `read_coalesce`
+    apart, so after each read that drains the socket reading pauses for `read_coalesce`, and the
+    frames come a few dozen to a read, each once and in order."""
     emu = BlockDBEmulator(key=KEY, block_interval=0.002, txs_per_block=0)
     await emu.start()
     journal = Journal(tmp_path)
