@@ -409,25 +409,13 @@ def _read_payload(
     return blocks, records
 
 
-def _tracing_column(dataset: Dataset) -> str | None:
-    """A tracing id that is also a string column (CoinAPI's uuid) is that column, as built."""
-    return next(
-        (
-            c.name
-            for c in dataset.payload_columns
-            if c.path == dataset.tracing_id and c.type is ColumnType.STRING
-        ),
-        None,
-    )
-
-
 @cache
 def _json_columns(dataset: Dataset) -> JsonColumns:
     """The reader of this dataset's leaves by Arrow's JSON reader; unusable where a leaf would be
     read two ways (a tracing id that is also a column of another type)."""
     wanted: list[tuple[tuple[str, ...], ColumnType | str]]
     wanted = [(c.path, c.type) for c in dataset.payload_columns]
-    if dataset.tracing_id and _tracing_column(dataset) is None:
+    if dataset.tracing_id and dataset.tracing_column is None:
         wanted.append((dataset.tracing_id, "tracing"))
     if dataset.reorg_flag:
         wanted.append((dataset.reorg_flag, ColumnType.BOOL))
@@ -449,7 +437,7 @@ def _decoded_column(col: Column, values: pa.Array) -> list[tuple[str, pa.Array]]
 
 def _build(dataset: Dataset, frames: _Frames) -> pa.Table:
     chunks, raws, n = frames.chunks, frames.records, frames.n
-    tracing_column = _tracing_column(dataset)
+    tracing_column = dataset.tracing_column
     # What _raw keeps: the bytes as received, where the protocol had to re-key a record.
     as_received = list(map(attrgetter("raw"), chunks)).count(None) == len(chunks)
     originals = raws if as_received else list(chain.from_iterable(ch.raw or ch.records for ch in chunks))

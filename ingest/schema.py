@@ -75,6 +75,20 @@ _DUCKDB: dict[ColumnType, str] = {
 
 APPROX_SUFFIX = "_f64"
 
+# Types whose text Arrow's cast to string and DuckDB's CAST AS VARCHAR write alike (integers,
+# and what both hold as text): a natural key of these DuckDB can join into the dedup key itself,
+# byte for byte (Dataset.duckdb_computed).
+_SAME_TEXT = frozenset(
+    {
+        ColumnType.INT64,
+        ColumnType.STRING,
+        ColumnType.TEXT,
+        ColumnType.BIGINT_TEXT,
+        ColumnType.DECIMAL_TEXT,
+        ColumnType.JSON,
+    }
+)
+
 
 def quote_ident(name: str) -> str:
     """Quote an SQL identifier; names are validated at load, quoting is belt and braces."""
@@ -152,6 +166,40 @@ class Dataset:
     def context_columns(self) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if c.context)
 
+    @property
+    def tracing_column(self) -> str | None:
+        """A string column the provider's tracing id is read from too (CoinAPI's uuid): the
+        tracing id is that column, as built."""
+        return next(
+            (
+                c.name
+                for c in self.payload_columns
+                if c.path == self.tracing_id and c.type is ColumnType.STRING
+            ),
+            None,
+        )
+
+    def duckdb_computed(self) -> dict[str, str]:
+        """Envelope columns that only repeat others of the row, as the DuckDB expression of each.
+
+        A DuckDB table the sink creates computes these when read (virtual generated columns)
+        instead of storing a second copy of unique text: CoinAPI's `_tracing_id` is its `uuid`,
+        and a `_dedup_key` is the tracing id wherever one came, else the natural key joined by
+        "|" (arrow_batch._dedup_keys). Two such columns are ~0.9 of DuckDB's ~2.5 us a trade row
+        (benchmarks/README.md). Only where the build's rule is written exactly in SQL: a key of
+        types whose text both write alike, or a tracing id derived for every row.
+        """
+        tracing_column = self.tracing_column
+        tracing = quote_ident(tracing_column or "_tracing_id")
+        computed = {"_tracing_id": tracing} if tracing_column else {}
+        types = {c.name: c.type for c in self.columns}
+        if self.identity and not self.tracing_id:  # derived for every row: never null
+            computed["_dedup_key"] = tracing
+        elif self.key and all(types[k] in _SAME_TEXT for k in self.key):
+            parts = ", '|', ".join(f"coalesce(CAST({quote_ident(k)} AS VARCHAR), '')" for k in self.key)
+            computed["_dedup_key"] = f"coalesce({tracing}, concat({parts}))"
+        return computed if self.kind == "records" else {}
+
     def duckdb_columns(self, exclude: Collection[str] = ()) -> list[tuple[str, str]]:
         """(name, DuckDB type) for every column of the table, in Arrow schema order."""
         out: list[tuple[str, str]] = []
@@ -163,8 +211,18 @@ class Dataset:
                 out.append((col.name + APPROX_SUFFIX, "DOUBLE"))
         return out
 
-    def create_table_sql(self, exclude: Collection[str] = ()) -> str:
-        cols = ", ".join(f"{quote_ident(n)} {t}" for n, t in self.duckdb_columns(exclude))
+    def create_table_sql(
+        self, exclude: Collection[str] = (), computed: Mapping[str, str] | None = None
+    ) -> str:
+        """The table's DDL; `computed` columns (duckdb_computed) are virtual, as expressions."""
+        computed = computed or {}
+
+        def column(name: str, typ: str) -> str:
+            if name in computed:
+                return f"{quote_ident(name)} {typ} GENERATED ALWAYS AS ({computed[name]}) VIRTUAL"
+            return f"{quote_ident(name)} {typ}"
+
+        cols = ", ".join(column(n, t) for n, t in self.duckdb_columns(exclude))
         return f"CREATE TABLE IF NOT EXISTS {quote_ident(self.name)} ({cols})"
 
 

@@ -13,6 +13,10 @@ they are committed, so a crash loses nothing.
 column by far and halves DuckDB's insert rate, and the Parquet lake keeps it for every row.
 Datasets whose only payload is `_raw` (the generic ones) keep it everywhere.
 
+Envelope columns that only repeat others of the row (CoinAPI's `_tracing_id` is its `uuid`; a
+`_dedup_key` is the tracing id) are computed by DuckDB when read, not stored
+(Dataset.duckdb_computed): in a table the sink creates, not in one an earlier version made.
+
 DuckDB keeps what a commit wrote cached up to `memory_limit` (128 MB), and it keeps the
 metadata of every row group appended on a connection for as long as the connection lives: in a
 long run, RSS that never comes back. So after each commit the sink evicts the cache (a commit
@@ -99,6 +103,7 @@ class DuckDBSink:
         self._opened = False
         self._reopen_rows = reopen_rows
         self._rows_on_connection = 0
+        self._computed: dict[str, frozenset[str]] = {}  # dataset -> its table's virtual columns
 
     def open(self, datasets: Iterable[Dataset]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +112,9 @@ class DuckDBSink:
         # daemon's memory would creep. Inserts need little; queries go through other processes.
         self._set_memory_limit(self._memory_limit)
         for ds in datasets:
-            self._con.execute(ds.create_table_sql(self._omitted(ds)))
+            self._con.execute(ds.create_table_sql(self._omitted(ds), ds.duckdb_computed()))
             self._add_missing_columns(ds)
+            self._computed[ds.name] = self._generated_columns(ds)
         self._con.execute(
             f"CREATE TABLE IF NOT EXISTS {POSITIONS} (instance VARCHAR, dataset VARCHAR, position BIGINT, "
             "PRIMARY KEY (instance, dataset))"
@@ -162,11 +168,22 @@ class DuckDBSink:
             if name not in existing:
                 self._con.execute(f"ALTER TABLE {quote_ident(ds.name)} ADD COLUMN {quote_ident(name)} {typ}")
 
+    def _generated_columns(self, ds: Dataset) -> frozenset[str]:
+        """The columns the table computes, not stores: none in a table an earlier version made."""
+        assert self._con is not None
+        rows = self._con.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = ? AND is_generated = 'ALWAYS'",
+            [ds.name],
+        ).fetchall()
+        return frozenset(row[0] for row in rows)
+
     def write(self, dataset: Dataset, table: pa.Table, first: int, last: int) -> list[str]:
         """Hold the rows; commit everything held once this dataset has a row group's worth."""
         assert self._opened, "open() first"
-        if omitted := self._omitted(dataset):
-            table = table.drop_columns([c for c in omitted if c in table.column_names])  # zero-copy
+        unstored = (*self._omitted(dataset), *self._computed.get(dataset.name, ()))
+        if unstored:
+            table = table.drop_columns([c for c in unstored if c in table.column_names])  # zero-copy
         parts = self._held.setdefault(dataset.name, [])
         parts.append((dataset, table, last))
         if self._held_since is None:
