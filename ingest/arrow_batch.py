@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.events import Rejected, Rows
-from ingest.json_columns import JsonColumns
+from ingest.json_columns import JsonColumns, Values
 from ingest.schema import APPROX_SUFFIX, Column, ColumnType, Dataset
 
 __all__ = ["BuildResult", "build_table", "table_bytes", "values_table"]
@@ -326,7 +326,7 @@ def _context_column(col: Column, values: list[Any]) -> list[tuple[str, pa.Array]
     return _assemble(col, [_block_form(col)(values)])
 
 
-def _split_parts(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+def _split_parts(values: Values) -> tuple[pa.Array, pa.Array]:
     """ "A_B_C_D..." text as four parts (the last keeps the rest) of each distinct value, and each
     row's index into them, for _split_part.
 
@@ -335,6 +335,8 @@ def _split_parts(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     separators first makes every value split into at least four parts, so the lookup needs no
     bounds check (CoinAPI: EXCHANGE_TYPE_BASE_QUOTE).
     """
+    if isinstance(values, pa.ChunkedArray):  # one dictionary for the whole flush
+        values = values.combine_chunks()
     encoded = pc.dictionary_encode(values)
     padded = pc.binary_join_element_wise(encoded.dictionary, "___", "")
     return pc.split_pattern(padded, "_", max_splits=3), encoded.indices
@@ -354,7 +356,7 @@ def _hex_digests(keys: list[bytes]) -> pa.Array:
     return pa.array([hashlib.blake2b(k, digest_size=16).hexdigest() for k in keys], pa.string())
 
 
-def _derived_tracing_ids(dataset: Dataset, arrays: dict[str, pa.Array], raws: list[bytes]) -> pa.Array:
+def _derived_tracing_ids(dataset: Dataset, arrays: dict[str, Values], raws: list[bytes]) -> pa.Array:
     """A deterministic id from the event's on-chain identity: the same event twice, the same id."""
     parts = [pc.fill_null(pc.cast(arrays[k], pa.string()), "") for k in dataset.identity]
     joined = pc.binary_join_element_wise(*parts, "|")
@@ -366,9 +368,7 @@ def _derived_tracing_ids(dataset: Dataset, arrays: dict[str, pa.Array], raws: li
     return _hex_digests(keys)
 
 
-def _dedup_keys(
-    dataset: Dataset, arrays: dict[str, pa.Array], tracing: pa.Array, raws: list[bytes]
-) -> pa.Array:
+def _dedup_keys(dataset: Dataset, arrays: dict[str, Values], tracing: Values, raws: list[bytes]) -> pa.Array:
     if not tracing.null_count:
         return tracing  # every row has its tracing id: that is the key (the same buffers, no copy)
     if dataset.key:
@@ -428,7 +428,7 @@ def _json_columns(dataset: Dataset) -> JsonColumns:
     return JsonColumns(leaves)
 
 
-def _decoded_column(col: Column, values: pa.Array) -> list[tuple[str, pa.Array]]:
+def _decoded_column(col: Column, values: Values) -> list[tuple[str, Values]]:
     """_assemble for a column Arrow's JSON reader decoded (text already unquoted)."""
     if col.type in _RAW_TYPES:
         return _exact(col, values)
@@ -450,10 +450,10 @@ def _build(dataset: Dataset, frames: _Frames) -> pa.Table:
         if as_received:
             raw_column = decoded.records
 
-        def payload(col: Column) -> list[tuple[str, pa.Array]]:
+        def payload(col: Column) -> list[tuple[str, Values]]:
             return _decoded_column(col, leaves[col.path])
 
-        def payload_field(key: object) -> pa.Array:
+        def payload_field(key: object) -> Values:
             return leaves[dataset.tracing_id if key is _TRACING else dataset.reorg_flag]
 
     else:
@@ -469,15 +469,15 @@ def _build(dataset: Dataset, frames: _Frames) -> pa.Table:
 
         # Each column's blocks are let go as soon as the column is joined from them: a table's
         # worth of blocks and the table itself are never both held (wide rows: tens of MB a flush).
-        def payload(col: Column) -> list[tuple[str, pa.Array]]:
+        def payload(col: Column) -> list[tuple[str, Values]]:
             return _assemble(col, blocks.pop(col))
 
-        def payload_field(key: object) -> pa.Array:
+        def payload_field(key: object) -> Values:
             return _concat(blocks.pop(key))
 
     # Context columns are built once per run of frames, then repeated: as if built per row.
     contexts, context_ends = frames.runs(attrgetter("context")) if dataset.context_columns else ([], None)
-    arrays: dict[str, pa.Array] = {}
+    arrays: dict[str, Values] = {}
     for col in dataset.columns:
         if col.split is not None:
             continue  # derived below, once its source column is built

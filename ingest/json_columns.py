@@ -26,7 +26,9 @@ import pyarrow.json as pj
 
 from ingest.schema import ColumnType
 
-__all__ = ["JsonColumns", "JsonRead", "wire_types"]
+__all__ = ["JsonColumns", "JsonRead", "Values", "wire_types"]
+
+Values = pa.Array | pa.ChunkedArray  # a column of a flush: one array per slice read, or one
 
 _LIST = pa.list_(pa.string())
 # The JSON types a column may arrive as, that Arrow reads as what msgspec would: the first is
@@ -59,8 +61,8 @@ def wire_types(kind: ColumnType | str) -> tuple[pa.DataType, ...]:
 
 @dataclass(frozen=True, slots=True)
 class JsonRead:
-    leaves: dict[tuple[str, ...], pa.Array]  # by payload path
-    records: pa.Array  # each record's text, checked to be UTF-8: the _raw column
+    leaves: dict[tuple[str, ...], Values]  # by payload path
+    records: Values  # each record's text, checked to be UTF-8: the _raw column
 
 
 class JsonColumns:
@@ -98,13 +100,15 @@ class JsonColumns:
                 lines.append(read.records)
             else:
                 break
+        # Columns stay in the slices they were read in: joined, each would be copied once more
+        # while the slices are still held (for Bitquery's 24 MB flushes, ~20 MB off the peak RSS).
         leaves = {}
         for path, kind in self._kinds.items():
-            values = _decoded(_concat(parts.pop(path)), kind)
+            values = _decoded(_chunked(parts.pop(path)), kind)
             if values is None:
                 return None
             leaves[path] = values
-        return JsonRead(leaves, _concat(lines))
+        return JsonRead(leaves, _chunked(lines))
 
     def _read_slice(self, records: list[bytes], relearned: set[tuple[str, ...]]) -> JsonRead | None:
         """The leaves of some records as Arrow read them (wire types, not yet decoded)."""
@@ -185,8 +189,8 @@ def _lines(data: bytes) -> pa.Array:
     return pc.split_pattern(text.cast(pa.string()), "\n").flatten()
 
 
-def _concat(arrays: list[pa.Array]) -> pa.Array:
-    return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+def _chunked(arrays: list[pa.Array]) -> Values:
+    return arrays[0] if len(arrays) == 1 else pa.chunked_array(arrays)
 
 
 def _leaf(table: pa.Table, path: tuple[str, ...]) -> pa.Array:
@@ -196,7 +200,7 @@ def _leaf(table: pa.Table, path: tuple[str, ...]) -> pa.Array:
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
-def _decoded(values: pa.Array, kind: ColumnType | str) -> pa.Array | None:
+def _decoded(values: Values, kind: ColumnType | str) -> Values | None:
     """A leaf as the msgspec build decodes it: int64, float64, bool, a string list or text.
 
     None where a value is one msgspec would not read that way (it then rejects the record).

@@ -117,6 +117,29 @@ def test_slices_and_a_type_learnt_in_a_later_slice(monkeypatch):
     assert read is not None and read.leaves[("t",)].to_pylist() == ["2", "3"]  # TEXT: a number's digits
 
 
+@pytest.mark.parametrize("name", ["bitquery_evm_transfers", "coinapi_trades"])
+def test_a_flush_of_many_slices_keeps_them_and_builds_what_msgspec_would(
+    registry, monkeypatch, only_arrow, name
+):
+    """Columns stay in the slices Arrow read (no copy of the flush while the slices are held), and
+    the table is the row-by-row reference's: split columns, derived ids, the raw text."""
+    monkeypatch.setattr(arrow_batch, "_ARROW_JSON_FLAT", True)  # CoinAPI's flat records too
+    monkeypatch.setattr(json_columns, "_SLICE", 4)
+    ds = registry[name]
+    if name == "coinapi_trades":
+        records = [
+            json.dumps({"symbol_id": f"EX{i % 3}_SPOT_B_Q{i % 2}", "uuid": f"u{i}", "price": "1.5"}).encode()
+            for i in range(10)
+        ]
+        chunks = [Rows("coinapi", ds.name, "s", records, 1_000, {"connection": 1}, position=1)]
+    else:
+        chunks = bitquery(*(transfer(str(21_000_000 + i), f"Token {i}") for i in range(10)))
+    read = arrow_batch._json_columns(ds).read(chunks[0].records)
+    assert read is not None and read.records.num_chunks == 3
+    assert read.records.to_pylist() == [r.decode() for r in chunks[0].records]
+    _check_against_reference(ds, chunks)
+
+
 def test_unreadable_datasets_never_try(registry):
     """A tracing id at the path of a column of another type would be read two ways: not this reader."""
     assert not JsonColumns({}).usable
