@@ -28,7 +28,7 @@ from ingest.schema import ColumnType
 
 __all__ = ["JsonColumns", "JsonRead", "Values", "wire_types"]
 
-Values = pa.Array | pa.ChunkedArray  # a column of a flush: one array per slice read, or one
+Values = pa.Array | pa.ChunkedArray  # a flush's column: one array, or a chunk per slice read
 
 _LIST = pa.list_(pa.string())
 # The JSON types a column may arrive as, that Arrow reads as what msgspec would: the first is

@@ -186,7 +186,7 @@ class Dataset:
         instead of storing a second copy of unique text: CoinAPI's `_tracing_id` is its `uuid`,
         and a `_dedup_key` is the tracing id wherever one came, else the natural key joined by
         "|" (arrow_batch._dedup_keys). Two such columns are ~0.9 of DuckDB's ~2.5 us a trade row
-        (benchmarks/README.md). Only where the build's rule is written exactly in SQL: a key of
+        (README.md). Only where the build's rule is written exactly in SQL: a key of
         types whose text both write alike, or a tracing id derived for every row.
         """
         tracing_column = self.tracing_column
