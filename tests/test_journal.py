@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+from pathlib import Path
 
 from structlog.testing import capture_logs
 
@@ -137,3 +140,87 @@ def test_a_torn_frames_record_loses_only_that_read(tmp_path):
     reopened = Journal(tmp_path)
     reopened.open()
     assert reopened.next_position == 4  # the torn read never counted: its positions are reused
+
+
+def _fsyncs(monkeypatch) -> list[tuple[int, str]]:
+    """Record each fsync (the file's path, the calling thread) and still do it."""
+    calls: list[tuple[int, str]] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append((os.readlink(f"/proc/self/fd/{fd}"), threading.current_thread().name))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_a_rotated_segment_is_synced_and_closed_by_the_next_sync_not_by_the_append(tmp_path, monkeypatch):
+    journal = Journal(tmp_path, segment_bytes=200, write_bytes=1)
+    journal.open()
+    calls = _fsyncs(monkeypatch)
+    before = set(os.listdir("/proc/self/fd"))
+    fill(journal, 30)  # rotates several times
+    journal.append(Kind.FRAME, "blockdb", 2_000, b"{}")  # and writes to the active one
+    rotated = segment_files(tmp_path)[:-1]
+    assert len(rotated) > 3 and calls == []  # appending never waits for a disk
+    assert len(set(os.listdir("/proc/self/fd")) - before) == len(
+        rotated
+    )  # each rotated after the first, held until synced, and the active one
+    journal.sync()
+    synced = [path for path, _ in calls]
+    assert synced[: len(rotated)] == [str(p) for p in rotated]  # each rotated one, in order
+    assert str(journal._segment) in synced and str(tmp_path) in synced  # the active one, the directory
+    assert set(os.listdir("/proc/self/fd")) - before == {str(journal._fd)}  # only the active one open
+    journal.close()
+    assert [r.position for r in records(tmp_path)] == list(range(1, 32))
+
+
+def test_a_write_during_a_sync_is_synced_by_the_next_one(tmp_path, monkeypatch):
+    """The sync runs in a thread while the loop appends: a write that lands while the active
+    segment's fsync is under way may not be in it, so it must leave the segment marked dirty."""
+    journal = Journal(tmp_path)
+    journal.open()
+    fill(journal, 1)
+    journal.sync()
+    fill(journal, 1)
+    journal.write()
+    real = os.fsync
+
+    def fsync_with_a_write_meanwhile(fd: int) -> None:
+        real(fd)
+        fill(journal, 1)  # the loop's append and write, after the fsync took its snapshot
+        journal.write()
+
+    monkeypatch.setattr(os, "fsync", fsync_with_a_write_meanwhile)
+    journal._sync_files()
+    calls = _fsyncs(monkeypatch)
+    journal._sync_files()
+    assert [path for path, _ in calls] == [str(journal._segment)]
+    journal.close()
+
+
+async def test_run_syncs_and_deletes_segments_off_the_event_loop(tmp_path, monkeypatch):
+    journal = Journal(tmp_path, segment_bytes=200, write_bytes=1, sync_interval=0.01)
+    journal.open()
+    fill(journal, 30)
+    calls = _fsyncs(monkeypatch)
+    unlinked: list[str] = []
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        unlinked.append(threading.current_thread().name)
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    task = asyncio.create_task(journal.run(lambda: journal.next_position))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if len(segment_files(tmp_path)) == 1:
+            break
+    task.cancel()
+    assert segment_files(tmp_path) == [journal._segment]  # everything below the bound went
+    loop_thread = threading.current_thread().name
+    assert unlinked and loop_thread not in unlinked
+    assert calls and loop_thread not in {thread for _, thread in calls}
+    journal.close()
