@@ -20,6 +20,7 @@ import itertools
 import os
 import struct
 import sys
+import threading
 import zlib
 from array import array
 from collections.abc import Callable, Iterator
@@ -135,6 +136,9 @@ class Journal:
         # event loop would otherwise wait for a 64 MB segment's fsync.
         self._retired: collections.deque[int] = collections.deque()
         self._dir_dirty = False  # a segment was created since the directory's last fsync
+        # Held while the active segment, its dirty flag or the directory's change together: the
+        # sync in its worker thread must see a descriptor with its own flag, never a rotation's half.
+        self._lock = threading.Lock()
         self._names: dict[str, bytes] = {}
         self.next_position = 1
         self.bytes_written = 0
@@ -162,14 +166,16 @@ class Journal:
         return existing
 
     def _start_segment(self) -> None:
-        if self._fd >= 0:
-            self._retired.append(self._fd)
-        self._segment = self.directory / f"{self.next_position:020d}{_SUFFIX}"
         # A new segment per start: a torn tail of the last run stays behind in its own file.
-        self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._segment_size = 0
-        self._dirty = False
-        self._dir_dirty = True
+        segment = self.directory / f"{self.next_position:020d}{_SUFFIX}"
+        fd = os.open(segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        with self._lock:
+            if self._fd >= 0:
+                self._retired.append(self._fd)
+            self._segment, self._fd = segment, fd
+            self._segment_size = 0
+            self._dirty = False
+            self._dir_dirty = True
 
     # -- appending (the hot path) ----------------------------------------------------------------
 
@@ -222,7 +228,8 @@ class Journal:
         _write_all(self._fd, pieces)
         self._segment_size += size
         self.bytes_written += size
-        self._dirty = True
+        with self._lock:
+            self._dirty = True
         if self._segment_size >= self._segment_bytes:
             self._start_segment()  # the full one is synced with the rest, at the next sync
 
@@ -235,9 +242,9 @@ class Journal:
         """fsync what was written since the last sync: rotated-out segments (then closed), the
         active one, and the directory where a segment was created.
 
-        Runs in a worker thread while the event loop appends (`run`), so each step reads the
-        state once: the dirty flag is cleared before its fsync, so a write meanwhile marks it
-        again for the next sync instead of being taken as synced.
+        Runs in a worker thread while the event loop appends (`run`): the active descriptor and
+        the flags are taken and cleared together, before the fsyncs, so a write or a rotation
+        meanwhile marks them again for the next sync instead of being taken as synced.
         """
         while True:
             try:
@@ -248,13 +255,13 @@ class Journal:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        fd = self._fd
-        if self._dirty and fd >= 0:
-            self._dirty = False
+        with self._lock:
+            fd, dirty, dir_dirty = self._fd, self._dirty, self._dir_dirty
+            self._dirty = self._dir_dirty = False
+        if dirty and fd >= 0:
             with contextlib.suppress(OSError):  # closed by close() meanwhile: it synced it
                 os.fsync(fd)
-        if self._dir_dirty:
-            self._dir_dirty = False
+        if dir_dirty:
             _fsync_dir(self.directory)
 
     # -- housekeeping ----------------------------------------------------------------------------
