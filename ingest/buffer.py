@@ -69,12 +69,16 @@ class _Pending:
     since: float = 0.0
     first: int = 0
     last: int = 0
+    day: int = 0  # the UTC day its rows were received on (ns // _DAY_NS)
 
     def cover(self, position: int) -> None:
         if position:
             if not self.first or position < self.first:
                 self.first = position
             self.last = max(self.last, position)
+
+
+_DAY_NS = 86_400 * 10**9
 
 
 def _digest(raw: bytes) -> str:
@@ -113,14 +117,15 @@ class Buffer:
         Called once per frame: only appends and counts (the decoding is per flush).
         """
         pending = self._pending.get(rows.dataset)
-        if pending is None:
+        day = rows.received_at // _DAY_NS
+        if pending is None or pending.day != day:
             if rows.dataset not in self._registry:
                 # A protocol naming an undeclared dataset is a bug, but the data is still kept.
                 for rec in rows.records:
                     reason = f"no dataset named {rows.dataset!r}"
                     self.reject(Rejected(rows.provider, rec, reason, rows.received_at, rows.subscription))
                 return
-            pending = self._pending[rows.dataset] = _Pending(since=self._clock())
+            pending = self._new_pending(rows.dataset, pending, day)
         records = rows.records
         n = len(records)
         if n == 1:
@@ -182,8 +187,9 @@ class Buffer:
 
     def _add_value(self, dataset: str, row: dict[str, Any], nbytes: int, position: int) -> None:
         pending = self._pending.get(dataset)
-        if pending is None:
-            pending = self._pending[dataset] = _Pending(since=self._clock())
+        day = row[self._registry[dataset].received_column] // _DAY_NS
+        if pending is None or pending.day != day:
+            pending = self._new_pending(dataset, pending, day)
         pending.values.append(row)
         pending.cover(position)
         pending.rows += 1
@@ -193,6 +199,16 @@ class Buffer:
         if pending.rows >= self._policy.max_rows or self._closed:
             # After close() the writer is draining: a late value must still reach it.
             self._seal(dataset, "rows" if not self._closed else "shutdown")
+
+    def _new_pending(self, dataset: str, pending: _Pending | None, day: int) -> _Pending:
+        """The dataset's pending flush for rows received on `day`; one of another day is sealed
+        first. A flush never spans two days: Parquet writes a flush of one day as one file, and
+        a flush split over two could leave, after a crash between them, a file whose name marks
+        the whole flush as stored."""
+        if pending is not None:
+            self._seal(dataset, "day")
+        new = self._pending[dataset] = _Pending(since=self._clock(), day=day)
+        return new
 
     @property
     def congested(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -330,3 +331,49 @@ async def test_held_rows_are_committed_when_they_are_old_enough_and_at_the_end(t
     assert db.checkpoint("blockdb_blocks") == 3 and not db.holding
     assert metrics.dataset("blockdb_blocks").rows_written == 3
     db.close()
+
+
+async def test_a_flush_never_spans_two_days_so_a_crash_between_files_loses_nothing(tmp_path, registry):
+    """Parquet partitions by the day rows were received and names a file by its flush's journal
+    positions: a flush over midnight written as two files, cut by a crash after the first, left a
+    name claiming the whole flush and the second day's rows never reached Parquet. The buffer cuts
+    at midnight instead, so each file holds the positions its name says."""
+    midnight = 1_763_078_400 * 10**9  # 2025-11-14 00:00 UTC
+    frames = []
+    for i, received_at in enumerate((midnight - 2, midnight - 1, midnight, midnight + 1)):
+        rows = block(i)
+        frames.append(
+            Rows(rows.provider, rows.dataset, rows.subscription, rows.records, received_at, rows.context)
+        )
+        frames[-1].position = 11 + i
+    root = str(tmp_path / "parquet")
+    sink = ParquetSink(root, "main")
+    sink.open(registry.values())
+    written, crashed = [], threading.Event()
+    real_write_file = sink._write_file
+
+    def write_file_then_crash(*args):
+        if written:  # the process dies before a second file: nothing more is written
+            crashed.set()
+            raise RuntimeError("killed")
+        written.append(real_write_file(*args))
+        return written[-1]
+
+    sink._write_file = write_file_then_crash
+    buffer = Buffer(registry, FlushPolicy(max_rows=1000, max_age=60))
+    for rows in frames:
+        buffer.add(rows)
+    buffer.close()
+    writer = asyncio.create_task(Writer(registry, buffer, [sink], Metrics()).run())
+    while not crashed.is_set():
+        await asyncio.sleep(0.01)
+    writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
+    (path,) = written
+    assert "date=2025-11-13" in path and path.endswith(
+        "main-00000000000000000011-00000000000000000012.parquet"
+    )
+    restarted = ParquetSink(root, "main")
+    restarted.open(registry.values())
+    assert restarted.checkpoint("blockdb_blocks") == 12  # a replay hands it positions 13 and 14

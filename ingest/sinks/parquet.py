@@ -69,7 +69,7 @@ class ParquetSink:
         unique = pc.unique(days).to_pylist()
         if len(unique) == 1:  # the usual case: one flush, one day
             paths = [self._write_file(dataset, table, unique[0].date(), stem)]
-        else:
+        else:  # not from the daemon, whose buffer never lets a flush span two days (Buffer._new_pending)
             paths = []
             for day in sorted(unique):
                 part = table.filter(pc.equal(days, pa.scalar(day, days.type)))
