@@ -98,6 +98,8 @@ class Collector:
         self._sleep_override = sleep
         self._close_timeout = close_timeout
         self._journal = journal
+        if journal is not None:
+            journal.track_state(config.name, lambda: _encode(self.protocol.state()))
         self._max_frame = config.max_frame_bytes
         self._stopping = False
         self._stop_event = asyncio.Event()

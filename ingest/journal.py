@@ -21,6 +21,7 @@ import os
 import struct
 import sys
 import threading
+import time
 import zlib
 from array import array
 from collections.abc import Callable, Iterator
@@ -140,6 +141,10 @@ class Journal:
         # sync in its worker thread must see a descriptor with its own flag, never a rotation's half.
         self._lock = threading.Lock()
         self._names: dict[str, bytes] = {}
+        # Each stream's routing state, written again at the head of every new segment: a replay
+        # that starts there (the segments before it released) routes its frames as live did.
+        self._state_of: dict[str, Callable[[], bytes]] = {}
+        self._states_due = False
         self.next_position = 1
         self.bytes_written = 0
 
@@ -162,6 +167,11 @@ class Journal:
                 break
             self.next_position = max(self.next_position, int(path.stem))
         self.next_position = max(self.next_position, after + 1)
+        if existing and int(existing[-1].stem) == self.next_position:
+            # The last run died in its segment's first write: the new segment would take its name
+            # and append behind bytes that end every reading of the file. It holds no record.
+            log.warning("journal: removing a segment with no intact record", segment=existing[-1].name)
+            existing.pop().unlink()
         self._start_segment()
         return existing
 
@@ -176,11 +186,35 @@ class Journal:
             self._segment_size = 0
             self._dirty = False
             self._dir_dirty = True
+        self._states_due = bool(self._state_of)
+
+    def track_state(self, stream: str, state: Callable[[], bytes]) -> None:
+        """Have `state()`, the stream's routing state as a STATE payload, open every new segment.
+
+        It is taken at the next append, not at the rotation: a rotation may come in the middle of
+        appending a read whose frames the protocol has not read yet.
+        """
+        self._state_of[stream] = state
+
+    def _append_states(self) -> None:
+        self._states_due = False
+        now = time.time_ns()
+        for stream, state in self._state_of.items():
+            try:
+                payload = state()
+            except Exception:  # a protocol's bug must not stop the appends: its last state stays
+                log.exception("journal: a stream's state could not be taken", stream=stream)
+                continue
+            position = self.next_position
+            self.next_position = position + 1
+            self._queue(position, now, Kind.STATE, stream, b"", payload)
 
     # -- appending (the hot path) ----------------------------------------------------------------
 
     def append(self, kind: Kind, stream: str, received_at: int, payload: bytes) -> int:
         """Append one record; returns its position. Durable after the next write and sync."""
+        if self._states_due:
+            self._append_states()
         position = self.next_position
         self.next_position = position + 1
         self._queue(position, received_at, kind, stream, b"", payload)
@@ -194,6 +228,8 @@ class Journal:
         """
         if len(frames) == 1:
             return self.append(Kind.FRAME, stream, received_at, frames[0])
+        if self._states_due:
+            self._append_states()
         position = self.next_position
         self.next_position = position + len(frames)
         lengths = array("I", map(len, frames))

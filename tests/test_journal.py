@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from pathlib import Path
 
+import msgspec
 from structlog.testing import capture_logs
 
+from ingest.buffer import Buffer
+from ingest.config import FlushPolicy
+from ingest.events import Rows
 from ingest.journal import Journal, Kind, read_records, segment_files
+from ingest.protocols import PROTOCOLS
+from ingest.replay import journal_records, replay
+from ingest.schema import load_registry
 
 
 def fill(journal: Journal, n: int, stream: str = "blockdb") -> list[int]:
@@ -224,3 +232,69 @@ async def test_run_syncs_and_deletes_segments_off_the_event_loop(tmp_path, monke
     assert unlinked and loop_thread not in unlinked
     assert calls and loop_thread not in {thread for _, thread in calls}
     journal.close()
+
+
+def test_each_new_segment_opens_with_every_streams_state_so_a_replay_from_it_routes_as_live(tmp_path):
+    """Routing state that frames do not show (Bitquery's operation ids) was journaled only on
+    connect and every keep-alive: once the segment holding it was released, a crash made the
+    replay of the next segments send their rows to the generic table."""
+    query = (
+        "subscription { EVM(network: eth) { Transfers { Block { Number Hash Time } Transaction { Hash } } } }"
+    )
+    protocol_class = PROTOCOLS["bitquery"]
+    subscriptions = [
+        protocol_class.parse_subscription({"name": "eth_transfers", "query": query}, "s[0]", None)
+    ]
+
+    def frame(i: int) -> bytes:
+        row = {"Block": {"Number": i, "Hash": f"0x{i:064x}", "Time": "2024-01-01T00:00:00Z"}}
+        row["Transaction"] = {"Hash": f"0x{i:064x}"}
+        return json.dumps(
+            {"type": "next", "id": "1", "payload": {"data": {"EVM": {"Transfers": [row]}}}}
+        ).encode()
+
+    journal = Journal(tmp_path, segment_bytes=4096)
+    journal.open()
+    live = protocol_class("bitquery", subscriptions, {})
+    journal.track_state("bitquery", lambda: msgspec.json.encode(live.state()))  # as the collector does
+    live.connect()
+    journal.append(Kind.STATE, "bitquery", 1, msgspec.json.encode(live.state()))
+    for raw in (b'{"type":"connection_ack"}', *map(frame, range(60))):
+        position = journal.append_frames("bitquery", 2, [raw])
+        for event in live.receive(raw, 2):
+            if isinstance(event, Rows):
+                assert (event.dataset, event.subscription) == ("bitquery_evm_transfers", "eth_transfers")
+        journal.write()
+    segments = segment_files(tmp_path)
+    assert len(segments) >= 3
+    journal.release(below=int(segments[-2].stem))  # all but the last two are in every sink
+    journal.close()
+
+    replayed: list[tuple[int, str, str]] = []
+    buffer = Buffer(load_registry(), FlushPolicy(max_rows=10**6, max_age=1e9))
+    buffer.add = lambda rows: replayed.append((rows.position, rows.dataset, rows.subscription))
+    fresh = {"bitquery": protocol_class("bitquery", subscriptions, {})}
+    asyncio.run(replay(journal_records(segment_files(tmp_path)), fresh, buffer))
+    assert replayed and replayed[-1][0] == position
+    assert {(dataset, sub) for _, dataset, sub in replayed} == {("bitquery_evm_transfers", "eth_transfers")}
+
+
+def test_a_segment_torn_in_its_first_record_is_not_reused_by_the_next_run(tmp_path):
+    first = Journal(tmp_path)
+    first.open()
+    fill(first, 100)
+    first.close()
+    second = Journal(tmp_path)
+    second.open(after=100)
+    torn = second._segment
+    second.close()
+    torn.write_bytes(b"\x00" * 20)  # killed in its first write: a few bytes, no whole record
+    third = Journal(tmp_path)
+    with capture_logs() as logs:
+        leftover = third.open(after=100)
+    assert torn not in leftover
+    assert [e["event"] for e in logs][-1] == "journal: removing a segment with no intact record"
+    fill(third, 50)
+    third.close()
+    # Readable, not behind the torn bytes:
+    assert [r.position for r in records(tmp_path)][-50:] == list(range(101, 151))
