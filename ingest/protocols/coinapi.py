@@ -1,13 +1,14 @@
 """CoinAPI market data WebSocket V1 (PROTOCOLS.md section 3): one `hello` scope, one record per frame.
 
-A connection has one scope: the union of every configured subscription's data types and filters
-goes in the `hello`. Each message is then labelled with the subscription whose filters match it,
-and its `sequence` (per type and symbol, restarting on every connection) is checked for jumps.
+A connection has one scope, sent whole in a `hello` (see `_scope` for how subscriptions combine).
+Each message is then labelled with the first subscription that wants it, and its `sequence` (per
+type and symbol, restarting on every connection) is checked for jumps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,6 +45,14 @@ _LIMITS = {
     "book_limit_ms": "subscribe_update_limit_ms_book_snapshot",
     "exrate_limit_ms": "subscribe_update_limit_ms_exrate",
 }
+_LIMITED = {  # hello field -> the data types it throttles
+    "subscribe_update_limit_ms_quote": frozenset({"quote"}),
+    "subscribe_update_limit_ms_book_snapshot": frozenset({"book5", "book20", "book50"}),
+    "subscribe_update_limit_ms_exrate": frozenset({"exrate"}),
+}
+_SCOPING = ("symbols", "exchanges", "assets")  # the filter kinds that apply to every data type
+# CoinAPI refuses these without a filter (books: any of _SCOPING; exrate: assets).
+_NEED_FILTER = frozenset({"book", "book5", "book20", "book50", "book_l3", "exrate"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +65,30 @@ class CoinAPISubscription:
     periods: tuple[str, ...] = ()
     limits: tuple[tuple[str, int], ...] = ()
 
-    def matches(self, kind: str, symbol_id: str | None) -> bool:
-        """CoinAPI's filter semantics: prefix, or exact with a trailing $; kinds of filter are a union."""
+    @property
+    def filtered(self) -> bool:
+        """Whether it narrows its data types at all (periods only narrow OHLCV bars)."""
+        return bool(self.symbols or self.exchanges or self.assets)
+
+    def matches(
+        self,
+        kind: str,
+        symbol_id: str | None,
+        period_id: str | None = None,
+        rate: tuple[str | None, str | None] = (None, None),
+    ) -> bool:
+        """CoinAPI's filter semantics: prefix, or exact with a trailing $; kinds of filter are a union.
+
+        `period_id` is an OHLCV bar's period; `rate` an exrate's (asset_id_base, asset_id_quote).
+        """
         if kind not in self.data_types:
             return False
-        if not (self.symbols or self.exchanges or self.assets):
+        if kind == "ohlcv" and self.periods and period_id not in self.periods:
+            return False
+        if not self.filtered:
             return True
+        if kind == "exrate":  # no symbol: an asset matches either side, a pair its legs' USD rates
+            return any(rate[0] in a.split("/") if "/" in a else a in rate for a in self.assets)
         if symbol_id is None:
             return False
         for f in self.symbols:
@@ -82,7 +109,16 @@ class _Head(msgspec.Struct, kw_only=True):
     within_seconds: float | None = None
 
 
+class _Detail(msgspec.Struct, kw_only=True):
+    """What labels an ohlcv or exrate message beyond its symbol; decoded only for those."""
+
+    period_id: str | None = None
+    asset_id_base: str | None = None
+    asset_id_quote: str | None = None
+
+
 _decode_head = msgspec.json.Decoder(_Head).decode
+_decode_detail = msgspec.json.Decoder(_Detail).decode
 _encode = msgspec.json.encode
 
 
@@ -91,6 +127,28 @@ def _strings(raw: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{where}.{key}: expected a list of non-empty strings")
     return tuple(value)
+
+
+def _scope_fields(subs: Sequence[CoinAPISubscription], types: set[str]) -> dict[str, Any]:
+    """The scope fields for `types` on behalf of `subs`, widened so that none of them loses data."""
+    msg: dict[str, Any] = {"subscribe_data_type": sorted(types)}
+    if all(s.filtered for s in subs):
+        for key in _SCOPING:
+            if values := sorted({v for s in subs for v in getattr(s, key)}):
+                msg[_FILTERS[key]] = values
+    # Periods: their union, or every period when one bar subscription names none.
+    bars = [s.periods for s in subs if "ohlcv" in s.data_types]
+    if "ohlcv" in types and all(bars):
+        msg["subscribe_filter_period_id"] = sorted({p for periods in bars for p in periods})
+    # A limit is a least time between updates. The smallest one asked for passes at least every
+    # update each subscription asked for (more often is harmless, rarer would withhold data), and
+    # there is none when a subscription of those types set none.
+    for field, limited in _LIMITED.items():
+        if limited & types:
+            asked = [dict(s.limits).get(field) for s in subs if limited & set(s.data_types)]
+            if asked and None not in asked:
+                msg[field] = min(v for v in asked if v is not None)
+    return msg
 
 
 class CoinAPIProtocol:
@@ -118,7 +176,8 @@ class CoinAPIProtocol:
         self._key: str | None = None
         self._connection = 0
         self._context: dict[str, Any] = {"connection": 0}
-        self._labels: dict[tuple[str, str | None], str] = {}
+        # (type, symbol) -> label; ohlcv and exrate labels also depend on period or assets (`_label`).
+        self._labels: dict[tuple[str | None, ...], str] = {}
         self._last: dict[tuple[str, str], tuple[int, int]] = {}  # (type, symbol) -> (sequence, received_at)
         self._outbox: list[str] = []
 
@@ -149,7 +208,7 @@ class CoinAPIProtocol:
         if bad := [t for t in types if t not in DATA_TYPES]:
             raise ConfigError(f"{where}.data_types: unknown data type {bad[0]!r}")
         filters = {key: _strings(raw, key, where) for key in _FILTERS}
-        if any(t.startswith("book") for t in types) and not any(filters.values()):
+        if any(t.startswith("book") for t in types) and not any(filters[k] for k in _SCOPING):
             raise ConfigError(
                 f"{where}.symbols: order books need a symbol, exchange or asset filter (CoinAPI refuses)"
             )
@@ -165,24 +224,32 @@ class CoinAPIProtocol:
 
     # -- live scope changes ----------------------------------------------------------------------
 
+    # A change re-sends the whole scope as a `hello`, which replaces it in place: once the scope is
+    # widened (see `_scope`), a `subscribe`/`unsubscribe` of one subscription's own filters would
+    # narrow it, or remove nothing.
+
     def subscribe(self, sub: CoinAPISubscription) -> None:
         """Add a subscription on the live connection (and to every later hello)."""
         self._desired[sub.name] = sub
-        self._labels.clear()
-        self._outbox.append(_encode(self._scope("subscribe", [sub])).decode())
+        self._send_scope()
 
     def unsubscribe(self, name: str) -> None:
         sub = self._desired.pop(name, None)
-        if sub is not None:
+        if sub is None:
+            return
+        if self._desired:
+            self._send_scope()
+        else:  # a hello needs a data type: unsubscribing the types empties the scope
             self._labels.clear()
-            self._outbox.append(_encode(self._scope("unsubscribe", [sub])).decode())
+            msg = {"type": "unsubscribe", "subscribe_data_type": sorted(sub.data_types)}
+            self._outbox.append(_encode(msg).decode())
 
     # -- driver inputs ---------------------------------------------------------------------------
 
     def connect(self) -> None:
         self._connection += 1
         self._context = {"connection": self._connection}
-        self._outbox.append(_encode(self._scope("hello", list(self._desired.values()))).decode())
+        self._send_scope()
 
     def receive(self, frame: str | bytes, received_at: int) -> list[Event]:
         raw = frame if type(frame) is bytes else frame.encode()  # type: ignore[union-attr]
@@ -207,7 +274,7 @@ class CoinAPIProtocol:
             key = (kind, symbol)
             label = self._labels.get(key)
             if label is None:
-                label = self._label(kind, symbol)
+                label = self._label(kind, symbol, raw)
             if seq is not None and symbol is not None:
                 last = self._last.get(key)
                 if last is not None and seq != last[0] + 1:
@@ -274,26 +341,50 @@ class CoinAPIProtocol:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _scope(self, kind: str, subs: list[CoinAPISubscription]) -> dict[str, Any]:
-        msg: dict[str, Any] = {"type": kind}
-        if kind == "hello":
-            if self._key is not None:
-                msg["apikey"] = self._key
-            msg["heartbeat"] = self.heartbeat
-        msg["subscribe_data_type"] = sorted({t for s in subs for t in s.data_types})
-        for key, field in _FILTERS.items():
-            values = sorted({v for s in subs for v in getattr(s, key)})
-            if values:
-                msg[field] = values
-        for s in subs:
-            msg.update(dict(s.limits))
-        return msg
+    def _send_scope(self) -> None:
+        self._labels.clear()
+        self._outbox.extend(_encode(m).decode() for m in self._scope(list(self._desired.values())))
 
-    def _label(self, kind: str, symbol_id: str | None) -> str:
-        key = (kind, symbol_id)
+    def _scope(self, subs: Sequence[CoinAPISubscription]) -> list[dict[str, Any]]:
+        """The `hello` (and at most one `subscribe` after it) that asks for every subscription.
+
+        A message's filters apply to all its data types, and kinds of filter add up, so the union of
+        the filters is exact unless a subscription has none: it wants everything of its types, so
+        the message then carries no filter at all. Other subscriptions' types widen with it, and
+        `_label` sorts the rows. Books and exrate cannot go unfiltered (CoinAPI refuses), so then
+        they follow in a `subscribe` with their own filters, which adds to the scope.
+        """
+        types = {t for s in subs for t in s.data_types}
+        later = set() if all(s.filtered for s in subs) else types & _NEED_FILTER
+        hello: dict[str, Any] = {"type": "hello"}
+        if self._key is not None:
+            hello["apikey"] = self._key
+        hello["heartbeat"] = self.heartbeat
+        hello.update(_scope_fields(subs, types - later))
+        if not later:
+            return [hello]
+        books_and_rates = [s for s in subs if later & set(s.data_types)]
+        return [hello, {"type": "subscribe", **_scope_fields(books_and_rates, later)}]
+
+    def _label(self, kind: str, symbol_id: str | None, raw: bytes) -> str:
+        """The first subscription that wants this message; "" when none does.
+
+        The scope may be wider than the subscriptions (`_scope`): a row none of them wants is kept,
+        stored with `_subscription` "" (filter on it to leave it out), never dropped. ohlcv and
+        exrate labels depend on the period or the assets too, so they are cached under a longer key
+        that `_read`'s (type, symbol) look-up never hits.
+        """
+        key: tuple[str | None, ...] = (kind, symbol_id)
+        period = base = quote = None
+        if kind == "ohlcv" or kind == "exrate":
+            with contextlib.suppress(msgspec.MsgspecError):  # a field of the wrong type: as if absent
+                detail = _decode_detail(raw)
+                period, base, quote = detail.period_id, detail.asset_id_base, detail.asset_id_quote
+            key = (kind, symbol_id, period, base, quote)
         label = self._labels.get(key)
         if label is None:
-            label = next((s.name for s in self._desired.values() if s.matches(kind, symbol_id)), "")
+            subs = self._desired.values()
+            label = next((s.name for s in subs if s.matches(kind, symbol_id, period, (base, quote))), "")
             self._labels[key] = label
         return label
 

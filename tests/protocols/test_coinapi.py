@@ -7,6 +7,8 @@ import json
 import pytest
 
 from ingest.arrow_batch import build_table
+from ingest.emulators.coinapi_market import SYMBOLS
+from ingest.emulators.coinapi_scope import Scope, parse_request
 from ingest.errors import ConfigError
 from ingest.events import FatalError, Gap, Notice, Reconnect, Rejected, Rows
 from ingest.protocols.coinapi import CoinAPIProtocol
@@ -212,25 +214,229 @@ def test_quotes_books_ohlcv_and_others_go_to_their_tables(registry):
     assert book.table["book_type"][0].as_py() == "book5"
 
 
-def test_scope_changes_on_a_live_connection():
+def test_scope_changes_on_a_live_connection_resend_the_whole_scope():
     p = proto({"name": "a", "data_types": ["trade"], "symbols": ["KRAKEN_"]})
     p.connect()
     p.data_to_send()
-    p.subscribe(
-        CoinAPIProtocol.parse_subscription(
-            {"name": "b", "data_types": ["quote"], "symbols": ["COINBASE_"]}, "s"
-        )
-    )
+    b = {"name": "b", "data_types": ["quote"], "symbols": ["COINBASE_"]}
+    p.subscribe(CoinAPIProtocol.parse_subscription(b, "s"))
     p.unsubscribe("a")
+    p.unsubscribe("b")
     sent = [json.loads(f) for f in p.data_to_send()]
+    head = {"type": "hello", "apikey": "KEY-123", "heartbeat": True}
     assert sent == [
-        {"type": "subscribe", "subscribe_data_type": ["quote"], "subscribe_filter_symbol_id": ["COINBASE_"]},
-        {"type": "unsubscribe", "subscribe_data_type": ["trade"], "subscribe_filter_symbol_id": ["KRAKEN_"]},
+        {
+            **head,
+            "subscribe_data_type": ["quote", "trade"],
+            "subscribe_filter_symbol_id": ["COINBASE_", "KRAKEN_"],
+        },
+        {**head, "subscribe_data_type": ["quote"], "subscribe_filter_symbol_id": ["COINBASE_"]},
+        {"type": "unsubscribe", "subscribe_data_type": ["quote"]},  # the last one: empty the scope
     ]
+    p.subscribe(CoinAPIProtocol.parse_subscription(b, "s"))
+    p.data_to_send()
     p.connection_lost()
     p.connect()
     (hello,) = [json.loads(f) for f in p.data_to_send()]
     assert hello["subscribe_data_type"] == ["quote"]  # the scope as it is now
+
+
+def test_a_live_subscription_without_filters_widens_the_scope_instead_of_being_narrowed():
+    p = proto({"name": "one_quote", "data_types": ["quote"], "symbols": ["BITSTAMP_SPOT_BTC_USD$"]})
+    p.connect()
+    p.data_to_send()
+    p.subscribe(CoinAPIProtocol.parse_subscription({"name": "all_trades", "data_types": ["trade"]}, "s"))
+    (hello,) = [json.loads(f) for f in p.data_to_send()]
+    assert hello == {
+        "type": "hello",
+        "apikey": "KEY-123",
+        "heartbeat": True,
+        "subscribe_data_type": ["quote", "trade"],
+    }
+    assert label(p, trade("KRAKEN_SPOT_BTC_EUR", 1)) == "all_trades"
+
+
+# -- combining subscriptions into one scope ------------------------------------------------------
+
+HEAD = {"type": "hello", "apikey": "KEY-123", "heartbeat": True}
+ALL_TRADES = {"name": "all_trades", "data_types": ["trade"]}
+ONE_QUOTE = {"name": "one_quote", "data_types": ["quote"], "symbols": ["BITSTAMP_SPOT_BTC_USD$"]}
+
+
+def sent(*subs: dict) -> list[dict]:
+    p = proto(*subs)
+    p.connect()
+    return [json.loads(f) for f in p.data_to_send()]
+
+
+def label(p: CoinAPIProtocol, frame: bytes | dict) -> str:
+    """The label of the one Rows a frame makes (a row is never dropped, whatever its label)."""
+    (rows,) = p.receive(frame if isinstance(frame, bytes) else json.dumps(frame), T0)
+    assert isinstance(rows, Rows) and len(rows.records) == 1
+    return rows.subscription
+
+
+def quote(symbol: str, seq: int = 1) -> dict:
+    return {"type": "quote", "symbol_id": symbol, "sequence": seq, "ask_price": 1.5, "bid_price": 1.4}
+
+
+def bar(symbol: str, period: str) -> dict:
+    return {"type": "ohlcv", "symbol_id": symbol, "sequence": 1, "period_id": period, "price_close": 1}
+
+
+def rate(base: str) -> dict:
+    return {"type": "exrate", "asset_id_base": base, "asset_id_quote": "USD", "rate": 1.5, "time": "2020"}
+
+
+def test_a_subscription_without_filters_leaves_every_filter_out():
+    # It wants every trade: the other subscription's symbol filter would narrow it to one symbol.
+    assert sent(ALL_TRADES, ONE_QUOTE) == [{**HEAD, "subscribe_data_type": ["quote", "trade"]}]
+
+
+def test_filters_of_different_kinds_still_add_up_when_every_subscription_has_one():
+    assert sent(ONE_QUOTE, {"name": "kraken", "data_types": ["trade"], "exchanges": ["KRAKEN"]}) == [
+        {
+            **HEAD,
+            "subscribe_data_type": ["quote", "trade"],
+            "subscribe_filter_symbol_id": ["BITSTAMP_SPOT_BTC_USD$"],
+            "subscribe_filter_exchange_id": ["KRAKEN"],
+        }
+    ]
+
+
+def test_rows_of_the_widened_scope_are_labelled_by_who_wants_them_and_kept_when_no_one_does():
+    p = proto(ALL_TRADES, ONE_QUOTE)
+    p.connect()
+    assert label(p, trade("KRAKEN_SPOT_BTC_EUR", 1)) == "all_trades"
+    assert label(p, trade("BITSTAMP_SPOT_BTC_USD", 1)) == "all_trades"
+    assert label(p, quote("BITSTAMP_SPOT_BTC_USD")) == "one_quote"
+    assert label(p, quote("KRAKEN_SPOT_BTC_EUR")) == ""  # only there because of the wider scope
+
+
+def test_books_and_exrate_keep_their_filters_in_a_subscribe_after_an_unfiltered_hello():
+    # CoinAPI refuses books and exrate without a filter, and a hello's filter covers every type.
+    books = {"name": "books", "data_types": ["trade", "book5"], "symbols": ["KRAKEN_"], "book_limit_ms": 100}
+    rates = {"name": "rates", "data_types": ["exrate"], "assets": ["BTC", "ETH/EUR"], "exrate_limit_ms": 500}
+    assert sent(ALL_TRADES, books, rates) == [
+        {**HEAD, "subscribe_data_type": ["trade"]},
+        {
+            "type": "subscribe",
+            "subscribe_data_type": ["book5", "exrate"],
+            "subscribe_filter_symbol_id": ["KRAKEN_"],
+            "subscribe_filter_asset_id": ["BTC", "ETH/EUR"],
+            "subscribe_update_limit_ms_book_snapshot": 100,
+            "subscribe_update_limit_ms_exrate": 500,
+        },
+    ]
+    assert sent(books, rates) == [  # every subscription filtered: one hello, as before
+        {
+            **HEAD,
+            "subscribe_data_type": ["book5", "exrate", "trade"],
+            "subscribe_filter_symbol_id": ["KRAKEN_"],
+            "subscribe_filter_asset_id": ["BTC", "ETH/EUR"],
+            "subscribe_update_limit_ms_book_snapshot": 100,
+            "subscribe_update_limit_ms_exrate": 500,
+        }
+    ]
+
+
+BARS = {"name": "bars", "data_types": ["ohlcv"], "symbols": ["KRAKEN_"]}
+
+
+@pytest.mark.parametrize(
+    ("periods", "expected"),
+    [
+        ((["1MIN"], ["1SEC"]), ["1MIN", "1SEC"]),  # the union
+        ((["1MIN"], []), None),  # one wants every period
+        ((["1MIN"], ["1MIN"]), ["1MIN"]),
+    ],
+)
+def test_periods_are_the_union_or_none_when_one_bar_subscription_wants_every_period(periods, expected):
+    a, b = periods
+    (hello,) = sent({**BARS, "name": "a", "periods": a}, {**BARS, "name": "b", "periods": b})
+    assert hello.get("subscribe_filter_period_id") == expected
+
+
+def test_periods_of_a_subscription_without_bars_narrow_nothing():
+    (hello,) = sent(
+        {**BARS, "periods": ["1MIN"]}, {"name": "t", "data_types": ["trade"], "periods": ["1SEC"]}
+    )
+    assert hello["subscribe_filter_period_id"] == ["1MIN"]
+
+
+def test_bars_are_labelled_by_period():
+    p = proto(
+        {**BARS, "name": "minutes", "periods": ["1MIN"]}, {**BARS, "name": "seconds", "periods": ["1SEC"]}
+    )
+    p.connect()
+    assert label(p, bar("KRAKEN_SPOT_BTC_EUR", "1SEC")) == "seconds"
+    assert label(p, bar("KRAKEN_SPOT_BTC_EUR", "1MIN")) == "minutes"
+    assert label(p, bar("KRAKEN_SPOT_BTC_EUR", "1SEC")) == "seconds"  # cached per period, not per symbol
+    assert label(p, bar("KRAKEN_SPOT_BTC_EUR", "5SEC")) == ""
+
+
+QUOTES = {"name": "q", "data_types": ["quote"], "symbols": ["KRAKEN_"]}
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ({"quote_limit_ms": 100}, {"quote_limit_ms": 100}, 100),  # they agree
+        ({"quote_limit_ms": 100}, {"quote_limit_ms": 250}, 100),  # the smallest passes what both want
+        ({"quote_limit_ms": 100}, {}, None),  # b wants every update
+        ({"quote_limit_ms": 100, "data_types": ["trade"]}, {"quote_limit_ms": 250}, 250),  # a has no quotes
+        ({"quote_limit_ms": 100, "data_types": ["trade"]}, {}, None),
+    ],
+)
+def test_a_limit_goes_out_only_when_every_subscription_of_its_type_has_one(a, b, expected):
+    (hello,) = sent({**QUOTES, "name": "a", **a}, {**QUOTES, "name": "b", **b})
+    assert hello.get("subscribe_update_limit_ms_quote") == expected
+
+
+def test_exrate_is_labelled_by_its_assets():
+    p = proto(
+        {"name": "btc", "data_types": ["exrate"], "assets": ["BTC"]},
+        {"name": "pair", "data_types": ["exrate"], "assets": ["ETH/EUR"]},  # sent as ETH and EUR in USD
+        ALL_TRADES,
+    )
+    p.connect()
+    assert label(p, rate("BTC")) == "btc"
+    assert label(p, rate("ETH")) == "pair"
+    assert label(p, rate("EUR")) == "pair"
+    assert label(p, rate("SOL")) == ""
+    assert label(p, trade("KRAKEN_SPOT_BTC_EUR", 1)) == "all_trades"
+
+
+@pytest.mark.parametrize(
+    "subs",
+    [
+        [ALL_TRADES, ONE_QUOTE],
+        [ALL_TRADES, {"name": "books", "data_types": ["book5", "book"], "exchanges": ["KRAKEN"]}],
+        [ALL_TRADES, {"name": "rates", "data_types": ["exrate", "quote"], "assets": ["BTC", "ETH/EUR"]}],
+        [
+            {**BARS, "periods": ["1SEC"]},
+            {"name": "all_bars", "data_types": ["ohlcv"], "exchanges": ["COINBASE"]},
+        ],
+        [ONE_QUOTE, {"name": "kraken", "data_types": ["trade", "book20"], "exchanges": ["KRAKEN"]}],
+    ],
+)
+def test_the_emulator_accepts_the_scope_and_serves_every_subscription_all_it_wants(subs):
+    scope = Scope()
+    for msg in sent(*subs):
+        scope.apply(parse_request(msg, msg["type"]))  # raises ScopeError where CoinAPI would refuse
+    served = scope.routes(SYMBOLS)
+    for spec in (CoinAPIProtocol.parse_subscription(s, "s") for s in subs):
+        if "ohlcv" in spec.data_types and scope.periods is not None:
+            assert spec.periods and set(spec.periods) <= scope.periods
+        for t in spec.data_types:
+            if t == "exrate":  # an asset's rate to USD, or a pair's legs' (emulator routes)
+                legs = {("exrate", a) for a in spec.assets if "/" not in a}
+                legs |= {("exrate", f"{leg}@pair") for a in spec.assets if "/" in a for leg in a.split("/")}
+                assert legs <= served
+                continue
+            period = spec.periods[0] if spec.periods else None
+            wanted = {(t, s.symbol_id) for s in SYMBOLS if spec.matches(t, s.symbol_id, period)}
+            assert wanted and wanted <= served, (spec.name, t, wanted - served)
 
 
 @pytest.mark.parametrize(
@@ -239,6 +445,7 @@ def test_scope_changes_on_a_live_connection():
         ({"name": "x", "data_types": ["trades"]}, "data_types"),
         ({"name": "x", "data_types": []}, "data_types"),
         ({"name": "x", "data_types": ["book5"]}, "symbols"),
+        ({"name": "x", "data_types": ["book5"], "periods": ["1MIN"]}, "symbols"),  # periods narrow bars only
         ({"name": "x", "data_types": ["exrate"]}, "assets"),
         ({"name": "x", "data_types": ["trade"], "symbols": "BTC"}, "symbols"),
         ({"data_types": ["trade"]}, "name"),
