@@ -70,6 +70,7 @@ class _Pending:
     first: int = 0
     last: int = 0
     day: int = 0  # the UTC day its rows were received on (ns // _DAY_NS)
+    full: str = ""  # why it is due ("rows", "bytes"), sealed once its last frame is all in
 
     def cover(self, position: int) -> None:
         if position:
@@ -118,7 +119,7 @@ class Buffer:
         """
         pending = self._pending.get(rows.dataset)
         day = rows.received_at // _DAY_NS
-        if pending is None or pending.day != day:
+        if pending is None or pending.day != day or (pending.full and rows.position != pending.last):
             if rows.dataset not in self._registry:
                 # A protocol naming an undeclared dataset is a bug, but the data is still kept.
                 for rec in rows.records:
@@ -141,7 +142,7 @@ class Buffer:
         pending.nbytes += nbytes
         self._outstanding += nbytes
         if pending.rows >= self._max_rows or pending.nbytes >= self._max_bytes:
-            self._seal(rows.dataset, "rows" if pending.rows >= self._max_rows else "bytes")
+            self._full(rows.dataset, pending, "rows" if pending.rows >= self._max_rows else "bytes")
         if self._outstanding >= self._near_full_bytes and not self._near:  # the hot path: no call
             self._check_near_full()
         if self._outstanding >= self._max_pending:
@@ -188,7 +189,7 @@ class Buffer:
     def _add_value(self, dataset: str, row: dict[str, Any], nbytes: int, position: int) -> None:
         pending = self._pending.get(dataset)
         day = row[self._registry[dataset].received_column] // _DAY_NS
-        if pending is None or pending.day != day:
+        if pending is None or pending.day != day or (pending.full and position != pending.last):
             pending = self._new_pending(dataset, pending, day)
         pending.values.append(row)
         pending.cover(position)
@@ -196,9 +197,10 @@ class Buffer:
         pending.nbytes += nbytes
         self._outstanding += nbytes
         self._check_near_full()
-        if pending.rows >= self._policy.max_rows or self._closed:
-            # After close() the writer is draining: a late value must still reach it.
-            self._seal(dataset, "rows" if not self._closed else "shutdown")
+        if self._closed:  # the writer is draining: a late value must still reach it
+            self._seal(dataset, "shutdown")
+        elif pending.rows >= self._policy.max_rows:
+            self._full(dataset, pending, "rows")
 
     def _new_pending(self, dataset: str, pending: _Pending | None, day: int) -> _Pending:
         """The dataset's pending flush for rows received on `day`; one of another day is sealed
@@ -206,9 +208,20 @@ class Buffer:
         a flush split over two could leave, after a crash between them, a file whose name marks
         the whole flush as stored."""
         if pending is not None:
-            self._seal(dataset, "day")
+            self._seal(dataset, pending.full or "day")
         new = self._pending[dataset] = _Pending(since=self._clock(), day=day)
         return new
+
+    def _full(self, dataset: str, pending: _Pending, reason: str) -> None:
+        """A flush reached a limit: sealed now, or, while the journal numbers frames, when the
+        next frame comes (or the next tick). One frame's records may come in several Rows (a
+        Bitquery query of two cubes stored in one table); split over two flushes, the first one
+        stored would mark the frame's position as held, and a crash before the second would lose
+        the rest of the frame."""
+        if pending.last:
+            pending.full = reason
+        else:
+            self._seal(dataset, reason)
 
     @property
     def congested(self) -> bool:
@@ -239,10 +252,12 @@ class Buffer:
     # -- timers and shutdown ---------------------------------------------------------------------
 
     def flush_due(self) -> None:
-        """Seal every dataset whose oldest record waited max_age; called on a short tick."""
+        """Seal every dataset whose oldest record waited max_age, or that is full; called on a short tick."""
         now = self._clock()
         for name, pending in list(self._pending.items()):
-            if now - pending.since >= self._policy.max_age:
+            if pending.full:
+                self._seal(name, pending.full)
+            elif now - pending.since >= self._policy.max_age:
                 self._seal(name, "age")
 
     def flush_all(self, reason: str = "shutdown") -> None:

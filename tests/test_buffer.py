@@ -145,3 +145,40 @@ async def test_a_rows_of_several_frames_counts_each_record_and_covers_each_frame
     buf.close()
     flush = await buf.next_flush()
     assert (flush.rows, flush.first, flush.last) == (3, 3, 6)
+
+
+async def test_a_frames_records_stay_in_one_flush_when_a_limit_falls_inside_it(registry):
+    """One frame may give several Rows of one table (a Bitquery query of two cubes stored in the
+    generic table). Split over two flushes, the first stored marks the frame's position as held,
+    and a crash before the second loses the rest of the frame."""
+
+    def part(position: int, n: int) -> Rows:
+        rows = Rows("bitquery", "bitquery_generic", "q", [b"{}"] * n, 1)
+        rows.position = position
+        return rows
+
+    buf = Buffer(registry, FlushPolicy(max_rows=3, max_age=60))
+    buf.add(part(7, 3))  # reaches max_rows: more of frame 7 may follow
+    assert buf.queued_rows == 0
+    buf.add(part(7, 2))  # frame 7's second cube: the same flush
+    buf.add(part(8, 1))  # the next frame: frame 7 is complete, its flush sealed
+    first = await buf.next_flush()
+    assert (first.rows, first.first, first.last, first.reason) == (5, 7, 7, "rows")
+    assert buf.buffered_rows == {"bitquery_generic": 1}
+    buf.add(part(8, 2))  # full again; no next frame comes: the tick seals it
+    buf.flush_due()
+    second = await buf.next_flush()
+    assert (second.rows, second.first, second.last, second.reason) == (3, 8, 8, "rows")
+
+
+async def test_the_rejects_of_one_frame_share_a_flush_too(registry):
+    buf = Buffer(registry, FlushPolicy(max_rows=2, max_age=60))
+    for position, reason in ((3, "a"), (3, "b"), (3, "c"), (4, "d")):
+        buf.reject(Rejected("bitquery", b"x", reason, 1, "q", position=position))
+    flush = await buf.next_flush()
+    assert (flush.dataset, [v["reason"] for v in flush.values], flush.first, flush.last) == (
+        QUARANTINE,
+        ["a", "b", "c"],
+        3,
+        3,
+    )

@@ -221,6 +221,7 @@ async def test_rows_duckdb_holds_keep_their_journal_frames_until_it_commits(tmp_
     writer = asyncio.create_task(Writer(registry, buffer, [parquet, db], metrics).run())
     for n in range(1, 5):
         buffer.add(positioned(n))
+    buffer.flush_due()  # the daemon's tick: a full flush is sealed once its last frame is all in
     await until(lambda: metrics.files_written == 2)  # two flushes of two rows, each its own file
     assert len(metrics.recent_files) == 2 and all(map(os.path.exists, metrics.recent_files))
     assert db.holding and db.checkpoint("blockdb_blocks") == 0
@@ -229,6 +230,7 @@ async def test_rows_duckdb_holds_keep_their_journal_frames_until_it_commits(tmp_
 
     buffer.add(positioned(5))
     buffer.add(positioned(6))  # the third flush takes DuckDB to 6 held rows: it commits
+    buffer.flush_due()
     await until(lambda: metrics.dataset("blockdb_blocks").rows_written == 6)
     assert not db.holding and db.checkpoint("blockdb_blocks") == 6
     assert buffer.low_water(next_position=100) == 100
@@ -253,6 +255,7 @@ def _duckdb_holding_two_rows(tmp_path, registry, budget):
     writer = asyncio.create_task(Writer(registry, buffer, [db], metrics).run())
     buffer.add(positioned(1))
     buffer.add(positioned(2))
+    buffer.flush_due()
     return buffer, db, metrics, writer, held
 
 
@@ -304,6 +307,7 @@ async def test_once_every_sink_has_a_flush_only_what_sinks_hold_counts_against_m
     writer = asyncio.create_task(Writer(registry, buffer, [parquet, db], metrics).run())
     buffer.add(positioned(1))
     buffer.add(positioned(2))
+    buffer.flush_due()
     await until(lambda: metrics.files_written == 1 and db.holding)
     table = build_table(registry["blockdb_blocks"], [positioned(1), positioned(2)]).table
     await until(lambda: buffer.outstanding_bytes == db.held_bytes)
@@ -323,6 +327,7 @@ async def test_held_rows_are_committed_when_they_are_old_enough_and_at_the_end(t
     writer = asyncio.create_task(Writer(registry, buffer, [db], metrics).run())
     buffer.add(positioned(1))
     buffer.add(positioned(2))
+    buffer.flush_due()
     await until(lambda: metrics.dataset("blockdb_blocks").rows_written == 2)  # by age, no more data
     assert db.checkpoint("blockdb_blocks") == 2
     buffer.add(positioned(3))
