@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from ingest.arrow_batch import build_table
+from ingest.arrow_batch import build_table, values_table
 from ingest.errors import Fatal
 from ingest.events import Rows
 from ingest.schema import Column, ColumnType, Dataset
@@ -572,3 +572,22 @@ def test_duckdb_leaves_row_groups_as_commits_wrote_them(tmp_path, registry):
     assert row_group_sizes(con, "blockdb_transfers") == per_commit_groups * 2
     assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(2 * per_commit,)]
     assert con.execute("SELECT position FROM _ingest_positions").fetchall() == [(2000,)]
+
+
+def test_derived_rows_of_the_same_positions_never_replace_each_other(tmp_path, registry):
+    """Quarantine rows are not in journal order: a frame's reject when received and another of its
+    records rejected at the build can make two flushes of the same positions. Named by positions
+    alone, the second file replaced the first; a replay of the same rows still gives one file."""
+    quarantine = registry["quarantine"]
+
+    def rejected(reason: str) -> pa.Table:
+        row = {"provider": "bitquery", "reason": reason, "received_at": 1, "raw": b"x", "position": 7}
+        return values_table(quarantine, [row | {"id": f"bitquery:7:{reason}"}])
+
+    sink = ParquetSink(str(tmp_path), "main")
+    sink.open([quarantine])
+    sink.write(quarantine, rejected("unreadable frame"), 7, 7)
+    sink.write(quarantine, rejected("schema: block_number"), 7, 7)
+    sink.write(quarantine, rejected("schema: block_number"), 7, 7)  # a replay: the same file
+    reasons = pads.dataset(glob.glob(dataset_glob(str(tmp_path), "quarantine"))).to_table()["reason"]
+    assert sorted(reasons.to_pylist()) == ["schema: block_number", "unreadable frame"]

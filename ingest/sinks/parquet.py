@@ -9,6 +9,7 @@ and the journal positions it holds, which is how a restarted daemon knows what i
 from __future__ import annotations
 
 import datetime
+import hashlib
 import itertools
 import time
 from collections.abc import Iterable
@@ -21,6 +22,14 @@ from ingest.lake import Lake, open_lake
 from ingest.schema import Dataset
 
 __all__ = ["ParquetSink", "dataset_glob"]
+
+
+def _digest(table: pa.Table) -> str:
+    """A short hash of a (small) table's content: equal rows, equal names."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.blake2b(sink.getvalue(), digest_size=6).hexdigest()
 
 
 def dataset_glob(root: str, dataset: str) -> str:
@@ -63,6 +72,11 @@ class ParquetSink:
     def write(self, dataset: Dataset, table: pa.Table, first: int, last: int) -> list[str]:
         if last:  # deterministic from the journal: a replay of the same frames has the same name
             stem = f"{self._instance}-{first:020d}-{last:020d}"
+            if dataset.kind == "values":
+                # Rows the pipeline derives (quarantine, gaps, reorgs) are not in journal order: two
+                # flushes of them can cover the same positions (a frame's reject when received and
+                # another of its records at the build), and the second would replace the first.
+                stem += f"-{_digest(table)}"
         else:
             stem = f"{self._instance}-r{self._run}-{next(self._seq):08d}"
         days = pc.floor_temporal(table[dataset.received_column], unit="day")
