@@ -591,3 +591,33 @@ def test_derived_rows_of_the_same_positions_never_replace_each_other(tmp_path, r
     sink.write(quarantine, rejected("schema: block_number"), 7, 7)  # a replay: the same file
     reasons = pads.dataset(glob.glob(dataset_glob(str(tmp_path), "quarantine"))).to_table()["reason"]
     assert sorted(reasons.to_pylist()) == ["schema: block_number", "unreadable frame"]
+
+
+def test_rows_committed_after_running_out_of_memory_are_stored_once_even_if_the_limit_cannot_be_reset(
+    tmp_path, registry
+):
+    """A commit out of memory is tried again at a higher limit; setting the limit back down can
+    fail too (DuckDB cannot evict down to it), after the rows are in. That must not read as a
+    failed write: the writer would write the rows a second time."""
+    limit = 16 << 20
+    dataset = registry["blockdb_generic"]
+    records = [json.dumps({"data": f"{i:08d}" * 12_500, "_tracing_id": f"g{i}"}).encode() for i in range(400)]
+    chunk = Rows("blockdb", dataset.name, "s", records, 1, {"chain_id": 1, "dataset_id": "0999"}, position=1)
+    table = build_table(dataset, [chunk]).table
+    sink = DuckDBSink(tmp_path / "ingest.duckdb", memory_limit=limit, commit_rows=400)
+    sink.open(registry.values())
+    real = sink._set_memory_limit
+    calls: list[int] = []
+
+    def set_memory_limit(value: int) -> None:
+        calls.append(value)
+        if value == limit and len(calls) == 2:  # raised past the limit once, now set back: fails
+            raise duckdb.OutOfMemoryException("Failed to change memory limit")
+        real(value)
+
+    sink._set_memory_limit = set_memory_limit
+    sink.write(dataset, table, 1, 1)  # commits at once (commit_rows): must not raise
+    assert calls[0] > limit and sink.checkpoint(dataset.name) == 1
+    # Read on the sink's connection: its checkpoint at close would not fit these rows in 16 MB.
+    stored = sink._con.sql(f"SELECT count(*), count(DISTINCT _tracing_id) FROM {dataset.name}").fetchall()[0]
+    assert stored == (400, 400)

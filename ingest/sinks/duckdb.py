@@ -299,7 +299,12 @@ class DuckDBSink:
                     self._set_memory_limit(limit)
         finally:
             if limit != self._memory_limit and self._con is not None:
-                self._set_memory_limit(self._memory_limit)
+                try:
+                    self._set_memory_limit(self._memory_limit)
+                except duckdb.Error as exc:
+                    # The rows may be in: an error here must not read as a failed write, which the
+                    # writer would make again. The limit is set again after the next commit.
+                    log.warning("could not set DuckDB's memory limit back", error=str(exc)[:300])
 
     def _insert_held(self) -> None:
         con = self._con
