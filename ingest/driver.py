@@ -58,6 +58,8 @@ _GONE = (
     aiohttp.WSMsgType.CLOSED,
     aiohttp.WSMsgType.ERROR,
 )
+# What a write to a socket the peer already closed raises (aiohttp's ClientConnectionResetError is both).
+_SEND_FAILED = (aiohttp.ClientError, ConnectionError)
 
 
 class RowSink(Protocol):
@@ -108,6 +110,9 @@ class Collector:
         self._stop_at = 0.0
         self._lost_at: float | None = None
         self._lost_at_ns: int | None = None  # wall clock of the last loss, for the gaps table
+        # Loop time reading last (re)started; None while the reader waits for buffer room, which the
+        # watchdog must not take for silence.
+        self._reading_since: float | None = 0.0
         self.log = log.bind(provider=config.name)
         stats.display_url = target.display_url
         for sub in config.subscriptions:
@@ -150,8 +155,7 @@ class Collector:
         self.protocol.close()
         self._record_state()
         self._stop_at = loop.time() + self._close_timeout
-        with contextlib.suppress(aiohttp.ClientError, ConnectionError):
-            await self._send(ws)
+        await self._send(ws)
         if self.protocol.closed:
             self._arm_deadline(min(self.protocol.linger, self._close_timeout))
         else:
@@ -299,7 +303,8 @@ class Collector:
                         if kind is aiohttp.WSMsgType.PING:
                             stats.keepalives += 1
                             stats.last_frame_ns = time.time_ns()
-                            await ws.pong(msg.data)
+                            with contextlib.suppress(*_SEND_FAILED):  # the socket is gone: see _send
+                                await ws.pong(msg.data)
                         elif kind is aiohttp.WSMsgType.PONG:
                             stats.keepalives += 1
                             stats.last_frame_ns = time.time_ns()
@@ -318,7 +323,12 @@ class Collector:
         if out := protocol.data_to_send():
             await self._send(ws, out)
         if sink.congested:
-            await sink.wait_for_room()
+            # Nothing is read meanwhile, though the server may well be sending: not silence.
+            self._reading_since = None
+            try:
+                await sink.wait_for_room()
+            finally:
+                self._reading_since = asyncio.get_running_loop().time()
         if self._stopping and protocol.closed:
             if not protocol.linger:
                 return True
@@ -412,8 +422,14 @@ class Collector:
             raise _ReconnectNow(event.reason)
 
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, frames: list[str] | None = None) -> None:
-        for frame in frames if frames is not None else self.protocol.data_to_send():
-            await ws.send_str(frame)
+        """Send the protocol's frames (or `frames`). A send that fails is a lost connection, not an
+        error of its own: reading goes on, hands out the frames that had already arrived, then the
+        close, which ends the session as a disconnect like any other."""
+        try:
+            for frame in frames if frames is not None else self.protocol.data_to_send():
+                await ws.send_str(frame)
+        except _SEND_FAILED as exc:
+            self.log.info("send failed, the connection is closing", error=type(exc).__name__)
 
     def _arm_deadline(self, delay: float) -> None:
         if self._deadline is not None:
@@ -429,17 +445,17 @@ class Collector:
             await asyncio.sleep(tick)
             now = loop.time()
             count = self.stats.frames + self.stats.keepalives
-            if count != seen:
+            since = self._reading_since  # silence counts only from when reading (re)started
+            if count != seen or since is None:
                 seen, seen_at = count, now
-            elif now - seen_at >= idle and not self._stopping:
+            elif now - max(seen_at, since) >= idle and not self._stopping:
                 self._arm_deadline(0.0)
                 return
             if now - keepalive_at >= self.config.keepalive_interval:
                 keepalive_at = now
                 self.protocol.keepalive()
                 self._record_state()
-                with contextlib.suppress(aiohttp.ClientError, ConnectionError):
-                    await self._send(ws)
+                await self._send(ws)
 
 
 def _parsed_queue(ws: aiohttp.ClientWebSocketResponse) -> Sized:

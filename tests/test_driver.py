@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Any
 
 import msgspec
 import pytest
 
+from ingest.buffer import Buffer
 from ingest.config import BackoffConfig, FlushPolicy
+from ingest.driver import Collector
 from ingest.emulators.blockdb import BlockDBEmulator
 from ingest.journal import Journal, Kind, read_records, segment_files
+from ingest.schema import Registry
 from tests.helpers import Drain, blockdb_config, collector, eventually
 
 KEY = "test-key-0123456789"
@@ -397,3 +401,147 @@ async def test_queued_data_frames_are_taken_up_to_a_control_frame_or_the_limit()
     await _queued_data_reader(Unexpected, _parsed_queue(Unexpected))(frames, 10)
     assert frames == [] and len(Unexpected._reader._buffer) == 1
     assert _queued_data_reader(object(), ()) is None
+
+
+async def _tick(buffer: Buffer) -> None:
+    """The daemon's flush tick: seals the flushes the journal held back until the next frame."""
+    while True:
+        await asyncio.sleep(0.02)
+        buffer.flush_due()
+
+
+async def test_a_send_on_a_socket_the_server_closed_is_a_disconnect_not_a_crash(registry, tmp_path):
+    """Frames and a ping wait in aiohttp's queue while the reader waits for buffer room, and the
+    server goes away meanwhile. The pong then fails on the closed transport: that is a lost
+    connection like any other (reconnect, a gap on record), not an error that ends the collector
+    (and with it the daemon), and every frame that had arrived is journaled and buffered."""
+    from aiohttp import web
+
+    sessions: list[int] = []
+    first_gone = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        sessions.append(len(sessions))
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        sub = msgspec.json.decode((await ws.receive()).data)
+        await ws.send_bytes(msgspec.json.encode({**sub, "status": "success"}))
+        if len(sessions) == 1:
+            for number in range(100):
+                data = {"block_number": number, "pad": "x" * 400}
+                frame = {"chain_id": 1, "dataset_id": "0101", "is_reorg": False, "data": data}
+                await ws.send_bytes(msgspec.json.encode(frame))
+            await ws.ping(b"are you there")
+            await asyncio.sleep(0.1)
+            assert request.transport is not None
+            request.transport.close()  # gone without a close frame, as after a crash or a pong timeout
+            first_gone.set()
+        else:
+            await ws.receive()  # until the client leaves
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/evm/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    journal = Journal(tmp_path)
+    journal.open()
+    try:
+        policy = FlushPolicy(max_rows=50, max_bytes=10_000, max_age=0.05, max_pending_bytes=3_000)
+        config = blockdb_config(f"ws://127.0.0.1:{port}/v1/evm/", BLOCKS, idle_timeout=30)
+        col, buffer = collector(registry, config, KEY, policy=policy, journal=journal)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: buffer.congested, what="congestion")
+        await asyncio.wait_for(first_gone.wait(), 5)
+        await asyncio.sleep(0.1)  # the client sees the EOF while its reader still waits
+        assert col.stats.keepalives == 0  # the ping is still queued, unanswered
+        drain = Drain(buffer)
+        ticker = asyncio.create_task(_tick(buffer))
+        await eventually(lambda: col.stats.connects == 2, timeout=3, what="a reconnect")
+        await eventually(lambda: buffer.received.get("blockdb_blocks", 0) == 100, what="every block")
+        assert not task.done() and col.stats.keepalives == 1
+        await col.stop()
+        await asyncio.wait_for(task, 5)
+        ticker.cancel()
+        await drain.close()
+    finally:
+        journal.close()
+        await runner.cleanup()
+    assert col.stats.state == "stopped" and col.stats.reconnects == 1
+    assert drain.rows["blockdb_blocks"] == 100
+    (gap,) = drain.values["gaps"]
+    assert (gap["subscription"], gap["kind"]) == ("blocks", "disconnected")
+    journaled = [r for seg in segment_files(tmp_path) for r in read_records(seg) if r.kind is Kind.FRAME]
+    assert sum(b'"block_number"' in r.payload for r in journaled) == 100
+
+
+async def _stalled(
+    registry: Registry, emu: BlockDBEmulator, idle_timeout: float, **kwargs: Any
+) -> tuple[Collector, Buffer, asyncio.Task[None]]:
+    """A collector whose buffer is full and not drained: its reader waits for room."""
+    policy = FlushPolicy(max_rows=50, max_bytes=10_000, max_age=0.05, max_pending_bytes=20_000)
+    config = blockdb_config(emu.url, ALL, idle_timeout=idle_timeout)
+    col, buffer = collector(registry, config, KEY, policy=policy, **kwargs)
+    task = asyncio.create_task(col.run())
+    await eventually(lambda: buffer.congested, what="congestion")
+    return col, buffer, task
+
+
+async def test_a_reader_paused_by_backpressure_is_not_taken_for_a_dead_link(registry):
+    """The writer is slow for longer than idle_timeout while the server keeps sending (and
+    pinging): no reconnect, no gap, and every frame sent arrives."""
+    emu = BlockDBEmulator(key=KEY, block_interval=0.005, txs_per_block=2, max_blocks=300, ping_interval=0.1)
+    await emu.start()
+    try:
+        col, buffer, task = await _stalled(registry, emu, idle_timeout=0.3)
+        await asyncio.sleep(1.0)  # more than three idle timeouts without a read
+        assert col.stats.connects == 1 and buffer.congested
+        drain = Drain(buffer)
+        await eventually(lambda: emu.blocks_produced >= 300, timeout=10, what="all blocks")
+        await eventually(lambda: sum(buffer.received.values()) >= sum(emu.sent.values()), what="every row")
+        await col.stop()
+        await asyncio.wait_for(task, 5)
+        await drain.close()
+    finally:
+        await emu.stop()
+    assert col.stats.connects == 1 and col.stats.last_error == ""
+    assert sum(drain.rows.values()) == sum(emu.sent.values())
+    assert "gaps" not in drain.values
+
+
+async def test_a_dead_link_is_still_detected_once_a_paused_reader_resumes(registry):
+    """Silence is counted from when reading resumes: a link that died during the pause is given
+    up idle_timeout after it, not at once and not never."""
+    emu = BlockDBEmulator(key=KEY, block_interval=0.005, txs_per_block=2, ping_interval=0.1)
+    await emu.start()
+    try:
+        col, buffer, task = await _stalled(registry, emu, idle_timeout=0.4)
+        emu.go_silent(10.0)
+        await asyncio.sleep(0.8)
+        assert col.stats.connects == 1
+        drain = Drain(buffer)
+        await asyncio.sleep(0.25)  # the backlog is read; the silence has lasted less than idle_timeout
+        assert col.stats.connects == 1
+        await eventually(lambda: col.stats.connects == 2, timeout=2, what="a reconnect after the silence")
+        assert "no frame" in col.stats.last_error
+        await col.stop()
+        await asyncio.wait_for(task, 5)
+        await drain.close()
+    finally:
+        await emu.stop()
+
+
+async def test_stop_during_a_backpressure_pause_ends_the_collector(registry):
+    emu = BlockDBEmulator(key=KEY, block_interval=0.005, txs_per_block=2, ping_interval=0.1)
+    await emu.start()
+    try:
+        col, _, task = await _stalled(registry, emu, idle_timeout=0.3, close_timeout=0.3)
+        await asyncio.sleep(0.5)
+        await col.stop()
+        await asyncio.wait_for(task, 2)
+    finally:
+        await emu.stop()
+    assert col.stats.state == "stopped" and col.stats.connects == 1
