@@ -221,6 +221,29 @@ def _binary(values: Sequence[Any]) -> pa.Array:
     return pa.Array.from_buffers(pa.binary(), len(values), [None, offsets_buffer, pa.py_buffer(data)])
 
 
+def _json_text(values: list[Any]) -> list[str | None]:
+    """Per row: the reference for _json_texts, and its fallback where a value needs it."""
+    out: list[str | None] = []
+    for raw in values:
+        text = b"null" if raw is None else bytes(raw)  # None: a parent object was absent
+        out.append(None if text == b"null" else text.decode())
+    return out
+
+
+def _json_texts(texts: pa.Array) -> pa.Array:
+    """JSON: raw JSON values (a binary array) as their JSON text, as written: a string keeps its
+    quotes and escapes (`"BlockhashNotFound"`, not `BlockhashNotFound`); JSON null -> null.
+
+    _json_text by Arrow kernels; where the text is not UTF-8, _json_text raises the error it has.
+    """
+    try:
+        strings = texts.cast(pa.string())  # UTF-8 checked
+    except pa.ArrowInvalid:
+        return pa.array(_json_text(texts.to_pylist()), pa.string())
+    null = pc.equal(texts, b"null")
+    return pc.if_else(null, _NULL_STRING, strings) if pc.any(null).as_py() else strings
+
+
 def _raw_text(values: list[Any], *, numeric: bool) -> list[str | None]:
     """Per row: the reference for _raw_strings, and its fallback where a value needs it."""
     out: list[str | None] = []
@@ -295,7 +318,7 @@ def _timestamps(strings: pa.Array) -> pa.Array:
 def _block_form(col: Column) -> Callable[[list[Any]], pa.Array]:
     """How a block's values of a column become Arrow, while the block is in the CPU cache."""
     if col.type in _RAW_TYPES:
-        return _binary  # the JSON text, parsed once per column by _raw_strings
+        return _binary  # the JSON text, parsed once per column by _raw_strings or _json_texts
     if col.type is ColumnType.TEXT:
         return _text
     return partial(pa.array, type=pa.string() if col.type is ColumnType.TIMESTAMP else col.arrow_type)
@@ -314,15 +337,20 @@ def _exact(col: Column, text: pa.Array) -> list[tuple[str, pa.Array]]:
 def _assemble(col: Column, blocks: list[pa.Array]) -> list[tuple[str, pa.Array]]:
     """A column (two for exact numbers: text and double) from its blocks."""
     array = _concat(blocks)
+    if col.type is ColumnType.JSON:
+        return _exact(col, _json_texts(array))
     if col.type in _RAW_TYPES:
-        return _exact(col, _raw_strings(array, numeric=col.type is not ColumnType.JSON))
+        return _exact(col, _raw_strings(array, numeric=True))
     return [(col.name, _timestamps(array) if col.type is ColumnType.TIMESTAMP else array)]
 
 
 def _context_column(col: Column, values: list[Any]) -> list[tuple[str, pa.Array]]:
     """A column of envelope values: Python values, not JSON text."""
+    if col.type is ColumnType.JSON:  # a value's JSON text
+        texts = [None if v is None else msgspec.json.encode(v).decode() for v in values]
+        return _exact(col, pa.array(texts, pa.string()))
     if col.type in _RAW_TYPES:
-        return _exact(col, pa.array(_raw_text(values, numeric=col.type is not ColumnType.JSON), pa.string()))
+        return _exact(col, pa.array(_raw_text(values, numeric=True), pa.string()))
     return _assemble(col, [_block_form(col)(values)])
 
 
@@ -505,7 +533,8 @@ def _build(dataset: Dataset, frames: _Frames) -> pa.Table:
     chunk_reorg = frames.column(attrgetter("is_reorg"), pa.bool_())
     if dataset.reorg_flag:
         payload_reorg = payload_field(_REORG)
-        reorg = pc.fill_null(pc.or_kleene(chunk_reorg, payload_reorg), True)
+        # Either flag true: a reorg. A payload flag absent or null says nothing: the envelope's decides.
+        reorg = pc.fill_null(pc.or_kleene(chunk_reorg, payload_reorg), False)
     else:
         reorg = chunk_reorg
     arrays.update(

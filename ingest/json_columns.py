@@ -10,6 +10,12 @@ gives what the msgspec build would, or nothing: on any doubt the flush goes the 
 which gives its result or raises its error (and so quarantines what it always did). Numbers in
 exact-decimal columns never come this way, since Arrow would read them as doubles.
 
+A number beyond a double (a 400-digit integer, 1.7976931348623159e308) Arrow reads as inf, where
+msgspec rejects it ("Number out of range"), and NaN, Inf, Infinity, which are no JSON, it reads as
+numbers: a flush where a double column holds any non-finite value goes to msgspec. (The same
+literals in a field no column reads pass unseen: a scan for them, ~1.7 ms a MB, would add a
+quarter to Bitquery's read.)
+
 Providers send some integers as strings (Bitquery's Block.Number): where a column allows either,
 the reader learns which one a dataset's provider sends from the reader's first error and keeps it.
 """
@@ -42,7 +48,9 @@ _WIRE: dict[ColumnType, tuple[pa.DataType, ...]] = {
     ColumnType.TEXT: (pa.string(), pa.int64(), pa.bool_()),
     ColumnType.BIGINT_TEXT: (pa.string(),),
     ColumnType.DECIMAL_TEXT: (pa.string(),),
-    ColumnType.JSON: (pa.null(),),  # only ever absent or null: any value needs its JSON text
+    # Only ever absent or null: any value needs its JSON text as written, which Arrow's reader
+    # does not keep (a string's quotes and escapes, an object's spacing).
+    ColumnType.JSON: (pa.null(),),
     ColumnType.LIST_STRING: (_LIST,),
 }
 _TRACING_WIRE = (pa.string(), pa.int64())  # a provider's tracing id: text, or a number as its digits
@@ -217,7 +225,11 @@ def _decoded(values: Values, kind: ColumnType | str) -> Values | None:
         return values
     if kind is ColumnType.LIST_STRING:
         return None if pc.list_flatten(values).null_count else values  # msgspec: list[str]
-    if kind in (ColumnType.FLOAT64, ColumnType.BOOL):
+    if kind is ColumnType.FLOAT64:
+        # Read from JSON text, a double is finite unless the number was out of its range, which
+        # msgspec rejects ("Number out of range"): then msgspec reads the flush.
+        return None if pc.all(pc.is_finite(values)).as_py() is False else values
+    if kind is ColumnType.BOOL:
         return values
     if pa.types.is_string(typ):
         return values

@@ -191,6 +191,120 @@ def test_timestamps_without_offset_are_read_as_utc(registry):
     assert row["block_time"] == datetime(2025, 11, 11, 18, 42, 15, tzinfo=UTC)
 
 
+def solana_logs(*values: bytes) -> list[Rows]:
+    """One frame of solana_logs records whose `err` (a JSON column) is each value's JSON text."""
+    records = [
+        b'{"context": {"slot": 9}, "value": {"signature": "s%d", "err": %s, "logs": []}}' % (i, v)
+        for i, v in enumerate(values)
+    ]
+    return [Rows("helius", "solana_logs", "s", records, 1_000, {"commitment": "confirmed"}, position=1)]
+
+
+def test_json_columns_keep_each_value_as_its_json_text(registry, reader):
+    """A JSON string keeps its quotes and escapes (Solana's `"BlockhashNotFound"` error), so that
+    json.loads gives back what was sent, a string as a string; JSON null is SQL NULL."""
+    sent = [
+        b"null",
+        b'"BlockhashNotFound"',
+        b'"[1, 2]"',
+        b'"null"',
+        rb'"a\"b\u00e9"',
+        b'{"InstructionError": [0, {"Custom": 1}]}',
+        b"[1, 2]",
+        b"-1.50",
+        b"true",
+    ]
+    result = build_table(registry["solana_logs"], solana_logs(*sent))
+    assert result.rejected == []
+    stored = result.table["err"].to_pylist()
+    assert stored == [
+        None,
+        '"BlockhashNotFound"',
+        '"[1, 2]"',
+        '"null"',
+        '"a\\"b\\u00e9"',
+        '{"InstructionError": [0, {"Custom": 1}]}',
+        "[1, 2]",
+        "-1.50",
+        "true",
+    ]
+    assert [json.loads(s) for s in stored[1:5]] == ["BlockhashNotFound", "[1, 2]", "null", 'a"bé']
+
+
+def test_json_column_text_is_read_by_kernels_and_invalid_utf8_is_rejected(registry, monkeypatch):
+    """Valid text never goes value by value through Python; a value that is not UTF-8 rejects its
+    record alone, with the error the per-row code gives."""
+    calls = []
+    per_row = arrow_batch._json_text
+    monkeypatch.setattr(arrow_batch, "_json_text", lambda values: calls.append(1) or per_row(values))
+    good = build_table(registry["solana_logs"], solana_logs(b'"x"', b"null", b"{}"))
+    assert good.table["err"].to_pylist() == ['"x"', None, "{}"] and calls == []
+    bad = build_table(registry["solana_logs"], solana_logs(b'"x"', b'"\xff"', b"1"))
+    assert bad.table["err"].to_pylist() == ['"x"', "1"]
+    assert [r.reason.split(":")[0] for r in bad.rejected] == ["UnicodeDecodeError"]
+
+
+def test_a_json_column_of_the_envelope_holds_each_values_json_text(registry):
+    """Context values are Python values, not JSON text: a JSON context column encodes them."""
+    base = registry["solana_logs"]
+    ds = Dataset(
+        "t", "helius", "", (*base.columns, Column("extra", ColumnType.JSON, context=True)), base.envelope
+    )
+    chunks = solana_logs(b"null", b"null")
+    chunks = [
+        Rows("helius", "t", "s", [record], 1, {"extra": value}, position=1)
+        for record, value in zip(chunks[0].records, ["x", {"k": [1, None]}], strict=True)
+    ]
+    assert build_table(ds, chunks).table["extra"].to_pylist() == ['"x"', '{"k":[1,null]}']
+
+
+@pytest.mark.parametrize(
+    ("payload", "envelope", "expected"),
+    [
+        ({}, False, False),  # no payload flag: the envelope's
+        ({"_is_reorg": None}, False, False),
+        ({"_is_reorg": False}, False, False),
+        ({"_is_reorg": True}, False, True),
+        ({}, True, True),
+        ({"_is_reorg": None}, True, True),
+        ({"_is_reorg": False}, True, True),
+    ],
+)
+def test_a_payload_without_a_reorg_flag_is_not_a_reorg_unless_the_envelope_says_so(
+    registry, reader, payload, envelope, expected
+):
+    record = {k: v for k, v in TRANSFER.items() if k != "_is_reorg"} | payload
+    table = build_table(registry["blockdb_transfers"], rows(record, is_reorg=envelope)).table
+    assert table["_is_reorg"].to_pylist() == [expected]
+    generic = {"open": "1.5", "_tracing_id": "0404ff"} | payload  # BlockDB datasets without a table
+    table = build_table(
+        registry["blockdb_generic"], rows(generic, dataset="blockdb_generic", is_reorg=envelope)
+    )
+    assert table.table["_is_reorg"].to_pylist() == [expected]
+
+
+DEX_TRADE = {
+    "Block": {"Number": "21000000", "Hash": "0xab", "Time": "2025-11-11T18:42:15Z"},
+    "Transaction": {"Hash": "0x38"},
+    "Log": {"Index": 3},
+    "Trade": {"Buy": {"Amount": "1.5", "Price": 2.5}, "Sell": {"Amount": "2", "Price": 0.4}},
+}
+
+
+@pytest.mark.parametrize("price", ["1" + "0" * 400, "1.7976931348623159e308", "-1e309"])
+def test_a_double_out_of_range_is_rejected_by_either_reader(registry, reader, price):
+    """msgspec rejects a number beyond a double, which Arrow's JSON reader would read as inf: that
+    flush goes to msgspec, so the record is rejected whichever reader the flush first met."""
+    good = json.dumps(DEX_TRADE).encode()
+    bad = good.replace(b'"Price": 2.5', b'"Price": ' + price.encode())
+    chunks = [Rows("bitquery", "bitquery_evm_dex_trades", "s", [good, bad, good], 1_000, {"network": "eth"})]
+    result = build_table(registry["bitquery_evm_dex_trades"], chunks)
+    assert result.table["trade_buy_price"].to_pylist() == [2.5, 2.5]
+    assert [(r.raw, r.reason) for r in result.rejected] == [
+        (bad, "ValidationError: Number out of range - at `$[0].Trade.Buy.Price`")
+    ]
+
+
 # --- The columnar build against the obvious row-by-row one, for hostile records -------------------------
 
 REGISTRY = load_registry()
@@ -373,7 +487,7 @@ def _reference_row(ds: Dataset, ch: Rows, record: bytes, original: bytes) -> dic
     reorg = ch.is_reorg
     if ds.reorg_flag:
         flag = pa.array([get(ds.reorg_flag)], pa.bool_())[0].as_py()
-        reorg = True if ch.is_reorg or flag is None else flag
+        reorg = ch.is_reorg or flag is True  # an absent or null payload flag: the envelope's
     if tracing is not None:
         dedup = tracing
     elif ds.key:
@@ -402,18 +516,19 @@ def _reference_value(col: Column, value) -> dict:
         except pa.ArrowInvalid:
             ts = pc.assume_timezone(pc.cast(text, pa.timestamp("ns")), "UTC")
         return {col.name: ts.cast(pa.int64())[0].as_py()}
-    if col.type in (ColumnType.BIGINT_TEXT, ColumnType.DECIMAL_TEXT, ColumnType.JSON):
+    if col.type is ColumnType.JSON:  # the value's JSON text as written: a string keeps its quotes
+        raw = b"null" if value is None else bytes(value)
+        return {col.name: None if raw == b"null" else raw.decode()}
+    if col.type in (ColumnType.BIGINT_TEXT, ColumnType.DECIMAL_TEXT):
         raw = b"null" if value is None else bytes(value)
         if raw == b"null":
             text = None
         elif raw[:1] == b'"':
             text = msgspec.json.decode(raw, type=str) if b"\\" in raw else raw[1:-1].decode()
-        elif col.type is not ColumnType.JSON and raw[:1] in (b"{", b"[", b"t", b"f"):
+        elif raw[:1] in (b"{", b"[", b"t", b"f"):
             raise ValueError(f"expected a number, got {raw[:40]!r}")
         else:
             text = raw.decode()
-        if col.type is ColumnType.JSON:
-            return {col.name: text}
         approx = pc.cast(pa.array([text], pa.string()), pa.float64())[0].as_py()
         return {col.name: text, col.name + APPROX_SUFFIX: approx}
     if col.type is ColumnType.TEXT and value is not None and type(value) is not str:

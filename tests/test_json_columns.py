@@ -71,6 +71,10 @@ def test_flat_records_stay_with_msgspec(registry):
         ("an integer string msgspec would not read", [transfer("007")]),
         ("an integer beyond int64", [transfer("9999999999999999999")]),
         ("a JSON column with a value", [transfer(1).replace(b"{", b'{"metrics": {"n": 1}, ', 1)]),
+        (
+            "a JSON column with a string (its quotes are its text)",
+            [transfer(1).replace(b"{", b'{"metrics": "x", ', 1)],
+        ),
         ("an exact number sent as a number", [transfer(1).replace(b'"12.5"', b"12.5")]),
         ("a record over two lines", [transfer(1).replace(b", ", b",\n", 1)]),
         ("a null record", [transfer(1), b"null"]),
@@ -98,6 +102,20 @@ def test_a_flush_arrow_cannot_read_sends_the_next_ones_to_msgspec_for_a_while(mo
     read = reader.read(good)
     assert read is not None and read.leaves[("a", "b")].to_pylist() == ["1.5"]
     assert read.records.to_pylist() == [good[0].decode()]
+
+
+@pytest.mark.parametrize(
+    "number", ["1" + "0" * 400, "1.7976931348623159e308", "-1.8e308", "NaN", "-Infinity"]
+)
+def test_a_double_arrow_reads_as_non_finite_goes_to_msgspec(monkeypatch, number):
+    """Arrow reads a number beyond a double as inf (and NaN, Infinity, which are no JSON, as
+    numbers), where msgspec rejects the record: such a flush is msgspec's to read."""
+    monkeypatch.setattr(json_columns, "_BACKOFF", 0)
+    reader = JsonColumns({("a", "b"): ColumnType.FLOAT64})
+    finite = [b'{"a": {"b": 1.5}}', b'{"a": {"b": 1.7976931348623157e308}}', b'{"a": null}']
+    read = reader.read(finite)
+    assert read is not None and read.leaves[("a", "b")].to_pylist() == [1.5, 1.7976931348623157e308, None]
+    assert reader.read([*finite, b'{"a": {"b": %s}}' % number.encode()]) is None
 
 
 def test_slices_and_a_type_learnt_in_a_later_slice(monkeypatch):
