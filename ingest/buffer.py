@@ -247,6 +247,11 @@ class Buffer:
                 self._on_near_full()
 
     async def wait_for_room(self) -> None:
+        # A reader waits between reads, so the frames it gave are whole: a full flush held for
+        # its last frame goes now, or the writer could have nothing to free room with.
+        for name, pending in list(self._pending.items()):
+            if pending.full:
+                self._seal(name, pending.full)
         await self._room.wait()
 
     # -- timers and shutdown ---------------------------------------------------------------------

@@ -182,3 +182,20 @@ async def test_the_rejects_of_one_frame_share_a_flush_too(registry):
         3,
         3,
     )
+
+
+async def test_a_reader_waiting_for_room_releases_a_full_flush_held_for_its_last_frame(registry):
+    """Without the daemon's tick (an offline replay), a full flush held for more of its last frame
+    and a reader waiting for room would wait for each other."""
+    frame = 10 + CHUNK_OVERHEAD
+    buf = Buffer(registry, FlushPolicy(max_rows=2, max_age=60, max_pending_bytes=2 * frame))
+    for position in (1, 2):
+        rows = block(position)
+        rows.position = position
+        buf.add(rows)
+    assert buf.congested and buf.queued_rows == 0  # full, held for more of frame 2
+    waiting = asyncio.create_task(buf.wait_for_room())
+    flush = await asyncio.wait_for(buf.next_flush(), 1)
+    assert (flush.rows, flush.last) == (2, 2)
+    buf.done(flush)
+    await asyncio.wait_for(waiting, 1)
