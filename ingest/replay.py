@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,12 +35,19 @@ def journal_records(paths: Iterable[Path]) -> Iterator[Record]:
 
 
 def capture_records(path: Path, stream: str) -> Iterator[Record]:
-    """A capture of raw frames, one per line (as `wscat` or a log prints them), as frame records."""
+    """A capture of raw frames, one per line (as `wscat` or a log prints them), as frame records.
+
+    A capture has no receive times: each frame is stamped with the time it is read here, one
+    nanosecond after the one before, so later frames stay the newer versions (the views pick
+    the newest version of an event by receive time).
+    """
+    received_at = time.time_ns()
     with path.open("rb") as fh:
         for line in fh:
             frame = line.rstrip(b"\r\n")
             if frame:
-                yield Record(0, 0, Kind.FRAME, stream, frame)  # position 0: not from a journal
+                received_at += 1
+                yield Record(0, received_at, Kind.FRAME, stream, frame)  # position 0: not from a journal
 
 
 async def replay(

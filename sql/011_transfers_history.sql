@@ -2,6 +2,8 @@
 -- exact (text); `amount_raw` is in token units where the provider gives them (BlockDB).
 -- `event_key` is what makes two rows the same event: BlockDB's natural key (a correction
 -- supersedes the record at the same key, PROTOCOLS.md 2.10), the derived identity otherwise.
+-- Every part of a natural key is coalesced: concat_ws skips NULLs, which would make an internal
+-- transfer (no log index, trace '0') and a log (index 0, no trace) of one transaction one event.
 CREATE OR REPLACE VIEW transfers_history AS
 SELECT
     evm_chain(chain_id)                 AS chain,
@@ -19,7 +21,8 @@ SELECT
     _tracing_id                         AS tracing_id,
     _is_reorg                           AS is_reorg,
     _received_at                        AS received_at,
-    concat_ws('|', chain_id, block_number, tx_index, log_index, trace_address) AS event_key
+    concat_ws('|', chain_id, block_number, tx_index, coalesce(CAST(log_index AS VARCHAR), ''),
+              coalesce(trace_address, '')) AS event_key
 FROM blockdb_transfers
 UNION ALL
 SELECT network, block_number, lower(block_hash), lower(transaction_hash), coalesce(log_index, call_index),

@@ -21,14 +21,15 @@ SELECT
     _tracing_id                         AS tracing_id,
     _is_reorg                           AS is_reorg,
     _received_at                        AS received_at,
-    _dedup_key                          AS event_key
+    nullif(_dedup_key, '')              AS event_key  -- no uuid: no identity, never merged
 FROM coinapi_trades
 UNION ALL
 SELECT '0x' || lower(substr(pool_uid, 1, 40)), '0x' || lower(token_in) || '/0x' || lower(token_out),
        '0x' || lower(token_in), '0x' || lower(token_out), exec_price, exec_price_f64, amount_in, amount_in_f64,
        NULL, block_time, evm_chain(chain_id), block_number, NULL, NULL,
        _provider, _tracing_id, _is_reorg, _received_at,
-       concat_ws('|', chain_id, pool_uid, token_in, token_out, block_number, tx_index, log_index)
+       concat_ws('|', chain_id, coalesce(pool_uid, ''), coalesce(token_in, ''), coalesce(token_out, ''),
+                 block_number, coalesce(CAST(tx_index AS VARCHAR), ''), coalesce(CAST(log_index AS VARCHAR), ''))
 FROM blockdb_swaps
 UNION ALL
 -- Bitquery reads a trade from the pool's side: Buy is what the pool received (PROTOCOLS.md 1.8).

@@ -5,7 +5,7 @@ SELECT max(root) AS root FROM solana_roots;
 -- Account updates, one row per account and slot: the highest commitment level seen for it
 -- (the same update at processed and at finalized is one event), and whether the slot is final.
 CREATE OR REPLACE VIEW solana_accounts AS
-SELECT u.*, u.slot <= f.root AS final
+SELECT u.*, coalesce(u.slot <= f.root, false) AS final  -- no root seen yet: nothing is final
 FROM (
     SELECT pubkey, slot, lamports, owner, executable, rent_epoch, space, data, commitment, _received_at
     FROM solana_account_updates

@@ -1,0 +1,81 @@
+"""The SQL views over stored rows: which versions of an event count, and which rows are distinct."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ingest.arrow_batch import build_table
+from ingest.events import Rows
+from ingest.replay import capture_records
+from ingest.sinks.duckdb import DuckDBSink
+from ingest.views import connect_for_query
+
+T0 = 1_762_992_000 * 10**9  # 2025-11-13T00:00:00Z
+
+
+def store(registry, tmp_path: Path, dataset: str, chunks: list[Rows]):
+    """The chunks built and stored by the DuckDB sink; a connection to query the views with."""
+    sink = DuckDBSink(tmp_path / "ingest.duckdb")
+    sink.open(registry.values())
+    sink.write(registry[dataset], build_table(registry[dataset], chunks).table, 0, 0)
+    sink.close()
+    con, _ = connect_for_query(registry, tmp_path / "ingest.duckdb", None)
+    return con
+
+
+def blockdb_transfer(received_at: int, *, reorg: bool = False, **record) -> Rows:
+    base = {"block_number": 100, "tx_index": 0, "block_time": "2025-11-13T00:00:00Z", "amount_raw": "1"}
+    rows = Rows("blockdb", "blockdb_transfers", "t", [json.dumps(base | record).encode()], received_at)
+    rows.context, rows.is_reorg = {"chain_id": 1}, reorg
+    return rows
+
+
+def test_a_transfer_without_a_log_index_and_a_log_without_a_trace_are_two_events(tmp_path, registry):
+    """concat_ws skips NULLs: the natural keys (tx 0, no log, trace '0') and (tx 0, log 0, no
+    trace) both read 1|100|0|0, and `transfers` kept one of two real transfers."""
+    internal = blockdb_transfer(T0, trace_address="0", amount_raw="5", _tracing_id="internal")
+    erc20 = blockdb_transfer(T0 + 1, log_index=0, amount_raw="7", _tracing_id="erc20")
+    con = store(registry, tmp_path, "blockdb_transfers", [internal, erc20])
+    assert con.sql("SELECT tracing_id, amount_raw FROM transfers ORDER BY 1").fetchall() == [
+        ("erc20", "7"),
+        ("internal", "5"),
+    ]
+
+
+def test_on_equal_receive_times_a_correction_flagged_as_a_reorg_is_the_newer_version(tmp_path, registry):
+    """An event and its correction in one socket read share a receive time."""
+    old = blockdb_transfer(T0, log_index=3, amount_raw="1", _tracing_id="old")
+    new = blockdb_transfer(T0, reorg=True, log_index=3, amount_raw="2", _tracing_id="new")
+    for order in ([old, new], [new, old]):
+        con = store(registry, tmp_path / str(id(order)), "blockdb_transfers", order)
+        assert con.sql("SELECT tracing_id, amount_raw FROM transfers").fetchall() == [("new", "2")]
+
+
+def test_coinapi_trades_without_a_uuid_are_never_merged_and_with_one_counted_once(tmp_path, registry):
+    def trade(i: int, uuid: str | None) -> bytes:
+        record = {"type": "trade", "symbol_id": "BITSTAMP_SPOT_BTC_USD", "sequence": i, "price": 100 + i}
+        record |= {"time_exchange": f"2026-01-01T00:00:0{i}Z", "size": 1, "taker_side": "BUY"}
+        return json.dumps(record | ({"uuid": uuid} if uuid else {})).encode()
+
+    records = [trade(0, None), trade(1, None), trade(2, "u-2"), trade(2, "u-2")]
+    rows = Rows("coinapi", "coinapi_trades", "btc", records, T0, {"connection": 1})
+    con = store(registry, tmp_path, "coinapi_trades", [rows])
+    assert con.sql("SELECT price FROM trades ORDER BY 1").fetchall() == [("100",), ("101",), ("102",)]
+
+
+def test_no_account_update_is_final_before_a_root_is_seen(tmp_path, registry):
+    record = {"context": {"slot": 500}, "value": {"lamports": 1, "owner": "o"}}
+    context = {"pubkey": "Acc1", "commitment": "confirmed"}
+    rows = Rows("helius", "solana_account_updates", "acc", [json.dumps(record).encode()], T0, context)
+    con = store(registry, tmp_path, "solana_account_updates", [rows])
+    assert con.sql("SELECT pubkey, final FROM solana_accounts").fetchall() == [("Acc1", False)]
+
+
+def test_a_captures_frames_are_stamped_in_order_so_later_frames_are_the_newer_versions(tmp_path):
+    capture = tmp_path / "capture.txt"
+    capture.write_bytes(b'{"a":1}\n\n{"a":2}\r\n{"a":3}\n')
+    records = list(capture_records(capture, "blockdb"))
+    assert [r.payload for r in records] == [b'{"a":1}', b'{"a":2}', b'{"a":3}']
+    times = [r.received_at for r in records]
+    assert times == sorted(set(times)) and times[0] > T0  # distinct, increasing, not 1970
