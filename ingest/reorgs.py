@@ -2,13 +2,16 @@
 
 A provider may or may not flag reorgs (BlockDB does, Bitquery does not), so the chain itself is
 the evidence: a height seen again with another hash, or a block whose parent hash is not the hash
-stored for the height below, means the older branch was replaced. Consecutive replaced heights
-are one reorg, closed by the next block that is new. A jump in block numbers within a stream is
-a gap. Canonical views then keep, per height, the newest hash (see sql/).
+stored for the height below, means the older branch was replaced. Every height replaced until the
+next new block that brings no such evidence is one reorg, one row, whichever evidence came first
+(blocks may arrive out of order: a child before its parent). A height never received is a gap,
+once the stream is `_LATE` heights past it. Canonical views then keep, per height, the newest
+hash (see sql/).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,14 +31,17 @@ BLOCK_STREAMS: dict[str, tuple[str, str, str, str]] = {
     "bitquery_evm_blocks": ("network", "block_number", "block_hash", "block_parent_hash"),
 }
 _REMEMBER = 512  # heights kept per chain: deeper than any reorg a provider reports
+# How far below the highest height seen a missing height may still arrive before it is a gap.
+# Streams reorder by a block or two (a reconnect's resend, two subscriptions on one chain); 32
+# heights is a minute even on a 2 s chain. A gap is reported that many heights late (or at close),
+# at most 32 heights per chain wait to be settled, and 32 is well inside _REMEMBER.
+_LATE = 32
 
 
 @dataclass(slots=True)
 class _Open:
-    first: int
-    old: list[str]
-    new: list[str]
-    detected_at: int
+    heights: dict[int, tuple[str, str]]  # height -> (old hash, new hash)
+    detected_at: int  # of the first evidence, as are `position` and `how`
     position: int
     how: str
 
@@ -43,8 +49,12 @@ class _Open:
 @dataclass(slots=True)
 class _Chain:
     hashes: OrderedDict[int, str] = field(default_factory=OrderedDict)
-    head: int | None = None
-    head_at: int = 0
+    head: int | None = None  # highest height seen
+    last_at: int = 0  # when the latest block was received
+    settled: int | None = None  # heights up to here are decided: received, or reported as a gap
+    settled_at: int = 0  # when the block at `settled` was received
+    # heap of (height, received_at, position, subscription): heights received above `settled`
+    pending: list[tuple[int, int, int, str]] = field(default_factory=list)
     open: _Open | None = None
 
 
@@ -93,9 +103,11 @@ class ReorgTracker:
             )
 
     def close(self) -> None:
-        """Emit reorgs still open (at shutdown: no newer block will come to close them)."""
+        """Emit reorgs still open and settle every gap (at shutdown: no newer block will come)."""
         for (provider, chain), state in self._chains.items():
             self._emit(provider, chain, state)
+            if state.head is not None:
+                self._settle(provider, chain, state, state.head)
 
     def _block(
         self,
@@ -109,44 +121,68 @@ class ReorgTracker:
         position: int,
     ) -> None:
         state = self._chains.setdefault((provider, chain), _Chain())
+        state.last_at = received_at
         old = state.hashes.get(number)
-        if old is not None and old != block_hash:
-            current = state.open
-            if current is not None and number == current.first + len(current.old):
-                current.old.append(old)
-                current.new.append(block_hash)
-            else:
-                self._emit(provider, chain, state)
-                state.open = _Open(number, [old], [block_hash], received_at, position, "rehash")
+        if old is None:
+            if state.settled is None:
+                state.settled, state.settled_at = number, received_at
+            elif number > state.settled:
+                heapq.heappush(state.pending, (number, received_at, position, subscription))
+        elif old != block_hash:
+            self._replace(state, number, old, block_hash, received_at, position, "rehash")
+        below = state.hashes.get(number - 1)
+        if parent and below is not None and below != parent:
+            # The parent was replaced, its own block maybe not seen yet (no ordering guarantee):
+            # its hash is taken now, so that block, when it comes, is already known.
+            self._replace(state, number - 1, below, parent, received_at, position, "parent")
+            state.hashes[number - 1] = parent
         elif old is None:
-            below = state.hashes.get(number - 1)
-            if parent and below is not None and below != parent and state.open is None:
-                # The parent changed but its replacement has not been seen (no ordering guarantee).
-                self._on_reorg(
-                    self._row(
-                        provider, chain, _Open(number - 1, [below], [parent], received_at, position, "parent")
-                    )
-                )
-            self._emit(provider, chain, state)  # a new block closes a reorg in progress
-            if state.head is not None and number > state.head + 1:
-                gap = Gap(
-                    provider,
-                    subscription,
-                    "block",
-                    state.head_at,
-                    received_at,
-                    chain,
-                    state.head + 1,
-                    number,
-                    position,
-                )
-                self._on_gap(gap, received_at)
+            self._emit(provider, chain, state)  # a new block that replaces nothing closes a reorg
         state.hashes[number] = block_hash
         state.hashes.move_to_end(number)
         while len(state.hashes) > _REMEMBER:
             state.hashes.popitem(last=False)
         if state.head is None or number > state.head:
-            state.head, state.head_at = number, received_at
+            state.head = number
+        self._settle(provider, chain, state, state.head - _LATE)
+
+    @staticmethod
+    def _replace(
+        state: _Chain, height: int, old: str, new: str, detected_at: int, position: int, how: str
+    ) -> None:
+        """Add a replaced height to the open reorg (opened by the first evidence)."""
+        if state.open is None:
+            state.open = _Open({}, detected_at, position, how)
+        heights = state.open.heights
+        original = heights.get(height, (old, new))[0]  # a block's own hash overrides its child's word
+        if new == original:  # back to the hash it had: that height was not replaced after all
+            heights.pop(height, None)
+        else:
+            heights[height] = (original, new)
+        if not heights:
+            state.open = None
+
+    def _settle(self, provider: str, chain: str, state: _Chain, upto: int) -> None:
+        """Decide heights up to `upto`: each run of heights not received is one gap."""
+        pending = state.pending
+        while pending and pending[0][0] <= upto:
+            number, received_at, position, subscription = heapq.heappop(pending)
+            assert state.settled is not None  # set by the first block, before anything is pending
+            if number > state.settled + 1:
+                gap = Gap(
+                    provider,
+                    subscription,
+                    "block",
+                    state.settled_at,
+                    received_at,
+                    chain,
+                    state.settled + 1,
+                    number,
+                    position,
+                )
+                self._on_gap(gap, state.last_at)
+            if number > state.settled:
+                state.settled, state.settled_at = number, received_at
 
     def _emit(self, provider: str, chain: str, state: _Chain) -> None:
         if state.open is not None:
@@ -155,17 +191,18 @@ class ReorgTracker:
 
     @staticmethod
     def _row(provider: str, chain: str, r: _Open) -> dict[str, Any]:
-        last = r.first + len(r.old) - 1
+        heights = sorted(r.heights)
+        old, new = zip(*(r.heights[h] for h in heights), strict=True)
         return {
             "provider": provider,
             "chain": chain,
-            "first_height": r.first,
-            "last_height": last,
-            "depth": len(r.old),
-            "old_hashes": r.old,
-            "new_hashes": r.new,
+            "first_height": heights[0],
+            "last_height": heights[-1],
+            "depth": len(heights),
+            "old_hashes": list(old),
+            "new_hashes": list(new),
             "detected_at": r.detected_at,
             "how": r.how,
-            "id": f"{provider}|{chain}|{r.first}|{r.new[0]}",
+            "id": f"{provider}|{chain}|{heights[0]}|{new[0]}",
             "position": r.position,
         }
