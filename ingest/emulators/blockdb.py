@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,7 @@ _DOCS_URL = "https://docs.blockdb.io/wss-reference/overview/errors"
 _BAD = "The request contains invalid or missing parameters."
 _HINT = "Ensure 'params' matches the stream filters; addresses are 20-byte hex strings with no 0x prefix."
 _SHAPE = "Send {action, integer chain_id, 4-digit dataset_id, params object (subscribe only)}."
+_UPGRADE_PLAN = "pro"  # details.required_plan of a FORBIDDEN ack: the plan that has every dataset
 _DATASET_RE = re.compile(r"\d{4}")
 _HEX_RE = {40: re.compile(r"[0-9a-fA-F]{40}"), 64: re.compile(r"[0-9a-fA-F]{64}")}
 
@@ -67,7 +69,12 @@ class _Problem(Exception):
     """A request the server answers with status "error" (BlockDB's error object, PROTOCOLS.md 2.4)."""
 
     def __init__(
-        self, code: str, message: str, hint: str, invalid: list[tuple[str, str]] | None = None
+        self,
+        code: str,
+        message: str,
+        hint: str,
+        invalid: list[tuple[str, str]] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.error: dict[str, Any] = {
@@ -78,7 +85,12 @@ class _Problem(Exception):
             "retryable": False,
         }
         if invalid:
-            self.error["details"] = {"invalid_parameters": [{"name": n, "reason": r} for n, r in invalid]}
+            details = {
+                **(details or {}),
+                "invalid_parameters": [{"name": n, "reason": r} for n, r in invalid],
+            }
+        if details:
+            self.error["details"] = details
         self.error["docs_url"] = _DOCS_URL
 
 
@@ -185,6 +197,7 @@ class BlockDBEmulator(EmulatorServer):
         record_log: bool = False,
         resend_on_subscribe: int = 0,
         max_queue: int = 10_000,
+        plan: Iterable[str] | None = None,
     ) -> None:
         # Idle close uses 1000 NORMAL_CLOSURE, whose documented action is a plain reconnect; 1008 would
         # tell the client to check its key, which is not the problem. The doc gives one 60 s limit for
@@ -197,6 +210,9 @@ class BlockDBEmulator(EmulatorServer):
             max_queue=max_queue,
         )
         self._key = key
+        # Dataset ids the key's plan covers (None: all). Subscribing to another one is refused with
+        # FORBIDDEN and details.required_plan, like a plan that lacks the dataset (doc 2.4).
+        self.plan = None if plan is None else frozenset(plan)
         self.block_interval = block_interval
         self.max_blocks = max_blocks
         self.chains = {
@@ -310,6 +326,13 @@ class BlockDBEmulator(EmulatorServer):
         if dataset_id not in SERVED_DATASETS:
             hint = f"Served datasets: {sorted(SERVED_DATASETS)}."
             raise _Problem("NOT_FOUND", "Dataset not served.", hint, [("dataset_id", "unsupported_value")])
+        if action == "subscribe" and self.plan is not None and dataset_id not in self.plan:
+            raise _Problem(
+                "FORBIDDEN",
+                "Your plan does not include this dataset.",
+                f"Upgrade to the '{_UPGRADE_PLAN}' plan, or subscribe to: {sorted(self.plan)}.",
+                details={"required_plan": _UPGRADE_PLAN},
+            )
         if action == "unsubscribe":
             conn.subscriptions.pop((chain_id, dataset_id), None)  # idempotent, like subscribe
             return

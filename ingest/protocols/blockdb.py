@@ -33,7 +33,10 @@ DATASETS: dict[str, str] = {
 }
 GENERIC_DATASET = "blockdb_generic"
 _DATASET_ID = re.compile(r"^\d{4}$")
-_AUTH_CODES = frozenset({"UNAUTHORIZED", "FORBIDDEN"})
+# A bad key stops the collector. FORBIDDEN (403, details.required_plan) in an ack means "your plan
+# lacks this dataset": only that subscription fails (doc 2.4). A key refused outright is seen at the
+# handshake (HTTP 401/403) or as close 1008, both fatal in the driver.
+_AUTH_CODES = frozenset({"UNAUTHORIZED"})
 
 Pair = tuple[int, str]
 
@@ -73,11 +76,14 @@ class BlockDBProtocol:
     auth: ClassVar[AuthDefaults] = AuthDefaults(location="header", query_param="api_key")
     # 1008 POLICY_VIOLATION is BlockDB's answer to a bad key or scope: retrying the same key loops.
     fatal_close_codes: ClassVar[frozenset[int]] = frozenset({1008})
-    # Quiet filtered streams are normal; server pings (every connection, doc 2.5) keep it alive.
+    # Quiet filtered streams are normal (doc 2.5), and the server's ping period is not documented, so
+    # liveness comes from our own pings: after 15 s without any frame aiohttp pings and gives the pong
+    # 7.5 s (half the interval). A healthy quiet link thus answers at least every ~15 s, well inside
+    # the 30 s idle timeout, and a dead one is closed ~22.5 s after its last frame, before it.
     default_idle_timeout: ClassVar[float] = 30.0
     option_keys: ClassVar[tuple[str, ...]] = ()
     linger: ClassVar[float] = 0.0  # unsubscribes are acknowledged
-    default_ping_interval: ClassVar[float] = 0.0  # the server pings (doc 2.5)
+    default_ping_interval: ClassVar[float] = 15.0  # see above; at most 2/3 of the idle timeout
 
     def __init__(
         self, name: str, subscriptions: list[BlockDBSubscription], options: Mapping[str, Any] | None = None
@@ -249,6 +255,9 @@ class BlockDBProtocol:
             return [self._reject(frame, f"acknowledgement for no known subscription ({label})", received_at)]
         error = msg.error if isinstance(msg.error, dict) else {}
         text = f"{error.get('code', 'ERROR')}: {error.get('message', msg.error)}"
+        details = error.get("details")
+        if isinstance(details, dict) and (plan := details.get("required_plan")):
+            text += f" (required plan: {plan})"
         if hint := error.get("hint"):
             text += f" (hint: {hint})"
         if error.get("code") in _AUTH_CODES:

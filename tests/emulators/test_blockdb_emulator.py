@@ -295,6 +295,28 @@ async def test_invalid_request_gets_error_ack_and_socket_stays_usable(
     await client.pump(lambda: len(client.of("0101")) >= 1)
 
 
+async def test_dataset_outside_the_plan_is_forbidden_and_the_socket_stays_usable(blockdb, session) -> None:
+    """With a plan, another dataset gets FORBIDDEN with details.required_plan (doc 2.4); the rest flows."""
+    client = await connect(session, await blockdb(key=KEY, plan=["0101"]))
+    await client.subscribe("0304")
+    ack = await client.ack()
+    assert (ack["action"], ack["chain_id"], ack["dataset_id"], ack["status"]) == (
+        "subscribe",
+        1,
+        "0304",
+        "error",
+    )
+    error = ack["error"]
+    assert (error["code"], error["retryable"], error["severity"]) == ("FORBIDDEN", False, "error")
+    assert error["details"] == {"required_plan": "pro"} and isinstance(error["hint"], str)
+    await client.subscribe("0101")
+    assert (await client.ack())["status"] == "success"
+    await client.pump(lambda: len(client.of("0101")) >= 3)
+    assert not client.of("0304")
+    await client.send(action="unsubscribe", chain_id=1, dataset_id="0304")  # idempotent, not refused
+    assert (await client.ack())["status"] == "success"
+
+
 async def test_unsubscribe_stops_only_that_stream(blockdb, session) -> None:
     """After the unsubscribe ack no 0101 update arrives, while 0102 keeps flowing."""
     client = await connect(session, await blockdb())

@@ -112,6 +112,52 @@ def test_retryable_error_is_asked_again_on_keepalive():
     assert [json.loads(f)["action"] for f in p.data_to_send()] == ["subscribe"]
 
 
+def test_forbidden_ack_fails_only_that_subscription_with_the_required_plan():
+    """FORBIDDEN in an ack is "your plan lacks this dataset" (doc 2.4): that subscription fails with
+    the plan it needs and is not asked again; the socket and the other subscriptions go on."""
+    p = make(
+        {"name": "blocks", "chain_id": 1, "dataset_id": "0101"},
+        {"name": "ohlc", "chain_id": 1, "dataset_id": "0404"},
+    )
+    p.connect()
+    p.data_to_send()
+    err = {
+        "action": "subscribe",
+        "chain_id": 1,
+        "dataset_id": "0404",
+        "status": "error",
+        "error": {
+            "code": "FORBIDDEN",
+            "message": "Your plan does not include this dataset.",
+            "severity": "error",
+            "retryable": False,
+            "details": {"required_plan": "pro"},
+        },
+    }
+    (event,) = p.receive(json.dumps(err), 1)
+    assert isinstance(event, SubscriptionFailed)
+    assert event.subscription == "ohlc" and not event.retryable
+    assert "FORBIDDEN" in event.message and "required plan: pro" in event.message
+    assert p.active == 1
+    assert p.receive(frame("blockdb", "ack_subscribe"), 2) == [SubscriptionAcked("blocks")]
+    (rows,) = p.receive(frame("blockdb", "update_0101"), 3)
+    assert isinstance(rows, Rows) and rows.subscription == "blocks"
+    p.keepalive()
+    assert p.data_to_send() == []
+    p.connection_lost()
+    p.connect()
+    assert [json.loads(f)["dataset_id"] for f in p.data_to_send()] == ["0101"]
+
+
+def test_ping_interval_default_keeps_a_quiet_stream_and_catches_a_dead_one():
+    """The server's ping period is undocumented (doc 2.5): the client pings, and a ping plus its pong
+    wait (aiohttp waits half the interval) fit inside the idle timeout, with room for one more."""
+    ping, idle = BlockDBProtocol.default_ping_interval, BlockDBProtocol.default_idle_timeout
+    assert ping > 0
+    assert ping * 1.5 < idle  # a dead link is closed by the missing pong before the idle timeout
+    assert ping * 2 <= idle  # a healthy quiet link answers at least twice per idle timeout
+
+
 def test_auth_error_is_fatal():
     p = make({"chain_id": 1, "dataset_id": "0101"})
     err = {
