@@ -103,6 +103,10 @@ class Collector:
         if journal is not None:
             journal.track_state(config.name, lambda: _encode(self.protocol.state()))
         self._max_frame = config.max_frame_bytes
+        # Pings every ping_interval whatever arrives, sent by the watchdog, for providers whose idle
+        # timer counts only client frames (Helius, PROTOCOLS.md 4.7): aiohttp's heartbeat waits for
+        # ping_interval of silence, which a busy stream never has. Not in ProviderProtocol: absent is False.
+        self._steady_pings: float = config.ping_interval if getattr(protocol, "steady_pings", False) else 0.0
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._deadline: asyncio.Timeout | None = None
@@ -196,7 +200,8 @@ class Collector:
                     headers=self._target.headers,
                     protocols=self.protocol.subprotocols,
                     autoping=False,  # pings are liveness: the driver sees and answers them itself
-                    heartbeat=self.config.ping_interval or None,
+                    # Steady pings replace aiohttp's heartbeat rather than doubling it on a quiet stream.
+                    heartbeat=None if self._steady_pings else (self.config.ping_interval or None),
                     max_msg_size=0,  # provider frames can exceed aiohttp's 4 MiB default (PROTOCOLS.md 5.6)
                     decode_text=False,  # msgspec reads bytes; skipping str saves a UTF-8 pass per frame
                     timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
@@ -436,11 +441,14 @@ class Collector:
             self._deadline.reschedule(asyncio.get_running_loop().time() + delay)
 
     async def _watchdog(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Fire the read deadline when nothing at all arrived for idle_timeout; run keepalives."""
+        """Fire the read deadline when nothing at all arrived for idle_timeout; run keepalives and
+        steady pings."""
         loop = asyncio.get_running_loop()
         idle = self.config.idle_timeout
-        tick = min(1.0, idle / 4)
+        ping_every = self._steady_pings
+        tick = min(1.0, idle / 4, ping_every / 4 if ping_every else 1.0)
         seen, seen_at, keepalive_at = -1, loop.time(), loop.time()
+        pinged_at = loop.time()
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
@@ -451,6 +459,13 @@ class Collector:
             elif now - max(seen_at, since) >= idle and not self._stopping:
                 self._arm_deadline(0.0)
                 return
+            # On the last tick before it is due, so pings are never further apart than ping_interval.
+            if ping_every and now + tick - pinged_at >= ping_every:
+                pinged_at = now
+                try:
+                    await ws.ping()
+                except _SEND_FAILED as exc:  # as in _send: the reader sees the close and reconnects
+                    self.log.info("ping failed, the connection is closing", error=type(exc).__name__)
             if now - keepalive_at >= self.config.keepalive_interval:
                 keepalive_at = now
                 self.protocol.keepalive()

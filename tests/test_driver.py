@@ -13,9 +13,10 @@ from ingest.buffer import Buffer
 from ingest.config import BackoffConfig, FlushPolicy
 from ingest.driver import Collector
 from ingest.emulators.blockdb import BlockDBEmulator
+from ingest.emulators.helius import HeliusEmulator
 from ingest.journal import Journal, Kind, read_records, segment_files
 from ingest.schema import Registry
-from tests.helpers import Drain, blockdb_config, collector, eventually
+from tests.helpers import Drain, blockdb_config, collector, eventually, provider_config
 
 KEY = "test-key-0123456789"
 BLOCKS = [{"name": "blocks", "chain_id": 1, "dataset_id": "0101"}]
@@ -137,6 +138,77 @@ async def test_server_pings_keep_a_quiet_connection_alive(registry):
         await asyncio.wait_for(task, 10)
     finally:
         await emu.stop()
+
+
+async def test_steady_pings_keep_a_busy_helius_stream_past_its_idle_limit(registry):
+    """Helius's idle timer counts client frames only, and aiohttp's heartbeat pings only after
+    ping_interval of silence, which a busy stream never has: the driver pings every ping_interval
+    whatever arrives, so one connection outlives several idle limits (0.5 s stands in for 10 min)."""
+    async with HeliusEmulator(key=KEY, slot_interval=0.05, idle_timeout=0.5) as emu:
+        subs = [{"name": "slots", "method": "slotSubscribe"}]
+        cfg = provider_config("helius", emu.url, subs, ping_interval=0.2, idle_timeout=5.0)
+        col, buffer = collector(registry, cfg, KEY)
+        drain = Drain(buffer)
+        task = asyncio.create_task(col.run())
+        try:
+            await asyncio.sleep(2.0)  # four idle limits, a slot notification every 50 ms
+            assert col.stats.connects == 1 and emu.connections_total == 1
+            assert col.stats.state == "connected" and not col.stats.last_error
+            assert emu.pings_received >= 6 and col.stats.keepalives >= 6  # each ping answered
+            assert buffer.received.get("solana_slots", 0) >= 20
+        finally:
+            await col.stop()
+            await asyncio.wait_for(task, 10)
+            await drain.close()
+
+
+class _PingedWS:
+    """A socket as the watchdog sees it: records when it was pinged; a closing one raises."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.pings: list[float] = []
+        self.fail = fail
+
+    async def ping(self, message: bytes = b"") -> None:
+        self.pings.append(asyncio.get_running_loop().time())
+        if self.fail:
+            raise ConnectionResetError("Cannot write to closing transport")
+
+
+async def _watch(col: Collector, ws: _PingedWS, seconds: float) -> None:
+    """Run the watchdog for `seconds` while frames keep arriving (a busy stream)."""
+    watchdog = asyncio.create_task(col._watchdog(ws))  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    try:
+        while loop.time() < end:
+            col.stats.frames += 1
+            await asyncio.sleep(0.01)
+        assert not watchdog.done()  # a failed ping does not end it either
+    finally:
+        watchdog.cancel()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_steady_pings_go_out_every_ping_interval_while_frames_arrive(registry, fail):
+    subs = [{"name": "slots", "method": "slotSubscribe"}]
+    cfg = provider_config("helius", "ws://127.0.0.1:9/", subs, ping_interval=0.1, idle_timeout=5.0)
+    col, _ = collector(registry, cfg, KEY)
+    ws = _PingedWS(fail)
+    await _watch(col, ws, 1.0)
+    assert len(ws.pings) >= 8
+    gaps = [b - a for a, b in zip(ws.pings, ws.pings[1:], strict=False)]
+    # On the watchdog's last tick (ping_interval / 4 here) before one is due: never further apart
+    # than ping_interval, give or take the event loop's lag, nor much closer.
+    assert min(gaps) > 0.1 * 0.7 and max(gaps) < 0.1 + 0.03
+
+
+async def test_other_providers_keep_aiohttps_heartbeat_and_get_no_steady_pings(registry):
+    """BlockDB's ping_interval is aiohttp's heartbeat (a ping after silence only): unchanged."""
+    col, _ = collector(registry, blockdb_config("ws://127.0.0.1:9/", BLOCKS, ping_interval=0.1), KEY)
+    ws = _PingedWS()
+    await _watch(col, ws, 0.5)
+    assert ws.pings == []
 
 
 async def test_backoff_grows_while_down_and_resets_after_a_healthy_session(registry):

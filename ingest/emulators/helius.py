@@ -134,6 +134,7 @@ class HeliusEmulator(EmulatorServer):
         self.dropped: Counter[str] = Counter()
         self.sent_log: list[tuple[str, int, int, Any]] | None = [] if record_log else None
         self.subscriptions_total = 0
+        self.pings_received = 0  # client WebSocket pings, what keeps a socket past idle_timeout
         self.slots_produced = 0
         self.slots_skipped = 0
         # The ledger existed before anyone connected: pre-produce the blocks the root still lags behind.
@@ -180,6 +181,8 @@ class HeliusEmulator(EmulatorServer):
     async def _dispatch(self, conn: Connection, msg: WSMessage, now: float) -> bool:
         if msg.type in _ACTIVITY and not conn.is_silent(now):
             self._active[conn] = True  # read (and cleared) by is_idle on the next watchdog tick
+            if msg.type is WSMsgType.PING:
+                self.pings_received += 1
         return await super()._dispatch(conn, msg, now)
 
     def is_idle(self, conn: Connection) -> bool:

@@ -129,6 +129,9 @@ class HeliusProtocol:
     option_keys: ClassVar[tuple[str, ...]] = ()
     linger: ClassVar[float] = 0.0  # unsubscribes are answered
     default_ping_interval: ClassVar[float] = 30.0  # Helius: ping at least every minute; its samples use 30 s
+    # Its 10-minute inactivity timer counts client frames, not notifications (PROTOCOLS.md 4.7): the
+    # driver pings every ping_interval even while data flows, not only after silence.
+    steady_pings: ClassVar[bool] = True
 
     def __init__(
         self, name: str, subscriptions: list[HeliusSubscription], options: Mapping[str, Any] | None = None

@@ -777,10 +777,12 @@ async def test_idle_close_unless_the_client_talks(helius, session) -> None:
             await chatty.ws.ping()
     assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1000)
     assert 0.25 < time.monotonic() - started < 1.5
+    pinged = emulator.pings_received
     for _ in range(8):
         await chatty.ws.ping()
         await asyncio.sleep(0.1)
     assert not chatty.ws.closed and len(emulator.connections) == 1
+    assert emulator.pings_received == pinged + 8  # counted, for tests of clients that must ping
 
 
 async def test_go_silent_loses_frames_then_resumes(helius, session) -> None:

@@ -298,3 +298,10 @@ def test_bad_frames_are_rejected(raw):
 def test_bad_subscriptions_name_the_key(sub, key):
     with pytest.raises(ConfigError, match=key):
         HeliusProtocol.parse_subscription(sub, "s")
+
+
+def test_pings_go_out_on_schedule_at_least_every_minute():
+    """Helius's 10-minute inactivity timer counts client frames; it advises a ping every minute
+    (PROTOCOLS.md 4.7), so the driver pings whatever arrives, not only after silence."""
+    assert HeliusProtocol.steady_pings is True
+    assert 0 < HeliusProtocol.default_ping_interval <= 60
