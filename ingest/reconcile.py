@@ -7,11 +7,22 @@ both cover unless a range is given, so a difference is a disagreement, not a reo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation, localcontext
 
 import duckdb
 
 __all__ = ["Reconciliation", "reconcile"]
+
+_DIGITS = 200  # exact for any sum of uint256 amounts with 18 decimals (78 + 18 digits, and more)
+
+
+def _number(amount: str | None) -> Decimal:
+    """An amount's exact value; what is not a number (or missing) counts as 0, as in SQL's sum."""
+    try:
+        value = Decimal(amount) if amount is not None else Decimal(0)
+    except InvalidOperation:
+        return Decimal(0)
+    return value if value.is_finite() else Decimal(0)
 
 
 @dataclass(slots=True)
@@ -77,15 +88,19 @@ def reconcile(
         elif hash_a != hash_b:
             result.hash_mismatch.append((number, hash_a, hash_b))
     mismatched = {n for n, *_ in result.hash_mismatch}
-    sums = con.execute(
-        """SELECT block_number, provider, count(*), sum(TRY_CAST(amount AS DECIMAL(38, 18)))
-           FROM transfers WHERE chain = ? AND provider IN (?, ?) AND block_number BETWEEN ? AND ?
-           GROUP BY ALL""",
+    # Summed here, exactly: token amounts overflow any SQL decimal (DECIMAL(38, 18) stops below
+    # 10^20, and a raw uint256 has 78 digits), and a sum that drops what it cannot hold agrees
+    # with anything.
+    amounts = con.execute(
+        """SELECT block_number, provider, amount
+           FROM transfers WHERE chain = ? AND provider IN (?, ?) AND block_number BETWEEN ? AND ?""",
         [chain, a, b, first, last],
     ).fetchall()
     per_block: dict[int, dict[str, tuple[int, Decimal]]] = {}
-    for number, provider, count, total in sums:
-        per_block.setdefault(number, {})[provider] = (count, total or Decimal(0))
+    with localcontext(prec=_DIGITS):
+        for number, provider, amount in amounts:
+            count, total = per_block.setdefault(number, {}).get(provider, (0, Decimal(0)))
+            per_block[number][provider] = (count + 1, total + _number(amount))
     for number in sorted(per_block):
         sides = per_block[number]
         if number in mismatched or a not in sides or b not in sides:

@@ -291,3 +291,35 @@ async def test_reconcile_finds_exactly_the_injected_differences(tmp_path, monkey
     assert r.hash_mismatch  # the injected reorgs put Bitquery on other branches at those heights
     assert r.only_a == (list(range(chain_b.head + 1, chain_a.head + 1)) if explicit_range else [])
     assert r.only_b == [] and r.transfer_mismatch == []
+
+
+def test_reconcile_sums_amounts_exactly_however_large():
+    """Summed as DECIMAL(38, 18), an amount of 10^20 or more became NULL and left the sum, so
+    two providers disagreeing on it agreed (11% of the emulator's transfers are that large)."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE blocks (provider VARCHAR, chain VARCHAR, number BIGINT, hash VARCHAR)")
+    con.execute(
+        "CREATE TABLE transfers (provider VARCHAR, chain VARCHAR, block_number BIGINT, amount VARCHAR)"
+    )
+    for provider in ("a", "b"):
+        con.executemany(
+            "INSERT INTO blocks VALUES (?, 'eth', ?, ?)", [(provider, n, f"h{n}") for n in (1, 2, 3)]
+        )
+    big = "340282366920938463463.374607431768211455"  # 21 integer digits, 18 decimals
+    con.executemany(
+        "INSERT INTO transfers VALUES (?, 'eth', ?, ?)",
+        [
+            ("a", 1, "1000000000000000000000000"),
+            ("b", 1, "2000000000000000000000000"),  # differs beyond DECIMAL(38, 18)
+            ("a", 2, big),
+            ("a", 2, "0.1"),
+            ("b", 2, "0.1"),
+            ("b", 2, big),  # the same sum, exactly
+            ("a", 3, "0.1"),
+            ("a", 3, "0.2"),
+            ("b", 3, "0.15"),
+            ("b", 3, "0.15"),  # 0.1 + 0.2 is 0.3 here, not a double's 0.30000000000000004
+        ],
+    )
+    r = reconcile(con, "eth", "a", "b")
+    assert r.transfer_mismatch == [(1, 1, 1, "1000000000000000000000000", "2000000000000000000000000")]
