@@ -32,6 +32,7 @@ from ingest.schema import Registry, load_registry
 from ingest.sinks.base import Sink
 from ingest.sinks.duckdb import DuckDBSink
 from ingest.sinks.parquet import ParquetSink
+from ingest.tokens import TokenSource, read_client_credentials
 from ingest.writer import Writer
 
 __all__ = ["Daemon", "RunResult"]
@@ -82,12 +83,22 @@ class Daemon:
             )
         return sinks
 
-    async def _start_emulator(self, provider: ProviderConfig, key: str) -> str:
+    async def _start_emulator(
+        self, provider: ProviderConfig, key: str, client: tuple[str, str] | None
+    ) -> str:
         factory = EMULATORS.get(provider.kind)
         if factory is None:
             raise ConfigError(f"providers.{provider.name}.url: no emulator for {provider.kind}")
+        auth: dict[str, Any] = {"key": key}
+        if client is not None:
+            if not hasattr(factory, "token_url"):
+                raise ConfigError(
+                    f"providers.{provider.name}.auth.oauth: the {provider.kind} emulator issues no tokens"
+                )
+            # The emulator is the token endpoint too, and accepts only the tokens it issued.
+            auth = {"key": None, "client_id": client[0], "client_secret": client[1]}
         try:
-            emulator = factory(key=key, **provider.emulator)
+            emulator = factory(**auth, **provider.emulator)
         except TypeError as exc:
             raise ConfigError(f"providers.{provider.name}.emulator: {exc}") from None
         self._emulators[provider.name] = emulator
@@ -104,18 +115,52 @@ class Daemon:
             register_secret(keys[p.name])
         return keys
 
-    async def _collectors(self, protocols: dict[str, Any], keys: dict[str, str | None]) -> list[Collector]:
+    def _oauth_clients(self) -> dict[str, tuple[str, str]]:
+        """Client id and secret of each provider with auth.oauth, read (as keys are) before connecting."""
+        clients: dict[str, tuple[str, str]] = {}
+        for p in self.config.providers:
+            oauth = p.auth.oauth
+            if oauth is None:
+                continue
+            if p.emulated and not (_env_set(oauth.client_id_env) and _env_set(oauth.client_secret_env)):
+                clients[p.name] = ("demo-client", secrets.token_urlsafe(16))  # the demo needs no real client
+            else:
+                clients[p.name] = read_client_credentials(oauth, f"providers.{p.name}")
+            register_secret(clients[p.name][1])
+        return clients
+
+    def _token_source(self, p: ProviderConfig, client: tuple[str, str]) -> TokenSource:
+        oauth = p.auth.oauth
+        assert oauth is not None
+        # No token_url in the config with url = "emulator": the emulator's own endpoint.
+        token_url = oauth.token_url or str(self._emulators[p.name].token_url)
+        return TokenSource(
+            token_url,
+            *client,
+            scope=oauth.scope,
+            env_names=(oauth.client_id_env, oauth.client_secret_env),
+            where=f"providers.{p.name}.auth.oauth",
+            timeout=p.connect_timeout,
+        )
+
+    async def _collectors(
+        self, protocols: dict[str, Any], keys: dict[str, str | None], clients: dict[str, tuple[str, str]]
+    ) -> list[Collector]:
         collectors = []
         for p in self.config.providers:
-            key = keys[p.name]
-            url = await self._start_emulator(p, key or "demo") if p.emulated else p.url
+            key, client = keys[p.name], clients.get(p.name)
+            url = await self._start_emulator(p, key or "demo", client) if p.emulated else p.url
             protocol = protocols[p.name]
             if p.auth.location == "message":
                 protocol.set_key(key)  # the protocol puts it in its first message (CoinAPI hello)
                 key = None
             stats = self.metrics.provider(p.name)
+            # With OAuth the key is None here: the driver adds the current token at each connect.
             target = build_target(url, p.auth, key)
-            collectors.append(Collector(p, protocol, target, self.buffer, stats, journal=self.journal))
+            tokens = self._token_source(p, client) if client is not None else None
+            collectors.append(
+                Collector(p, protocol, target, self.buffer, stats, journal=self.journal, tokens=tokens)
+            )
         return collectors
 
     async def _replay(self, segments: list[Path], protocols: dict[str, Any]) -> None:
@@ -135,6 +180,7 @@ class Daemon:
     ) -> RunResult:
         started = time.monotonic()
         keys = self._keys()
+        clients = self._oauth_clients()
         sinks = self._sinks()
         for sink in sinks:
             await asyncio.to_thread(sink.open, self.registry.values())
@@ -161,7 +207,7 @@ class Daemon:
                 server = await self._metrics_server()
                 if leftover:
                     await self._replay(leftover, protocols)
-                self.collectors = await self._collectors(protocols, keys)
+                self.collectors = await self._collectors(protocols, keys, clients)
                 if on_start is not None:
                     on_start()
                 tasks = [tg.create_task(c.run(), name=f"collector-{c.config.name}") for c in self.collectors]

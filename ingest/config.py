@@ -25,6 +25,7 @@ __all__ = [
     "BackoffConfig",
     "Config",
     "FlushPolicy",
+    "OAuthConfig",
     "ProviderConfig",
     "StorageConfig",
     "load_config",
@@ -38,12 +39,23 @@ _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True, slots=True)
+class OAuthConfig:
+    """OAuth2 client credentials: the key is a token fetched (and refreshed) from `token_url`."""
+
+    client_id_env: str  # environment variables holding the client id and secret
+    client_secret_env: str
+    token_url: str | None  # None only with url = "emulator": the emulator's own endpoint
+    scope: str = "api"
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
-    env: str | None  # name of the environment variable holding the key; None = no auth
+    env: str | None  # name of the environment variable holding the key; None = no auth (or oauth)
     location: str  # "header" or "query"
     header: str
     scheme: str
     query_param: str
+    oauth: OAuthConfig | None = None  # the key is an expiring token from a token endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +271,8 @@ def _flush(t: _Table) -> FlushPolicy:
     return policy
 
 
-def _auth(t: _Table, kind: str) -> AuthConfig:
-    t.only("env", "in", "header", "scheme", "query_param")
+def _auth(t: _Table, kind: str, emulated: bool) -> AuthConfig:
+    t.only("env", "oauth", "in", "header", "scheme", "query_param")
     defaults = PROTOCOLS[kind].auth
     env = t.get("env", (str, type(None)), None)
     if env is not None and not _ENV.match(env):
@@ -270,12 +282,48 @@ def _auth(t: _Table, kind: str) -> AuthConfig:
     allowed = ("header", "query", "message") if hasattr(PROTOCOLS[kind], "set_key") else ("header", "query")
     if location not in allowed:
         raise ConfigError(f"{t.key('in')}: expected one of {', '.join(allowed)}, got {location!r}")
+    oauth = None
+    if "oauth" in t.raw:
+        if env is not None:
+            raise ConfigError(
+                f"{t.key('oauth')}: env and oauth are mutually exclusive (a static key or a token)"
+            )
+        if location == "message":
+            # The token is renewed per connection, which only a URL or header built at connect can carry.
+            raise ConfigError(f'{t.key("oauth")}: needs in = "header" or "query", not "message"')
+        oauth = _oauth(t.table("oauth"), defaults.token_url, emulated)
     return AuthConfig(
         env=env,
         location=location,
         header=t.get("header", str, defaults.header),
         scheme=t.get("scheme", str, defaults.scheme),
         query_param=t.get("query_param", str, defaults.query_param),
+        oauth=oauth,
+    )
+
+
+def _oauth(t: _Table, default_url: str | None, emulated: bool) -> OAuthConfig:
+    t.only("client_id_env", "client_secret_env", "token_url", "scope")
+    names = []
+    for key in ("client_id_env", "client_secret_env"):
+        if key not in t.raw:
+            raise ConfigError(f"{t.key(key)}: required (the environment variable that holds it)")
+        name = t.get(key, str, None)
+        if not _ENV.match(name):
+            raise ConfigError(f"{t.key(key)}: expected the name of an environment variable, got {name!r}")
+        names.append(name)
+    token_url = t.get("token_url", (str, type(None)), None)
+    if token_url is not None and not re.match(r"^https?://[^/\s]+", token_url):
+        raise ConfigError(f"{t.key('token_url')}: expected an http:// or https:// URL")
+    # Explicit, else the emulator's (filled in when it starts), else the provider's documented one.
+    token_url = token_url or (None if emulated else default_url)
+    if token_url is None and not emulated:
+        raise ConfigError(f"{t.key('token_url')}: required, this provider has no default token endpoint")
+    return OAuthConfig(
+        client_id_env=names[0],
+        client_secret_env=names[1],
+        token_url=token_url,
+        scope=t.get("scope", str, "api"),
     )
 
 
@@ -331,7 +379,7 @@ def _provider(name: str, t: _Table, config_dir: Path) -> ProviderConfig:
         name=name,
         kind=kind,
         url=url,
-        auth=_auth(t.table("auth"), kind),
+        auth=_auth(t.table("auth"), kind, url == EMULATOR_URL),
         subscriptions=tuple(subs),
         idle_timeout=float(t.positive("idle_timeout", protocol.default_idle_timeout)),
         ping_interval=float(t.positive("ping_interval", protocol.default_ping_interval, zero=True)),

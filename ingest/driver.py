@@ -29,7 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ingest.auth import Target
+from ingest.auth import Target, build_target
 from ingest.config import ProviderConfig
 from ingest.errors import AuthRejected, Disconnected, Fatal, ProtocolFatal, Silent, Transient
 from ingest.events import (
@@ -45,6 +45,7 @@ from ingest.events import (
 from ingest.journal import Journal, Kind
 from ingest.metrics import ProviderStats
 from ingest.protocols.base import ProviderProtocol, read_frames
+from ingest.tokens import TokenSource
 
 __all__ = ["Collector", "RowSink"]
 
@@ -91,10 +92,14 @@ class Collector:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         close_timeout: float = 3.0,
         journal: Journal | None = None,
+        tokens: TokenSource | None = None,
     ) -> None:
+        """With `tokens`, `target` is the URL without a key: each connect adds the current token."""
         self.config = config
         self.protocol = protocol
         self._target = target
+        self._tokens = tokens
+        self._keyless_url = target.url
         self._sink = sink
         self.stats = stats
         self._sleep_override = sleep
@@ -193,27 +198,15 @@ class Collector:
             return
         self.stats.state = "connecting"
         try:
-            # A server that accepts TCP but never answers the upgrade must not hang us forever.
-            async with asyncio.timeout(self.config.connect_timeout):
-                ws = await http.ws_connect(
-                    self._target.url,
-                    headers=self._target.headers,
-                    protocols=self.protocol.subprotocols,
-                    autoping=False,  # pings are liveness: the driver sees and answers them itself
-                    # Steady pings replace aiohttp's heartbeat rather than doubling it on a quiet stream.
-                    heartbeat=None if self._steady_pings else (self.config.ping_interval or None),
-                    max_msg_size=0,  # provider frames can exceed aiohttp's 4 MiB default (PROTOCOLS.md 5.6)
-                    decode_text=False,  # msgspec reads bytes; skipping str saves a UTF-8 pass per frame
-                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-                )
-        except aiohttp.WSServerHandshakeError as exc:
-            # str(exc) carries the request URL, key included: build the message from safe parts.
-            message = f"handshake refused: HTTP {exc.status} {exc.message}"
-            if exc.status in (401, 403):
-                raise AuthRejected(message) from None
-            raise Disconnected(message) from None
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise Disconnected(f"connect failed: {type(exc).__name__}: {_safe(exc, self._target)}") from None
+            ws = await self._connect(http)
+        except AuthRejected:
+            if self._tokens is None:
+                raise
+            # A token is checked only at connect, so an expired or revoked one shows here: one new
+            # token, at once, before the refusal counts as fatal (PROTOCOLS.md 1.2 and 1.11).
+            self.log.warning("token refused at connect, fetching a new one")
+            self._tokens.invalidate()
+            ws = await self._connect(http)
         started = time.monotonic()
         self._on_connected()
         try:
@@ -238,6 +231,37 @@ class Collector:
                 self._lost_at = time.monotonic()
             if self._lost_at_ns is None:
                 self._lost_at_ns = time.time_ns()
+
+    async def _connect(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        """Open the socket (with the current token, if the key is one); errors mapped to ours."""
+        if self._tokens is not None:
+            # The token as of this connect (cached, or renewed when near expiry): a reconnect hours
+            # later must not reuse one the server would refuse. Fetch errors are Transient or Fatal.
+            token = await self._tokens.token(http)
+            self._target = build_target(self._keyless_url, self.config.auth, token)
+            self.stats.display_url = self._target.display_url
+        try:
+            # A server that accepts TCP but never answers the upgrade must not hang us forever.
+            async with asyncio.timeout(self.config.connect_timeout):
+                return await http.ws_connect(
+                    self._target.url,
+                    headers=self._target.headers,
+                    protocols=self.protocol.subprotocols,
+                    autoping=False,  # pings are liveness: the driver sees and answers them itself
+                    # Steady pings replace aiohttp's heartbeat rather than doubling it on a quiet stream.
+                    heartbeat=None if self._steady_pings else (self.config.ping_interval or None),
+                    max_msg_size=0,  # provider frames can exceed aiohttp's 4 MiB default (PROTOCOLS.md 5.6)
+                    decode_text=False,  # msgspec reads bytes; skipping str saves a UTF-8 pass per frame
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            # str(exc) carries the request URL, key included: build the message from safe parts.
+            message = f"handshake refused: HTTP {exc.status} {exc.message}"
+            if exc.status in (401, 403):
+                raise AuthRejected(message) from None
+            raise Disconnected(message) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise Disconnected(f"connect failed: {type(exc).__name__}: {_safe(exc, self._target)}") from None
 
     def _on_connected(self) -> None:
         self.stats.connects += 1

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "redact", "register_secret"]
+__all__ = ["configure_logging", "forget_secret", "redact", "register_secret"]
 
 _SECRETS: set[str] = set()
 
@@ -18,6 +18,11 @@ def register_secret(value: str | None) -> None:
     """Every later log line has this value replaced by ***, wherever it appears."""
     if value and len(value) >= 4:  # a very short value would mask ordinary words
         _SECRETS.add(value)
+
+
+def forget_secret(value: str) -> None:
+    """Stop masking a value that can no longer appear (a replaced token): every secret costs each log line."""
+    _SECRETS.discard(value)
 
 
 def redact(text: str) -> str:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import structlog
@@ -17,7 +19,7 @@ from ingest.emulators.bitquery_feeds import Chains, messages
 from ingest.emulators.bitquery_query import Plan, RequestError, compile_request
 from ingest.emulators.server import Connection, EmulatorServer, Ticker
 
-__all__ = ["GRAPHQL_TRANSPORT_WS", "GRAPHQL_WS", "BitqueryEmulator"]
+__all__ = ["GRAPHQL_TRANSPORT_WS", "GRAPHQL_WS", "TOKEN_PATH", "BitqueryEmulator"]
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +29,13 @@ _KA = b'{"type":"ka"}'
 _PONG = b'{"type":"pong"}'
 _ACK = b'{"type":"connection_ack"}'
 _REASON_BYTES = 123  # a close frame's reason must fit in 123 bytes
+TOKEN_PATH = "/oauth2/token"  # as https://oauth2.bitquery.io/oauth2/token (PROTOCOLS.md 1.2)
+_OAUTH_ERRORS = {  # RFC 6749 5.2 codes, with descriptions in the style of Ory Hydra's
+    "invalid_client": "Client authentication failed (e.g., unknown client, no client authentication "
+    "included, or unsupported authentication method).",
+    "invalid_scope": "The requested scope is invalid, unknown, or malformed.",
+    "unsupported_grant_type": "The authorization grant type is not supported by the authorization server.",
+}
 
 
 @dataclass(slots=True)
@@ -51,6 +60,10 @@ class BitqueryEmulator(EmulatorServer):
 
     Operations with the same document and variables share one encoded payload per block; only the
     envelope (`data`/`next` and the id) is written per socket.
+
+    With `client_id` and `client_secret` it is also the OAuth2 token endpoint (POST `TOKEN_PATH`,
+    client-credentials grant) and the WebSocket accepts only the tokens it issued, until they are
+    `token_lifetime` seconds old; otherwise any non-empty token (or only `key`, if given).
     """
 
     paths = ("/graphql", "/eap")  # the V2 endpoint and the early-access one (PROTOCOLS.md 1.1)
@@ -70,6 +83,9 @@ class BitqueryEmulator(EmulatorServer):
         start_on_subscribe: bool = True,
         record_log: bool = False,
         max_queue: int = 10_000,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        token_lifetime: float = 17999.0,
     ) -> None:
         # No WebSocket-level pings: Bitquery's liveness signals are `ka` and `pong` messages.
         super().__init__(max_queue=max_queue)
@@ -88,6 +104,16 @@ class BitqueryEmulator(EmulatorServer):
         self.sent_log: list[tuple[str, str, dict[str, Any]]] | None = [] if record_log else None
         self.chains = Chains(seed, txs_per_block=txs_per_block, reorg_every=reorg_every)
         self._sessions: dict[Connection, _Session] = {}
+        self._client: tuple[str, str] | None = None  # OAuth mode: only issued tokens are accepted
+        if client_id is not None or client_secret is not None:
+            if not client_id or not client_secret:
+                raise TypeError("client_id and client_secret go together, both non-empty")
+            self._client = (client_id, client_secret)
+        self.token_lifetime = token_lifetime
+        self._tokens: dict[str, float] = {}  # issued token -> loop time it expires
+        self.tokens_issued = 0
+        self.token_requests_refused = 0  # bad client credentials, grant or scope
+        self.auth_rejected = 0  # upgrades refused for a missing, wrong or expired token
         self._start_on_subscribe = start_on_subscribe
         self._ticker = Ticker(block_interval)
         self._encode = msgspec.json.Encoder().encode
@@ -102,13 +128,66 @@ class BitqueryEmulator(EmulatorServer):
     def authorize(self, request: web.Request) -> web.StreamResponse | None:
         """The token travels only as ?token= (headers are not accepted for WSS, PROTOCOLS.md 1.2)."""
         supplied = request.query.get("token", "")
-        ok = bool(supplied) and (
-            self._key is None or hmac.compare_digest(supplied.encode(), self._key.encode())
-        )
+        if self._client is not None:
+            # Checked at the upgrade only: a socket outlives its token, as on Bitquery (1.2).
+            expires = self._tokens.get(supplied)
+            ok = expires is not None and asyncio.get_running_loop().time() < expires
+        else:
+            ok = bool(supplied) and (
+                self._key is None or hmac.compare_digest(supplied.encode(), self._key.encode())
+            )
         if ok:
             return None
+        self.auth_rejected += 1
         log.info("auth_rejected", has_token=bool(supplied))  # never the token itself
         return web.Response(status=401, text="Unauthorized")
+
+    # -- OAuth2 token endpoint -------------------------------------------------------------------
+
+    @property
+    def token_url(self) -> str:
+        """The http:// URL of the token endpoint, on the same server; only valid after `start()`."""
+        return f"http://{urlsplit(self.url).netloc}{TOKEN_PATH}"
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post(TOKEN_PATH, self._issue_token)
+
+    def revoke_tokens(self) -> None:
+        """Forget every issued token: the next upgrade with one gets 401, open sockets stay (1.2)."""
+        self._tokens.clear()
+
+    async def _issue_token(self, request: web.Request) -> web.Response:
+        """`grant_type=client_credentials&client_id=...&client_secret=...&scope=api`, form-encoded."""
+        form = await request.post()
+        if form.get("grant_type") != "client_credentials":
+            return self._oauth_error(400, "unsupported_grant_type")
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        if (
+            self._client is None
+            or not isinstance(client_id, str)
+            or not isinstance(secret, str)
+            or not hmac.compare_digest(client_id.encode(), self._client[0].encode())
+            or not hmac.compare_digest(secret.encode(), self._client[1].encode())
+        ):
+            return self._oauth_error(401, "invalid_client")
+        if form.get("scope", "api") != "api":
+            return self._oauth_error(400, "invalid_scope")
+        now = asyncio.get_running_loop().time()
+        self._tokens = {t: at for t, at in self._tokens.items() if at > now}  # drop expired ones
+        token = f"ory_at_{secrets.token_urlsafe(32)}"
+        self._tokens[token] = now + self.token_lifetime
+        self.tokens_issued += 1
+        lifetime = self.token_lifetime
+        expires_in = int(lifetime) if float(lifetime).is_integer() else lifetime
+        log.info("token_issued", emulator="bitquery", expires_in=expires_in)
+        return web.json_response(
+            {"access_token": token, "expires_in": expires_in, "scope": "api", "token_type": "bearer"}
+        )
+
+    def _oauth_error(self, status: int, error: str) -> web.Response:
+        self.token_requests_refused += 1
+        log.info("token_refused", emulator="bitquery", error=error)  # never the credentials
+        return web.json_response({"error": error, "error_description": _OAUTH_ERRORS[error]}, status=status)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         # The base handler with subprotocol negotiation added: aiohttp echoes the first protocol the

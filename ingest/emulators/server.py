@@ -114,6 +114,7 @@ class EmulatorServer:
         app = web.Application()
         for path in self.paths:
             app.router.add_get(path, self._handle)
+        self.add_routes(app)
         # access_log=None: the access log would print query strings, and keys may travel there.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.close_timeout)
         await runner.setup()
@@ -153,6 +154,9 @@ class EmulatorServer:
     def authorize(self, request: web.Request) -> web.StreamResponse | None:
         """Return a response to refuse the upgrade, or None to accept it."""
         return None
+
+    def add_routes(self, app: web.Application) -> None:
+        """Add plain HTTP routes beside the WebSocket paths (e.g. a token endpoint)."""
 
     async def on_startup(self) -> None:
         """Start producer tasks."""

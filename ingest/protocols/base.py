@@ -22,6 +22,7 @@ class AuthDefaults:
     header: str = "Authorization"
     scheme: str = "Bearer"
     query_param: str = "api_key"
+    token_url: str | None = None  # OAuth2 token endpoint for `auth.oauth`; None: the config must name one
 
 
 class SubscriptionSpec(Protocol):

@@ -133,7 +133,9 @@ class BitqueryProtocol:
 
     kind: ClassVar[str] = "bitquery"
     # Bitquery takes the token only in the URL for WebSockets (PROTOCOLS.md 1.2).
-    auth: ClassVar[AuthDefaults] = AuthDefaults(location="query", query_param="token")
+    auth: ClassVar[AuthDefaults] = AuthDefaults(
+        location="query", query_param="token", token_url="https://oauth2.bitquery.io/oauth2/token"
+    )
     # graphql-transport-ws codes a reconnect cannot fix: bad frames, unauthorized, forbidden (the
     # token), wrong subprotocol, duplicate id, second init. 4408 and 4500 are worth a retry.
     fatal_close_codes: ClassVar[frozenset[int]] = frozenset({4400, 4401, 4403, 4406, 4409, 4429})
