@@ -247,11 +247,18 @@ class Buffer:
                 self._on_near_full()
 
     async def wait_for_room(self) -> None:
-        # A reader waits between reads, so the frames it gave are whole: a full flush held for
-        # its last frame goes now, or the writer could have nothing to free room with.
-        for name, pending in list(self._pending.items()):
-            if pending.full:
-                self._seal(name, pending.full)
+        """Wait until the memory taken is below max_pending_bytes.
+
+        A reader waits between reads, so the frames it gave are whole: a full flush held for its
+        last frame goes now; and when nothing is sealed or being written, everything buffered
+        goes, since only a flush can free room (without the daemon's tick, as in an offline
+        replay, the reader and the buffer would wait for each other).
+        """
+        if not self._room.is_set():
+            idle = not self._in_flight
+            for name, pending in list(self._pending.items()):
+                if pending.full or idle:
+                    self._seal(name, pending.full or "room")
         await self._room.wait()
 
     # -- timers and shutdown ---------------------------------------------------------------------

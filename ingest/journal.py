@@ -315,7 +315,12 @@ class Journal:
 
     @property
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in segment_files(self.directory))
+        total = 0
+        for path in segment_files(self.directory):
+            # The sync thread may delete a released segment between the listing and its size.
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
 
     async def run(self, low_water: Callable[[], int]) -> None:
         """Write, sync and release on an interval until cancelled; `low_water()` gives the bound.

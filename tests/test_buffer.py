@@ -199,3 +199,22 @@ async def test_a_reader_waiting_for_room_releases_a_full_flush_held_for_its_last
     assert (flush.rows, flush.last) == (2, 2)
     buf.done(flush)
     await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_reader_waiting_for_room_with_nothing_in_flight_releases_what_is_buffered(registry):
+    """Datasets each below every limit can fill the memory together; without a tick (an offline
+    replay) nothing would seal them, and the reader would wait for good."""
+    frame = 10 + CHUNK_OVERHEAD
+    buf = Buffer(registry, FlushPolicy(max_rows=100, max_age=60, max_pending_bytes=2 * frame))
+    buf.add(block(1))
+    buf.add(Rows("blockdb", "blockdb_transfers", "t", [b"{" + b" " * 8 + b"}"], 2))
+    assert buf.congested and buf.queued_rows == 0
+    waiting = asyncio.create_task(buf.wait_for_room())
+    flushes = [await asyncio.wait_for(buf.next_flush(), 1) for _ in range(2)]
+    assert sorted((f.dataset, f.reason) for f in flushes) == [
+        ("blockdb_blocks", "room"),
+        ("blockdb_transfers", "room"),
+    ]
+    for flush in flushes:
+        buf.done(flush)
+    await asyncio.wait_for(waiting, 1)

@@ -298,3 +298,16 @@ def test_a_segment_torn_in_its_first_record_is_not_reused_by_the_next_run(tmp_pa
     third.close()
     # Readable, not behind the torn bytes:
     assert [r.position for r in records(tmp_path)][-50:] == list(range(101, 151))
+
+
+def test_the_journals_size_skips_a_segment_deleted_while_it_is_counted(tmp_path, monkeypatch):
+    """Released segments are deleted in the sync thread, which may come between the listing and
+    a segment's size (a /metrics scrape failed with FileNotFoundError)."""
+    journal = Journal(tmp_path)
+    journal.open()
+    fill(journal, 3)
+    journal.write()
+    listed = [*segment_files(tmp_path), tmp_path / "00000000000000000002.seg"]  # gone meanwhile
+    monkeypatch.setattr("ingest.journal.segment_files", lambda directory: listed)
+    assert journal.size_bytes == os.path.getsize(listed[0])
+    journal.close()
