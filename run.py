@@ -36,9 +36,13 @@ def _ensure_venv(extras: str) -> None:
         return
     if sys.version_info < (3, 11):  # noqa: UP036 - run.py starts on whatever python the user has
         sys.exit(f"Python 3.11 or newer is needed (this is {sys.version.split()[0]})")
-    if not PYTHON.exists():
+    if not _usable():  # none yet, or one left broken (interrupted while created: no pip)
         print("creating .venv ...", file=sys.stderr, flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
+        try:
+            venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            sys.exit(f"creating .venv failed ({exc}); on Debian/Ubuntu: apt install python3-venv")
+        installed = []
     target = f".[{extras}]" if extras else "."
     print(
         f"installing {target} into .venv (once; again only when pyproject.toml changes) ...",
@@ -53,17 +57,43 @@ def _ensure_venv(extras: str) -> None:
     stamp_file.write_text(" ".join([*installed, wanted]))
 
 
+def _usable() -> bool:
+    """The .venv's python runs and has pip."""
+    if not PYTHON.exists():
+        return False
+    check = [str(PYTHON), "-m", "pip", "--version"]
+    return subprocess.run(check, capture_output=True, check=False).returncode == 0
+
+
+def _hand_over(args: list[str]) -> int:
+    """Run `.venv`'s python with `args` in place of this process.
+
+    Replaced, not waited on: Ctrl-C and SIGTERM then reach the daemon itself, which drains and
+    prints its summary. A parent waiting on it would be interrupted too, and subprocess kills its
+    child 0.25 s after a KeyboardInterrupt (or leaves it orphaned on SIGTERM).
+    """
+    command = [str(PYTHON), *args]
+    if os.name == "nt":  # no exec there that keeps the console's process
+        return subprocess.call(command)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
 def main(argv: list[str]) -> int:
     verb = argv[0] if argv else "run"
     if verb == "test":
         _ensure_venv("test")
-        return subprocess.call([str(PYTHON), "-m", "pytest", *argv[1:]], cwd=ROOT)
+        os.chdir(ROOT)
+        return _hand_over(["-m", "pytest", *argv[1:]])
     if verb == "bench":
         _ensure_venv("bench")
-        return subprocess.call([str(PYTHON), "-m", "ingest", "bench", *argv[1:]], cwd=ROOT)
+        os.chdir(ROOT)
+        return _hand_over(["-m", "ingest", "bench", *argv[1:]])
     _ensure_venv("")
     args = argv if argv and not argv[0].startswith("-") else ["run", *argv]
-    return subprocess.call([str(PYTHON), "-m", "ingest", *args], cwd=os.getcwd())
+    return _hand_over(["-m", "ingest", *args])
 
 
 if __name__ == "__main__":

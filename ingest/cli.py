@@ -90,8 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_default_verb(argv: list[str]) -> list[str]:
+    """`run` when no verb is given (options alone are run's)."""
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        return ["run", *argv]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = with_default_verb(list(sys.argv[1:] if argv is None else argv))
     # Verbs that hand their options on untouched (argparse would try to read them itself).
     if argv[:1] == ["test"]:
         return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=ROOT)
@@ -257,6 +264,9 @@ def _replay(config: Config, paths: list[Path], provider: str | None) -> int:
                 file=sys.stderr,
             )
             return 2
+        if missing := [p for p in paths if not p.is_file()]:
+            print(f"no such capture file: {missing[0]}", file=sys.stderr)
+            return 2
         records: Any = (r for path in paths for r in capture_records(path, provider))
     else:
         if missing := [p for p in paths if not p.exists()]:
@@ -294,8 +304,29 @@ def _lake(config: Config) -> Any:
     return config.storage.lake() if config.storage.parquet_root is not None else None
 
 
+def _printable(table: pa.Table, *, nested_as_json: bool) -> pa.Table:
+    """Columns every output format can take: nanosecond times as ISO text (a Python datetime stops
+    at microseconds, and every dataset has `_received_at`), and for CSV, which has no nesting,
+    lists and structs as JSON text."""
+    for i, field in enumerate(table.schema):
+        typ = field.type
+        column: pa.ChunkedArray | pa.Array | None = None
+        if pa.types.is_temporal(typ) and getattr(typ, "unit", None) == "ns":
+            try:
+                column = table.column(i).cast(pa.string())
+            except pa.ArrowNotImplementedError:  # durations: their count of nanoseconds
+                column = table.column(i).cast(pa.int64())
+        elif nested_as_json and pa.types.is_nested(typ):
+            texts = [None if v is None else json.dumps(v, default=str) for v in table.column(i).to_pylist()]
+            column = pa.array(texts, pa.string())
+        if column is not None:
+            table = table.set_column(i, pa.field(field.name, column.type), column)
+    return table
+
+
 def write_table(table: pa.Table, fmt: str) -> None:
     """Print a query result as a readable table, CSV or JSON lines."""
+    table = _printable(table, nested_as_json=fmt == "csv")
     if fmt == "csv":
         import pyarrow.csv as pacsv
 

@@ -16,10 +16,12 @@ from collections import Counter
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
 from ingest.app import Daemon
+from ingest.cli import with_default_verb, write_table
 from ingest.config import load_config
 from ingest.emulators.blockdb import BlockDBEmulator
 from ingest.protocols.blockdb import DATASETS, GENERIC_DATASET
@@ -402,3 +404,23 @@ async def test_the_built_in_demo_ingests_all_four_providers(tmp_path, monkeypatc
         )
         assert db.execute(sql).fetchone() == via_parquet.execute(sql).fetchone(), name
     assert db.execute("SELECT count(*) FROM quarantine").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_query_prints_nanosecond_times_and_lists_in_every_format(fmt, capsys):
+    """Every dataset has `_received_at` (ns), which a Python datetime cannot hold; CSV has no lists."""
+    received = pa.array([1_763_078_400_123_456_789], pa.timestamp("ns", tz="UTC"))
+    topics = pa.array([["0xa", "0xb"]], pa.list_(pa.string()))
+    write_table(pa.table({"_received_at": received, "topics": topics}), fmt)
+    text = capsys.readouterr().out
+    assert "2025-11-14 00:00:00.123456789" in text
+    if fmt == "json":
+        assert json.loads(text)["topics"] == ["0xa", "0xb"]
+    elif fmt == "csv":
+        assert '"[""0xa"", ""0xb""]"' in text
+
+
+def test_no_verb_means_run_with_its_options():
+    assert with_default_verb([]) == ["run"]
+    assert with_default_verb(["--duration", "5"]) == ["run", "--duration", "5"]
+    assert with_default_verb(["--help"]) == ["--help"] and with_default_verb(["status"]) == ["status"]
