@@ -5,6 +5,7 @@ Keys never live in the config: it names the environment variable that holds each
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -176,12 +177,18 @@ class _Table:
 
     def positive(self, name: str, default: float, *, integer: bool = False, zero: bool = False) -> Any:
         value = self.get(name, int if integer else (int, float), default)
+        if not math.isfinite(value):  # nan slips past every comparison; inf is no duration or size
+            raise ConfigError(f"{self.key(name)}: expected a finite number, got {value!r}")
         if value < 0 or (value == 0 and not zero):
             raise ConfigError(f"{self.key(name)}: expected a {'non-negative' if zero else 'positive'} number")
         return value
 
     def table(self, name: str) -> _Table:
         return _Table(self.raw.get(name, {}), self.key(name))
+
+
+def _toml_type(value: object) -> str:
+    return "list" if isinstance(value, list) else "table"
 
 
 def _typename(typ: type | tuple[type, ...]) -> str:
@@ -249,10 +256,13 @@ def _compaction(t: _Table) -> CompactionConfig:
 
 def _metrics(t: _Table) -> MetricsConfig:
     t.only("enabled", "host", "port", "allow_remote", "max_frame_age_seconds")
+    port = t.get("port", int, 9108)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{t.key('port')}: expected a TCP port, 0 (any free port) to 65535, got {port}")
     return MetricsConfig(
         enabled=t.get("enabled", bool, False),
         host=t.get("host", str, "127.0.0.1"),
-        port=t.positive("port", 9108, integer=True, zero=True),
+        port=port,
         allow_remote=t.get("allow_remote", bool, False),
         max_frame_age=float(t.positive("max_frame_age_seconds", 30.0)),
     )
@@ -358,13 +368,28 @@ def _provider(name: str, t: _Table, config_dir: Path) -> ProviderConfig:
     subs_raw = t.get("subscriptions", list, [])
     if not subs_raw:
         raise ConfigError(f"{t.key('subscriptions')}: at least one subscription is needed")
-    options = protocol.parse_options({k: t.raw[k] for k in protocol.option_keys if k in t.raw}, t.where)
+    raw_options = {k: t.raw[k] for k in protocol.option_keys if k in t.raw}
+    for k, value in raw_options.items():
+        # Every protocol's provider-level options are single values (subprotocol, heartbeat): a list
+        # or table would reach a set or dict lookup there as an unhashable key.
+        if isinstance(value, list | dict):
+            raise ConfigError(f"{t.key(k)}: expected a single value, not a {_toml_type(value)}")
+    options = protocol.parse_options(raw_options, t.where)
     subs = []
     for i, raw in enumerate(subs_raw):
         where = f"{t.key('subscriptions')}[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a table")
-        subs.append(protocol.parse_subscription(raw, where, config_dir))
+        try:
+            subs.append(protocol.parse_subscription(raw, where, config_dir))
+        except RecursionError:
+            # A GraphQL fragment spread inside itself (directly or through other fragments) expands
+            # without end, as does an absurdly deep document.
+            key = "query_file" if "query_file" in raw else "query"
+            raise ConfigError(
+                f"{where}.{key}: a fragment refers to itself (directly or through another fragment),"
+                " or the query nests too deeply"
+            ) from None
     names = [s.name for s in subs]
     if dup := sorted({n for n in names if names.count(n) > 1}):
         raise ConfigError(f"{t.key('subscriptions')}: the subscription name {dup[0]!r} is used twice")
@@ -429,10 +454,20 @@ def load_config(path: Path | None) -> Config:
     """Read a TOML config file, or the built-in demo config against the local emulators."""
     file = path or DEFAULT_CONFIG
     try:
-        with file.open("rb") as fh:
-            doc = tomllib.load(fh)
+        data = file.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{file}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")  # TOML is UTF-8, whatever the locale
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{file}: not UTF-8 text (byte {data[exc.start]:#04x}, line {line})") from None
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     # Paths in a user's config are relative to where the daemon runs; the demo writes to ./data.

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
 
 import structlog
 
@@ -14,15 +15,20 @@ __all__ = ["configure_logging", "forget_secret", "redact", "register_secret"]
 _SECRETS: set[str] = set()
 
 
+def _forms(value: str) -> set[str]:
+    """The value as it is and as a URL carries it (a redirect, a query string): percent-encoded."""
+    return {value, quote(value, safe=""), quote_plus(value, safe="")}
+
+
 def register_secret(value: str | None) -> None:
-    """Every later log line has this value replaced by ***, wherever it appears."""
+    """Every later log line has this value, raw or percent-encoded, replaced by ***, wherever it appears."""
     if value and len(value) >= 4:  # a very short value would mask ordinary words
-        _SECRETS.add(value)
+        _SECRETS.update(_forms(value))
 
 
 def forget_secret(value: str) -> None:
     """Stop masking a value that can no longer appear (a replaced token): every secret costs each log line."""
-    _SECRETS.discard(value)
+    _SECRETS.difference_update(_forms(value))
 
 
 def redact(text: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,140 @@ def test_every_config_example_in_the_readme_is_valid(tmp_path):
         path.write_text(text if "[providers." in text else text + minimal)
         config = load_config(path)
         assert config.providers and not any(p.emulated for p in config.providers)
+
+
+BITQUERY = {
+    "providers": {
+        "bitquery": {
+            "url": "wss://streaming.bitquery.io/graphql",
+            "auth": {"env": "BITQUERY_TOKEN"},
+            "subscriptions": [
+                {"name": "blocks", "query": "subscription { EVM { Blocks { Block { Number } } } }"}
+            ],
+        }
+    }
+}
+HELIUS = {
+    "providers": {
+        "helius": {
+            "url": "wss://mainnet.helius-rpc.com/",
+            "auth": {"env": "HELIUS_API_KEY"},
+            "subscriptions": [{"name": "slots", "method": "slotSubscribe"}],
+        }
+    }
+}
+
+
+def test_a_config_path_that_is_a_directory_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=rf"{tmp_path}: .*directory"):
+        load_config(tmp_path)
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'instance = "m\xff"\n')
+    with pytest.raises(ConfigError, match=rf"{bad}: not UTF-8 text.*line 1"):
+        load_config(bad)
+
+
+def test_any_os_error_reading_the_config_is_a_config_error(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text('instance = "main"\n')
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(ConfigError, match=rf"{path}: cannot read.*Permission denied"):
+        load_config(path)
+
+
+def test_a_query_file_that_is_not_utf8_names_the_key(tmp_path):
+    (tmp_path / "q.graphql").write_bytes(b"subscription { \xff }")
+    doc = copy.deepcopy(BITQUERY)
+    doc["providers"]["bitquery"]["subscriptions"] = [{"name": "q", "query_file": "q.graphql"}]
+    with pytest.raises(ConfigError, match=r"bitquery\.subscriptions\[0\]\.query_file: .*not UTF-8"):
+        parse_config(doc, base=tmp_path, config_dir=tmp_path)
+    doc["providers"]["bitquery"]["subscriptions"] = [{"name": "q", "query_file": ["q.graphql"]}]
+    with pytest.raises(ConfigError, match=r"bitquery\.subscriptions\[0\]\.query_file: expected"):
+        parse_config(doc, base=tmp_path, config_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "message"),
+    [
+        (BITQUERY, "providers.bitquery.subprotocol", "providers.bitquery.subprotocol: expected"),
+        (HELIUS, "providers.helius.subscriptions.0.method", "helius.subscriptions[0].method: expected"),
+    ],
+)
+@pytest.mark.parametrize("value", [["x"], {"x": 1}])
+def test_a_list_or_table_for_a_scalar_names_the_key(tmp_path, doc, path, message, value):
+    node = doc = copy.deepcopy(doc)
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if k.isdigit() else node[k]
+    node[keys[-1]] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, base=tmp_path)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "subscription { EVM { ...F } } fragment F on EVM { ...F }",
+        "subscription { EVM { ...F } } fragment F on EVM { Blocks { ...G } } fragment G on B { ...F }",
+    ],
+)
+def test_a_fragment_that_refers_to_itself_names_the_query(tmp_path, query):
+    doc = copy.deepcopy(BITQUERY)
+    doc["providers"]["bitquery"]["subscriptions"][0]["query"] = query
+    with pytest.raises(ConfigError, match=r"bitquery\.subscriptions\[0\]\.query: .*fragment"):
+        parse_config(doc, base=tmp_path)
+
+
+@pytest.mark.parametrize(("port", "ok"), [(0, True), (65535, True), (65536, False), (70000, False)])
+def test_the_metrics_port_is_a_tcp_port(tmp_path, port, ok):
+    doc = {**BASE, "metrics": {"enabled": True, "port": port}}
+    if ok:
+        assert parse_config(doc, base=tmp_path).metrics.port == port
+    else:
+        with pytest.raises(ConfigError, match=r"metrics\.port: expected a TCP port"):
+            parse_config(doc, base=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "storage.duckdb_commit_seconds",
+        "flush.max_age_seconds",
+        "compaction.interval_seconds",
+        "compaction.grace_seconds",
+        "metrics.max_frame_age_seconds",
+        "providers.blockdb.idle_timeout",
+        "providers.blockdb.ping_interval",
+        "providers.blockdb.keepalive_interval",
+        "providers.blockdb.connect_timeout",
+        "providers.blockdb.read_coalesce",
+        "providers.blockdb.backoff.initial",
+        "providers.blockdb.backoff.max",
+        "providers.blockdb.backoff.healthy_after",
+    ],
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_float_keys_must_be_finite(tmp_path, path, value):
+    with pytest.raises(ConfigError) as info:
+        parse_config(with_(path, value), base=tmp_path)
+    assert f"{path}: expected a finite number" in str(info.value)
+
+
+def test_percent_encoded_secrets_never_reach_the_logs(capsys):
+    configure_logging("json", logging.INFO)
+    register_secret("SEKRET/a+b== c")
+    structlog.get_logger("t").error(
+        "redirected",
+        quoted="wss://h/?api_key=SEKRET%2Fa%2Bb%3D%3D%20c",
+        plus="wss://h/?api_key=SEKRET%2Fa%2Bb%3D%3D+c",
+    )
+    err = capsys.readouterr().err
+    assert "SEKRET" not in err and err.count("***") == 2

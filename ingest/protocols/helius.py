@@ -74,7 +74,7 @@ def _subscription(raw: Mapping[str, Any], where: str) -> HeliusSubscription:
     name, method, params = raw.get("name"), raw.get("method"), raw.get("params", [])
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}.name: every Helius subscription needs a name")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"{where}.method: expected one of {', '.join(METHODS)}, got {method!r}")
     if not isinstance(params, list):
         raise ConfigError(f"{where}.params: expected a list, the JSON-RPC params as Solana documents them")

@@ -183,12 +183,19 @@ class BitqueryProtocol:
                 f"{where}: give either query or query_file (a .graphql file next to the config)"
             )
         if "query_file" in raw:
-            path = Path(str(raw["query_file"]))
+            if not isinstance(raw["query_file"], str) or not raw["query_file"]:
+                raise ConfigError(f"{where}.query_file: expected the path of a .graphql file as a string")
+            path = Path(raw["query_file"])
             path = path if path.is_absolute() else (base_dir or Path.cwd()) / path
             try:
-                query = path.read_text()
+                query = path.read_text(encoding="utf-8")  # GraphQL documents are UTF-8
             except OSError as exc:
-                raise ConfigError(f"{where}.query_file: cannot read {path}: {exc.strerror}") from None
+                raise ConfigError(f"{where}.query_file: cannot read {path}: {exc.strerror or exc}") from None
+            except UnicodeDecodeError as exc:
+                raise ConfigError(
+                    f"{where}.query_file: {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x}"
+                    f" at offset {exc.start})"
+                ) from None
         else:
             query = raw["query"]
             if not isinstance(query, str):
