@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from ingest.errors import ConfigError
-from ingest.events import Event, FatalError, Gap, Notice, Reconnect, Rejected, Rows
+from ingest.events import Event, FatalError, Gap, Notice, Reconnect, Rejected, Rows, SubscriptionAcked
 from ingest.protocols.base import AuthDefaults, Batch, read_decoded
 
 __all__ = ["DATASETS", "GENERIC_DATASET", "CoinAPIProtocol", "CoinAPISubscription"]
@@ -178,6 +178,9 @@ class CoinAPIProtocol:
         self._context: dict[str, Any] = {"connection": 0}
         # (type, symbol) -> label; ohlcv and exrate labels also depend on period or assets (`_label`).
         self._labels: dict[tuple[str | None, ...], str] = {}
+        # CoinAPI acknowledges no subscription: the first message one receives on a connection is
+        # its acknowledgement (the live view then shows it active, not pending).
+        self._delivering: set[str] = set()
         self._last: dict[tuple[str, str], tuple[int, int]] = {}  # (type, symbol) -> (sequence, received_at)
         self._outbox: list[str] = []
 
@@ -249,6 +252,7 @@ class CoinAPIProtocol:
     def connect(self) -> None:
         self._connection += 1
         self._context = {"connection": self._connection}
+        self._delivering.clear()
         self._send_scope()
 
     def receive(self, frame: str | bytes, received_at: int) -> list[Event]:
@@ -273,8 +277,11 @@ class CoinAPIProtocol:
             # run of frames of one read that share table and label, not one per frame.
             key = (kind, symbol)
             label = self._labels.get(key)
-            if label is None:
+            if label is None:  # the first of its kind and symbol on this scope: not per message
                 label = self._label(kind, symbol, raw)
+                if label and label not in self._delivering:
+                    self._delivering.add(label)
+                    events.append(SubscriptionAcked(label))
             if seq is not None and symbol is not None:
                 last = self._last.get(key)
                 if last is not None and seq != last[0] + 1:

@@ -10,7 +10,7 @@ from ingest.arrow_batch import build_table
 from ingest.emulators.coinapi_market import SYMBOLS
 from ingest.emulators.coinapi_scope import Scope, parse_request
 from ingest.errors import ConfigError
-from ingest.events import FatalError, Gap, Notice, Reconnect, Rejected, Rows
+from ingest.events import FatalError, Gap, Notice, Reconnect, Rejected, Rows, SubscriptionAcked
 from ingest.protocols.coinapi import CoinAPIProtocol
 
 T0 = 1_763_000_000_000_000_000
@@ -30,6 +30,11 @@ def trade(symbol: str, seq: int, uuid: str = "770C7A3B-7258-4441-8182-83740F3E24
             "taker_side": "SELL",
         }
     ).encode()
+
+
+def read(p: CoinAPIProtocol, frame: bytes | str, received_at: int) -> list:
+    """What a frame gives besides the acknowledgement of its subscription's first message."""
+    return [e for e in p.receive(frame, received_at) if not isinstance(e, SubscriptionAcked)]
 
 
 def proto(*subs: dict, heartbeat: bool = True) -> CoinAPIProtocol:
@@ -67,7 +72,7 @@ def test_a_trade_is_one_row_labelled_with_its_subscription(registry):
         {"name": "cb", "data_types": ["trade"], "symbols": ["COINBASE_"]},
     )
     p.connect()
-    (rows,) = p.receive(trade("COINBASE_SPOT_ETH_USD", 1), T0)
+    (rows,) = read(p, trade("COINBASE_SPOT_ETH_USD", 1), T0)
     assert isinstance(rows, Rows) and rows.dataset == "coinapi_trades" and rows.subscription == "cb"
     row = (
         build_table(registry["coinapi_trades"], [rows])
@@ -88,7 +93,7 @@ def test_a_trade_is_one_row_labelled_with_its_subscription(registry):
 def test_seven_fractional_digits_survive(registry):
     p = proto({"name": "all", "data_types": ["trade"]})
     p.connect()
-    (rows,) = p.receive(trade("KRAKEN_SPOT_BTC_EUR", 1), T0)
+    (rows,) = read(p, trade("KRAKEN_SPOT_BTC_EUR", 1), T0)
     table = build_table(registry["coinapi_trades"], [rows]).table
     ns = table["time_exchange"].cast("int64").to_pylist()[0]
     assert ns % 1_000_000_000 == 376334200  # .3763342 s: every digit kept, down to 100 ns
@@ -120,35 +125,35 @@ def test_filter_semantics(filters, symbol, matches):
 def test_a_sequence_jump_within_a_connection_is_a_gap_and_a_new_connection_starts_over():
     p = proto({"name": "all", "data_types": ["trade"]})
     p.connect()
-    assert len(p.receive(trade("A_SPOT_B_C", 1), T0)) == 1
-    assert len(p.receive(trade("A_SPOT_B_C", 2), T0 + 1)) == 1
-    gap, rows = p.receive(trade("A_SPOT_B_C", 5), T0 + 2)
+    assert len(read(p, trade("A_SPOT_B_C", 1), T0)) == 1
+    assert len(read(p, trade("A_SPOT_B_C", 2), T0 + 1)) == 1
+    gap, rows = read(p, trade("A_SPOT_B_C", 5), T0 + 2)
     assert isinstance(gap, Gap) and isinstance(rows, Rows)
     assert (gap.kind, gap.stream, gap.expected, gap.received) == ("sequence", "trade:A_SPOT_B_C", 3, 5)
     assert (gap.started_at, gap.ended_at, gap.subscription) == (T0 + 1, T0 + 2, "all")
-    assert len(p.receive(trade("A_SPOT_B_C", 4), T0 + 3)) == 1  # late: not a gap
-    assert len(p.receive(trade("OTHER_SPOT_B_C", 9), T0 + 3)) == 1  # per symbol
+    assert len(read(p, trade("A_SPOT_B_C", 4), T0 + 3)) == 1  # late: not a gap
+    assert len(read(p, trade("OTHER_SPOT_B_C", 9), T0 + 3)) == 1  # per symbol
     p.connection_lost()
     p.connect()
-    (rows,) = p.receive(trade("A_SPOT_B_C", 1), T0 + 4)  # restarts at 1: no gap
+    (rows,) = read(p, trade("A_SPOT_B_C", 1), T0 + 4)  # restarts at 1: no gap
     assert rows.context == {"connection": 2}
 
 
 def test_heartbeat_reconnect_and_errors():
     p = proto({"name": "all", "data_types": ["trade"]})
     p.connect()
-    assert p.receive(b'{"type":"hearbeat"}', 1) == [] and p.receive(b'{"type":"heartbeat"}', 1) == []
-    (reconnect,) = p.receive(
-        b'{"type":"reconnect","within_seconds":10,"before_time":"2020-08-06T19:19:09.7035429Z"}', 1
+    assert read(p, b'{"type":"hearbeat"}', 1) == [] and read(p, b'{"type":"heartbeat"}', 1) == []
+    (reconnect,) = read(
+        p, b'{"type":"reconnect","within_seconds":10,"before_time":"2020-08-06T19:19:09.7035429Z"}', 1
     )
     assert isinstance(reconnect, Reconnect)
-    (fatal,) = p.receive(b'{"type":"error","message":"Invalid API key"}', 1)
+    (fatal,) = read(p, b'{"type":"error","message":"Invalid API key"}', 1)
     assert isinstance(fatal, FatalError) and "Invalid API key" in fatal.reason
-    (notice,) = p.receive(
-        b'{"type":"error","message":"Reached maximum allowed buffered messages for this connection."}', 1
+    (notice,) = read(
+        p, b'{"type":"error","message":"Reached maximum allowed buffered messages for this connection."}', 1
     )
     assert isinstance(notice, Notice)
-    (bad,) = p.receive(b'{"type":"mystery"}', 1)
+    (bad,) = read(p, b'{"type":"mystery"}', 1)
     assert isinstance(bad, Rejected)
 
 
@@ -203,12 +208,12 @@ def test_quotes_books_ohlcv_and_others_go_to_their_tables(registry):
         },
     }
     for dataset, msg in frames.items():
-        (rows,) = p.receive(json.dumps(msg), T0)
+        (rows,) = read(p, json.dumps(msg), T0)
         assert rows.dataset == dataset
         result = build_table(registry[dataset], [rows])
         assert result.rejected == [] and result.table.num_rows == 1
     book = build_table(
-        registry["coinapi_book_updates"], [p.receive(json.dumps(frames["coinapi_book_updates"]), T0)[0]]
+        registry["coinapi_book_updates"], [read(p, json.dumps(frames["coinapi_book_updates"]), T0)[0]]
     )
     assert json.loads(book.table["asks"][0].as_py()) == [{"price": 1.5, "size": 2}]
     assert book.table["book_type"][0].as_py() == "book5"
@@ -271,7 +276,7 @@ def sent(*subs: dict) -> list[dict]:
 
 def label(p: CoinAPIProtocol, frame: bytes | dict) -> str:
     """The label of the one Rows a frame makes (a row is never dropped, whatever its label)."""
-    (rows,) = p.receive(frame if isinstance(frame, bytes) else json.dumps(frame), T0)
+    (rows,) = read(p, frame if isinstance(frame, bytes) else json.dumps(frame), T0)
     assert isinstance(rows, Rows) and len(rows.records) == 1
     return rows.subscription
 
@@ -455,3 +460,20 @@ def test_the_emulator_accepts_the_scope_and_serves_every_subscription_all_it_wan
 def test_bad_subscriptions_name_the_key(sub, key):
     with pytest.raises(ConfigError, match=f"s\\.{key}"):
         CoinAPIProtocol.parse_subscription(sub, "s")
+
+
+def test_a_subscriptions_first_message_on_a_connection_acknowledges_it():
+    """CoinAPI acknowledges nothing: without this, its subscriptions showed as pending for good."""
+    p = proto(
+        {"name": "btc", "data_types": ["trade"], "symbols": ["A_"]}, {"name": "rest", "data_types": ["quote"]}
+    )
+    p.connect()
+    p.data_to_send()
+    first = p.receive(trade("A_SPOT_B_C", 1), T0)
+    assert [type(e).__name__ for e in first] == ["SubscriptionAcked", "Rows"] and first[
+        0
+    ].subscription == "btc"
+    assert [type(e).__name__ for e in p.receive(trade("A_SPOT_B_C", 2), T0)] == ["Rows"]
+    assert [type(e).__name__ for e in p.receive(trade("A_SPOT_X_Y", 1), T0)] == ["Rows"]  # btc again
+    p.connect()  # a new connection: acknowledged again by its first message
+    assert isinstance(p.receive(trade("A_SPOT_B_C", 1), T0)[0], SubscriptionAcked)
