@@ -105,6 +105,7 @@ class LiveView:
 async def progress_logger(metrics: Metrics, buffer: Buffer, every: float = 5.0) -> None:
     """The unattended stand-in for the live view: one log line per interval."""
     rates = _Rates()
+    rates.update(buffer.received)  # the baseline: the first line gives the first interval's rate
     while True:
         await asyncio.sleep(every)
         rates.update(buffer.received)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import duckdb
 from rich.console import Console
+from structlog.testing import capture_logs
 
 from ingest import summary
 from ingest.app import RunResult
@@ -13,7 +15,7 @@ from ingest.arrow_batch import build_table
 from ingest.buffer import Buffer
 from ingest.config import FlushPolicy, parse_config
 from ingest.events import Rows
-from ingest.live import LiveView
+from ingest.live import LiveView, progress_logger
 from ingest.metrics import Metrics
 from ingest.sinks.duckdb import DuckDBSink
 
@@ -108,3 +110,18 @@ def test_status_counts_each_derived_row_once(registry):
     text = out.getvalue()
     assert "quarantined frames: coinapi malformed: 1, coinapi unknown_type: 1" in text
     assert "gaps: coinapi disconnected: 1 (2.0 s), coinapi sequence: 1 (2.0 s)" in text
+
+
+async def test_the_first_progress_line_already_gives_a_rate(registry):
+    """Without a baseline taken at the start, the first line said 0 rows/s, and a run shorter
+    than two intervals never said anything else."""
+    buffer = Buffer(registry, FlushPolicy(max_rows=10**6, max_age=60))
+    with capture_logs() as logs:
+        task = asyncio.create_task(progress_logger(Metrics(), buffer, every=0.2))
+        await asyncio.sleep(0)  # it starts: the baseline, before any row
+        for i in range(50):
+            buffer.add(Rows("blockdb", "blockdb_blocks", "s", [b"{}"], i))
+        await asyncio.sleep(0.3)
+        task.cancel()
+    (line,) = [e for e in logs if e["event"] == "progress"]
+    assert line["rows"] == {"blockdb_blocks": 50} and line["rows_per_s"] > 0
