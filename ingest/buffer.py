@@ -203,10 +203,10 @@ class Buffer:
             self._full(dataset, pending, "rows")
 
     def _new_pending(self, dataset: str, pending: _Pending | None, day: int) -> _Pending:
-        """The dataset's pending flush for rows received on `day`; one of another day is sealed
-        first. A flush never spans two days: Parquet writes a flush of one day as one file, and
-        a flush split over two could leave, after a crash between them, a file whose name marks
-        the whole flush as stored."""
+        """A new pending flush of the dataset for rows received on `day`; the one before (full, or
+        of another day) is sealed first. A flush never spans two days: Parquet writes a flush of
+        one day as one file, and a flush split over two could leave, after a crash between them,
+        a file whose name marks the whole flush as stored."""
         if pending is not None:
             self._seal(dataset, pending.full or "day")
         new = self._pending[dataset] = _Pending(since=self._clock(), day=day)
