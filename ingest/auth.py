@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ingest.config import AuthConfig
 from ingest.errors import ConfigError
 
-__all__ = ["Target", "build_target", "read_secret", "redact_url"]
+__all__ = ["Target", "build_target", "env_secret", "read_secret", "redact_url"]
 
 _SENSITIVE = ("key", "token", "secret", "auth", "password", "sig")
 
@@ -23,14 +23,18 @@ class Target:
     display_url: str = ""
 
 
+def env_secret(name: str, key: str) -> str:
+    """The value of environment variable `name`, which config key `key` names; a clear error
+    naming both (never a value) if it is unset or empty."""
+    value = os.environ.get(name, "")
+    if not value:
+        raise ConfigError(f"{key}: the environment variable {name} is not set or empty")
+    return value
+
+
 def read_secret(auth: AuthConfig, where: str) -> str | None:
     """The key from the environment variable the config names; a clear error if it is unset."""
-    if auth.env is None:
-        return None
-    value = os.environ.get(auth.env, "")
-    if not value:
-        raise ConfigError(f"{where}.auth.env: the environment variable {auth.env} is not set or empty")
-    return value
+    return None if auth.env is None else env_secret(auth.env, f"{where}.auth.env")
 
 
 def redact_url(url: str) -> str:

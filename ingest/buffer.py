@@ -72,6 +72,11 @@ class _Pending:
     day: int = 0  # the UTC day its rows were received on (ns // _DAY_NS)
     full: str = ""  # why it is due ("rows", "bytes"), sealed once its last frame is all in
 
+    def takes(self, day: int, position: int) -> bool:
+        """Whether a record received on `day` from the frame at `position` joins this flush: the
+        same day, and, once full, only more of its last frame (see Buffer._full)."""
+        return self.day == day and not (self.full and position != self.last)
+
     def cover(self, position: int) -> None:
         if position:
             if not self.first or position < self.first:
@@ -119,7 +124,7 @@ class Buffer:
         """
         pending = self._pending.get(rows.dataset)
         day = rows.received_at // _DAY_NS
-        if pending is None or pending.day != day or (pending.full and rows.position != pending.last):
+        if pending is None or not pending.takes(day, rows.position):
             if rows.dataset not in self._registry:
                 # A protocol naming an undeclared dataset is a bug, but the data is still kept.
                 for rec in rows.records:
@@ -189,7 +194,7 @@ class Buffer:
     def _add_value(self, dataset: str, row: dict[str, Any], nbytes: int, position: int) -> None:
         pending = self._pending.get(dataset)
         day = row[self._registry[dataset].received_column] // _DAY_NS
-        if pending is None or pending.day != day or (pending.full and position != pending.last):
+        if pending is None or not pending.takes(day, position):
             pending = self._new_pending(dataset, pending, day)
         pending.values.append(row)
         pending.cover(position)

@@ -7,7 +7,6 @@ and gets the cached one, or a new one once less than a margin of its lifetime is
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -16,9 +15,9 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 
-from ingest.auth import redact_url
+from ingest.auth import env_secret, redact_url
 from ingest.config import OAuthConfig
-from ingest.errors import ConfigError, Fatal, Transient
+from ingest.errors import Fatal, Transient
 from ingest.log import forget_secret, register_secret
 
 __all__ = [
@@ -63,15 +62,10 @@ class Token:
 
 def read_client_credentials(oauth: OAuthConfig, where: str) -> tuple[str, str]:
     """Client id and secret from the environment; a clear error naming the variable if one is unset."""
-    values = []
-    for key, name in (("client_id_env", oauth.client_id_env), ("client_secret_env", oauth.client_secret_env)):
-        value = os.environ.get(name, "")
-        if not value:
-            raise ConfigError(
-                f"{where}.auth.oauth.{key}: the environment variable {name} is not set or empty"
-            )
-        values.append(value)
-    return values[0], values[1]
+    return (
+        env_secret(oauth.client_id_env, f"{where}.auth.oauth.client_id_env"),
+        env_secret(oauth.client_secret_env, f"{where}.auth.oauth.client_secret_env"),
+    )
 
 
 class TokenSource:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ingest.config import parse_config
+from ingest.driver import Collector
 from ingest.emulators.blockdb import BlockDBEmulator
 from ingest.protocols.blockdb import BlockDBProtocol
 from tests.helpers import Drain, blockdb_config, collector, eventually
@@ -56,33 +59,36 @@ def _scaled(idle: float) -> float:
     return idle * BlockDBProtocol.default_ping_interval / BlockDBProtocol.default_idle_timeout
 
 
-async def test_quiet_stream_without_server_pings_stays_connected(registry):
-    """No data and no server pings (their period is undocumented): the client's own pings, at the
-    default ratio to the idle timeout, keep a healthy quiet link from being taken for dead."""
-    idle = 0.6
-    # No block ever comes, the server never pings, and it tolerates the idle subscriber.
+@contextlib.asynccontextmanager
+async def quiet_link(registry, idle: float) -> AsyncIterator[tuple[BlockDBEmulator, Collector]]:
+    """A collector subscribed to a stream that sends nothing (no block, no server ping) and a
+    server that tolerates the idle subscriber; pings at the default ratio to `idle`. Stopped after."""
     async with BlockDBEmulator(key=KEY, block_interval=3600, ping_interval=0, idle_timeout=60) as emu:
         config = blockdb_config(emu.url, SUBS[:1], idle_timeout=idle, ping_interval=_scaled(idle))
         col, _ = collector(registry, config, KEY)
         task = asyncio.create_task(col.run())
         await eventually(lambda: col.stats.subscriptions.get("blocks") == "active", what="subscribed")
+        yield emu, col
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_quiet_stream_without_server_pings_stays_connected(registry):
+    """No data and no server pings (their period is undocumented): the client's own pings, at the
+    default ratio to the idle timeout, keep a healthy quiet link from being taken for dead."""
+    idle = 0.6
+    async with quiet_link(registry, idle) as (_, col):
         frames, keepalives = col.stats.frames, col.stats.keepalives
         await asyncio.sleep(idle * 4)
         assert col.stats.connects == 1 and col.stats.last_error == ""
         assert col.stats.frames == frames  # nothing but liveness arrived
         assert col.stats.keepalives - keepalives >= 4  # the pongs to our pings
-        await col.stop()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_dead_link_is_detected_within_the_idle_timeout(registry):
     """A half-open link (nothing crosses it, pongs included) is cut once a ping goes unanswered."""
     idle = 2.0
-    async with BlockDBEmulator(key=KEY, block_interval=3600, ping_interval=0, idle_timeout=60) as emu:
-        config = blockdb_config(emu.url, SUBS[:1], idle_timeout=idle, ping_interval=_scaled(idle))
-        col, _ = collector(registry, config, KEY)
-        task = asyncio.create_task(col.run())
-        await eventually(lambda: col.stats.subscriptions.get("blocks") == "active", what="subscribed")
+    async with quiet_link(registry, idle) as (emu, col):
         loop = asyncio.get_running_loop()
         emu.go_silent(10.0)
         started = loop.time()
@@ -90,5 +96,3 @@ async def test_dead_link_is_detected_within_the_idle_timeout(registry):
         assert loop.time() - started < idle
         # aiohttp's heartbeat: the missing pong, not the idle timer ("no frame for ...").
         assert "ServerTimeoutError" in col.stats.last_error
-        await col.stop()
-        await asyncio.wait_for(task, 10)
