@@ -45,6 +45,7 @@ from ingest.events import (
 from ingest.journal import Journal, Kind
 from ingest.metrics import ProviderStats
 from ingest.protocols.base import ProviderProtocol, read_frames
+from ingest.retry_hints import from_headers
 from ingest.tokens import TokenSource
 
 __all__ = ["Collector", "RowSink"]
@@ -61,6 +62,9 @@ _GONE = (
 )
 # What a write to a socket the peer already closed raises (aiohttp's ClientConnectionResetError is both).
 _SEND_FAILED = (aiohttp.ClientError, ConnectionError)
+# Close 1013 TRY_AGAIN_LATER: the server shed us (a slow reader, or its own load). BlockDB and
+# Bitquery ask for a longer backoff (PROTOCOLS.md 1.6, 2.4), so the wait is the backoff's cap.
+_TRY_AGAIN_LATER = 1013
 
 
 class RowSink(Protocol):
@@ -172,9 +176,10 @@ class Collector:
 
     def _retrying(self) -> AsyncRetrying:
         b = self.config.backoff
+        backoff = wait_fixed(0.05) + wait_random_exponential(multiplier=b.initial, max=b.max)
         return AsyncRetrying(
             retry=retry_if_exception_type(Transient),
-            wait=wait_fixed(0.05) + wait_random_exponential(multiplier=b.initial, max=b.max),
+            wait=_at_least_the_hint(backoff),
             sleep=self._sleep_override or self._sleep,
             before_sleep=self._before_sleep,
             reraise=True,
@@ -223,6 +228,9 @@ class Collector:
             if lived < self.config.backoff.healthy_after:
                 raise
             self.log.warning("connection lost", reason=str(exc), lived=round(lived, 1))
+            if exc.retry_after:  # the provider asked for a pause: not at once, even after a healthy session
+                self.log.warning("reconnecting", after=round(exc.retry_after, 2), reason=str(exc))
+                await (self._sleep_override or self._sleep)(exc.retry_after)
             return
         finally:
             self._deadline, self._ws = None, None
@@ -259,7 +267,8 @@ class Collector:
             message = f"handshake refused: HTTP {exc.status} {exc.message}"
             if exc.status in (401, 403):
                 raise AuthRejected(message) from None
-            raise Disconnected(message) from None
+            # A rate limit (429) or an overloaded server (503) may say how long to stay away.
+            raise Disconnected(message, retry_after=from_headers(exc.headers)) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise Disconnected(f"connect failed: {type(exc).__name__}: {_safe(exc, self._target)}") from None
 
@@ -423,7 +432,11 @@ class Collector:
             raise Disconnected("closed during shutdown", code=code)
         if code in self.protocol.fatal_close_codes:
             raise ProtocolFatal(f"server closed the connection with {code} {reason}".strip())
-        raise Disconnected(f"server closed the connection ({code} {reason})".strip(), code=code)
+        message = f"server closed the connection ({code} {reason})".strip()
+        if code == _TRY_AGAIN_LATER:
+            wait = self.config.backoff.max
+            raise Disconnected(f"{message}: try again later, in {wait:g} s", code=code, retry_after=wait)
+        raise Disconnected(message, code=code)
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, Rejected):
@@ -603,6 +616,16 @@ class _ReadPacer:
             await asyncio.sleep(self._seconds)
         finally:
             transport.resume_reading()  # a no-op once closing
+
+
+def _at_least_the_hint(backoff: Callable[[RetryCallState], float]) -> Callable[[RetryCallState], float]:
+    """The backoff's wait, or what the provider asked for (Transient.retry_after) if longer."""
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return max(backoff(state), getattr(exc, "retry_after", None) or 0.0)
+
+    return wait
 
 
 def _safe(exc: BaseException, target: Target) -> str:

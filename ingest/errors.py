@@ -20,7 +20,15 @@ class IngestError(Exception):
 
 
 class Transient(IngestError):
-    """Worth retrying after a backoff: the cause may go away by itself."""
+    """Worth retrying after a backoff: the cause may go away by itself.
+
+    `retry_after`: seconds the provider asked us to wait at least (a Retry-After header, close
+    1013 TRY_AGAIN_LATER), honoured even where the backoff would be shorter.
+    """
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Fatal(IngestError):
@@ -34,8 +42,8 @@ class ConfigError(Fatal):
 class Disconnected(Transient):
     """The socket closed or failed."""
 
-    def __init__(self, message: str, *, code: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, code: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
         self.code = code
 
 

@@ -13,6 +13,7 @@ from ingest.buffer import Buffer
 from ingest.config import BackoffConfig, FlushPolicy
 from ingest.driver import Collector
 from ingest.emulators.blockdb import BlockDBEmulator
+from ingest.emulators.coinapi import CoinAPIEmulator
 from ingest.emulators.helius import HeliusEmulator
 from ingest.journal import Journal, Kind, read_records, segment_files
 from ingest.schema import Registry
@@ -252,6 +253,79 @@ async def test_a_healthy_session_resets_the_backoff(registry, emulator):
     assert delays == []  # after a healthy session the first reconnect is immediate
     await col.stop()
     await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.parametrize("healthy", [False, True])
+async def test_try_again_later_waits_the_backoff_cap_even_after_a_healthy_session(
+    registry, emulator, healthy
+):
+    """Close 1013 TRY_AGAIN_LATER asks for a longer backoff (PROTOCOLS.md 1.6, 2.4): the wait is the
+    backoff's cap, where any other close after a healthy session reconnects at once."""
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        await asyncio.sleep(0)
+
+    backoff = BackoffConfig(initial=0.01, max=0.5, healthy_after=0.2 if healthy else 60.0)
+    col, _ = collector(registry, blockdb_config(emulator.url, BLOCKS, backoff=backoff), KEY, sleep=sleep)
+    task = asyncio.create_task(col.run())
+    await eventually(lambda: col.stats.state == "connected" and col.stats.frames > 2, what="connected")
+    await asyncio.sleep(0.3)
+    await emulator.close_connections(1013, "slow consumer")
+    await eventually(lambda: col.stats.connects == 2, what="reconnect")
+    await emulator.close_connections(1011, "boom")  # an ordinary close: the usual backoff
+    await eventually(lambda: col.stats.connects == 3, what="reconnect")
+    await col.stop()
+    await asyncio.wait_for(task, 5)
+    assert delays[0] == 0.5
+    assert all(d < 0.5 for d in delays[1:])
+    assert "1013" in col.stats.last_error or "1011" in col.stats.last_error
+
+
+async def test_a_rate_limited_upgrade_waits_as_long_as_the_provider_says(registry):
+    """CoinAPI limits new connections per IP and says when to come back (`-RetryAfterMs`, PROTOCOLS.md
+    3.7): the driver waits that long instead of its short backoff, so it is refused only once."""
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        await asyncio.sleep(seconds)
+
+    async with CoinAPIEmulator(key=KEY, tick_interval=0.01, connection_limit=(1, 0.6)) as emu:
+        backoff = BackoffConfig(initial=0.01, max=0.02, healthy_after=60.0)
+        config = provider_config(
+            "coinapi", emu.url, [{"name": "t", "data_types": ["trade"]}], backoff=backoff
+        )
+        col, buffer = collector(registry, config, KEY, sleep=sleep)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: buffer.received.get("coinapi_trades", 0) > 2, what="trades")
+        await emu.drop_connections()
+        await eventually(lambda: col.stats.connects == 2, what="reconnect", timeout=5)
+        await col.stop()
+        await asyncio.wait_for(task, 5)
+    assert emu.upgrades_refused == 1
+    assert "HTTP 429" in (col.stats.last_error or "")
+    assert max(delays) > 0.3  # the rest of the 0.6 s window, not the 20 ms backoff
+
+
+async def test_a_rate_limited_subscription_is_asked_again_once_the_limit_allows(registry):
+    """BlockDB refuses a subscribe over its rate limit with `retry_after_seconds`: the collector asks
+    again after that long (not at the next keep-alive), once, and the subscription becomes active."""
+    emu = BlockDBEmulator(key=KEY, block_interval=0.02, subscribe_limit=(1, 0.5))
+    await emu.start()
+    try:
+        config = blockdb_config(emu.url, ALL, keepalive_interval=0.05, idle_timeout=0.4)
+        col, buffer = collector(registry, config, KEY)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: buffer.received.get("blockdb_transfers", 0) > 0, what="transfers")
+        await col.stop()
+        await asyncio.wait_for(task, 5)
+    finally:
+        await emu.stop()
+    assert emu.rate_limited == 1
+    assert col.stats.subscriptions == {"blocks": "active", "transfers": "active"}
+    assert col.stats.connects == 1
 
 
 async def test_a_refused_subscription_does_not_stop_the_others(registry, emulator):

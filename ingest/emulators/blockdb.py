@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 from collections import Counter, deque
@@ -198,7 +199,10 @@ class BlockDBEmulator(EmulatorServer):
         resend_on_subscribe: int = 0,
         max_queue: int = 10_000,
         plan: Iterable[str] | None = None,
+        subscribe_limit: tuple[int, float] | None = None,
     ) -> None:
+        """`subscribe_limit`: (subscribe requests, per seconds) for the key; one over it is refused
+        with RATE_LIMIT_EXCEEDED, retryable, and `details.retry_after_seconds` (PROTOCOLS.md 2.4)."""
         # Idle close uses 1000 NORMAL_CLOSURE, whose documented action is a plain reconnect; 1008 would
         # tell the client to check its key, which is not the problem. The doc gives one 60 s limit for
         # both no subscription and missing pongs, so it serves as the pong timeout too.
@@ -213,6 +217,9 @@ class BlockDBEmulator(EmulatorServer):
         # Dataset ids the key's plan covers (None: all). Subscribing to another one is refused with
         # FORBIDDEN and details.required_plan, like a plan that lacks the dataset (doc 2.4).
         self.plan = None if plan is None else frozenset(plan)
+        self.subscribe_limit = subscribe_limit
+        self.rate_limited = 0  # subscribes refused over subscribe_limit
+        self._subscribes: deque[float] = deque()  # loop times of subscribes accepted in the window
         self.block_interval = block_interval
         self.max_blocks = max_blocks
         self.chains = {
@@ -336,9 +343,32 @@ class BlockDBEmulator(EmulatorServer):
         if action == "unsubscribe":
             conn.subscriptions.pop((chain_id, dataset_id), None)  # idempotent, like subscribe
             return
+        if self.subscribe_limit is not None:
+            self._check_rate()
         # One stream per (chain_id, dataset_id): a repeated subscribe replaces the filter.
         conn.subscriptions[(chain_id, dataset_id)] = _parse_params(dataset_id, params)
         self._ticker.start()
+
+    def _check_rate(self) -> None:
+        """Count a subscribe against `subscribe_limit`, or refuse it saying when the window has room."""
+        assert self.subscribe_limit is not None
+        limit, window = self.subscribe_limit
+        now = asyncio.get_running_loop().time()
+        while self._subscribes and self._subscribes[0] <= now - window:
+            self._subscribes.popleft()
+        if len(self._subscribes) < limit:
+            self._subscribes.append(now)
+            return
+        self.rate_limited += 1
+        wait = round(self._subscribes[0] + window - now + 0.001, 3)
+        problem = _Problem(
+            "RATE_LIMIT_EXCEEDED",
+            "Too many subscribe requests.",
+            f"Retry after {wait:g} seconds.",
+            details={"retry_after_seconds": wait},
+        )
+        problem.error["retryable"] = True
+        raise problem
 
     # -- production ------------------------------------------------------------------------------
 

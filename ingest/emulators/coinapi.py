@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import contextvars
 import hmac
+import math
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -71,7 +72,10 @@ class CoinAPIEmulator(EmulatorServer):
         ping_interval: float | None = 60.0,
         pong_timeout: float | None = 60.0,
         max_queue: int = 131_072,
+        connection_limit: tuple[int, float] | None = None,
     ) -> None:
+        """`connection_limit`: (new connections, per seconds) from one IP, the documented sliding
+        window (PROTOCOLS.md 3.7, e.g. 10 per 10 s); an upgrade over it is refused with HTTP 429."""
         # The server pings every minute and drops a peer that does not pong (PROTOCOLS.md 3.1).
         super().__init__(ping_interval=ping_interval, pong_timeout=pong_timeout, max_queue=max_queue)
         self._key = key
@@ -97,6 +101,9 @@ class CoinAPIEmulator(EmulatorServer):
         self.gaps_injected: list[tuple[str, str, int, int]] = []
         self.sent_log: list[tuple[str, str, str | None, int | None]] | None = [] if record_log else None
         self.flooded = 0
+        self.connection_limit = connection_limit
+        self.upgrades_refused = 0  # over connection_limit
+        self._upgrades: dict[str, deque[float]] = {}  # per IP: loop times of accepted upgrades in the window
         self._start_on_subscribe = start_on_subscribe
         self._sessions: weakref.WeakKeyDictionary[Connection, Session] = weakref.WeakKeyDictionary()
         self._clock = asyncio.Event()
@@ -121,6 +128,8 @@ class CoinAPIEmulator(EmulatorServer):
 
     def authorize(self, request: web.Request) -> web.StreamResponse | None:
         """Note the HTTP-level key, if any; CoinAPI accepts the socket and answers a bad key in-band."""
+        if self.connection_limit is not None and (refused := self._over_limit(request)) is not None:
+            return refused
         supplied = (
             request.match_info.get("apikey")
             or request.headers.get("X-CoinAPI-Key")
@@ -132,6 +141,30 @@ class CoinAPIEmulator(EmulatorServer):
             log.info("auth_rejected", emulator="coinapi", at="upgrade")  # never the key itself
         _UPGRADE_AUTH.set(verdict)
         return None
+
+    def _over_limit(self, request: web.Request) -> web.StreamResponse | None:
+        """HTTP 429 with the limit's headers once an IP opened `limit` sockets within the window;
+        the refusal says in how many ms the oldest of them leaves it (`-RetryAfterMs`)."""
+        assert self.connection_limit is not None
+        limit, window = self.connection_limit
+        now = asyncio.get_running_loop().time()
+        accepted = self._upgrades.setdefault(request.remote or "", deque())
+        while accepted and accepted[0] <= now - window:
+            accepted.popleft()
+        if len(accepted) < limit:
+            accepted.append(now)
+            return None
+        self.upgrades_refused += 1
+        retry_after_ms = math.ceil((accepted[0] + window - now) * 1000) + 1
+        prefix = "X-WsRequestsPerIpLimit-"
+        headers = {
+            f"{prefix}Limit": str(limit),
+            f"{prefix}WindowSizeMs": str(round(window * 1000)),
+            f"{prefix}Remaining": "0",
+            f"{prefix}RetryAfterMs": str(retry_after_ms),
+        }
+        log.info("upgrade_refused", emulator="coinapi", reason="connection limit")
+        return web.Response(status=429, text="Too many connection requests", headers=headers)
 
     async def _watchdog(self, conn: Connection) -> None:
         # The base has no on-open hook; this per-socket task starts as the socket is accepted.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from ingest.events import (
     SubscriptionFailed,
 )
 from ingest.protocols.base import AuthDefaults, Batch, read_decoded
+from ingest.retry_hints import MAX_WAIT
 
 __all__ = ["DATASETS", "GENERIC_DATASET", "BlockDBProtocol", "BlockDBSubscription"]
 
@@ -93,7 +96,8 @@ class BlockDBProtocol:
         self._desired: dict[Pair, BlockDBSubscription] = {s.pair: s for s in subscriptions}
         self._sent: set[Pair] = set()  # subscribed on this socket (acked or not yet)
         self._acked: set[Pair] = set()
-        self._retry: set[Pair] = set()  # refused with retryable=true: asked again on keepalive()
+        # Refused with retryable=true: asked again on keepalive(), not before this time (ns).
+        self._retry: dict[Pair, int] = {}
         self._closing = False
         self._unsubscribing: set[Pair] = set()
         self._outbox: list[str] = []
@@ -192,10 +196,12 @@ class BlockDBProtocol:
         return out
 
     def keepalive(self) -> None:
-        for pair in list(self._retry):
-            self._retry.discard(pair)
-            if pair in self._desired:
-                self._subscribe(self._desired[pair])
+        now = time.time_ns()
+        for pair, due in list(self._retry.items()):
+            if due <= now:
+                del self._retry[pair]
+                if pair in self._desired:
+                    self._subscribe(self._desired[pair])
 
     def close(self) -> None:
         self._closing = True
@@ -267,9 +273,24 @@ class BlockDBProtocol:
             self._unsubscribing.discard(pair)  # type: ignore[arg-type]
         elif sub is not None:
             if retryable:
-                self._retry.add(sub.pair)
+                wait = _retry_after(error)
+                if wait:
+                    text += f" (asked again in {wait:g} s at the earliest)"
+                self._retry[sub.pair] = received_at + int(wait * 1e9)
             else:
                 # Not retryable: asking again only repeats the error, so this one stops here.
                 del self._desired[sub.pair]
                 self._sent.discard(sub.pair)
         return [SubscriptionFailed(label, text, retryable)]
+
+
+def _retry_after(error: Mapping[str, Any]) -> float:
+    """Seconds a retryable error asks to wait before the same request (RATE_LIMIT_EXCEEDED's
+    `retry_after_seconds`, PROTOCOLS.md 2.4), on the error or in its details, at most MAX_WAIT
+    (as a Retry-After header); 0 when absent."""
+    details = error.get("details")
+    nested = details.get("retry_after_seconds") if isinstance(details, dict) else None
+    for value in (error.get("retry_after_seconds"), nested):
+        if type(value) in (int, float) and 0 < value < math.inf:
+            return min(float(value), MAX_WAIT)
+    return 0.0

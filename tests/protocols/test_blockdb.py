@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -108,6 +109,62 @@ def test_retryable_error_is_asked_again_on_keepalive():
     }
     (event,) = p.receive(json.dumps(err), 1)
     assert isinstance(event, SubscriptionFailed) and event.retryable
+    p.keepalive()
+    assert [json.loads(f)["action"] for f in p.data_to_send()] == ["subscribe"]
+
+
+@pytest.mark.parametrize("where", ["error", "details"])
+def test_a_retryable_error_with_retry_after_is_not_asked_again_sooner(where):
+    """RATE_LIMIT_EXCEEDED says how long to stay away (`retry_after_seconds`, doc 2.4): keep-alives
+    before then do not ask again; the first one after does."""
+    p = make({"chain_id": 1, "dataset_id": "0101"})
+    p.connect()
+    p.data_to_send()
+    error = {"code": "RATE_LIMIT_EXCEEDED", "message": "slow down", "retryable": True}
+    if where == "error":
+        error["retry_after_seconds"] = 30
+    else:
+        error["details"] = {"retry_after_seconds": 30}
+    err = {"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "status": "error", "error": error}
+    now = time.time_ns()
+    (event,) = p.receive(json.dumps(err), now)
+    assert event.retryable and "30 s" in event.message
+    p.keepalive()
+    assert p.data_to_send() == []  # 30 s have not passed
+    (event,) = p.receive(json.dumps(err), now - 31 * 10**9)  # the same refusal, received 31 s ago
+    p.keepalive()
+    assert [json.loads(f)["action"] for f in p.data_to_send()] == ["subscribe"]
+
+
+def test_a_retry_after_beyond_ten_minutes_is_ten_minutes():
+    p = make({"chain_id": 1, "dataset_id": "0101"})
+    p.connect()
+    p.data_to_send()
+    error = {"code": "RATE_LIMIT_EXCEEDED", "message": "m", "retryable": True, "retry_after_seconds": 1e300}
+    err = {"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "status": "error", "error": error}
+    now = time.time_ns()
+    (event,) = p.receive(json.dumps(err), now - 599 * 10**9)
+    assert "600 s" in event.message
+    p.keepalive()
+    assert p.data_to_send() == []
+    p.receive(json.dumps(err), now - 601 * 10**9)
+    p.keepalive()
+    assert len(p.data_to_send()) == 1
+
+
+@pytest.mark.parametrize("value", [None, 0, -5, "10", True])
+def test_a_retry_after_that_is_no_positive_number_is_the_next_keepalive(value):
+    p = make({"chain_id": 1, "dataset_id": "0101"})
+    p.connect()
+    p.data_to_send()
+    error = {
+        "code": "RATE_LIMIT_EXCEEDED",
+        "message": "slow down",
+        "retryable": True,
+        "retry_after_seconds": value,
+    }
+    err = {"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "status": "error", "error": error}
+    p.receive(json.dumps(err), time.time_ns())
     p.keepalive()
     assert [json.loads(f)["action"] for f in p.data_to_send()] == ["subscribe"]
 
