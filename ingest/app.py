@@ -27,6 +27,7 @@ from ingest.log import register_secret
 from ingest.metrics import Metrics
 from ingest.metrics_server import Extras, MetricsServer, start_metrics_server
 from ingest.protocols import PROTOCOLS
+from ingest.reorgs import BLOCK_STREAMS, recent_blocks_sql
 from ingest.replay import ReplayStats, journal_records, replay
 from ingest.schema import Registry, load_registry
 from ingest.sinks.base import Sink
@@ -194,6 +195,7 @@ class Daemon:
             self.metrics,
             before_write=journal.write if journal is not None else None,
         )
+        await self._seed_reorg_tracker(writer, sinks)
         protocols = {
             p.name: PROTOCOLS[p.kind](p.name, list(p.subscriptions), p.options) for p in self.config.providers
         }
@@ -253,6 +255,15 @@ class Daemon:
             for sink in sinks:
                 await asyncio.to_thread(sink.close)
         return stats
+
+    async def _seed_reorg_tracker(self, writer: Writer, sinks: list[Sink]) -> None:
+        """Let the reorg tracker start from the last blocks DuckDB holds (see ReorgTracker.seed)."""
+        store = next((s for s in sinks if isinstance(s, DuckDBSink)), None)
+        if store is None:
+            return
+        for dataset in BLOCK_STREAMS:
+            if dataset in self.registry:
+                writer.reorgs.seed(await asyncio.to_thread(store.read, recent_blocks_sql(dataset)))
 
     async def _metrics_server(self) -> MetricsServer | None:
         m = self.config.metrics

@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 
 from ingest.chains import evm_chain
 from ingest.events import Gap
+from ingest.schema import quote_ident
 
-__all__ = ["BLOCK_STREAMS", "ReorgTracker"]
+__all__ = ["BLOCK_STREAMS", "ReorgTracker", "recent_blocks_sql"]
 
 # dataset -> (chain column, number column, hash column, parent hash column)
 BLOCK_STREAMS: dict[str, tuple[str, str, str, str]] = {
@@ -71,6 +72,28 @@ class ReorgTracker:
         self._on_reorg = on_reorg
         self._on_gap = on_gap
         self._chains: dict[tuple[str, str], _Chain] = {}
+
+    def seed(self, blocks: pa.Table) -> None:
+        """Start from the store's last heights (rows of `recent_blocks_sql`), before any block is
+        observed: a reorg of a height stored before a restart, and the heights missed while the
+        daemon was down, are then seen as if it had never stopped. Every stored height counts as
+        settled (a gap still pending at a crash is not reported)."""
+        rows = zip(
+            blocks["provider"].to_pylist(),
+            blocks["chain"].to_pylist(),
+            blocks["number"].to_pylist(),
+            blocks["hash"].to_pylist(),
+            blocks["received_at"].to_pylist(),
+            strict=True,
+        )
+        for provider, chain, number, block_hash, received_at in sorted(rows, key=lambda r: r[2]):
+            state = self._chains.setdefault((provider, evm_chain(chain)), _Chain())
+            state.hashes[number] = _norm(block_hash)
+            if state.head is None or number > state.head:
+                state.head = state.settled = number
+                state.settled_at = state.last_at = received_at
+            while len(state.hashes) > _REMEMBER:
+                state.hashes.popitem(last=False)
 
     def observe(self, dataset: str, table: pa.Table, positions: pa.Array) -> None:
         columns = BLOCK_STREAMS.get(dataset)
@@ -206,3 +229,25 @@ class ReorgTracker:
             "id": f"{provider}|{chain}|{heights[0]}|{new[0]}",
             "position": r.position,
         }
+
+
+def recent_blocks_sql(dataset: str) -> str:
+    """DuckDB SQL for the last `_REMEMBER` heights of each chain of a block dataset, with the hash
+    each has now (the newest received, a reorg's on a tie, as the canonical views decide): the
+    columns `ReorgTracker.seed` reads."""
+    chain, number, block_hash, _ = BLOCK_STREAMS[dataset]
+    table = quote_ident(dataset)
+    chain, number, block_hash = quote_ident(chain), quote_ident(number), quote_ident(block_hash)
+    return f"""
+        WITH heads AS (
+            SELECT _provider, {chain} AS chain, max({number}) AS head FROM {table} GROUP BY ALL
+        )
+        SELECT b._provider AS provider, CAST(b.{chain} AS VARCHAR) AS chain, b.{number} AS number,
+               b.{block_hash} AS hash, epoch_ns(b._received_at) AS received_at
+        FROM {table} b JOIN heads h ON b._provider = h._provider AND b.{chain} = h.chain
+        WHERE b.{number} > h.head - {_REMEMBER} AND b.{block_hash} IS NOT NULL
+        QUALIFY row_number() OVER (
+            PARTITION BY b._provider, b.{chain}, b.{number} ORDER BY b._received_at DESC, b._is_reorg DESC
+        ) = 1
+        ORDER BY number
+    """

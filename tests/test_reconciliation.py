@@ -125,6 +125,37 @@ async def test_blockdb_reorgs_are_recorded_and_superseded_rows_leave_the_canonic
     same_in_both(db, pq, "SELECT * FROM trades WHERE provider = 'blockdb' ORDER BY tracing_id")
 
 
+async def test_a_reorg_across_a_restart_is_recorded(tmp_path, monkeypatch):
+    """The daemon stops; the chain it comes back to has other hashes at the heights it stored
+    (another emulator seed): the reorg tracker, seeded from DuckDB, records one reorg of them all."""
+    for seed in (1, 2):
+        async with BlockDBEmulator(key=KEY, block_interval=0.01, seed=seed, max_blocks=10) as emu:
+            providers = {
+                "blockdb": {**blockdb(emu.url), "subscriptions": [{"chain_id": 1, "dataset_id": "0101"}]}
+            }
+            await run(tmp_path, monkeypatch, providers, 1.0)
+        if seed == 1:
+            first = emu.chains[1]
+    second = emu.chains[1]
+    heights = range(first.first_block, first.head + 1)
+    assert list(heights) == list(range(second.first_block, second.head + 1))
+    db, pq = both_sources(tmp_path)
+    reorgs = same_in_both(
+        db, pq, "SELECT first_height, last_height, depth, old_hashes, new_hashes, how FROM reorgs"
+    )
+    assert reorgs == [
+        {
+            "first_height": heights[0],
+            "last_height": heights[-1],
+            "depth": len(heights),
+            "old_hashes": [first.canonical_hash(n) for n in heights],
+            "new_hashes": [second.canonical_hash(n) for n in heights],
+            "how": "rehash",
+        }
+    ]
+    assert same_in_both(db, pq, "SELECT count(*) AS n FROM gaps") == [{"n": 0}]
+
+
 async def test_bitquery_reorgs_are_detected_from_the_chain_itself(tmp_path, monkeypatch):
     """No flag from Bitquery: a height seen again with another hash is a reorg, old-branch rows go."""
     async with BitqueryEmulator(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from ingest.events import Gap
-from ingest.reorgs import _LATE, ReorgTracker
+from ingest.reorgs import _LATE, _REMEMBER, ReorgTracker, recent_blocks_sql
+from ingest.schema import load_registry
+from ingest.sinks.duckdb import DuckDBSink
 
 Block = tuple[int, str, str]  # number, hash, parent hash
 SECOND = 1_000_000_000
@@ -181,3 +185,90 @@ def test_heights_waiting_to_be_settled_stay_bounded():
     assert reorgs == [] and [(g.expected, g.received) for g in gaps] == [
         (n, n + 1) for n in range(101, 1100, 2)
     ]
+
+
+# -- across a restart: the tracker seeded from the store ------------------------------------------
+
+
+def _stored(tmp_path: Path, blocks: list[tuple[int, str, int, bool]]) -> pa.Table:
+    """What `recent_blocks_sql` reads back from a real DuckDB store holding these Bitquery blocks
+    (number, hash, received at second, is_reorg)."""
+    path = tmp_path / "store.duckdb"
+    sink = DuckDBSink(path)
+    sink.open(load_registry().values())  # the tables as the daemon makes them
+    sink.close()
+    with duckdb.connect(str(path)) as con:
+        con.executemany(
+            "INSERT INTO bitquery_evm_blocks (_provider, network, block_number, block_hash, _received_at,"
+            " _is_reorg) VALUES ('bitquery', 'eth', ?, ?, make_timestamp_ns(?), ?)",
+            [
+                (number, block_hash, second * SECOND, is_reorg)
+                for number, block_hash, second, is_reorg in blocks
+            ],
+        )
+    sink.open(load_registry().values())
+    try:
+        return sink.read(recent_blocks_sql("bitquery_evm_blocks"))
+    finally:
+        sink.close()
+
+
+def seeded_feed(stored: pa.Table, blocks: list[Block]) -> tuple[list[dict[str, Any]], list[Gap]]:
+    reorgs: list[dict[str, Any]] = []
+    gaps: list[Gap] = []
+    tracker = ReorgTracker(reorgs.append, lambda gap, _at: gaps.append(gap))
+    tracker.seed(stored)
+    for i, block in enumerate(blocks):
+        tracker.observe("bitquery_evm_blocks", _table([block], 100 + i), pa.array([i + 1], pa.int64()))
+    tracker.close()
+    return reorgs, gaps
+
+
+def test_the_store_gives_each_of_its_last_heights_with_its_newest_hash(tmp_path):
+    stored = _stored(
+        tmp_path,
+        [(n, f"0xa{n}", n - 99, False) for n in range(100, 111)]
+        + [(110, "0xb110", 20, True), (109, "0xc109", 21, False)]  # replaced later: the newest wins
+        + [(110, "0xd110", 20, False)],  # a tie on receive time: the reorg's hash is the newer one
+    )
+    rows = stored.to_pylist()
+    assert [r["number"] for r in rows] == list(range(100, 111))
+    assert {r["number"]: r["hash"] for r in rows}[109] == "0xc109"
+    assert rows[-1] == {
+        "provider": "bitquery",
+        "chain": "eth",
+        "number": 110,
+        "hash": "0xb110",
+        "received_at": 20 * SECOND,
+    }
+
+
+def test_the_store_gives_only_the_last_remembered_heights(tmp_path):
+    stored = _stored(tmp_path, [(n, f"0xa{n}", 1, False) for n in range(1, 1001)])
+    assert stored["number"].to_pylist() == list(range(1001 - _REMEMBER, 1001))
+
+
+def test_a_reorg_of_a_height_stored_before_a_restart_is_one_row(tmp_path):
+    stored = _stored(tmp_path, [(n, f"0xa{n}", n - 99, False) for n in range(100, 111)])
+    # After the restart the provider's new branch replaces 109 and 110: the child comes first.
+    reorgs, gaps = seeded_feed(stored, [(111, "0xb111", "0xb110"), (110, "0xb110", "0xb109")])
+    assert reorgs == [{**reorg(109, ["a109", "a110"], ["b109", "b110"], "parent", 101), "position": 1}]
+    assert gaps == []
+
+
+def test_heights_missed_while_the_daemon_was_down_are_one_gap(tmp_path):
+    stored = _stored(tmp_path, [(n, f"0xa{n}", n - 99, False) for n in range(100, 111)])
+    after = chain(120, 120 + _LATE)
+    reorgs, gaps = seeded_feed(stored, after)
+    assert reorgs == []
+    # From the last stored block (received at second 11) to the first after the restart (second 101).
+    assert gaps == [Gap("bitquery", "s", "block", 11 * SECOND, 101 * SECOND, "eth", 111, 120, 1)]
+
+
+def test_an_unseeded_tracker_sees_neither(tmp_path):
+    """The same streams without the store: what the daemon saw before it was seeded."""
+    reorgs, gaps = seeded_feed(
+        pa.table({n: [] for n in ("provider", "chain", "number", "hash", "received_at")}),
+        chain(120, 120 + _LATE),
+    )
+    assert (reorgs, gaps) == ([], [])

@@ -126,6 +126,11 @@ class DuckDBSink:
         apply_views(self._con)
         self._opened = True
 
+    def read(self, sql: str) -> pa.Table:
+        """A query's result on the store, as Arrow; between writes only (start-up)."""
+        assert self._con is not None
+        return self._con.sql(sql).to_arrow_table()
+
     def _omitted(self, ds: Dataset) -> tuple[str, ...]:
         return () if self._keep_raw or ds.raw_only or ds.kind != "records" else (RAW,)
 
