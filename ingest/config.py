@@ -394,16 +394,7 @@ def _provider(name: str, t: _Table, config_dir: Path, flush: FlushPolicy) -> Pro
         where = f"{t.key('subscriptions')}[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a table")
-        try:
-            subs.append(protocol.parse_subscription(raw, where, config_dir))
-        except RecursionError:
-            # A GraphQL fragment spread inside itself (directly or through other fragments) expands
-            # without end, as does an absurdly deep document.
-            key = "query_file" if "query_file" in raw else "query"
-            raise ConfigError(
-                f"{where}.{key}: a fragment refers to itself (directly or through another fragment),"
-                " or the query nests too deeply"
-            ) from None
+        subs.append(protocol.parse_subscription(raw, where, config_dir))
     names = [s.name for s in subs]
     if dup := sorted({n for n in names if names.count(n) > 1}):
         raise ConfigError(f"{t.key('subscriptions')}: the subscription name {dup[0]!r} is used twice")

@@ -270,17 +270,53 @@ def test_a_list_or_table_for_a_scalar_names_the_key(tmp_path, doc, path, message
 
 
 @pytest.mark.parametrize(
-    "query",
+    ("query", "cycle"),
     [
-        "subscription { EVM { ...F } } fragment F on EVM { ...F }",
-        "subscription { EVM { ...F } } fragment F on EVM { Blocks { ...G } } fragment G on B { ...F }",
+        ("subscription { EVM { ...F } } fragment F on EVM { ...F }", "F -> F"),
+        (
+            "subscription { EVM { ...F } } fragment F on EVM { Blocks { ...G } } fragment G on B { ... on B { ...F } }",
+            "F -> G -> F",
+        ),
+        # Never spread by the operation: GraphQL refuses the document all the same.
+        ("subscription { EVM { Blocks { Block { Number } } } } fragment H on B { X { ...H } }", "H -> H"),
     ],
 )
-def test_a_fragment_that_refers_to_itself_names_the_query(tmp_path, query):
+def test_a_fragment_that_spreads_into_itself_is_named(tmp_path, query, cycle):
     doc = copy.deepcopy(BITQUERY)
     doc["providers"]["bitquery"]["subscriptions"][0]["query"] = query
-    with pytest.raises(ConfigError, match=r"bitquery\.subscriptions\[0\]\.query: .*fragment"):
+    with pytest.raises(ConfigError) as info:
         parse_config(doc, base=tmp_path)
+    fragment = cycle.split()[0]
+    assert str(info.value) == (
+        f"providers.bitquery.subscriptions[0].query: fragment {fragment} spreads into itself ({cycle})"
+    )
+
+
+def test_fragments_spread_twice_without_a_cycle_are_fine(tmp_path):
+    doc = copy.deepcopy(BITQUERY)
+    query = (
+        "subscription { EVM { Blocks { ...A ...B } } }"
+        " fragment A on B { Block { ...N } } fragment B on B { Block { ...N } } fragment N on X { Number }"
+    )
+    doc["providers"]["bitquery"]["subscriptions"][0]["query"] = query
+    assert parse_config(doc, base=tmp_path).providers[0].subscriptions[0].name
+
+
+@pytest.mark.parametrize("key", ["query", "query_file"])
+def test_a_query_nested_too_deeply_names_its_key(tmp_path, key):
+    query = "subscription { EVM { Blocks " + "{ a " * 3000 + "}" * 3001 + " } }"
+    doc = copy.deepcopy(BITQUERY)
+    sub = doc["providers"]["bitquery"]["subscriptions"][0]
+    del sub["query"]
+    if key == "query":
+        sub["query"] = query
+    else:
+        (tmp_path / "deep.graphql").write_text(query)
+        sub["query_file"] = "deep.graphql"
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, base=tmp_path, config_dir=tmp_path)
+    assert str(info.value).startswith(f"providers.bitquery.subscriptions[0].{key}: ")
+    assert "nested too deeply" in str(info.value)
 
 
 @pytest.mark.parametrize(("port", "ok"), [(0, True), (65535, True), (65536, False), (70000, False)])

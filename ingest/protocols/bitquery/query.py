@@ -131,36 +131,78 @@ def _is_metric(node: FieldNode) -> bool:
     return node.name.value[:1].islower() and node.name.value != "__typename"
 
 
-def _operation(doc: DocumentNode, name: str | None, where: str) -> OperationDefinitionNode:
+def _operation(doc: DocumentNode, name: str | None, where: str, at: str) -> OperationDefinitionNode:
     ops = [d for d in doc.definitions if isinstance(d, OperationDefinitionNode)]
     if name is not None:
         ops = [op for op in ops if op.name is not None and op.name.value == name]
         if not ops:
             raise ConfigError(f"{where}.operation_name: no operation named {name!r} in the query")
     if len(ops) != 1:
-        raise ConfigError(f"{where}.query: {len(ops)} operations; name the one to run with operation_name")
+        raise ConfigError(f"{at}: {len(ops)} operations; name the one to run with operation_name")
     if ops[0].operation is not OperationType.SUBSCRIPTION:
-        raise ConfigError(f"{where}.query: a {ops[0].operation.value}, not a subscription")
+        raise ConfigError(f"{at}: a {ops[0].operation.value}, not a subscription")
     return ops[0]
 
 
+def _fragment_cycle(fragments: Mapping[str, FragmentDefinitionNode]) -> list[str] | None:
+    """Fragments that spread into themselves, directly or through others: [F, G, F]; else None."""
+    spreads = {name: sorted(_spreads(d.selection_set)) for name, d in fragments.items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return [*path[path.index(name) :], name]
+        if name in done or name not in spreads:
+            return None
+        for child in spreads[name]:
+            if cycle := visit(child, [*path, name]):
+                return cycle
+        done.add(name)
+        return None
+
+    for name in fragments:
+        if cycle := visit(name, []):
+            return cycle
+    return None
+
+
+def _spreads(selection: SelectionSetNode | None) -> set[str]:
+    """Names of the fragments spread anywhere inside a selection set (not through other fragments)."""
+    names: set[str] = set()
+    stack = [selection]
+    while stack:
+        current = stack.pop()
+        for node in current.selections if current else ():
+            if isinstance(node, FragmentSpreadNode):
+                names.add(node.name.value)
+            elif isinstance(node, FieldNode | InlineFragmentNode):
+                stack.append(node.selection_set)
+    return names
+
+
 def analyse(
-    query: str, variables: Mapping[str, Any], operation_name: str | None, where: str
+    query: str, variables: Mapping[str, Any], operation_name: str | None, where: str, key: str = "query"
 ) -> dict[tuple[str, str], Cube]:
-    """Bind each cube of the subscription to its dataset; ConfigError for what Bitquery would refuse."""
+    """Bind each cube of the subscription to its dataset; ConfigError for what Bitquery would refuse.
+
+    `where.key` names the document in errors (`query`, or `query_file` for one read from a file).
+    graphql-core's parser refuses a document nested too deeply itself, before anything recurses here.
+    """
+    at = f"{where}.{key}"
     try:
         doc = parse(query)
     except GraphQLError as exc:
         line = exc.locations[0].line if exc.locations else "?"
-        raise ConfigError(f"{where}.query: {exc.message} (line {line})") from None
-    op = _operation(doc, operation_name, where)
+        raise ConfigError(f"{at}: {exc.message} (line {line})") from None
+    op = _operation(doc, operation_name, where, at)
     fragments = {d.name.value: d for d in doc.definitions if isinstance(d, FragmentDefinitionNode)}
+    if cycle := _fragment_cycle(fragments):
+        # GraphQL forbids it (NoFragmentCycles): spread in place, it would expand without end.
+        raise ConfigError(f"{at}: fragment {cycle[0]} spreads into itself ({' -> '.join(cycle)})")
     roots = _fields(op.selection_set, fragments)
     if len(roots) != 1:
         # Bitquery: one top-level root per document (PROTOCOLS.md 1.6).
-        raise ConfigError(
-            f"{where}.query: a subscription has exactly one root field (EVM, Tron, Solana, ...)"
-        )
+        raise ConfigError(f"{at}: a subscription has exactly one root field (EVM, Tron, Solana, ...)")
     root = roots[0]
     args = {a.name.value: value_from_ast_untyped(a.value, dict(variables)) for a in root.arguments or ()}
     network = args.get("network", root.name.value.lower())
@@ -184,5 +226,5 @@ def analyse(
             metrics=metrics,
         )
     if not cubes:
-        raise ConfigError(f"{where}.query: {root.name.value} selects no cube")
+        raise ConfigError(f"{at}: {root.name.value} selects no cube")
     return cubes

@@ -206,7 +206,9 @@ class BitqueryProtocol:
         operation_name = raw.get("operation_name")
         if operation_name is not None and not isinstance(operation_name, str):
             raise ConfigError(f"{where}.operation_name: expected a string")
-        cubes = analyse(query, variables, operation_name, where)
+        cubes = analyse(
+            query, variables, operation_name, where, "query_file" if "query_file" in raw else "query"
+        )
         return BitquerySubscription(name, query, variables, operation_name, cubes)
 
     # -- driver inputs ---------------------------------------------------------------------------
