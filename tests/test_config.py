@@ -274,7 +274,8 @@ def test_a_list_or_table_for_a_scalar_names_the_key(tmp_path, doc, path, message
     [
         ("subscription { EVM { ...F } } fragment F on EVM { ...F }", "F -> F"),
         (
-            "subscription { EVM { ...F } } fragment F on EVM { Blocks { ...G } } fragment G on B { ... on B { ...F } }",
+            "subscription { EVM { ...F } } fragment F on EVM { Blocks { ...G } }"
+            " fragment G on B { ... on B { ...F } }",
             "F -> G -> F",
         ),
         # Never spread by the operation: GraphQL refuses the document all the same.
