@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import random
 import sys
 import termios
 import time
@@ -214,6 +215,7 @@ class Collector:
             ws = await self._connect(http)
         started = time.monotonic()
         self._on_connected()
+        pause, reason = 0.0, ""
         try:
             async with ws:
                 await self._read(ws)
@@ -228,10 +230,8 @@ class Collector:
             if lived < self.config.backoff.healthy_after:
                 raise
             self.log.warning("connection lost", reason=str(exc), lived=round(lived, 1))
-            if exc.retry_after:  # the provider asked for a pause: not at once, even after a healthy session
-                self.log.warning("reconnecting", after=round(exc.retry_after, 2), reason=str(exc))
-                await (self._sleep_override or self._sleep)(exc.retry_after)
-            return
+            # The provider asked for a pause: not at once, even after a healthy session.
+            pause, reason = _jittered(exc.retry_after or 0.0), str(exc)
         finally:
             self._deadline, self._ws = None, None
             self.protocol.connection_lost()
@@ -239,6 +239,10 @@ class Collector:
                 self._lost_at = time.monotonic()
             if self._lost_at_ns is None:
                 self._lost_at_ns = time.time_ns()
+        # After the socket is let go of, so a stop() meanwhile finds no session to say goodbye on.
+        if pause and not self._stopping:
+            self.log.warning("reconnecting", after=round(pause, 2), reason=reason)
+            await (self._sleep_override or self._sleep)(pause)
 
     async def _connect(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         """Open the socket (with the current token, if the key is one); errors mapped to ours."""
@@ -623,9 +627,15 @@ def _at_least_the_hint(backoff: Callable[[RetryCallState], float]) -> Callable[[
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        return max(backoff(state), getattr(exc, "retry_after", None) or 0.0)
+        return max(backoff(state), _jittered(getattr(exc, "retry_after", None) or 0.0))
 
     return wait
+
+
+def _jittered(wait: float) -> float:
+    """A provider's wait plus up to a fifth (PROTOCOLS.md 2.4: about 20% jitter), so collectors shed
+    together (a 1013 to every socket) do not all come back in the same instant."""
+    return wait * random.uniform(1.0, 1.2)
 
 
 def _safe(exc: BaseException, target: Target) -> str:

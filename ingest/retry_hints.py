@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import math
+import re
 from collections.abc import Mapping
 
 __all__ = ["MAX_WAIT", "from_headers"]
@@ -17,6 +18,7 @@ __all__ = ["MAX_WAIT", "from_headers"]
 # A longer hint is taken as this: the collector still tries again within a bounded time, and a
 # provider's mistake (or a hostile proxy) cannot park it for days. Each wait is logged.
 MAX_WAIT = 600.0
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")  # str.isdigit() would take "²", which float() refuses
 
 
 def from_headers(headers: Mapping[str, str] | None, now: datetime.datetime | None = None) -> float | None:
@@ -35,12 +37,12 @@ def from_headers(headers: Mapping[str, str] | None, now: datetime.datetime | Non
             hints.append(_retry_after(value.strip(), now))
         elif key.endswith("-retryafterms"):
             hints.append(_number(value) / 1000)
-    usable = [h for h in hints if math.isfinite(h) and h > 0]
-    return min(max(usable), MAX_WAIT) if usable else None
+    usable = [h for h in hints if h > 0]  # NaN (unreadable) compares false: left out
+    return min(max(usable), MAX_WAIT) if usable else None  # 400 digits read as inf: the cap
 
 
 def _retry_after(value: str, now: datetime.datetime | None) -> float:
-    if value.isdigit():
+    if _DECIMAL.fullmatch(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -52,7 +54,6 @@ def _retry_after(value: str, now: datetime.datetime | None) -> float:
 
 
 def _number(value: str) -> float:
-    try:
-        return float(value.strip())
-    except ValueError:
-        return math.nan
+    """A plain decimal number (ASCII digits, maybe a fraction); NaN for anything else ("inf", "²")."""
+    value = value.strip()
+    return float(value) if _DECIMAL.fullmatch(value) else math.nan

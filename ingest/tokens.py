@@ -19,6 +19,7 @@ from ingest.auth import env_secret, redact_url
 from ingest.config import OAuthConfig
 from ingest.errors import Fatal, Transient
 from ingest.log import forget_secret, register_secret
+from ingest.retry_hints import from_headers
 
 __all__ = [
     "Token",
@@ -137,7 +138,7 @@ class TokenSource:
                 headers={"Accept": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             ) as resp:
-                status, body = resp.status, await resp.read()
+                status, body, headers = resp.status, await resp.read(), resp.headers
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             # Only the exception's type: its text may carry the URL or the request.
             raise TokenUnavailable(
@@ -150,7 +151,9 @@ class TokenSource:
                 f" {code}" if isinstance(code, str) and _ERROR_CODE.match(code) else ""
             )
             if status in (408, 429) or status >= 500:
-                raise TokenUnavailable(f"{where}: token endpoint {shown} failed ({detail})")
+                raise TokenUnavailable(
+                    f"{where}: token endpoint {shown} failed ({detail})", retry_after=from_headers(headers)
+                )
             if status in (400, 401, 403):
                 id_env, secret_env = self._env_names
                 raise TokenRejected(

@@ -274,13 +274,30 @@ async def test_try_again_later_waits_the_backoff_cap_even_after_a_healthy_sessio
     await asyncio.sleep(0.3)
     await emulator.close_connections(1013, "slow consumer")
     await eventually(lambda: col.stats.connects == 2, what="reconnect")
+    assert "(1013 slow consumer): try again later, in 0.5 s" in col.stats.last_error
     await emulator.close_connections(1011, "boom")  # an ordinary close: the usual backoff
     await eventually(lambda: col.stats.connects == 3, what="reconnect")
     await col.stop()
     await asyncio.wait_for(task, 5)
-    assert delays[0] == 0.5
+    assert 0.5 <= delays[0] <= 0.6  # the cap, plus up to a fifth of jitter
     assert all(d < 0.5 for d in delays[1:])
-    assert "1013" in col.stats.last_error or "1011" in col.stats.last_error
+    assert "1011" in col.stats.last_error
+
+
+async def test_a_stop_while_waiting_out_a_try_again_later_ends_the_collector_cleanly(registry, emulator):
+    """The wait after a healthy session's 1013 comes after the socket is let go of: a stop() then
+    ends the wait at once and says no goodbye on a closed socket."""
+    backoff = BackoffConfig(initial=0.01, max=30.0, healthy_after=0.2)
+    col, _ = collector(registry, blockdb_config(emulator.url, BLOCKS, backoff=backoff), KEY)
+    task = asyncio.create_task(col.run())
+    await eventually(lambda: col.stats.state == "connected" and col.stats.frames > 2, what="connected")
+    await asyncio.sleep(0.3)
+    await emulator.close_connections(1013, "slow consumer")
+    await eventually(lambda: col.stats.state == "backoff", what="waiting")
+    await asyncio.sleep(0.1)
+    await asyncio.wait_for(col.stop(), 2)
+    await asyncio.wait_for(task, 2)  # not the 30 s wait
+    assert col.stats.state == "stopped" and col.stats.connects == 1
 
 
 async def test_a_rate_limited_upgrade_waits_as_long_as_the_provider_says(registry):

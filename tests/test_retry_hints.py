@@ -21,6 +21,8 @@ NOW = datetime.datetime(2026, 12, 7, 12, 0, 0, tzinfo=datetime.UTC)
         ({"x-wshelloperiplimit-retryafterms": "750"}, 0.75),
         ({"Retry-After": "1", "X-WsRequestsPerIpLimit-RetryAfterMs": "4000"}, 4.0),  # the longest
         ({"Retry-After": "86400"}, MAX_WAIT),  # a day is taken as the cap
+        ({"Retry-After": "9" * 400}, MAX_WAIT),  # beyond a double too
+        ({"X-WsRequestsPerIpLimit-RetryAfterMs": "1" + "0" * 400}, MAX_WAIT),
     ],
 )
 def test_a_hint_in_the_headers_is_the_wait(headers, seconds):
@@ -40,6 +42,10 @@ def test_a_hint_in_the_headers_is_the_wait(headers, seconds):
         {"X-WsRequestsPerIpLimit-RetryAfterMs": "nan"},
         {"X-WsRequestsPerIpLimit-RetryAfterMs": "inf"},
         {"X-WsRequestsPerIpLimit-RetryAfterMs": ""},
+        {"X-WsRequestsPerIpLimit-RetryAfterMs": "1e3"},
+        {"Retry-After": "²"},  # a digit to str.isdigit(), not to float()
+        {"Retry-After": "١٢"},  # Arabic-Indic digits
+        {"X-WsRequestsPerIpLimit-RetryAfterMs": "²"},
     ],
 )
 def test_no_usable_hint_is_none(headers):

@@ -178,7 +178,8 @@ async def test_wrong_credentials_are_fatal_and_name_the_variables_not_the_values
 async def test_server_errors_and_network_failures_are_transient_a_wrong_url_is_not() -> None:
     async def handler(request: web.Request) -> web.Response:
         status = int(request.match_info["status"])
-        return web.json_response({"error": "server_error"}, status=status)
+        headers = {"Retry-After": "7"} if status == 429 else {}
+        return web.json_response({"error": "server_error"}, status=status, headers=headers)
 
     app = web.Application()
     app.router.add_post("/{status}", handler)
@@ -190,8 +191,10 @@ async def test_server_errors_and_network_failures_are_transient_a_wrong_url_is_n
     try:
         async with aiohttp.ClientSession() as http:
             for status in (500, 503, 429):
-                with pytest.raises(TokenUnavailable, match=f"HTTP {status}"):
+                with pytest.raises(TokenUnavailable, match=f"HTTP {status}") as info:
                     await source(f"http://127.0.0.1:{port}/{status}").token(http)
+                # A rate limit's Retry-After is the driver's wait at least (Transient.retry_after).
+                assert info.value.retry_after == (7.0 if status == 429 else None)
             with pytest.raises(TokenRejected, match=r"HTTP 404.*check token_url"):
                 await source(f"http://127.0.0.1:{port}/404").token(http)
     finally:

@@ -135,10 +135,14 @@ class BlockDBProtocol:
     # -- driver inputs ---------------------------------------------------------------------------
 
     def connect(self) -> None:
-        # BlockDB keeps nothing across reconnects: every subscription is sent again (doc 2.2).
+        # BlockDB keeps nothing across reconnects: every subscription is sent again (doc 2.2),
+        # except one still within a refusal's retry_after_seconds, which keepalive() asks for.
+        now = time.time_ns()
+        self._retry = {pair: due for pair, due in self._retry.items() if due > now}
         for sub in self._desired.values():
-            self._subscribe(sub)
-            self._sent.add(sub.pair)
+            if sub.pair not in self._retry:
+                self._subscribe(sub)
+                self._sent.add(sub.pair)
 
     def receive(self, frame: str | bytes, received_at: int) -> list[Event]:
         try:
@@ -196,12 +200,15 @@ class BlockDBProtocol:
         return out
 
     def keepalive(self) -> None:
+        if self._closing:  # unsubscribed: asking again now would undo the goodbye
+            return
         now = time.time_ns()
         for pair, due in list(self._retry.items()):
             if due <= now:
                 del self._retry[pair]
                 if pair in self._desired:
                     self._subscribe(self._desired[pair])
+                    self._sent.add(pair)
 
     def close(self) -> None:
         self._closing = True
@@ -223,7 +230,7 @@ class BlockDBProtocol:
         self._sent.clear()
         self._acked.clear()
         self._unsubscribing.clear()
-        self._retry.clear()
+        # _retry stays: a refusal's retry_after_seconds holds across a reconnect too.
 
     def state(self) -> dict[str, Any]:
         return {}  # every update names its own chain and dataset: nothing to restore
@@ -292,5 +299,5 @@ def _retry_after(error: Mapping[str, Any]) -> float:
     nested = details.get("retry_after_seconds") if isinstance(details, dict) else None
     for value in (error.get("retry_after_seconds"), nested):
         if type(value) in (int, float) and 0 < value < math.inf:
-            return min(float(value), MAX_WAIT)
+            return float(min(value, MAX_WAIT))  # min first: an integer past a double's range
     return 0.0

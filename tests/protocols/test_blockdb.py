@@ -136,11 +136,12 @@ def test_a_retryable_error_with_retry_after_is_not_asked_again_sooner(where):
     assert [json.loads(f)["action"] for f in p.data_to_send()] == ["subscribe"]
 
 
-def test_a_retry_after_beyond_ten_minutes_is_ten_minutes():
+@pytest.mark.parametrize("value", [1e300, 10**400])  # the second: an integer past a double's range
+def test_a_retry_after_beyond_ten_minutes_is_ten_minutes(value):
     p = make({"chain_id": 1, "dataset_id": "0101"})
     p.connect()
     p.data_to_send()
-    error = {"code": "RATE_LIMIT_EXCEEDED", "message": "m", "retryable": True, "retry_after_seconds": 1e300}
+    error = {"code": "RATE_LIMIT_EXCEEDED", "message": "m", "retryable": True, "retry_after_seconds": value}
     err = {"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "status": "error", "error": error}
     now = time.time_ns()
     (event,) = p.receive(json.dumps(err), now - 599 * 10**9)
@@ -150,6 +151,40 @@ def test_a_retry_after_beyond_ten_minutes_is_ten_minutes():
     p.receive(json.dumps(err), now - 601 * 10**9)
     p.keepalive()
     assert len(p.data_to_send()) == 1
+
+
+def test_a_retry_after_holds_across_a_reconnect():
+    """A reconnect within a refusal's retry_after_seconds does not ask for that subscription again
+    (the server would only refuse it again); the first keep-alive after the wait does."""
+    p = make({"chain_id": 1, "dataset_id": "0101"}, {"chain_id": 1, "dataset_id": "0304"})
+    p.connect()
+    p.data_to_send()
+    error = {"code": "RATE_LIMIT_EXCEEDED", "message": "m", "retryable": True, "retry_after_seconds": 30}
+    err = {"action": "subscribe", "chain_id": 1, "dataset_id": "0304", "status": "error", "error": error}
+    now = time.time_ns()
+    p.receive(json.dumps(err), now)
+    p.connection_lost()
+    p.connect()
+    assert [json.loads(f)["dataset_id"] for f in p.data_to_send()] == ["0101"]
+    p.keepalive()
+    assert p.data_to_send() == []
+    p.connection_lost()
+    p.receive(json.dumps(err), now - 31 * 10**9)  # as if that refusal came 31 s ago
+    p.connect()
+    assert [json.loads(f)["dataset_id"] for f in p.data_to_send()] == ["0101", "0304"]
+
+
+def test_no_retry_is_sent_after_the_goodbye():
+    p = make({"chain_id": 1, "dataset_id": "0101"})
+    p.connect()
+    p.data_to_send()
+    error = {"code": "RATE_LIMIT_EXCEEDED", "message": "m", "retryable": True}
+    err = {"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "status": "error", "error": error}
+    p.receive(json.dumps(err), time.time_ns())
+    p.close()
+    p.data_to_send()
+    p.keepalive()
+    assert p.data_to_send() == []
 
 
 @pytest.mark.parametrize("value", [None, 0, -5, "10", True])
