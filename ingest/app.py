@@ -263,7 +263,10 @@ class Daemon:
             return
         for dataset in BLOCK_STREAMS:
             if dataset in self.registry:
-                writer.reorgs.seed(await asyncio.to_thread(store.read, recent_blocks_sql(dataset)))
+                blocks = await asyncio.to_thread(store.read, recent_blocks_sql(dataset))
+                # A store behind another sink (switched off for a while, say) has no say on gaps.
+                settled = all(store.checkpoint(dataset) >= sink.checkpoint(dataset) for sink in sinks)
+                writer.reorgs.seed(blocks, settled=settled)
 
     async def _metrics_server(self) -> MetricsServer | None:
         m = self.config.metrics

@@ -73,25 +73,35 @@ class ReorgTracker:
         self._on_gap = on_gap
         self._chains: dict[tuple[str, str], _Chain] = {}
 
-    def seed(self, blocks: pa.Table) -> None:
+    def seed(self, blocks: pa.Table, *, settled: bool = True) -> None:
         """Start from the store's last heights (rows of `recent_blocks_sql`), before any block is
         observed: a reorg of a height stored before a restart, and the heights missed while the
-        daemon was down, are then seen as if it had never stopped. Every stored height counts as
-        settled (a gap still pending at a crash is not reported)."""
+        daemon was down, are then seen as if it had never stopped.
+
+        `settled`: the stored heights count as decided (the store is as far as any sink);
+        otherwise only their hashes are taken, and the first block observed starts the gap count.
+        A journal replay after a crash may observe stored blocks again: it ends where the store
+        is, and an old branch replayed before its newer hash cancels out (`_replace`). What is not
+        recovered: a reorg still open at the crash (its old hashes are not stored; it may end up
+        as two rows) and a gap still pending then.
+        """
         rows = zip(
             blocks["provider"].to_pylist(),
             blocks["chain"].to_pylist(),
             blocks["number"].to_pylist(),
             blocks["hash"].to_pylist(),
+            blocks["first_received_at"].to_pylist(),
             blocks["received_at"].to_pylist(),
             strict=True,
         )
-        for provider, chain, number, block_hash, received_at in sorted(rows, key=lambda r: r[2]):
+        for provider, chain, number, block_hash, first_at, last_at in sorted(rows, key=lambda r: r[2]):
             state = self._chains.setdefault((provider, evm_chain(chain)), _Chain())
             state.hashes[number] = _norm(block_hash)
-            if state.head is None or number > state.head:
+            if settled and (state.head is None or number > state.head):
                 state.head = state.settled = number
-                state.settled_at = state.last_at = received_at
+                # As when it was live: a height is settled as of its first receipt (the id of a gap
+                # derived again by a replay depends on it), and the stream was last heard then.
+                state.settled_at, state.last_at = first_at, last_at
             while len(state.hashes) > _REMEMBER:
                 state.hashes.popitem(last=False)
 
@@ -233,8 +243,8 @@ class ReorgTracker:
 
 def recent_blocks_sql(dataset: str) -> str:
     """DuckDB SQL for the last `_REMEMBER` heights of each chain of a block dataset, with the hash
-    each has now (the newest received, a reorg's on a tie, as the canonical views decide): the
-    columns `ReorgTracker.seed` reads."""
+    each has now (the newest received, a reorg's on a tie, as the canonical views decide) and when
+    it was first received: the columns `ReorgTracker.seed` reads."""
     chain, number, block_hash, _ = BLOCK_STREAMS[dataset]
     table = quote_ident(dataset)
     chain, number, block_hash = quote_ident(chain), quote_ident(number), quote_ident(block_hash)
@@ -243,11 +253,11 @@ def recent_blocks_sql(dataset: str) -> str:
             SELECT _provider, {chain} AS chain, max({number}) AS head FROM {table} GROUP BY ALL
         )
         SELECT b._provider AS provider, CAST(b.{chain} AS VARCHAR) AS chain, b.{number} AS number,
-               b.{block_hash} AS hash, epoch_ns(b._received_at) AS received_at
+               b.{block_hash} AS hash, epoch_ns(b._received_at) AS received_at,
+               epoch_ns(min(b._received_at) OVER heights) AS first_received_at
         FROM {table} b JOIN heads h ON b._provider = h._provider AND b.{chain} = h.chain
         WHERE b.{number} > h.head - {_REMEMBER} AND b.{block_hash} IS NOT NULL
-        QUALIFY row_number() OVER (
-            PARTITION BY b._provider, b.{chain}, b.{number} ORDER BY b._received_at DESC, b._is_reorg DESC
-        ) = 1
+        WINDOW heights AS (PARTITION BY b._provider, b.{chain}, b.{number})
+        QUALIFY row_number() OVER (heights ORDER BY b._received_at DESC, b._is_reorg DESC) = 1
         ORDER BY number
     """

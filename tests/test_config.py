@@ -293,6 +293,32 @@ def test_a_fragment_that_spreads_into_itself_is_named(tmp_path, query, cycle):
     )
 
 
+def chained_fragments(n: int, back_to_start: bool = False) -> str:
+    """A query spreading F0, which spreads F1, ... F{n}; with back_to_start, F{n} spreads F0."""
+    last = "...F0" if back_to_start else "Block { Number }"
+    defs = [f"fragment F{i} on B {{ ...F{i + 1} }}" for i in range(n)] + [f"fragment F{n} on B {{ {last} }}"]
+    return "subscription { EVM { Blocks { ...F0 } } } " + " ".join(defs)
+
+
+@pytest.mark.parametrize(
+    ("n", "back", "message"),
+    [
+        (50, False, None),
+        (1500, False, "fragments nest too deeply"),
+        (1500, True, "fragment F0 spreads into itself (F0 -> F1 -> F2 -> "),
+    ],
+)
+def test_a_long_chain_of_fragments_is_read_or_refused_by_name(tmp_path, n, back, message):
+    doc = copy.deepcopy(BITQUERY)
+    doc["providers"]["bitquery"]["subscriptions"][0]["query"] = chained_fragments(n, back)
+    if message is None:
+        assert parse_config(doc, base=tmp_path).providers[0].subscriptions
+        return
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, base=tmp_path)
+    assert str(info.value).startswith(f"providers.bitquery.subscriptions[0].query: {message}")
+
+
 def test_fragments_spread_twice_without_a_cycle_are_fine(tmp_path):
     doc = copy.deepcopy(BITQUERY)
     query = (

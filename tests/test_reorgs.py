@@ -213,13 +213,18 @@ def _stored(tmp_path: Path, blocks: list[tuple[int, str, int, bool]]) -> pa.Tabl
         sink.close()
 
 
-def seeded_feed(stored: pa.Table, blocks: list[Block]) -> tuple[list[dict[str, Any]], list[Gap]]:
+def seeded_feed(
+    stored: pa.Table, blocks: list[Block], settled: bool = True
+) -> tuple[list[dict[str, Any]], list[Gap]]:
+    """The tracker seeded with `stored`, then fed `blocks` one a table, block i received at second
+    100 + i + 1 with journal position i + 1."""
     reorgs: list[dict[str, Any]] = []
     gaps: list[Gap] = []
     tracker = ReorgTracker(reorgs.append, lambda gap, _at: gaps.append(gap))
-    tracker.seed(stored)
+    tracker.seed(stored, settled=settled)
     for i, block in enumerate(blocks):
-        tracker.observe("bitquery_evm_blocks", _table([block], 100 + i), pa.array([i + 1], pa.int64()))
+        positions = pa.array([i + 1], pa.int64())
+        tracker.observe("bitquery_evm_blocks", _table([block], 100 + i), positions)
     tracker.close()
     return reorgs, gaps
 
@@ -240,6 +245,7 @@ def test_the_store_gives_each_of_its_last_heights_with_its_newest_hash(tmp_path)
         "number": 110,
         "hash": "0xb110",
         "received_at": 20 * SECOND,
+        "first_received_at": 11 * SECOND,
     }
 
 
@@ -265,10 +271,36 @@ def test_heights_missed_while_the_daemon_was_down_are_one_gap(tmp_path):
     assert gaps == [Gap("bitquery", "s", "block", 11 * SECOND, 101 * SECOND, "eth", 111, 120, 1)]
 
 
-def test_an_unseeded_tracker_sees_neither(tmp_path):
-    """The same streams without the store: what the daemon saw before it was seeded."""
-    reorgs, gaps = seeded_feed(
-        pa.table({n: [] for n in ("provider", "chain", "number", "hash", "received_at")}),
-        chain(120, 120 + _LATE),
+def test_a_gap_after_a_restart_starts_at_the_first_receipt_of_the_stored_head(tmp_path):
+    """The head height received twice (a resend): the gap starts at its first receipt, as it would
+    have live, so a gap derived again by a replay keeps its id."""
+    stored = _stored(
+        tmp_path, [(n, f"0xa{n}", n - 99, False) for n in range(100, 111)] + [(110, "0xa110", 50, False)]
     )
+    _, gaps = seeded_feed(stored, chain(120, 120 + _LATE))
+    assert [(g.started_at, g.expected, g.received) for g in gaps] == [(11 * SECOND, 111, 120)]
+
+
+def test_a_store_behind_another_sink_gives_hashes_but_no_gap(tmp_path):
+    stored = _stored(tmp_path, [(n, f"0xa{n}", n - 99, False) for n in range(100, 111)])
+    reorgs, gaps = seeded_feed(stored, chain(120, 120 + _LATE), settled=False)
     assert (reorgs, gaps) == ([], [])
+    # The hashes still count: a stored height replaced after the restart is a reorg.
+    reorgs, _ = seeded_feed(stored, [(111, "0xb111", "0xb110"), (110, "0xb110", "0xa109")], settled=False)
+    assert [(r["first_height"], r["depth"]) for r in reorgs] == [(110, 1)]
+
+
+def test_a_replay_of_stored_blocks_ends_where_the_store_is(tmp_path):
+    """After a crash the journal replays frames some sink lacks, blocks the store holds among them.
+    Here the store holds 110's reorg (b110): the replayed old branch (a110, then b110 again)
+    cancels out, and a reorg after the replay still counts."""
+    stored = _stored(
+        tmp_path, [(n, f"0xa{n}", n - 99, False) for n in range(100, 110)] + [(110, "0xb110", 12, True)]
+    )
+    replay = [(110, "0xa110", "0xa109"), (110, "0xb110", "0xa109"), (111, "0xb111", "0xb110")]
+    assert seeded_feed(stored, replay) == ([], [])
+    after = [*replay, (111, "0xc111", "0xb110"), (112, "0xc112", "0xc111")]
+    reorgs, _ = seeded_feed(stored, after)
+    assert [(r["first_height"], r["old_hashes"], r["new_hashes"]) for r in reorgs] == [
+        (111, ["b111"], ["c111"])
+    ]

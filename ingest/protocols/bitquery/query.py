@@ -145,24 +145,27 @@ def _operation(doc: DocumentNode, name: str | None, where: str, at: str) -> Oper
 
 
 def _fragment_cycle(fragments: Mapping[str, FragmentDefinitionNode]) -> list[str] | None:
-    """Fragments that spread into themselves, directly or through others: [F, G, F]; else None."""
+    """Fragments that spread into themselves, directly or through others: [F, G, F]; else None.
+
+    Depth-first with a stack of its own: a chain of a thousand fragments is no cycle, and must not
+    exhaust Python's.
+    """
     spreads = {name: sorted(_spreads(d.selection_set)) for name, d in fragments.items()}
     done: set[str] = set()
-
-    def visit(name: str, path: list[str]) -> list[str] | None:
-        if name in path:
-            return [*path[path.index(name) :], name]
-        if name in done or name not in spreads:
-            return None
-        for child in spreads[name]:
-            if cycle := visit(child, [*path, name]):
-                return cycle
-        done.add(name)
-        return None
-
-    for name in fragments:
-        if cycle := visit(name, []):
-            return cycle
+    for start in fragments:
+        if start in done:
+            continue
+        path, children = [start], [iter(spreads[start])]
+        while children:
+            child = next(children[-1], None)
+            if child is None:  # every spread below path[-1] explored: no cycle through it
+                done.add(path.pop())
+                children.pop()
+            elif child in path:
+                return [*path[path.index(child) :], child]
+            elif child not in done and child in spreads:
+                path.append(child)
+                children.append(iter(spreads[child]))
     return None
 
 
@@ -186,7 +189,8 @@ def analyse(
     """Bind each cube of the subscription to its dataset; ConfigError for what Bitquery would refuse.
 
     `where.key` names the document in errors (`query`, or `query_file` for one read from a file).
-    graphql-core's parser refuses a document nested too deeply itself, before anything recurses here.
+    graphql-core's parser refuses a document nested too deeply; fragments spread in fragments
+    too deep to expand (a chain of a thousand) are refused here.
     """
     at = f"{where}.{key}"
     try:
@@ -199,6 +203,18 @@ def analyse(
     if cycle := _fragment_cycle(fragments):
         # GraphQL forbids it (NoFragmentCycles): spread in place, it would expand without end.
         raise ConfigError(f"{at}: fragment {cycle[0]} spreads into itself ({' -> '.join(cycle)})")
+    try:
+        return _cubes(op, fragments, variables, at)
+    except RecursionError:  # fragments spread in fragments a thousand deep (no cycle): too deep to expand
+        raise ConfigError(f"{at}: fragments nest too deeply") from None
+
+
+def _cubes(
+    op: OperationDefinitionNode,
+    fragments: Mapping[str, FragmentDefinitionNode],
+    variables: Mapping[str, Any],
+    at: str,
+) -> dict[tuple[str, str], Cube]:
     roots = _fields(op.selection_set, fragments)
     if len(roots) != 1:
         # Bitquery: one top-level root per document (PROTOCOLS.md 1.6).
