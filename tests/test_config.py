@@ -56,26 +56,20 @@ def test_defaults(tmp_path):
     assert config.providers[0].read_coalesce == 0.025
 
 
-def test_read_coalescing_can_be_set_or_switched_off(tmp_path):
-    def read_coalesce(value: float) -> float:
-        config = parse_config(with_("providers.blockdb.read_coalesce", value), base=tmp_path)
-        return config.providers[0].read_coalesce
+def read_coalesce_with(tmp_path, path: str, value) -> float:
+    """The BlockDB provider's read_coalesce, parsed from BASE with one key replaced."""
+    return parse_config(with_(path, value), base=tmp_path).providers[0].read_coalesce
 
-    assert read_coalesce(0.002) == 0.002
-    assert read_coalesce(0) == 0
+
+def test_read_coalescing_can_be_set_or_switched_off(tmp_path):
+    assert read_coalesce_with(tmp_path, "providers.blockdb.read_coalesce", 0.002) == 0.002
+    assert read_coalesce_with(tmp_path, "providers.blockdb.read_coalesce", 0) == 0
 
 
 def test_read_coalescing_by_default_follows_the_flush_age(tmp_path):
     """A tenth of max_age_seconds, at most 25 ms: a low-latency flush pauses reads less."""
-
-    def default(max_age: float) -> float:
-        config = parse_config(with_("flush.max_age_seconds", max_age), base=tmp_path)
-        return config.providers[0].read_coalesce
-
-    assert default(1.0) == 0.025
-    assert default(5.0) == 0.025
-    assert default(0.1) == pytest.approx(0.01)
-    assert default(0.02) == pytest.approx(0.002)
+    for max_age, expected in [(1.0, 0.025), (5.0, 0.025), (0.1, 0.01), (0.02, 0.002)]:
+        assert read_coalesce_with(tmp_path, "flush.max_age_seconds", max_age) == pytest.approx(expected)
     doc = with_("flush.max_age_seconds", 0.1)
     doc["providers"]["blockdb"]["read_coalesce"] = 0.05  # set: kept, whatever the flush
     assert parse_config(doc, base=tmp_path).providers[0].read_coalesce == 0.05
