@@ -11,6 +11,7 @@ import json
 import pytest
 
 from ingest.emulators import BitqueryEmulator, CoinAPIEmulator, HeliusEmulator
+from ingest.protocols.bitquery import BitqueryProtocol
 from tests.helpers import Drain, collector, eventually, provider_config
 
 KEY = "collector-test-key-42"
@@ -94,6 +95,32 @@ async def test_bitquery_graphql_error_stops_one_subscription_not_the_others(regi
             and "NoSuchField" in col.stats.subscriptions["broken"]
         )
         assert col.stats.subscriptions["blocks"] == "active" and col.stats.connects == 1
+
+
+async def test_bitquery_plan_limit_refusal_is_started_again_not_fatal(registry, monkeypatch):
+    """The only subscription refused over a plan limit does not stop the collector: it is started
+    again after `plan_limit_retry`, and its rows then flow."""
+    monkeypatch.setattr(BitqueryProtocol, "plan_limit_retry", 0.3)
+    async with BitqueryEmulator(key=KEY, block_interval=0.02) as emu:
+        emu.refuse_starts("points limit exceeded: usage quota reached")
+        config = provider_config(
+            "bitquery",
+            emu.url,
+            [{"name": "blocks", "query": BLOCKS}],
+            keepalive_interval=0.05,
+            idle_timeout=0.4,
+        )
+        col, buffer = collector(registry, config, KEY)
+        task = asyncio.create_task(col.run())
+        await eventually(
+            lambda: col.stats.subscriptions["blocks"].startswith("failed: points limit"), what="refused"
+        )
+        await eventually(
+            lambda: buffer.received.get("bitquery_evm_blocks", 0) > 2, what="blocks after the wait"
+        )
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+    assert col.stats.subscriptions == {"blocks": "active"} and col.stats.connects == 1
 
 
 async def test_bitquery_bad_token_fails_once(registry):

@@ -114,6 +114,7 @@ class BitqueryEmulator(EmulatorServer):
         self.tokens_issued = 0
         self.token_requests_refused = 0  # bad client credentials, grant or scope
         self.auth_rejected = 0  # upgrades refused for a missing, wrong or expired token
+        self._refusals: list[str] = []  # messages the next operation starts are refused with
         self._start_on_subscribe = start_on_subscribe
         self._ticker = Ticker(block_interval)
         self._encode = msgspec.json.Encoder().encode
@@ -151,6 +152,11 @@ class BitqueryEmulator(EmulatorServer):
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(TOKEN_PATH, self._issue_token)
+
+    def refuse_starts(self, message: str, count: int = 1) -> None:
+        """Answer the next `count` operation starts with `error` and this message, as Bitquery does
+        over a plan's limit (`points limit exceeded: usage quota reached`, PROTOCOLS.md 1.6)."""
+        self._refusals += [message] * count
 
     def revoke_tokens(self) -> None:
         """Forget every issued token: the next upgrade with one gets 401, open sockets stay (1.2)."""
@@ -360,6 +366,8 @@ class BitqueryEmulator(EmulatorServer):
         variables = payload.get("variables")
         name = payload.get("operationName")
         try:
+            if self._refusals:
+                raise RequestError([{"message": self._refusals.pop(0)}])
             if not isinstance(query, str):
                 raise RequestError([{"message": "payload.query must be a string"}])
             if variables is not None and not isinstance(variables, dict):

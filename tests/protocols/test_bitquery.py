@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -250,6 +251,54 @@ def test_a_graphql_error_stops_that_subscription_only(subprotocol, name):
     p.data_to_send()
     p.receive(b'{"type":"connection_ack"}', 1)
     assert [json.loads(f)["payload"]["query"] for f in p.data_to_send()] == [TRANSFERS]  # not asked again
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "points limit exceeded: usage quota reached",
+        "Too Many Sessions: 429",
+        "too many concurrent subscriptions",
+        "exceeded the maximum number of subscriptions per user id",
+        "No active billing period",
+    ],
+)
+@pytest.mark.parametrize("subprotocol", [LEGACY, TRANSPORT])
+def test_a_plan_limit_error_starts_that_subscription_again_later(subprotocol, message):
+    """A plan's limit (PROTOCOLS.md 1.6) clears with time: the subscription is started again once
+    `plan_limit_retry` has passed, at a keep-alive or at the next connection's ack, not before."""
+
+    def refused(seconds_ago: float) -> BitqueryProtocol:
+        p = proto(
+            {"name": "blocks", "query": BLOCKS},
+            {"name": "transfers", "query": TRANSFERS},
+            subprotocol=subprotocol,
+        )
+        handshake(p)
+        error = {"type": "error", "id": "1", "payload": [{"message": message}]}
+        (event,) = p.receive(json.dumps(error), time.time_ns() - int(seconds_ago * 1e9))
+        assert isinstance(event, SubscriptionFailed) and event.retryable and event.subscription == "blocks"
+        assert "started again in 300 s" in event.message and p.active == 2
+        return p
+
+    def started(p: BitqueryProtocol) -> list[str]:
+        return [json.loads(f)["payload"]["query"] for f in p.data_to_send() if '"payload"' in f]
+
+    p = refused(0)
+    p.keepalive()
+    assert started(p) == []  # not yet
+    p.connection_lost()
+    p.connect()
+    p.receive(b'{"type":"connection_ack"}', 1)
+    assert started(p) == [TRANSFERS]  # the refused one still waits
+    p = refused(301)
+    p.keepalive()
+    assert started(p) == [BLOCKS]
+    p = refused(301)
+    p.connection_lost()
+    p.connect()
+    p.receive(b'{"type":"connection_ack"}', 1)
+    assert started(p) == [BLOCKS, TRANSFERS]
 
 
 def test_keepalives_and_pings():

@@ -8,6 +8,8 @@ operation id; ids are never reused, so a late frame of an old operation cannot b
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,12 @@ __all__ = ["LEGACY", "TRANSPORT", "BitqueryProtocol", "BitquerySubscription"]
 LEGACY = "graphql-ws"
 TRANSPORT = "graphql-transport-ws"
 _TYPES = {LEGACY: ("start", "data", "stop"), TRANSPORT: ("subscribe", "next", "complete")}
+# Operation errors that say a plan's limit was reached, not that the query is wrong (PROTOCOLS.md 1.6).
+_PLAN_LIMIT = re.compile(
+    r"too many (concurrent subscriptions|sessions)|maximum number of subscriptions|points limit"
+    r"|usage quota|billing period",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +151,7 @@ class BitqueryProtocol:
     default_idle_timeout: ClassVar[float] = 10.0
     option_keys: ClassVar[tuple[str, ...]] = ("subprotocol",)
     linger: ClassVar[float] = 0.3  # `complete` is never acknowledged
+    plan_limit_retry: ClassVar[float] = 300.0  # seconds until a start refused over a plan limit is retried
     default_ping_interval: ClassVar[float] = 0.0  # ka / pong frames carry liveness
 
     def __init__(
@@ -158,6 +167,8 @@ class BitqueryProtocol:
         self._acked = False
         self._closing = False
         self._restart: set[str] = set()  # completed by the server: started again on keepalive()
+        # Refused over a plan's limit: name -> when (ns) to start it again, on keepalive() or a connect.
+        self._waiting: dict[str, int] = {}
         self._live: set[str] = set()  # subscriptions that delivered data on this socket
         self._outbox: list[str] = []
 
@@ -244,11 +255,14 @@ class BitqueryProtocol:
             return []
         if kind == "connection_ack":
             self._acked = True
+            now = time.time_ns()
+            self._waiting = {name: due for name, due in self._waiting.items() if due > now}
             for sub in self._desired.values():
-                self._begin(sub)
+                if sub.name not in self._waiting:
+                    self._begin(sub)
             return []
         if kind == "error" and op is not None:
-            return self._on_error(op, bytes(msg.payload))
+            return self._on_error(op, bytes(msg.payload), received_at)
         if kind == "complete" and op is not None:
             sub = self._ops.pop(op, None)
             if sub is not None and sub.name in self._desired and not self._closing:
@@ -276,6 +290,12 @@ class BitqueryProtocol:
             self._restart.discard(name)
             if self._acked and name in self._desired:
                 self._begin(self._desired[name])
+        now = time.time_ns()
+        for name, due in list(self._waiting.items()):
+            if due <= now and self._acked and not self._closing:
+                del self._waiting[name]
+                if name in self._desired:
+                    self._begin(self._desired[name])
 
     def close(self) -> None:
         # Bitquery honours neither `stop` nor a goodbye ack: `complete` per operation, then close.
@@ -328,11 +348,17 @@ class BitqueryProtocol:
         raw = frame.encode() if isinstance(frame, str) else frame
         return Rejected(self.name, raw, reason, received_at, subscription)
 
-    def _on_error(self, op: str, payload: bytes) -> list[Event]:
+    def _on_error(self, op: str, payload: bytes, received_at: int) -> list[Event]:
         sub = self._ops.pop(op, None)
         text = _messages(_decode_any(payload)) if payload != b"null" else "error without a message"
         if sub is None:
             return [Notice("", f"error for unknown operation {op}: {text}")]
+        if _PLAN_LIMIT.search(text):
+            # Over the plan's limits (points, sessions, concurrent subscriptions): these clear with
+            # time or another stream's end, so it is started again now and then, not dropped.
+            wait = self.plan_limit_retry
+            self._waiting[sub.name] = received_at + int(wait * 1e9)
+            return [SubscriptionFailed(sub.name, f"{text} (a plan limit: started again in {wait:g} s)", True)]
         # A query the server rejects will be rejected again: this subscription stops, others go on.
         self._desired.pop(sub.name, None)
         return [SubscriptionFailed(sub.name, text, retryable=False)]
