@@ -42,8 +42,9 @@ def from_headers(headers: Mapping[str, str] | None, now: datetime.datetime | Non
 
 
 def _retry_after(value: str, now: datetime.datetime | None) -> float:
-    if _DECIMAL.fullmatch(value):
-        return float(value)
+    seconds = _number(value)
+    if not math.isnan(seconds):
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import msgspec
 
 from ingest.events import Event, Gap, Rejected, Rows
 
-__all__ = ["AuthDefaults", "Batch", "ProviderProtocol", "SubscriptionSpec", "read_decoded", "read_frames"]
+__all__ = [
+    "AskAgain",
+    "AuthDefaults",
+    "Batch",
+    "ProviderProtocol",
+    "SubscriptionSpec",
+    "read_decoded",
+    "read_frames",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +172,33 @@ def read_decoded(
     for raw, value, position in zip(frames, decoded, positions, strict=False):
         read(raw, value, received_at, position, batch)
     return batch.events
+
+
+K = TypeVar("K")
+
+
+class AskAgain(Generic[K]):
+    """Requests the server refused for now (subscriptions), each with the time from which it may
+    be asked again: at once (0: the next keep-alive) or after the wait the refusal asked for (ns,
+    wall clock, as receive times). Kept across reconnects, so a new connection does not ask early;
+    one whose time has come goes out with the others."""
+
+    def __init__(self) -> None:
+        self._at: dict[K, int] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._at
+
+    def later(self, key: K, at: int = 0) -> None:
+        self._at[key] = at
+
+    def due(self) -> list[K]:
+        """The requests whose time has come; no longer held."""
+        now = time.time_ns()
+        ready = [key for key, at in self._at.items() if at <= now]
+        for key in ready:
+            del self._at[key]
+        return ready
+
+    def clear(self) -> None:
+        self._at.clear()

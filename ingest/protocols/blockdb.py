@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from ingest.events import (
     SubscriptionAcked,
     SubscriptionFailed,
 )
-from ingest.protocols.base import AuthDefaults, Batch, read_decoded
+from ingest.protocols.base import AskAgain, AuthDefaults, Batch, read_decoded
 from ingest.retry_hints import MAX_WAIT
 
 __all__ = ["DATASETS", "GENERIC_DATASET", "BlockDBProtocol", "BlockDBSubscription"]
@@ -96,8 +95,7 @@ class BlockDBProtocol:
         self._desired: dict[Pair, BlockDBSubscription] = {s.pair: s for s in subscriptions}
         self._sent: set[Pair] = set()  # subscribed on this socket (acked or not yet)
         self._acked: set[Pair] = set()
-        # Refused with retryable=true: asked again on keepalive(), not before this time (ns).
-        self._retry: dict[Pair, int] = {}
+        self._retry: AskAgain[Pair] = AskAgain()  # refused with retryable=true
         self._closing = False
         self._unsubscribing: set[Pair] = set()
         self._outbox: list[str] = []
@@ -137,8 +135,7 @@ class BlockDBProtocol:
     def connect(self) -> None:
         # BlockDB keeps nothing across reconnects: every subscription is sent again (doc 2.2),
         # except one still within a refusal's retry_after_seconds, which keepalive() asks for.
-        now = time.time_ns()
-        self._retry = {pair: due for pair, due in self._retry.items() if due > now}
+        self._retry.due()  # their wait is over: asked now, with the rest
         for sub in self._desired.values():
             if sub.pair not in self._retry:
                 self._subscribe(sub)
@@ -202,13 +199,10 @@ class BlockDBProtocol:
     def keepalive(self) -> None:
         if self._closing:  # unsubscribed: asking again now would undo the goodbye
             return
-        now = time.time_ns()
-        for pair, due in list(self._retry.items()):
-            if due <= now:
-                del self._retry[pair]
-                if pair in self._desired:
-                    self._subscribe(self._desired[pair])
-                    self._sent.add(pair)
+        for pair in self._retry.due():
+            if pair in self._desired:
+                self._subscribe(self._desired[pair])
+                self._sent.add(pair)
 
     def close(self) -> None:
         self._closing = True
@@ -283,7 +277,7 @@ class BlockDBProtocol:
                 wait = _retry_after(error)
                 if wait:
                     text += f" (asked again in {wait:g} s at the earliest)"
-                self._retry[sub.pair] = received_at + int(wait * 1e9)
+                self._retry.later(sub.pair, received_at + int(wait * 1e9))
             else:
                 # Not retryable: asking again only repeats the error, so this one stops here.
                 del self._desired[sub.pair]

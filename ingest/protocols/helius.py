@@ -16,7 +16,7 @@ import msgspec
 
 from ingest.errors import ConfigError
 from ingest.events import Event, Notice, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
-from ingest.protocols.base import AuthDefaults, read_frames
+from ingest.protocols.base import AskAgain, AuthDefaults, read_frames
 
 __all__ = ["DATASETS", "METHODS", "HeliusProtocol", "HeliusSubscription"]
 
@@ -144,7 +144,7 @@ class HeliusProtocol:
             int | str, tuple[str, str]
         ] = {}  # request id -> (subscription, subscribe|unsubscribe)
         self._ids: dict[int, HeliusSubscription] = {}  # node's subscription id -> subscription
-        self._retry: set[str] = set()
+        self._retry: AskAgain[str] = AskAgain()  # refused for now (the node's limit): on keepalive()
         self._closing = False
         self._outbox: list[str] = []
 
@@ -190,8 +190,7 @@ class HeliusProtocol:
         return out
 
     def keepalive(self) -> None:
-        for name in list(self._retry):
-            self._retry.discard(name)
+        for name in self._retry.due():
             if (sub := self._desired.get(name)) is not None:
                 self._request(name, "subscribe", sub.method, list(sub.params))
 
@@ -243,7 +242,7 @@ class HeliusProtocol:
                 return [Notice(name, f"unsubscribe refused: {_error_text(msg.error)}")]
             retryable = code in _RETRYABLE
             if retryable:
-                self._retry.add(name)
+                self._retry.later(name)
             else:
                 self._desired.pop(name, None)  # bad params stay bad: not asked again
             return [SubscriptionFailed(name, _error_text(msg.error), retryable)]

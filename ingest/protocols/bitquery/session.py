@@ -9,7 +9,6 @@ operation id; ids are never reused, so a late frame of an old operation cannot b
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import msgspec
 
 from ingest.errors import ConfigError
 from ingest.events import Event, FatalError, Notice, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
-from ingest.protocols.base import AuthDefaults, read_frames
+from ingest.protocols.base import AskAgain, AuthDefaults, read_frames
 from ingest.protocols.bitquery.query import GENERIC_DATASET, METRICS, Cube, Renames, analyse
 
 __all__ = ["LEGACY", "TRANSPORT", "BitqueryProtocol", "BitquerySubscription"]
@@ -166,9 +165,9 @@ class BitqueryProtocol:
         self._next_id = 1
         self._acked = False
         self._closing = False
-        self._restart: set[str] = set()  # completed by the server: started again on keepalive()
-        # Refused over a plan's limit: name -> when (ns) to start it again, on keepalive() or a connect.
-        self._waiting: dict[str, int] = {}
+        # Completed by the server (started again at the next keepalive()), or refused over a plan's
+        # limit (started again once plan_limit_retry has passed).
+        self._again: AskAgain[str] = AskAgain()
         self._live: set[str] = set()  # subscriptions that delivered data on this socket
         self._outbox: list[str] = []
 
@@ -255,10 +254,9 @@ class BitqueryProtocol:
             return []
         if kind == "connection_ack":
             self._acked = True
-            now = time.time_ns()
-            self._waiting = {name: due for name, due in self._waiting.items() if due > now}
+            self._again.due()  # their time has come: started now, with the rest
             for sub in self._desired.values():
-                if sub.name not in self._waiting:
+                if sub.name not in self._again:
                     self._begin(sub)
             return []
         if kind == "error" and op is not None:
@@ -266,7 +264,7 @@ class BitqueryProtocol:
         if kind == "complete" and op is not None:
             sub = self._ops.pop(op, None)
             if sub is not None and sub.name in self._desired and not self._closing:
-                self._restart.add(sub.name)
+                self._again.later(sub.name)
                 return [Notice(sub.name, "the server completed the subscription; starting it again")]
             return []
         if kind == "connection_error":
@@ -286,14 +284,8 @@ class BitqueryProtocol:
     def keepalive(self) -> None:
         if self.subprotocol == TRANSPORT:
             self._outbox.append('{"type":"ping"}')
-        for name in list(self._restart):
-            self._restart.discard(name)
-            if self._acked and name in self._desired:
-                self._begin(self._desired[name])
-        now = time.time_ns()
-        for name, due in list(self._waiting.items()):
-            if due <= now and self._acked and not self._closing:
-                del self._waiting[name]
+        if self._acked and not self._closing:  # else the next ack starts them
+            for name in self._again.due():
                 if name in self._desired:
                     self._begin(self._desired[name])
 
@@ -315,7 +307,7 @@ class BitqueryProtocol:
     def connection_lost(self) -> None:
         self._ops.clear()
         self._live.clear()
-        self._restart.clear()
+        # _again stays: the next ack starts every subscription but those still waiting.
         self._acked = False
 
     def state(self) -> dict[str, Any]:
@@ -357,7 +349,7 @@ class BitqueryProtocol:
             # Over the plan's limits (points, sessions, concurrent subscriptions): these clear with
             # time or another stream's end, so it is started again now and then, not dropped.
             wait = self.plan_limit_retry
-            self._waiting[sub.name] = received_at + int(wait * 1e9)
+            self._again.later(sub.name, received_at + int(wait * 1e9))
             return [SubscriptionFailed(sub.name, f"{text} (a plan limit: started again in {wait:g} s)", True)]
         # A query the server rejects will be rejected again: this subscription stops, others go on.
         self._desired.pop(sub.name, None)
