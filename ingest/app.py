@@ -100,7 +100,7 @@ class Daemon:
             auth = {"key": None, "client_id": client[0], "client_secret": client[1]}
         try:
             emulator = factory(**auth, **provider.emulator)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"providers.{provider.name}.emulator: {exc}") from None
         self._emulators[provider.name] = emulator
         return str(await emulator.start(host="127.0.0.1", port=0))

@@ -17,7 +17,7 @@ import termios
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence, Sized
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import aiohttp
 import msgspec
@@ -105,6 +105,9 @@ class Collector:
         self._target = target
         self._tokens = tokens
         self._keyless_url = target.url
+        # Tokens are numbered by `TokenSource.fetches`; this one replaced a token refused after
+        # the upgrade, and is not replaced in its turn.
+        self._replacement = 0
         self._sink = sink
         self.stats = stats
         self._sleep_override = sleep
@@ -276,6 +279,18 @@ class Collector:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise Disconnected(f"connect failed: {type(exc).__name__}: {_safe(exc, self._target)}") from None
 
+    def _credentials_refused(self, reason: str) -> NoReturn:
+        """The server took the socket, then refused its credentials: fatal, but a token from the
+        OAuth endpoint is replaced at once first, as at the upgrade (PROTOCOLS.md 1.11: 4403 ->
+        refresh the token); the replacement refused too is fatal."""
+        tokens = self._tokens
+        if tokens is not None and tokens.fetches != self._replacement:
+            self.log.warning("token refused after connect, fetching a new one", reason=reason)
+            tokens.invalidate()
+            self._replacement = tokens.fetches + 1  # the serial of the token the reconnect fetches
+            raise _ReconnectNow(reason)
+        raise AuthRejected(reason)
+
     def _on_connected(self) -> None:
         self.stats.connects += 1
         self.stats.state = "connected"
@@ -434,6 +449,8 @@ class Collector:
             raise Disconnected(f"socket error: {type(msg.data).__name__}")
         if self._stopping:
             raise Disconnected("closed during shutdown", code=code)
+        if code in self.protocol.auth_close_codes:
+            self._credentials_refused(f"server refused the credentials: closed with {code} {reason}".strip())
         if code in self.protocol.fatal_close_codes:
             raise ProtocolFatal(f"server closed the connection with {code} {reason}".strip())
         message = f"server closed the connection ({code} {reason})".strip()
@@ -463,6 +480,8 @@ class Collector:
         elif isinstance(event, Notice):
             self.log.warning("provider notice", subscription=event.subscription, message=event.message)
         elif isinstance(event, FatalError):
+            if event.auth:
+                self._credentials_refused(event.reason)
             raise ProtocolFatal(event.reason)
         elif isinstance(event, Reconnect):
             raise _ReconnectNow(event.reason)

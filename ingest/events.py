@@ -111,9 +111,13 @@ class Reconnect:
 
 @dataclass(frozen=True, slots=True)
 class FatalError:
-    """The provider said something reconnecting will not fix (bad key): stop this collector."""
+    """The provider said something reconnecting will not fix (bad key): stop this collector.
+
+    `auth`: it refused the credentials. A token from an OAuth endpoint is then replaced once
+    before the refusal counts (the driver's rule for refusals after the upgrade)."""
 
     reason: str
+    auth: bool = False
 
 
 Event = Rows | Rejected | Gap | SubscriptionAcked | SubscriptionFailed | Notice | Reconnect | FatalError

@@ -32,7 +32,7 @@ from ingest.tokens import (
     read_client_credentials,
     refresh_margin,
 )
-from tests.helpers import Drain, eventually, provider_config
+from tests.helpers import Drain, collector, eventually, provider_config, run_cli
 
 CLIENT_ID = "client-id-7f3a"
 SECRET = "client-secret-9c1e4b7d2a"
@@ -312,6 +312,59 @@ async def test_a_token_refused_twice_stops_the_collector(registry: Registry) -> 
         assert emu.tokens_issued == 2 and emu.auth_rejected == 2 and emu.connections_total == 0
 
 
+@pytest.mark.parametrize("subprotocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_a_token_refused_at_connection_init_is_replaced_once(
+    registry: Registry, subprotocol: str
+) -> None:
+    # A server that checks the token at connection_init (4403, or connection_error on graphql-ws)
+    # instead of at the upgrade: the same rule, one new token (PROTOCOLS.md 1.11).
+    async with BitqueryEmulator(
+        client_id=CLIENT_ID, client_secret=SECRET, block_interval=0.05, auth_at="init"
+    ) as emu:
+        col, buffer, tokens = oauth_collector(registry, emu, options={"subprotocol": subprotocol})
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: blocks(buffer) >= 2, 5, "rows with the first token")
+        emu.revoke_tokens()
+        await emu.drop_connections()
+        before = blocks(buffer)
+        await eventually(lambda: blocks(buffer) >= before + 2, 5, "rows with the second token")
+        await col.stop()
+        await asyncio.wait_for(task, 5)
+        # Connected with the old token (refused at init), then at once with a new one: no backoff.
+        assert emu.auth_rejected == 1 and emu.tokens_issued == 2 and tokens.fetches == 2
+        assert col.stats.connects == 3 and emu.connections_total == 3 and col.stats.state == "stopped"
+
+
+@pytest.mark.parametrize("subprotocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_a_new_token_refused_at_connection_init_stops_the_collector(
+    registry: Registry, subprotocol: str
+) -> None:
+    # Tokens that expire at once: the first is refused at init, so is its replacement, then it is fatal.
+    async with BitqueryEmulator(
+        client_id=CLIENT_ID, client_secret=SECRET, token_lifetime=0, auth_at="init"
+    ) as emu:
+        col, _, _ = oauth_collector(registry, emu, options={"subprotocol": subprotocol})
+        await asyncio.wait_for(col.run(), 5)
+        assert col.stats.state == "failed" and "Forbidden" in col.stats.last_error
+        assert col.stats.last_error.startswith(
+            "server refused the credentials: closed with 4403"
+            if subprotocol == "graphql-transport-ws"
+            else "connection refused: Forbidden"
+        )
+        assert emu.tokens_issued == 2 and emu.auth_rejected == 2 and emu.connections_total == 2
+
+
+async def test_a_key_refused_at_connection_init_stops_the_collector_at_once(registry: Registry) -> None:
+    # Not a token from an endpoint: nothing to replace, and the same key would be refused again.
+    async with BitqueryEmulator(key="the-right-key", auth_at="init") as emu:
+        config = provider_config("bitquery", emu.url, [{"name": "blocks", "query": BLOCKS}])
+        col, _ = collector(registry, config, "a-wrong-key")
+        await asyncio.wait_for(col.run(), 5)
+        assert col.stats.state == "failed"
+        assert col.stats.last_error == "server refused the credentials: closed with 4403 Forbidden"
+        assert emu.connections_total == 1 and emu.auth_rejected == 1
+
+
 async def test_wrong_credentials_stop_the_collector_with_the_variables_named_and_no_secret_logged(
     registry: Registry, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -386,3 +439,25 @@ query = "{BLOCKS}"
     result = await asyncio.wait_for(task, 10)
     assert result.failed == [] and emu.tokens_issued >= 2 and emu.auth_rejected == 0
     assert daemon.metrics.provider("bitquery").connects >= 2
+
+
+async def test_an_emulator_option_of_a_wrong_value_is_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "ingest.toml"
+    cfg.write_text(f"""
+[storage]
+data_dir = "{tmp_path / "data"}"
+duckdb = false
+
+[providers.bitquery]
+url = "emulator"
+auth.in = "query"
+emulator = {{ auth_at = "handshake" }}
+
+[[providers.bitquery.subscriptions]]
+name = "blocks"
+query = "{BLOCKS}"
+""")
+    code, _, err = await run_cli("run", "--config", str(cfg), "--duration", "2", "--no-live", cwd=tmp_path)
+    assert code == 2
+    expected = "providers.bitquery.emulator: auth_at must be 'upgrade' or 'init', not 'handshake'"
+    assert f"config error: {expected}" in err

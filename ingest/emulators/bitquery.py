@@ -44,6 +44,7 @@ class _Session:
 
     protocol: str | None
     init: bool = False  # connection_init received
+    authorized: bool = True  # the token passed the check (made at connection_init if `auth_at="init"`)
 
 
 class _Refused(Exception):
@@ -64,6 +65,10 @@ class BitqueryEmulator(EmulatorServer):
     With `client_id` and `client_secret` it is also the OAuth2 token endpoint (POST `TOKEN_PATH`,
     client-credentials grant) and the WebSocket accepts only the tokens it issued, until they are
     `token_lifetime` seconds old; otherwise any non-empty token (or only `key`, if given).
+
+    `auth_at` is where a bad token is refused: at the upgrade (HTTP 401, the default), or, as a
+    GraphQL WebSocket server's `onConnect` does, at `connection_init`: close 4403 Forbidden on
+    graphql-transport-ws, `connection_error` and then close 1011 on graphql-ws (PROTOCOLS.md 1.5).
     """
 
     paths = ("/graphql", "/eap")  # the V2 endpoint and the early-access one (PROTOCOLS.md 1.1)
@@ -86,6 +91,7 @@ class BitqueryEmulator(EmulatorServer):
         client_id: str | None = None,
         client_secret: str | None = None,
         token_lifetime: float = 17999.0,
+        auth_at: str = "upgrade",
     ) -> None:
         # No WebSocket-level pings: Bitquery's liveness signals are `ka` and `pong` messages.
         super().__init__(max_queue=max_queue)
@@ -113,7 +119,10 @@ class BitqueryEmulator(EmulatorServer):
         self._tokens: dict[str, float] = {}  # issued token -> loop time it expires
         self.tokens_issued = 0
         self.token_requests_refused = 0  # bad client credentials, grant or scope
-        self.auth_rejected = 0  # upgrades refused for a missing, wrong or expired token
+        self.auth_rejected = 0  # upgrades (or inits) refused for a missing, wrong or expired token
+        if auth_at not in ("upgrade", "init"):
+            raise ValueError(f"auth_at must be 'upgrade' or 'init', not {auth_at!r}")
+        self.auth_at = auth_at
         self._refusals: list[str] = []  # messages the next operation starts are refused with
         self._start_on_subscribe = start_on_subscribe
         self._ticker = Ticker(block_interval)
@@ -128,6 +137,11 @@ class BitqueryEmulator(EmulatorServer):
 
     def authorize(self, request: web.Request) -> web.StreamResponse | None:
         """The token travels only as ?token= (headers are not accepted for WSS, PROTOCOLS.md 1.2)."""
+        if self.auth_at == "init" or self._token_ok(request):
+            return None
+        return web.Response(status=401, text="Unauthorized")
+
+    def _token_ok(self, request: web.Request) -> bool:
         supplied = request.query.get("token", "")
         if self._client is not None:
             # Checked at the upgrade only: a socket outlives its token, as on Bitquery (1.2).
@@ -137,11 +151,10 @@ class BitqueryEmulator(EmulatorServer):
             ok = bool(supplied) and (
                 self._key is None or hmac.compare_digest(supplied.encode(), self._key.encode())
             )
-        if ok:
-            return None
-        self.auth_rejected += 1
-        log.info("auth_rejected", has_token=bool(supplied))  # never the token itself
-        return web.Response(status=401, text="Unauthorized")
+        if not ok:
+            self.auth_rejected += 1
+            log.info("auth_rejected", has_token=bool(supplied), at=self.auth_at)  # never the token itself
+        return ok
 
     # -- OAuth2 token endpoint -------------------------------------------------------------------
 
@@ -159,7 +172,8 @@ class BitqueryEmulator(EmulatorServer):
         self._refusals += [message] * count
 
     def revoke_tokens(self) -> None:
-        """Forget every issued token: the next upgrade with one gets 401, open sockets stay (1.2)."""
+        """Forget every issued token: the next socket with one is refused (at `auth_at`); open ones
+        stay (1.2)."""
         self._tokens.clear()
 
     async def _issue_token(self, request: web.Request) -> web.Response:
@@ -209,7 +223,7 @@ class BitqueryEmulator(EmulatorServer):
         )
         await ws.prepare(request)
         conn = Connection(ws, request)
-        session = _Session(ws.ws_protocol)
+        session = _Session(ws.ws_protocol, authorized=self.auth_at == "upgrade" or self._token_ok(request))
         self._connections.add(conn)
         self._sessions[conn] = session
         self.connections_total += 1
@@ -239,6 +253,10 @@ class BitqueryEmulator(EmulatorServer):
         await asyncio.sleep(self.init_timeout)
         if conn.open and not session.init:
             self.spawn(self.close_connection(conn, 4408, "Connection initialisation timeout"))
+
+    async def _close_later(self, conn: Connection, code: int, reason: str) -> None:
+        await asyncio.sleep(0.01)
+        await self.close_connection(conn, code, reason)
 
     async def _heartbeat(self, conn: Connection, frame: bytes, interval: float) -> None:
         """`ka` or unsolicited `pong` right away and then every `interval`; offer() drops them when silent."""
@@ -284,6 +302,11 @@ class BitqueryEmulator(EmulatorServer):
                 payload = {"message": "Too many initialisation requests"}
                 self._send(conn, {"type": "connection_error", "payload": payload})
                 return
+            if not session.authorized:
+                # The Apollo reference server: the refusal, then a close 10 ms later.
+                self._send(conn, {"type": "connection_error", "payload": {"message": "Forbidden"}})
+                self.spawn(self._close_later(conn, 1011, "Forbidden"))
+                return
             session.init = True
             self.offer(conn, _ACK)
             self.spawn(self._heartbeat(conn, _KA, self.ka_interval))
@@ -326,6 +349,8 @@ class BitqueryEmulator(EmulatorServer):
             if kind == "connection_init":
                 if session.init:
                     raise _Refused(4429, "Too many initialisation requests")
+                if not session.authorized:
+                    raise _Refused(4403, "Forbidden")
                 session.init = True
                 self.offer(conn, _ACK)
                 # Unsolicited pongs start after the ack: gql reads anything else before it as an error.

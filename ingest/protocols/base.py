@@ -49,6 +49,8 @@ class ProviderProtocol(Protocol):
     kind: ClassVar[str]
     auth: ClassVar[AuthDefaults]
     fatal_close_codes: ClassVar[frozenset[int]]  # close codes that reconnecting will not fix
+    # Close codes that refuse the credentials: fatal, but for one new OAuth token first.
+    auth_close_codes: ClassVar[frozenset[int]]
     default_idle_timeout: ClassVar[float]  # silence that means a dead link, unless configured
     option_keys: ClassVar[tuple[str, ...]]  # provider-level config keys this protocol reads
     # After a goodbye nobody acknowledges: read on until the stream has been quiet this long.

@@ -76,8 +76,9 @@ class BlockDBProtocol:
 
     kind: ClassVar[str] = "blockdb"
     auth: ClassVar[AuthDefaults] = AuthDefaults(location="header", query_param="api_key")
+    fatal_close_codes: ClassVar[frozenset[int]] = frozenset()
     # 1008 POLICY_VIOLATION is BlockDB's answer to a bad key or scope: retrying the same key loops.
-    fatal_close_codes: ClassVar[frozenset[int]] = frozenset({1008})
+    auth_close_codes: ClassVar[frozenset[int]] = frozenset({1008})
     # Quiet filtered streams are normal (doc 2.5), and the server's ping period is not documented, so
     # liveness comes from our own pings: after 15 s without any frame aiohttp pings and gives the pong
     # 7.5 s (half the interval). A healthy quiet link thus answers at least every ~15 s, well inside
@@ -268,7 +269,7 @@ class BlockDBProtocol:
         if hint := error.get("hint"):
             text += f" (hint: {hint})"
         if error.get("code") in _AUTH_CODES:
-            return [FatalError(f"{label}: {text}")]
+            return [FatalError(f"{label}: {text}", auth=True)]
         retryable = bool(error.get("retryable", False))
         if msg.action == "unsubscribe":
             self._unsubscribing.discard(pair)  # type: ignore[arg-type]

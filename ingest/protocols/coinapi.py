@@ -160,6 +160,7 @@ class CoinAPIProtocol:
         location="message", header="X-CoinAPI-Key", scheme="", query_param="apikey"
     )
     fatal_close_codes: ClassVar[frozenset[int]] = frozenset()
+    auth_close_codes: ClassVar[frozenset[int]] = frozenset()  # a bad key is an `error` message
     # With heartbeat on, a message comes every second at least: 5 s of nothing is a dead link.
     default_idle_timeout: ClassVar[float] = 5.0
     option_keys: ClassVar[tuple[str, ...]] = ("heartbeat",)

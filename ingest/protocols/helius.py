@@ -123,6 +123,7 @@ class HeliusProtocol:
     kind: ClassVar[str] = "helius"
     auth: ClassVar[AuthDefaults] = AuthDefaults(location="query", query_param="api-key")
     fatal_close_codes: ClassVar[frozenset[int]] = frozenset()
+    auth_close_codes: ClassVar[frozenset[int]] = frozenset()  # a bad key is refused at the upgrade
     # Quiet subscriptions are normal; liveness comes from WebSocket pings (ping_interval), so silence
     # means trouble only after a few missed ones.
     default_idle_timeout: ClassVar[float] = 75.0

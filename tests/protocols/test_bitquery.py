@@ -326,11 +326,11 @@ def test_close_sends_complete_for_every_operation():
     assert p.closed
 
 
-def test_connection_error_before_the_ack_is_fatal():
+def test_connection_error_before_the_ack_is_a_refusal_of_the_token():
     p = proto({"name": "a", "query": BLOCKS}, subprotocol=LEGACY)
     p.connect()
     (event,) = p.receive(b'{"type":"connection_error","payload":{"message":"Unauthorized"}}', 1)
-    assert isinstance(event, FatalError) and "Unauthorized" in event.reason
+    assert event == FatalError("connection refused: Unauthorized", auth=True)
 
 
 def test_server_complete_restarts_the_subscription_on_the_next_keepalive():

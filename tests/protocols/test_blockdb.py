@@ -260,7 +260,7 @@ def test_auth_error_is_fatal():
         "error": {"code": "UNAUTHORIZED", "message": "bad key", "retryable": False},
     }
     (event,) = p.receive(json.dumps(err), 1)
-    assert isinstance(event, FatalError)
+    assert event == FatalError("1:0101: UNAUTHORIZED: bad key", auth=True)
 
 
 @pytest.mark.parametrize(

@@ -143,9 +143,11 @@ class BitqueryProtocol:
     auth: ClassVar[AuthDefaults] = AuthDefaults(
         location="query", query_param="token", token_url="https://oauth2.bitquery.io/oauth2/token"
     )
-    # graphql-transport-ws codes a reconnect cannot fix: bad frames, unauthorized, forbidden (the
-    # token), wrong subprotocol, duplicate id, second init. 4408 and 4500 are worth a retry.
-    fatal_close_codes: ClassVar[frozenset[int]] = frozenset({4400, 4401, 4403, 4406, 4409, 4429})
+    # graphql-transport-ws codes a reconnect cannot fix: bad frames, an operation before the ack,
+    # wrong subprotocol, duplicate id, second init. 4408 and 4500 are worth a retry.
+    fatal_close_codes: ClassVar[frozenset[int]] = frozenset({4400, 4401, 4406, 4409, 4429})
+    # 4403 Forbidden: connection_init refused, the token (PROTOCOLS.md 1.11: refresh it).
+    auth_close_codes: ClassVar[frozenset[int]] = frozenset({4403})
     # Bitquery: no data and no keep-alive for about 10 s means a silent disconnect (1.6).
     default_idle_timeout: ClassVar[float] = 10.0
     option_keys: ClassVar[tuple[str, ...]] = ("subprotocol",)
@@ -269,8 +271,8 @@ class BitqueryProtocol:
             return []
         if kind == "connection_error":
             text = _messages(_decode_any(bytes(msg.payload)) if bytes(msg.payload) != b"null" else "")
-            if not self._acked:
-                return [FatalError(f"connection refused: {text}")]
+            if not self._acked:  # our init carries nothing but the token in the URL: that was refused
+                return [FatalError(f"connection refused: {text}", auth=True)]
             return [Notice("", f"server reported: {text}")]
         return [self._reject(frame, f"unknown message type {kind!r}", received_at)]
 
