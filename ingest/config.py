@@ -77,6 +77,9 @@ class ProviderConfig:
     idle_timeout: float = 30.0  # no frame at all (data, ack, ping) for this long -> reconnect
     ping_interval: float = 0.0  # client WebSocket pings; 0 = rely on the server's
     keepalive_interval: float = 20.0
+    # A subscription with neither an ack nor data this long after it was sent is reported as
+    # silent (Bitquery over a plan's concurrent-subscription cap answers nothing); 0 = never.
+    silent_after: float = 120.0
     connect_timeout: float = 10.0  # TCP connect plus the WebSocket upgrade
     max_frame_bytes: int = 64 << 20  # larger frames are quarantined, not parsed
     # A fast stream's frames gather this long between reads; 0 = off. Default: read_coalesce_for().
@@ -367,6 +370,7 @@ def _provider(name: str, t: _Table, config_dir: Path, flush: FlushPolicy) -> Pro
         "idle_timeout",
         "ping_interval",
         "keepalive_interval",
+        "silent_after",
         "backoff",
         "emulator",
         "enabled",
@@ -414,6 +418,7 @@ def _provider(name: str, t: _Table, config_dir: Path, flush: FlushPolicy) -> Pro
         idle_timeout=float(t.positive("idle_timeout", protocol.default_idle_timeout)),
         ping_interval=float(t.positive("ping_interval", protocol.default_ping_interval, zero=True)),
         keepalive_interval=float(t.positive("keepalive_interval", 20.0)),
+        silent_after=float(t.positive("silent_after", 120.0, zero=True)),
         backoff=backoff,
         emulator=t.get("emulator", dict, {}),
         options=options,

@@ -465,6 +465,8 @@ class Collector:
         elif isinstance(event, Gap):
             self._sink.gap(event, time.time_ns())  # from a frame: the frame is journaled, not the gap
         elif isinstance(event, SubscriptionAcked):
+            if self.stats.subscriptions.get(event.subscription) == "silent":
+                self.log.warning("silent subscription answered", subscription=event.subscription)
             self.stats.subscriptions[event.subscription] = "active"
             self.log.info("subscribed", subscription=event.subscription)
         elif isinstance(event, SubscriptionFailed):
@@ -508,7 +510,8 @@ class Collector:
         ping_every = self._steady_pings
         tick = min(1.0, idle / 4, ping_every / 4 if ping_every else 1.0)
         seen, seen_at, keepalive_at = -1, loop.time(), loop.time()
-        pinged_at = loop.time()
+        pinged_at = opened = loop.time()
+        silent_after, silence_told = self.config.silent_after, False
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
@@ -519,6 +522,11 @@ class Collector:
             elif now - max(seen_at, since) >= idle and not self._stopping:
                 self._arm_deadline(0.0)
                 return
+            # Unanswered subscriptions, after silent_after of reading since this connect.
+            if silent_after and not silence_told and since is not None and not self._stopping:
+                silence_told = now - max(opened, since) >= silent_after
+                if silence_told:
+                    self._report_silent(now - opened)
             # On the last tick before it is due, so pings are never further apart than ping_interval.
             if ping_every and now + tick - pinged_at >= ping_every:
                 pinged_at = now
@@ -531,6 +539,17 @@ class Collector:
                 self.protocol.keepalive()
                 self._record_state()
                 await self._send(ws)
+
+    def _report_silent(self, waited: float) -> None:
+        """Subscriptions sent this long ago on this connection that have had neither an ack nor data:
+        "silent" until they answer. The connection is alive (frames or keep-alives come, else the
+        idle timeout reconnects), so this is the provider ignoring them, which some do without a
+        word (PROTOCOLS.md 1.6: Bitquery over a plan's cap). Told once a connection."""
+        subs = self.stats.subscriptions
+        hint = getattr(self.protocol, "silence_hint", "no acknowledgement and no data since it was sent")
+        for name in [n for n, state in subs.items() if state == "pending"]:
+            subs[name] = "silent"
+            self.log.warning("subscription silent", subscription=name, seconds=round(waited), hint=hint)
 
 
 def _parsed_queue(ws: aiohttp.ClientWebSocketResponse) -> Sized:

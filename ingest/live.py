@@ -84,13 +84,14 @@ class LiveView:
             providers.add_column(col)
         for p in self.metrics.providers.values():
             active = sum(1 for s in p.subscriptions.values() if s == "active")
+            silent = sum(1 for s in p.subscriptions.values() if s == "silent")
             providers.add_row(
                 p.name,
                 p.state,
                 p.display_url,
                 f"{p.frames:,}",
                 str(p.reconnects),
-                f"{active}/{len(p.subscriptions)} active",
+                f"{active}/{len(p.subscriptions)} active" + (f", {silent} silent" if silent else ""),
                 p.last_error[:60],
             )
         return Group(providers, datasets)

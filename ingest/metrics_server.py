@@ -191,6 +191,8 @@ def health(metrics: Metrics, extras: Extras, max_frame_age: float) -> tuple[int,
             "reconnects": s.reconnects,
             "healthy": ok,
             "last_error": s.last_error,
+            # Connected, but these had no ack or data for silent_after: the provider ignores them.
+            "silent_subscriptions": sorted(n for n, state in s.subscriptions.items() if state == "silent"),
         }
     healthy = all(p["healthy"] for p in providers.values())
     return (200 if healthy else 503), {"status": "ok" if healthy else "unhealthy", "providers": providers}

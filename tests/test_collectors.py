@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 
 from ingest.emulators import BitqueryEmulator, CoinAPIEmulator, HeliusEmulator
+from ingest.log import configure_logging
 from ingest.protocols.bitquery import BitqueryProtocol
 from tests.helpers import Drain, collector, eventually, provider_config
 
@@ -121,6 +123,33 @@ async def test_bitquery_plan_limit_refusal_is_started_again_not_fatal(registry, 
         await col.stop()
         await asyncio.wait_for(task, 10)
     assert col.stats.subscriptions == {"blocks": "active"} and col.stats.connects == 1
+
+
+async def test_bitquery_over_the_plans_cap_a_subscription_is_reported_silent(registry, capsys):
+    """Over the concurrent-subscription cap Bitquery accepts a start and sends it nothing: after
+    `silent_after` it shows as silent (once, with a warning saying what it may be), the one served
+    stays active, and once the cap allows it the next connection's start flows."""
+    configure_logging("json", logging.INFO)
+    async with BitqueryEmulator(key=KEY, block_interval=0.02, max_concurrent=1) as emu:
+        subs = [{"name": "blocks", "query": BLOCKS}, {"name": "transfers", "query": TRANSFERS}]
+        config = provider_config("bitquery", emu.url, subs, silent_after=0.5)
+        col, buffer = collector(registry, config, KEY)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: col.stats.subscriptions["transfers"] == "silent", 5, "silent")
+        assert col.stats.subscriptions["blocks"] == "active"
+        assert buffer.received.get("bitquery_evm_blocks", 0) > 0
+        assert buffer.received.get("bitquery_evm_transfers", 0) == 0
+        emu.max_concurrent = None  # the plan was upgraded
+        await emu.drop_connections()
+        await eventually(lambda: buffer.received.get("bitquery_evm_transfers", 0) > 0, 5, "transfers")
+        await asyncio.sleep(1.5)  # the new connection's check comes and finds both answered
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+    assert col.stats.subscriptions == {"blocks": "active", "transfers": "active"} and col.stats.connects == 2
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    silent = [line for line in lines if line["event"] == "subscription silent"]
+    assert len(silent) == 1 and silent[0]["subscription"] == "transfers"
+    assert "concurrent-subscription cap" in silent[0]["hint"] and silent[0]["level"] == "warning"
 
 
 async def test_bitquery_bad_token_fails_once(registry):

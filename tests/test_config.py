@@ -54,6 +54,13 @@ def test_defaults(tmp_path):
     assert config.providers[0].subscriptions[0].name == "1:0101"
     assert config.storage.duckdb_raw is False  # the lake keeps _raw; DuckDB only when asked
     assert config.providers[0].read_coalesce == 0.025
+    assert config.providers[0].silent_after == 120.0
+
+
+def test_the_silent_subscription_report_can_be_set_or_switched_off(tmp_path):
+    for value in (30, 0):
+        config = parse_config(with_("providers.blockdb.silent_after", value), base=tmp_path)
+        assert config.providers[0].silent_after == value
 
 
 def read_coalesce_with(tmp_path, path: str, value) -> float:
@@ -106,6 +113,7 @@ def test_read_coalescing_by_default_follows_the_flush_age(tmp_path):
         ("providers.blockdb.backoff.max", -1, "providers.blockdb.backoff.max"),
         ("providers.blockdb.idle_timeout", "soon", "providers.blockdb.idle_timeout"),
         ("providers.blockdb.read_coalesce", -0.01, "providers.blockdb.read_coalesce: expected"),
+        ("providers.blockdb.silent_after", -1, "providers.blockdb.silent_after: expected a non-negative"),
         ("providers.blockdb.enabled", False, "providers: no enabled provider"),
     ],
 )

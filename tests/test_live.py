@@ -31,7 +31,7 @@ def test_live_view_shows_each_dataset_and_provider(registry):
     metrics.dataset("blockdb_blocks").last_event_time = 1_762_886_535_123_000_000
     p = metrics.provider("blockdb")
     p.state, p.connects, p.display_url = "connected", 3, "wss://h/?api_key=***"
-    p.subscriptions = {"a": "active", "b": "failed: x"}
+    p.subscriptions = {"a": "active", "b": "failed: x", "c": "silent"}
     console = Console(record=True, width=200)
     console.print(LiveView(metrics, buffer, console).render())
     text = console.export_text()
@@ -46,7 +46,7 @@ def test_live_view_shows_each_dataset_and_provider(registry):
         "0",
     ]  # rows/s, rows, written, buffered, reorgs
     provider = [c.strip() for c in next(ln for ln in text.splitlines() if "connected" in ln).split("│")]
-    assert provider[1:7] == ["blockdb", "connected", "wss://h/?api_key=***", "0", "2", "1/2 active"]
+    assert provider[1:7] == ["blockdb", "connected", "wss://h/?api_key=***", "0", "2", "1/3 active, 1 silent"]
 
 
 def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(registry, tmp_path, monkeypatch):

@@ -148,8 +148,15 @@ async def test_health_is_200_while_every_stream_is_up_or_briefly_reconnecting(se
         "reconnects": 2,
         "healthy": True,
         "last_error": "",
+        "silent_subscriptions": [],
     }
     assert body["providers"]["coinapi"]["connected"] is False and body["providers"]["coinapi"]["healthy"]
+    # A subscription the provider ignores is named, and the stream is still up: healthy.
+    metrics.providers["blockdb"].subscriptions["eth_blocks"] = "silent"
+    async with http.get(f"{server.url}/health") as resp:
+        blockdb = (await resp.json())["providers"]["blockdb"]
+        assert resp.status == 200 and blockdb["silent_subscriptions"] == ["eth_blocks"] and blockdb["healthy"]
+    metrics.providers["blockdb"].subscriptions["eth_blocks"] = "active"
 
     ages["coinapi"] = 60.0  # the outage outlived max_frame_age
     async with http.get(f"{server.url}/health") as resp:

@@ -66,6 +66,9 @@ class BitqueryEmulator(EmulatorServer):
     client-credentials grant) and the WebSocket accepts only the tokens it issued, until they are
     `token_lifetime` seconds old; otherwise any non-empty token (or only `key`, if given).
 
+    `max_concurrent` is a plan's cap on running operations, over every socket: Bitquery accepts an
+    operation beyond it and never sends it anything (PROTOCOLS.md 1.6).
+
     `auth_at` is where a bad token is refused: at the upgrade (HTTP 401, the default), or, as a
     GraphQL WebSocket server's `onConnect` does, at `connection_init`: close 4403 Forbidden on
     graphql-transport-ws, `connection_error` and then close 1011 on graphql-ws (PROTOCOLS.md 1.5).
@@ -92,6 +95,7 @@ class BitqueryEmulator(EmulatorServer):
         client_secret: str | None = None,
         token_lifetime: float = 17999.0,
         auth_at: str = "upgrade",
+        max_concurrent: int | None = None,
     ) -> None:
         # No WebSocket-level pings: Bitquery's liveness signals are `ka` and `pong` messages.
         super().__init__(max_queue=max_queue)
@@ -123,6 +127,8 @@ class BitqueryEmulator(EmulatorServer):
         if auth_at not in ("upgrade", "init"):
             raise ValueError(f"auth_at must be 'upgrade' or 'init', not {auth_at!r}")
         self.auth_at = auth_at
+        self.max_concurrent = max_concurrent
+        self._ignored: dict[Connection, set[str]] = {}  # operations over the cap: accepted, never served
         self._refusals: list[str] = []  # messages the next operation starts are refused with
         self._start_on_subscribe = start_on_subscribe
         self._ticker = Ticker(block_interval)
@@ -242,6 +248,7 @@ class BitqueryEmulator(EmulatorServer):
             conn.writable.set()
             self._connections.discard(conn)
             self._sessions.pop(conn, None)
+            self._ignored.pop(conn, None)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -407,9 +414,20 @@ class BitqueryEmulator(EmulatorServer):
             errors = [{"message": "Internal server error"}]
             self._send(conn, {"type": "error", "id": op_id, "payload": wrap(errors)})
             return
+        ignored = self._ignored.setdefault(conn, set())
+        ignored.discard(op_id)  # an id used again is a new operation
+        if self.max_concurrent is not None and self._served() >= self.max_concurrent:
+            ignored.add(op_id)
+            log.info("operation_ignored", emulator="bitquery", id=op_id, max_concurrent=self.max_concurrent)
         conn.subscriptions[op_id] = plan
         log.info("operation_started", emulator="bitquery", id=op_id, cubes=[c.path for c in plan.cubes])
         self._ticker.start()
+
+    def _served(self) -> int:
+        """Operations running and served, over every socket."""
+        return sum(
+            op not in self._ignored.get(conn, ()) for conn in self._sessions for op in conn.subscriptions
+        )
 
     def on_sent(self, conn: Connection, meta: Any) -> None:
         if meta is None:
@@ -446,7 +464,10 @@ class BitqueryEmulator(EmulatorServer):
         routes: dict[bytes, tuple[Plan, list[tuple[Connection, str, bytes]]]] = {}
         for conn, session in self._sessions.items():
             kind = b"data" if session.protocol == GRAPHQL_WS else b"next"
+            ignored = self._ignored.get(conn, ())
             for op_id, plan in conn.subscriptions.items():
+                if op_id in ignored:
+                    continue
                 routes.setdefault(plan.signature, (plan, []))[1].append((conn, op_id, kind))
         for plan, _ in routes.values():
             self.chains.ensure(plan)

@@ -154,6 +154,11 @@ class BitqueryProtocol:
     linger: ClassVar[float] = 0.3  # `complete` is never acknowledged
     plan_limit_retry: ClassVar[float] = 300.0  # seconds until a start refused over a plan limit is retried
     default_ping_interval: ClassVar[float] = 0.0  # ka / pong frames carry liveness
+    # What a subscription without data may mean (the driver's silent_after; not in ProviderProtocol).
+    silence_hint: ClassVar[str] = (
+        "no data since it was sent: Bitquery answers nothing over the plan's concurrent-subscription "
+        "cap, and some cubes never push (Balances, Holders, Uncles; PROTOCOLS.md 1.6)"
+    )
 
     def __init__(
         self, name: str, subscriptions: list[BitquerySubscription], options: Mapping[str, Any] | None = None
