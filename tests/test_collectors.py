@@ -189,6 +189,25 @@ async def test_coinapi_trades_and_quotes_with_sequence_gaps_on_record(registry):
         assert gaps == {(f"{t}:{s}", expected, got) for s, t, expected, got in emu.gaps_injected}
 
 
+async def test_coinapi_a_filter_that_matches_nothing_is_reported_silent(registry, capsys):
+    """CoinAPI acknowledges no subscription and sends nothing for a symbol that does not exist."""
+    configure_logging("json", logging.INFO)
+    async with CoinAPIEmulator(key=KEY, tick_interval=0.01) as emu:
+        subs = [
+            {"name": "btc", "data_types": ["trade"], "symbols": ["BITSTAMP_SPOT_BTC_USD$"]},
+            {"name": "typo", "data_types": ["trade"], "symbols": ["BITSTAMP_SPOT_BTC_UDS$"]},
+        ]
+        col, buffer = collector(registry, provider_config("coinapi", emu.url, subs, silent_after=0.5), KEY)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: col.stats.subscriptions["typo"] == "silent", 5, "silent")
+        assert col.stats.subscriptions["btc"] == "active" and buffer.received["coinapi_trades"] > 0
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    (silent,) = [line for line in lines if line["event"] == "subscription silent"]
+    assert silent["subscription"] == "typo" and "match no symbol" in silent["hint"]
+
+
 async def test_coinapi_bad_key_is_reported_once_without_a_loop(registry):
     async with CoinAPIEmulator(key=KEY) as emu:
         col, _ = collector(

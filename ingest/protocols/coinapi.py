@@ -161,6 +161,11 @@ class CoinAPIProtocol:
     )
     fatal_close_codes: ClassVar[frozenset[int]] = frozenset()
     auth_close_codes: ClassVar[frozenset[int]] = frozenset()  # a bad key is an `error` message
+    # CoinAPI acknowledges nothing: a subscription is live at its first data (the driver's silent_after).
+    silence_hint: ClassVar[str] = (
+        "no data since the hello: CoinAPI sends nothing for filters that match no symbol, exchange "
+        "or asset (a symbol id misspelt, say), nor for a market without activity"
+    )
     # With heartbeat on, a message comes every second at least: 5 s of nothing is a dead link.
     default_idle_timeout: ClassVar[float] = 5.0
     option_keys: ClassVar[tuple[str, ...]] = ("heartbeat",)
