@@ -257,16 +257,24 @@ class Daemon:
         return stats
 
     async def _seed_reorg_tracker(self, writer: Writer, sinks: list[Sink]) -> None:
-        """Let the reorg tracker start from the last blocks DuckDB holds (see ReorgTracker.seed)."""
+        """Let the reorg tracker start from the last blocks stored (see ReorgTracker.seed): DuckDB's,
+        or without it the lake's last two days."""
         store = next((s for s in sinks if isinstance(s, DuckDBSink)), None)
-        if store is None:
-            return
+        lake = next((s for s in sinks if isinstance(s, ParquetSink)), None)
         for dataset in BLOCK_STREAMS:
-            if dataset in self.registry:
-                blocks = await asyncio.to_thread(store.read, recent_blocks_sql(dataset))
+            if dataset not in self.registry:
+                continue
+            sql = recent_blocks_sql(dataset)
+            if store is not None:
+                blocks = await asyncio.to_thread(store.read, sql)
                 # A store behind another sink (switched off for a while, say) has no say on gaps.
                 settled = all(store.checkpoint(dataset) >= sink.checkpoint(dataset) for sink in sinks)
-                writer.reorgs.seed(blocks, settled=settled)
+            elif lake is not None:  # the only sink, so as far as any
+                blocks = await asyncio.to_thread(lake.read_recent, self.registry[dataset], sql)
+                settled = True
+            else:
+                return
+            writer.reorgs.seed(blocks, settled=settled)
 
     async def _metrics_server(self) -> MetricsServer | None:
         m = self.config.metrics

@@ -134,8 +134,9 @@ class Lake:
         """Every live `*.parquet` file of a dataset: never temporary, replaced or unpublished files."""
         return [info for part in self.partitions(dataset) for info in self.live_files(part)]
 
-    def dataset(self, name: str, schema: pa.Schema) -> pads.Dataset:
-        """The live files read with `schema` (columns a file lacks read as nulls), plus `date`.
+    def dataset(self, name: str, schema: pa.Schema, *, last_days: int | None = None) -> pads.Dataset:
+        """The live files read with `schema` (columns a file lacks read as nulls), plus `date`;
+        with `last_days`, only those of the last so many dates that have files.
 
         A snapshot: files published later need a new call. Built from the listing's sizes, so
         opening a file costs no extra request.
@@ -144,7 +145,8 @@ class Lake:
         with_date = PARTITION_FIELD not in schema.names
         full = schema.append(pa.field(PARTITION_FIELD, pa.date32())) if with_date else schema
         fragments = []
-        for part in self.partitions(name):
+        parts = self.partitions(name)  # oldest date first
+        for part in parts[-last_days:] if last_days else parts:
             where = pc.field(PARTITION_FIELD) == pa.scalar(part.date, pa.date32())
             for info in self.live_files(part):
                 fragments.append(

@@ -12,7 +12,8 @@ import pytest
 from ingest.errors import ConfigError
 from ingest.lake import dictionary_columns, open_lake
 from ingest.manifest import MANIFEST_NAME, Manifest, ManifestError
-from tests.lake_data import CLOSED, flush_table, write_flush
+from ingest.sinks.parquet import ParquetSink
+from tests.lake_data import CLOSED, OPEN, flush_table, write_flush
 
 pytest_plugins = ["tests.s3"]
 
@@ -78,6 +79,22 @@ def test_files_are_listed_and_read_with_the_declared_schema(any_lake, registry):
     assert by_id["a-0"] == CLOSED[0] and by_id["old-3"] == CLOSED[1]
     old_rows = table.filter(pa.compute.starts_with(table["_tracing_id"], "old-"))
     assert old_rows["_raw"].null_count == 4
+
+
+def test_recent_reads_take_the_last_dates_with_files_only(any_lake, registry):
+    """The reorg tracker's start-up read over a Parquet-only store: the last two dates that have
+    files, however far back (here, one date in 2200 and one in 2025), never the older ones."""
+    ds = registry["blockdb_blocks"]
+    for seq, (day, tag) in enumerate([(CLOSED[0], "oldest"), (CLOSED[1], "older"), (OPEN, "newest")]):
+        write_flush(any_lake, ds, flush_table(ds, 2, day=day, tag=tag), instance="main", seq=seq)
+    recent = any_lake.dataset(ds.name, ds.arrow_schema, last_days=2).to_table()
+    assert sorted(recent["_tracing_id"].to_pylist()) == ["newest-0", "newest-1", "older-0", "older-1"]
+    sink = ParquetSink(any_lake, "main")
+    sink.open([ds])
+    read = sink.read_recent(ds, "SELECT _tracing_id, _received_at FROM blockdb_blocks ORDER BY 1", days=1)
+    assert read["_tracing_id"].to_pylist() == ["newest-0", "newest-1"]
+    received = read.schema.field("_received_at").type  # typed as the table: TIMESTAMP_NS WITH TIME ZONE
+    assert pa.types.is_timestamp(received) and received.unit == "ns" and received.tz is not None
 
 
 def test_a_dataset_without_files_is_empty_but_typed(any_lake, registry):

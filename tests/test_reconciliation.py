@@ -45,10 +45,10 @@ def bitquery(url: str) -> dict:
     return {"url": url, "auth": {"env": "K", "in": "query"}, "subscriptions": [{"name": "eth", "query": BQ}]}
 
 
-async def run(tmp_path: Path, monkeypatch, providers: dict, seconds: float, during=None) -> Daemon:
+async def run(tmp_path: Path, monkeypatch, providers: dict, seconds: float, during=None, **storage) -> Daemon:
     monkeypatch.setenv("K", KEY)
     doc = {
-        "storage": {"data_dir": str(tmp_path / "data")},
+        "storage": {"data_dir": str(tmp_path / "data"), **storage},
         "flush": {"max_age_seconds": 0.1},
         "providers": providers,
     }
@@ -125,21 +125,28 @@ async def test_blockdb_reorgs_are_recorded_and_superseded_rows_leave_the_canonic
     same_in_both(db, pq, "SELECT * FROM trades WHERE provider = 'blockdb' ORDER BY tracing_id")
 
 
-async def test_a_reorg_across_a_restart_is_recorded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("duckdb_on", [True, False], ids=["duckdb", "parquet-only"])
+async def test_a_reorg_across_a_restart_is_recorded(tmp_path, monkeypatch, duckdb_on):
     """The daemon stops; the chain it comes back to has other hashes at the heights it stored
-    (another emulator seed): the reorg tracker, seeded from DuckDB, records one reorg of them all."""
+    (another emulator seed): the reorg tracker, seeded from the store (DuckDB, or else the
+    lake's last days), records one reorg of them all."""
     for seed in (1, 2):
         async with BlockDBEmulator(key=KEY, block_interval=0.01, seed=seed, max_blocks=10) as emu:
             providers = {
                 "blockdb": {**blockdb(emu.url), "subscriptions": [{"chain_id": 1, "dataset_id": "0101"}]}
             }
-            await run(tmp_path, monkeypatch, providers, 1.0)
+            await run(tmp_path, monkeypatch, providers, 1.0, duckdb=duckdb_on)
         if seed == 1:
             first = emu.chains[1]
     second = emu.chains[1]
     heights = range(first.first_block, first.head + 1)
     assert list(heights) == list(range(second.first_block, second.head + 1))
-    db, pq = both_sources(tmp_path)
+    if duckdb_on:
+        db, pq = both_sources(tmp_path)
+    else:
+        assert not (tmp_path / "data" / "ingest.duckdb").exists()
+        pq, _ = connect_for_query(load_registry(), None, str(tmp_path / "data" / "parquet"))
+        db = pq
     reorgs = same_in_both(
         db, pq, "SELECT first_height, last_height, depth, old_hashes, new_hashes, how FROM reorgs"
     )

@@ -14,11 +14,13 @@ import itertools
 import time
 from collections.abc import Iterable
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from ingest.lake import Lake, open_lake
+from ingest.lake_query import lake_view_sql, source_name
 from ingest.schema import Dataset
 
 __all__ = ["ParquetSink", "dataset_glob"]
@@ -68,6 +70,21 @@ class ParquetSink:
 
     def checkpoint(self, dataset: str) -> int:
         return self._checkpoints.get(dataset, 0)
+
+    def read_recent(self, dataset: Dataset, sql: str, *, days: int = 2) -> pa.Table:
+        """`sql` over the dataset's files of its last `days` dates (a view named as the dataset,
+        typed as its DuckDB table), as Arrow: start-up reads of recent rows, without scanning
+        every file of a lake that may hold years. Every writer's files, not only this one's."""
+        con = duckdb.connect(config={"memory_limit": "128MB", "threads": 1})
+        try:
+            con.register(
+                source_name(dataset.name),
+                self._lake.dataset(dataset.name, dataset.arrow_schema, last_days=days),
+            )
+            con.execute(lake_view_sql(dataset))
+            return con.sql(sql).to_arrow_table()
+        finally:
+            con.close()
 
     def write(self, dataset: Dataset, table: pa.Table, first: int, last: int) -> list[str]:
         if last:  # deterministic from the journal: a replay of the same frames has the same name
