@@ -191,6 +191,8 @@ class HeliusProtocol:
         return out
 
     def keepalive(self) -> None:
+        if self._closing:  # saying goodbye: a subscription asked again now would outlive it
+            return
         for name in self._retry.due():
             if (sub := self._desired.get(name)) is not None:
                 self._request(name, "subscribe", sub.method, list(sub.params))

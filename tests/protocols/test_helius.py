@@ -253,6 +253,21 @@ def test_errors_are_reported_per_subscription():
     ]
 
 
+def test_a_refused_subscription_is_not_asked_again_after_the_goodbye():
+    p = proto({"name": "busy", "method": "slotSubscribe"})
+    p.connect()
+    p.data_to_send()
+    (limit,) = p.receive(
+        b'{"jsonrpc":"2.0","error":{"code":-32603,"message":"Internal Error: Subscription refused. '
+        b'Node subscription limit reached"},"id":1}',
+        0,
+    )
+    assert limit.retryable
+    p.close()
+    p.keepalive()  # the driver's keep-alive tick while the goodbye is read
+    assert p.data_to_send() == [] and p.closed
+
+
 def test_close_unsubscribes_and_waits_for_the_answers():
     p = proto({"name": "slots", "method": "slotSubscribe"}, {"name": "roots", "method": "rootSubscribe"})
     p.connect()
