@@ -10,6 +10,7 @@ import structlog
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from ingest.buffer import Buffer
 from ingest.metrics import Metrics
@@ -94,7 +95,15 @@ class LiveView:
                 f"{active}/{len(p.subscriptions)} active" + (f", {silent} silent" if silent else ""),
                 p.last_error[:60],
             )
-        return Group(providers, datasets)
+        now = time.monotonic()
+        failing = [  # Text, not markup: an error message may hold brackets
+            Text(
+                f"{name} writes failing for {now - f.since:.0f} s ({f.attempts} tries), retried: {f.error}",
+                "red",
+            )
+            for name, f in sorted(self.metrics.sink_failures.items())
+        ]
+        return Group(providers, datasets, *failing)
 
     async def run(self) -> None:
         with Live(self.render(), console=self.console, refresh_per_second=4, redirect_stderr=True) as live:

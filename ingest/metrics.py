@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-__all__ = ["DatasetStats", "Metrics", "ProviderStats"]
+__all__ = ["DatasetStats", "Metrics", "ProviderStats", "SinkFailure"]
 
 RECENT_FILES = 1024  # Parquet paths kept for watchers; a daemon runs for months, so not all of them
 
@@ -43,6 +43,15 @@ class DatasetStats:
 
 
 @dataclass(slots=True)
+class SinkFailure:
+    """A sink whose writes are failing now (retried with backoff until one goes through)."""
+
+    since: float  # time.monotonic() of the first failure in this run of them
+    error: str  # the latest
+    attempts: int
+
+
+@dataclass(slots=True)
 class Metrics:
     providers: dict[str, ProviderStats] = field(default_factory=dict)
     datasets: dict[str, DatasetStats] = field(default_factory=dict)
@@ -52,6 +61,7 @@ class Metrics:
     files_written: int = 0  # Parquet files written this run
     recent_files: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_FILES))  # the latest
     sink_errors: int = 0
+    sink_failures: dict[str, SinkFailure] = field(default_factory=dict)  # by sink name; none: all well
     replayed_frames: int = 0  # frames replayed from the journal at start (an unclean stop before)
 
     def provider(self, name: str) -> ProviderStats:

@@ -6,8 +6,10 @@ only state kept here is the flush-duration histogram, built by sampling each dat
 complete between two samples are counted in `ingest_dataset_flushes_total` but timed once.
 
 Health rule: a provider is healthy when it is connected, or reconnecting (`backoff`,
-`connecting`) with a frame less than `max_frame_age` seconds old; /health answers 200 when every
-provider is healthy and 503 otherwise (starting, stopped, failed, or a long outage).
+`connecting`) with a frame less than `max_frame_age` seconds old; a sink is healthy unless its
+writes have been failing for longer than that (they are retried: rows wait, nothing is lost, but
+nothing is stored either). /health answers 200 when every provider and sink is healthy and 503
+otherwise (starting, stopped, failed, a long outage, a sink that keeps failing).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -154,6 +157,13 @@ def collect(metrics: Metrics, buffer: BufferStats, extras: Extras, latency: Flus
             buffer.outstanding_bytes
         ),
     ]
+    failing = Family(
+        "ingest_sink_failing_seconds",
+        "gauge",
+        "How long a sink's writes have been failing (only failing sinks).",
+    )
+    for name, failure in sorted(metrics.sink_failures.items()):
+        failing.add(round(time.monotonic() - failure.since, 3), sink=name)
     quarantined = Family("ingest_quarantined_frames_total", "counter", "Frames kept in quarantine.")
     for reason, n in sorted(metrics.quarantined.items()):
         quarantined.add(n, reason=reason)
@@ -162,6 +172,7 @@ def collect(metrics: Metrics, buffer: BufferStats, extras: Extras, latency: Flus
         Family("ingest_sink_errors_total", "counter", "Failed sink writes (retried).").add(
             metrics.sink_errors
         ),
+        failing,
         Family("ingest_parquet_files_total", "counter", "Parquet files written this run.").add(
             metrics.files_written
         ),
@@ -194,8 +205,19 @@ def health(metrics: Metrics, extras: Extras, max_frame_age: float) -> tuple[int,
             # Connected, but these had no ack or data for silent_after: the provider ignores them.
             "silent_subscriptions": sorted(n for n, state in s.subscriptions.items() if state == "silent"),
         }
-    healthy = all(p["healthy"] for p in providers.values())
-    return (200 if healthy else 503), {"status": "ok" if healthy else "unhealthy", "providers": providers}
+    now = time.monotonic()
+    sinks = {
+        name: {
+            "failing_for_seconds": round(now - f.since, 1),
+            "attempts": f.attempts,
+            "last_error": f.error,
+            "healthy": now - f.since <= max_frame_age,
+        }
+        for name, f in sorted(metrics.sink_failures.items())
+    }
+    healthy = all(p["healthy"] for p in providers.values()) and all(s["healthy"] for s in sinks.values())
+    body = {"status": "ok" if healthy else "unhealthy", "providers": providers, "failing_sinks": sinks}
+    return (200 if healthy else 503), body
 
 
 @dataclass(slots=True)

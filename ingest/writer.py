@@ -34,7 +34,7 @@ from ingest.arrow_batch import BuildResult, build_table, table_bytes, values_tab
 from ingest.buffer import GAPS, QUARANTINE, Buffer, Flush
 from ingest.errors import Fatal
 from ingest.events import Rows
-from ingest.metrics import Metrics
+from ingest.metrics import Metrics, SinkFailure
 from ingest.os_threads import name_os_thread
 from ingest.reorgs import ReorgTracker
 from ingest.schema import Dataset, Registry
@@ -293,17 +293,23 @@ class Writer:
         async for attempt in retrying:
             with attempt:
                 await call(*args)
+        self._metrics.sink_failures.pop(sink.name, None)  # it went through: the sink is well again
 
     def _sink_failed(self, sink: Sink, dataset: Dataset | None) -> object:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self._metrics.sink_errors += 1
+            error = f"{type(exc).__name__}: {exc}"
+            failure = self._metrics.sink_failures.get(sink.name)
+            if failure is None:
+                failure = self._metrics.sink_failures[sink.name] = SinkFailure(time.monotonic(), error, 0)
+            failure.error, failure.attempts = error, failure.attempts + 1
             log.error(
                 "sink write failed, retrying",
                 sink=sink.name,
                 dataset=dataset.name if dataset else None,
                 attempt=state.attempt_number,
-                error=f"{type(exc).__name__}: {exc}",
+                error=error,
             )
 
         return before_sleep

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 
 import duckdb
 from rich.console import Console
@@ -16,7 +17,7 @@ from ingest.buffer import Buffer
 from ingest.config import FlushPolicy, parse_config
 from ingest.events import Rows
 from ingest.live import LiveView, progress_logger
-from ingest.metrics import Metrics
+from ingest.metrics import Metrics, SinkFailure
 from ingest.sinks.duckdb import DuckDBSink
 
 from .test_arrow_batch import TRANSFER, rows
@@ -47,6 +48,13 @@ def test_live_view_shows_each_dataset_and_provider(registry):
     ]  # rows/s, rows, written, buffered, reorgs
     provider = [c.strip() for c in next(ln for ln in text.splitlines() if "connected" in ln).split("│")]
     assert provider[1:7] == ["blockdb", "connected", "wss://h/?api_key=***", "0", "2", "1/3 active, 1 silent"]
+    assert "failing" not in text
+
+    metrics.sink_failures["duckdb"] = SinkFailure(time.monotonic() - 42.2, "IOException: [Errno 28] full", 5)
+    console = Console(record=True, width=200)
+    console.print(LiveView(metrics, buffer, console).render())
+    text = console.export_text()
+    assert "duckdb writes failing for 42 s (5 tries), retried: IOException: [Errno 28] full" in text
 
 
 def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(registry, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 
 import duckdb
 
@@ -19,6 +20,7 @@ from ingest.sinks.duckdb import DuckDBSink
 from ingest.sinks.parquet import ParquetSink
 from ingest.views import connect_for_query
 from ingest.writer import Writer
+from tests.helpers import eventually
 
 
 def block(n: int) -> Rows:
@@ -117,6 +119,26 @@ async def test_a_failing_sink_is_retried_and_keeps_order_and_every_row(registry)
     await asyncio.wait_for(writer, 10)
     assert flaky.rows == list(range(9))
     assert metrics.sink_errors == 3
+    assert metrics.sink_failures == {}  # well again once a write went through
+
+
+async def test_a_sink_that_keeps_failing_is_shown_failing_until_it_recovers(registry):
+    """/health and the live view read `sink_failures`: since when, how many tries, the last error."""
+    buffer = Buffer(registry, FlushPolicy(max_rows=3, max_age=60))
+    flaky = FlakySink(failures=1000)
+    metrics = Metrics()
+    writer = asyncio.create_task(Writer(registry, buffer, [flaky], metrics, retry_max=0.02).run())
+    before = time.monotonic()
+    for n in range(3):
+        buffer.add(block(n))
+    await eventually(lambda: metrics.sink_errors >= 3, 5, "failures")
+    failure = metrics.sink_failures["flaky"]
+    assert before <= failure.since <= time.monotonic() and failure.attempts == metrics.sink_errors
+    assert failure.error == "OSError: No space left on device"
+    flaky.failures = 0  # the disk has room again
+    buffer.close()
+    await asyncio.wait_for(writer, 10)
+    assert flaky.rows == [0, 1, 2] and metrics.sink_failures == {}
 
 
 async def test_outstanding_bytes_hold_while_a_sink_fails(registry):
