@@ -106,7 +106,7 @@ class Collector:
         self._tokens = tokens
         self._keyless_url = target.url
         # Tokens are numbered by `TokenSource.fetches`; this one replaced a token refused after
-        # the upgrade, and is not replaced in its turn.
+        # the upgrade, and is not replaced in its turn unless it served a healthy session first.
         self._replacement = 0
         self._sink = sink
         self.stats = stats
@@ -238,6 +238,8 @@ class Collector:
         finally:
             self._deadline, self._ws = None, None
             self.protocol.connection_lost()
+            if time.monotonic() - started >= self.config.backoff.healthy_after:
+                self._replacement = 0  # whatever token this was, it served: it may be replaced
             if self._lost_at is None:
                 self._lost_at = time.monotonic()
             if self._lost_at_ns is None:
@@ -282,7 +284,8 @@ class Collector:
     def _credentials_refused(self, reason: str) -> NoReturn:
         """The server took the socket, then refused its credentials: fatal, but a token from the
         OAuth endpoint is replaced at once first, as at the upgrade (PROTOCOLS.md 1.11: 4403 ->
-        refresh the token); the replacement refused too is fatal."""
+        refresh the token); the replacement refused too is fatal, unless it served a healthy
+        session before (revoked hours later, say: replaced again)."""
         tokens = self._tokens
         if tokens is not None and tokens.fetches != self._replacement:
             self.log.warning("token refused after connect, fetching a new one", reason=reason)
