@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ingest.app import RunResult
 from ingest.buffer import GAPS, QUARANTINE
@@ -110,6 +111,15 @@ def print_summary(result: RunResult, config: Config, registry: Registry, console
             p.last_error[:60],
         )
     console.print(providers)
+    # The ones a user must look at: a silent one stored nothing, a refused one never will.
+    idle = [
+        f"{p.name}/{name} ({state})"
+        for p in m.providers.values()
+        for name, state in p.subscriptions.items()
+        if state == "silent" or state.startswith("failed")
+    ]
+    if idle:
+        console.print(Text(f"subscriptions not delivering: {'; '.join(idle)}", "red"))
 
     storage = config.storage
     try:

@@ -89,9 +89,17 @@ def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(regis
 
     monkeypatch.setattr(summary, "status_table", spy)
     out = io.StringIO()
-    result = RunResult(Metrics(), {ds.name: 3})
+    metrics = Metrics()
+    metrics.provider("blockdb").subscriptions = {"1:0304": "active"}
+    result = RunResult(metrics, {ds.name: 3})
     summary.print_summary(result, config, registry, Console(file=out, width=200))
-    assert limits == ["128.0 MiB"]
+    assert limits == ["128.0 MiB"] and "not delivering" not in out.getvalue()
+    metrics.provider("blockdb").subscriptions.update({"1:0101": "silent", "1:0701": "failed: [FORBIDDEN]"})
+    out = io.StringIO()
+    summary.print_summary(result, config, registry, Console(file=out, width=200))
+    assert "subscriptions not delivering: blockdb/1:0101 (silent); blockdb/1:0701 (failed: [FORBIDDEN])" in (
+        out.getvalue()
+    )
     stored = [line.split("│") for line in out.getvalue().splitlines() if "2025-11-11" in line]
     assert [(cells[1].strip(), cells[2].strip()) for cells in stored] == [("blockdb_transfers", "3")]
 
