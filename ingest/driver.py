@@ -44,6 +44,7 @@ from ingest.events import (
     SubscriptionFailed,
 )
 from ingest.journal import Journal, Kind
+from ingest.log import redact
 from ingest.metrics import ProviderStats
 from ingest.protocols.base import ProviderProtocol, read_frames
 from ingest.retry_hints import from_headers
@@ -130,6 +131,7 @@ class Collector:
         # Loop time reading last (re)started; None while the reader waits for buffer room, which the
         # watchdog must not take for silence.
         self._reading_since: float | None = 0.0
+        self._paused_for = 0.0  # seconds the reader has waited for buffer room, in all
         self.log = log.bind(provider=config.name)
         stats.display_url = target.display_url
         for sub in config.subscriptions:
@@ -215,6 +217,7 @@ class Collector:
             # token, at once, before the refusal counts as fatal (PROTOCOLS.md 1.2 and 1.11).
             self.log.warning("token refused at connect, fetching a new one")
             self._tokens.invalidate()
+            self._replacement = self._tokens.fetches + 1  # as after the upgrade: replaced once
             ws = await self._connect(http)
         started = time.monotonic()
         self._on_connected()
@@ -286,6 +289,7 @@ class Collector:
         OAuth endpoint is replaced at once first, as at the upgrade (PROTOCOLS.md 1.11: 4403 ->
         refresh the token); the replacement refused too is fatal, unless it served a healthy
         session before (revoked hours later, say: replaced again)."""
+        reason = redact(reason)  # a server may echo the token: masked while it is still registered
         tokens = self._tokens
         if tokens is not None and tokens.fetches != self._replacement:
             self.log.warning("token refused after connect, fetching a new one", reason=reason)
@@ -385,10 +389,12 @@ class Collector:
         if sink.congested:
             # Nothing is read meanwhile, though the server may well be sending: not silence.
             self._reading_since = None
+            paused_at = asyncio.get_running_loop().time()
             try:
                 await sink.wait_for_room()
             finally:
                 self._reading_since = asyncio.get_running_loop().time()
+                self._paused_for += self._reading_since - paused_at
         if self._stopping and protocol.closed:
             if not protocol.linger:
                 return True
@@ -447,7 +453,8 @@ class Collector:
 
     def _closed_by_server(self, ws: aiohttp.ClientWebSocketResponse, msg: aiohttp.WSMessage) -> None:
         code = ws.close_code if msg.type is not aiohttp.WSMsgType.CLOSE else msg.data
-        reason = (msg.extra or "") if msg.type is aiohttp.WSMsgType.CLOSE else ""
+        # The server's words go into errors, /health and the live view, not only the (masked) log.
+        reason = redact(msg.extra or "") if msg.type is aiohttp.WSMsgType.CLOSE else ""
         if msg.type is aiohttp.WSMsgType.ERROR:
             raise Disconnected(f"socket error: {type(msg.data).__name__}")
         if self._stopping:
@@ -514,7 +521,8 @@ class Collector:
         tick = min(1.0, idle / 4, ping_every / 4 if ping_every else 1.0)
         seen, seen_at, keepalive_at = -1, loop.time(), loop.time()
         pinged_at = opened = loop.time()
-        silent_after, silence_told = self.config.silent_after, False
+        # Reading time since this connect: a pause for buffer room is not the provider's silence.
+        silent_after, silence_told, paused_before = self.config.silent_after, False, self._paused_for
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
@@ -525,11 +533,11 @@ class Collector:
             elif now - max(seen_at, since) >= idle and not self._stopping:
                 self._arm_deadline(0.0)
                 return
-            # Unanswered subscriptions, after silent_after of reading since this connect.
             if silent_after and not silence_told and since is not None and not self._stopping:
-                silence_told = now - max(opened, since) >= silent_after
-                if silence_told:
-                    self._report_silent(now - opened)
+                reading_for = now - opened - (self._paused_for - paused_before)
+                if reading_for >= silent_after:
+                    silence_told = True
+                    self._report_silent(reading_for)
             # On the last tick before it is due, so pings are never further apart than ping_interval.
             if ping_every and now + tick - pinged_at >= ping_every:
                 pinged_at = now

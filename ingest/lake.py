@@ -146,7 +146,9 @@ class Lake:
         full = schema.append(pa.field(PARTITION_FIELD, pa.date32())) if with_date else schema
         fragments = []
         parts = self.partitions(name)  # oldest date first
-        for part in parts[-last_days:] if last_days else parts:
+        if last_days:  # dates with live files: not one where a crash left only a temporary file
+            parts = [p for p in parts if any(n.endswith(".parquet") for n in p.files)][-last_days:]
+        for part in parts:
             where = pc.field(PARTITION_FIELD) == pa.scalar(part.date, pa.date32())
             for info in self.live_files(part):
                 fragments.append(

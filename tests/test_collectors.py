@@ -152,6 +152,38 @@ async def test_bitquery_over_the_plans_cap_a_subscription_is_reported_silent(reg
     assert "concurrent-subscription cap" in silent[0]["hint"] and silent[0]["level"] == "warning"
 
 
+class _Pulsing:
+    """The buffer as the driver sees it, short of room on one read in three for 20 ms."""
+
+    def __init__(self, buffer) -> None:
+        self._buffer, self._reads = buffer, 0
+
+    def __getattr__(self, name):
+        return getattr(self._buffer, name)
+
+    @property
+    def congested(self) -> bool:
+        self._reads += 1
+        return self._reads % 3 == 0
+
+    async def wait_for_room(self) -> None:
+        await asyncio.sleep(0.02)
+
+
+async def test_bitquery_a_silent_subscription_is_reported_under_steady_backpressure(registry):
+    """Pauses for buffer room are left out of the silence, not a reason to start counting again:
+    a busy daemon whose buffer fills every few reads still reports what never answers."""
+    async with BitqueryEmulator(key=KEY, block_interval=0.02, max_concurrent=1) as emu:
+        subs = [{"name": "blocks", "query": BLOCKS}, {"name": "transfers", "query": TRANSFERS}]
+        col, buffer = collector(registry, provider_config("bitquery", emu.url, subs, silent_after=0.5), KEY)
+        col._sink = _Pulsing(buffer)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: col.stats.subscriptions["transfers"] == "silent", 5, "silent")
+        assert col.stats.subscriptions["blocks"] == "active" and col.stats.frames > 20
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+
+
 async def test_bitquery_bad_token_fails_once(registry):
     async with BitqueryEmulator(key=KEY) as emu:
         col, _ = collector(

@@ -87,6 +87,9 @@ def test_recent_reads_take_the_last_dates_with_files_only(any_lake, registry):
     ds = registry["blockdb_blocks"]
     for seq, (day, tag) in enumerate([(CLOSED[0], "oldest"), (CLOSED[1], "older"), (OPEN, "newest")]):
         write_flush(any_lake, ds, flush_table(ds, 2, day=day, tag=tag), instance="main", seq=seq)
+    # A later date where a crash left only a temporary file: no date of rows.
+    later = any_lake.partition_dir(ds.name, OPEN.replace(day=2))
+    any_lake.write_bytes(f"{later}/main-r1-00000009.parquet.tmp", b"half a file")
     recent = any_lake.dataset(ds.name, ds.arrow_schema, last_days=2).to_table()
     assert sorted(recent["_tracing_id"].to_pylist()) == ["newest-0", "newest-1", "older-0", "older-1"]
     sink = ParquetSink(any_lake, "main")

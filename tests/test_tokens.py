@@ -356,6 +356,53 @@ async def test_a_new_token_refused_at_connection_init_stops_the_collector(
         assert emu.tokens_issued == 2 and emu.auth_rejected == 2 and emu.connections_total == 2
 
 
+async def test_a_token_the_server_echoes_in_its_refusal_never_reaches_a_log_or_an_error(
+    registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refused token is forgotten by the log's masking once replaced: the reason that quotes it
+    is masked before that, for the log lines after it and for last_error (/health, live view)."""
+    configure_logging("json", logging.INFO)
+    issued = 0
+
+    async def token(request: web.Request) -> web.Response:
+        nonlocal issued
+        issued += 1
+        return web.json_response({"access_token": f"ory_at_echoed-{issued}-XYZ", "expires_in": 3600})
+
+    async def graphql(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("graphql-transport-ws",))
+        await ws.prepare(request)
+        await ws.receive()  # connection_init
+        await ws.close(code=4403, message=f"Forbidden: {request.query['token']}".encode())
+        return ws
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    app.router.add_get("/graphql", graphql)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        url, token_url = f"ws://127.0.0.1:{port}/graphql", f"http://127.0.0.1:{port}/token"
+        config = provider_config("bitquery", url, [{"name": "blocks", "query": BLOCKS}])
+        auth = dataclasses.replace(config.auth, env=None, oauth=OAuthConfig(*ENV_NAMES, token_url))
+        config = dataclasses.replace(config, auth=auth)
+        tokens = TokenSource(token_url, CLIENT_ID, SECRET, env_names=ENV_NAMES, where="p")
+        protocol = PROTOCOLS["bitquery"](config.name, list(config.subscriptions), config.options)
+        buffer = Buffer(registry, FlushPolicy(max_rows=100, max_age=0.05))
+        stats = ProviderStats(config.name)
+        col = Collector(config, protocol, build_target(url, config.auth, None), buffer, stats, tokens=tokens)
+        await asyncio.wait_for(col.run(), 10)
+    finally:
+        await runner.cleanup()
+    err = capsys.readouterr().err
+    assert issued == 2 and stats.state == "failed"
+    assert stats.last_error == "server refused the credentials: closed with 4403 Forbidden: ***"
+    assert "Forbidden: ***" in err and "echoed-" not in err
+
+
 async def test_a_key_refused_at_connection_init_stops_the_collector_at_once(registry: Registry) -> None:
     # Not a token from an endpoint: nothing to replace, and the same key would be refused again.
     async with BitqueryEmulator(key="the-right-key", auth_at="init") as emu:

@@ -333,6 +333,13 @@ def test_connection_error_before_the_ack_is_a_refusal_of_the_token():
     assert event == FatalError("connection refused: Unauthorized", auth=True)
 
 
+def test_connection_error_before_the_ack_over_a_plan_limit_is_no_refusal_of_the_token():
+    p = proto({"name": "a", "query": BLOCKS}, subprotocol=LEGACY)
+    p.connect()
+    (event,) = p.receive(b'{"type":"connection_error","payload":{"message":"Too Many Sessions: 429"}}', 1)
+    assert event == FatalError("connection refused: Too Many Sessions: 429", auth=False)
+
+
 def test_server_complete_restarts_the_subscription_on_the_next_keepalive():
     p = proto({"name": "a", "query": BLOCKS})
     handshake(p)

@@ -32,6 +32,9 @@ _PLAN_LIMIT = re.compile(
     r"|usage quota|billing period",
     re.IGNORECASE,
 )
+# A graphql-ws `connection_error` before the ack that refuses the token (a new one may do), not,
+# say, "Too Many Sessions: 429", which is fatal as it stands.
+_AUTH_WORDS = re.compile(r"unauthori[sz]ed|forbidden|token|auth|\b40[13]\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,8 +279,8 @@ class BitqueryProtocol:
             return []
         if kind == "connection_error":
             text = _messages(_decode_any(bytes(msg.payload)) if bytes(msg.payload) != b"null" else "")
-            if not self._acked:  # our init carries nothing but the token in the URL: that was refused
-                return [FatalError(f"connection refused: {text}", auth=True)]
+            if not self._acked:  # refused before the ack: the token, unless the words say otherwise
+                return [FatalError(f"connection refused: {text}", auth=_AUTH_WORDS.search(text) is not None)]
             return [Notice("", f"server reported: {text}")]
         return [self._reject(frame, f"unknown message type {kind!r}", received_at)]
 
