@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ingest.buffer import Buffer
+from ingest.log import redact
 from ingest.metrics import Metrics
 
 __all__ = ["LiveView", "progress_logger"]
@@ -93,14 +94,12 @@ class LiveView:
                 f"{p.frames:,}",
                 str(p.reconnects),
                 f"{active}/{len(p.subscriptions)} active" + (f", {silent} silent" if silent else ""),
-                p.last_error[:60],
+                redact(p.last_error)[:60],
             )
         now = time.monotonic()
         failing = [  # Text, not markup: an error message may hold brackets
-            Text(
-                f"{name} writes failing for {now - f.since:.0f} s ({f.attempts} tries), retried: {f.error}",
-                "red",
-            )
+            Text(f"{name} writes failing for {now - f.since:.0f} s ({f.attempts} tries), retried: ", "red")
+            + Text(redact(f.error), "red")
             for name, f in sorted(self.metrics.sink_failures.items())
         ]
         return Group(providers, datasets, *failing)

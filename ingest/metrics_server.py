@@ -26,6 +26,7 @@ from aiohttp import web
 
 from ingest.errors import ConfigError
 from ingest.exposition import CONTENT_TYPE, Family, Histogram, render
+from ingest.log import redact
 from ingest.metrics import Metrics
 
 __all__ = ["BufferStats", "Extras", "MetricsServer", "collect", "health", "start_metrics_server"]
@@ -201,7 +202,7 @@ def health(metrics: Metrics, extras: Extras, max_frame_age: float) -> tuple[int,
             "last_frame_age_seconds": age,
             "reconnects": s.reconnects,
             "healthy": ok,
-            "last_error": s.last_error,
+            "last_error": redact(s.last_error),  # as the log masks it: errors quote servers and sinks
             # Connected, but these had no ack or data for silent_after: the provider ignores them.
             "silent_subscriptions": sorted(n for n, state in s.subscriptions.items() if state == "silent"),
         }
@@ -210,7 +211,7 @@ def health(metrics: Metrics, extras: Extras, max_frame_age: float) -> tuple[int,
         name: {
             "failing_for_seconds": round(now - f.since, 1),
             "attempts": f.attempts,
-            "last_error": f.error,
+            "last_error": redact(f.error),
             "healthy": now - f.since <= max_frame_age,
         }
         for name, f in sorted(metrics.sink_failures.items())

@@ -11,6 +11,7 @@ from ingest.app import RunResult
 from ingest.buffer import GAPS, QUARANTINE
 from ingest.config import Config
 from ingest.errors import Fatal
+from ingest.log import redact
 from ingest.schema import Registry, quote_ident
 from ingest.sinks.duckdb import MEMORY_LIMIT
 from ingest.views import connect_for_query
@@ -108,7 +109,7 @@ def print_summary(result: RunResult, config: Config, registry: Registry, console
             else f"{sent:,} records " + ("[green]= stored[/]" if sent == stored else "[red]!= stored[/]"),
             str(p.reconnects),
             p.state,
-            p.last_error[:60],
+            redact(p.last_error)[:60],
         )
     console.print(providers)
     # The ones a user must look at: a silent one stored nothing, a refused one never will.

@@ -13,6 +13,7 @@ from ingest.config import FlushPolicy
 from ingest.errors import ConfigError
 from ingest.events import Rows
 from ingest.exposition import CONTENT_TYPE, Histogram, escape_label
+from ingest.log import forget_secret, register_secret
 from ingest.metrics import Metrics, SinkFailure
 from ingest.metrics_server import Extras, start_metrics_server
 
@@ -173,17 +174,19 @@ async def test_health_is_200_while_every_stream_is_up_or_briefly_reconnecting(se
 async def test_a_sink_failing_for_longer_than_max_frame_age_is_unhealthy(served):
     """Every stream up, but DuckDB's writes fail: rows wait in memory and nothing is stored."""
     server, http, metrics, _ = served
+    register_secret("s3-secret-key-0042")  # what the log masks, /health masks too
     metrics.sink_failures["duckdb"] = SinkFailure(time.monotonic() - 2, "IOException: disk full", 3)
     async with http.get(f"{server.url}/health") as resp:
         body = await resp.json()
         assert resp.status == 200 and body["failing_sinks"]["duckdb"]["healthy"]  # a blip, so far
     metrics.sink_failures["duckdb"].since -= 60
     metrics.sink_failures["duckdb"].attempts = 9
+    metrics.sink_failures["duckdb"].error = "IOException: disk full at s3-secret-key-0042"
     async with http.get(f"{server.url}/health") as resp:
         body = await resp.json()
         assert resp.status == 503 and body["status"] == "unhealthy"
         failing = body["failing_sinks"]["duckdb"]
-        assert failing["attempts"] == 9 and failing["last_error"] == "IOException: disk full"
+        assert failing["attempts"] == 9 and failing["last_error"] == "IOException: disk full at ***"
         assert 62 <= failing["failing_for_seconds"] < 70 and failing["healthy"] is False
     lines = (await scrape(server, http)).splitlines()
     (gauge,) = [line for line in lines if line.startswith("ingest_sink_failing_seconds{")]
@@ -191,6 +194,7 @@ async def test_a_sink_failing_for_longer_than_max_frame_age_is_unhealthy(served)
     del metrics.sink_failures["duckdb"]  # a write went through
     async with http.get(f"{server.url}/health") as resp:
         assert resp.status == 200 and (await resp.json())["failing_sinks"] == {}
+    forget_secret("s3-secret-key-0042")
 
 
 async def test_without_a_frame_clock_a_reconnecting_stream_is_unhealthy(registry):
