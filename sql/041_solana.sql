@@ -18,3 +18,16 @@ QUALIFY row_number() OVER (
     ORDER BY CASE commitment WHEN 'finalized' THEN 3 WHEN 'confirmed' THEN 2 WHEN 'processed' THEN 1 ELSE 0 END DESC,
              _received_at DESC
 ) = 1;
+
+-- Transactions (Helius transactionSubscribe), one row per signature: the highest commitment level
+-- seen for it, and whether its slot is final. A transaction seen only at processed in a slot that
+-- never became final may have been on an abandoned fork (PROTOCOLS.md 4.9).
+CREATE OR REPLACE VIEW solana_transactions_by_signature AS
+SELECT t.signature, t.slot, t.transaction_index, t.err, t.fee, t.compute_units_consumed, t.commitment,
+       t._received_at, coalesce(t.slot <= f.root, false) AS final
+FROM solana_transactions t, solana_final_root f
+QUALIFY row_number() OVER (
+    PARTITION BY t.signature
+    ORDER BY CASE t.commitment WHEN 'finalized' THEN 3 WHEN 'confirmed' THEN 2 WHEN 'processed' THEN 1 ELSE 0 END DESC,
+             t._received_at DESC
+) = 1;

@@ -291,6 +291,14 @@ async def test_helius_rows_equal_notifications_sent(registry):
                 ],
             },
             {"name": "logs", "method": "logsSubscribe", "params": ["all", {"commitment": "processed"}]},
+            {
+                "name": "txs",
+                "method": "transactionSubscribe",
+                "params": [
+                    {"vote": False, "failed": False},
+                    {"commitment": "confirmed", "maxSupportedTransactionVersion": 0},
+                ],
+            },
         ]
         col, buffer = collector(registry, provider_config("helius", emu.url, subs), KEY)
         drain = Drain(buffer)
@@ -301,9 +309,15 @@ async def test_helius_rows_equal_notifications_sent(registry):
             "solana_roots": "rootNotification",
             "solana_program_accounts": "programNotification",
             "solana_logs": "logsNotification",
+            "solana_transactions": "transactionNotification",
         }
         assert {d: drain.rows[d] for d in expected} == {d: emu.sent[m] for d, m in expected.items()}
         assert all(v > 0 for v in drain.rows.values())
+        txs = [json.loads(r) for r in drain.records if b'"transactionIndex"' in r]
+        assert len(txs) == drain.rows["solana_transactions"]
+        for tx in txs:  # the filter: no failed and no vote transaction
+            meta = tx["transaction"]["meta"]
+            assert meta["err"] is None and not any("Vote111" in line for line in meta["logMessages"])
 
 
 async def test_helius_resubscribes_and_remaps_after_a_reconnect(registry):

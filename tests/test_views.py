@@ -72,6 +72,39 @@ def test_no_account_update_is_final_before_a_root_is_seen(tmp_path, registry):
     assert con.sql("SELECT pubkey, final FROM solana_accounts").fetchall() == [("Acc1", False)]
 
 
+def test_a_transaction_seen_at_two_commitments_is_one_row_at_the_higher(tmp_path, registry):
+    def tx(slot: int, index: int, err: object = None) -> bytes:
+        meta = {
+            "err": err,
+            "fee": 5000,
+            "computeUnitsConsumed": 150,
+            "preBalances": [9, 1],
+            "postBalances": [4, 1],
+        }
+        result = {"transaction": {"meta": meta}, "signature": "Sig1", "slot": slot, "transactionIndex": index}
+        return json.dumps(result).encode()
+
+    rows = [
+        Rows("helius", "solana_transactions", "tx", [tx(500, 3)], T0, {"commitment": "processed"}),
+        Rows("helius", "solana_transactions", "tx", [tx(500, 3)], T0 + 10**9, {"commitment": "finalized"}),
+        Rows("helius", "solana_roots", "roots", [b'{"root": 500}'], T0, {"commitment": None}),
+    ]
+    query = (
+        "SELECT signature, slot, transaction_index, err, fee, commitment, final"
+        " FROM solana_transactions_by_signature"
+    )
+    con = store(registry, tmp_path, "solana_transactions", rows[:2])
+    assert con.sql("SELECT count(*) FROM solana_transactions").fetchall() == [(2,)]
+    assert con.sql(query).fetchall() == [("Sig1", 500, 3, None, 5000, "finalized", False)]  # no root yet
+    con.close()
+    sink = DuckDBSink(tmp_path / "ingest.duckdb")
+    sink.open(registry.values())
+    sink.write(registry["solana_roots"], build_table(registry["solana_roots"], rows[2:]).table, 0, 0)
+    sink.close()
+    con, _ = connect_for_query(registry, tmp_path / "ingest.duckdb", None)
+    assert con.sql(query).fetchall() == [("Sig1", 500, 3, None, 5000, "finalized", True)]
+
+
 def test_a_captures_frames_are_stamped_in_order_so_later_frames_are_the_newer_versions(tmp_path):
     capture = tmp_path / "capture.txt"
     capture.write_bytes(b'{"a":1}\n\n{"a":2}\r\n{"a":3}\n')

@@ -1,4 +1,8 @@
-"""Helius / Solana JSON-RPC PubSub emulator: api-key auth, subscriptions, commitment-lagged notifications."""
+"""Helius / Solana JSON-RPC PubSub emulator: api-key auth, subscriptions, commitment-lagged notifications.
+
+Besides Agave's methods it serves Helius' Enhanced WebSockets `transactionSubscribe` (PROTOCOLS.md 4.8);
+`enhanced=False` makes it a plain node that answers Method not found to it.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ import msgspec
 import structlog
 from aiohttp import WSMessage, WSMsgType, web
 
-from ingest.emulators.helius_chain import MINT_DECIMALS, Block, Chain, TxPlan
+from ingest.emulators.helius_chain import MINT_DECIMALS, Block, Chain, Tx, TxPlan
 from ingest.emulators.helius_encode import filters_allow, ui_account
 from ingest.emulators.helius_rpc import (
     DISABLED,
+    ENHANCED,
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -31,6 +36,7 @@ from ingest.emulators.helius_rpc import (
     parse_subscribe,
     parse_unsubscribe,
 )
+from ingest.emulators.helius_tx import allows, transaction_value
 from ingest.emulators.server import Connection, EmulatorServer, Ticker
 
 __all__ = ["HeliusEmulator"]
@@ -66,14 +72,16 @@ class _Routes:
         self.root: list[_Sub] = []
         self.keyed: dict[tuple[str, str | None, str | None], list[_Sub]] = {}
         self.logs: dict[str | None, list[_Sub]] = {}
+        self.transactions: dict[str | None, list[_Sub]] = {}
         self.received: dict[str | None, list[_Sub]] = {}
         for conn in connections:
             for sub in conn.subscriptions.values():
                 spec = sub.spec
                 if spec.kind in ("slot", "root"):
                     (self.slot if spec.kind == "slot" else self.root).append(sub)
-                elif spec.kind == "logs":
-                    self.logs.setdefault(spec.commitment, []).append(sub)
+                elif spec.kind in ("logs", "transaction"):
+                    by_level = self.logs if spec.kind == "logs" else self.transactions
+                    by_level.setdefault(spec.commitment, []).append(sub)
                 else:  # account/program/signature, keyed by pubkey, owner or signature
                     self.keyed.setdefault((spec.kind, spec.commitment, spec.key), []).append(sub)
                 if spec.received:
@@ -88,7 +96,8 @@ class HeliusEmulator(EmulatorServer):
 
     Each `slot_interval` the node processes one slot; the slot `confirm_lag` blocks back becomes
     confirmed and the one `finality_lag` blocks back becomes the root, so every subscription sees each
-    block once, at its own commitment. Subscription ids come from one counter for the whole emulator.
+    block once, at its own commitment (transactionSubscribe each transaction once, like logsSubscribe).
+    Subscription ids come from one counter for the whole emulator.
     """
 
     paths = ("/",)
@@ -110,6 +119,7 @@ class HeliusEmulator(EmulatorServer):
         ping_interval: float | None = None,
         max_subscriptions: int | None = None,
         max_queue: int = 10_000,
+        enhanced: bool = True,
     ) -> None:
         if not 0 <= confirm_lag <= finality_lag:
             raise ValueError("need 0 <= confirm_lag <= finality_lag")
@@ -129,6 +139,7 @@ class HeliusEmulator(EmulatorServer):
         self.finality_lag = finality_lag
         self.confirm_lag = confirm_lag
         self.max_subscriptions = max_subscriptions
+        self.enhanced = enhanced
         self.chain = Chain(seed, skip_every=skip_every)
         self.sent: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
@@ -233,6 +244,8 @@ class HeliusEmulator(EmulatorServer):
 
     def _invoke(self, conn: Connection, call: Call) -> Any:
         method = call.method
+        if method in ENHANCED and not self.enhanced:
+            raise RpcError(METHOD_NOT_FOUND, "Method not found")  # a plain Agave node has no such method
         if method in SUBSCRIBE:
             return self._subscribe(conn, parse_subscribe(SUBSCRIBE[method], call.params))
         if method in UNSUBSCRIBE:
@@ -332,7 +345,7 @@ class HeliusEmulator(EmulatorServer):
                             value = {"pubkey": account.pubkey, "account": value}
                         rendered[cache_key] = self._result(_context(slot, value))
                     self._notify(sub, slot, rendered[cache_key])
-        logs = routes.logs.get(level, ())
+        logs, transactions = routes.logs.get(level, ()), routes.transactions.get(level, ())
         for tx in block.txs:
             result = None
             for sub in logs:
@@ -345,10 +358,25 @@ class HeliusEmulator(EmulatorServer):
                     value = {"signature": tx.signature, "err": tx.err, "logs": list(tx.logs)}
                     result = result or self._result(_context(slot, value))
                     self._notify(sub, slot, result)
+            if transactions:
+                self._emit_transaction(transactions, slot, tx)
             for sub in routes.get("signature", level, tx.signature):
                 if sub.active:
                     self._notify(sub, slot, self._result(_context(slot, {"err": tx.err})))
                     del sub.conn.subscriptions[sub.id]  # single shot: gone once its answer is queued
+
+    def _emit_transaction(self, subs: list[_Sub], slot: int, tx: Tx) -> None:
+        """transactionNotification of `tx` to each subscription whose filter it passes."""
+        rendered: dict[tuple[Any, ...], tuple[Any, bytes]] = {}
+        for sub in subs:
+            spec = sub.spec.tx
+            if spec is None or not allows(spec, tx):
+                continue
+            # Subscriptions that render alike share one encoding of the value.
+            key = (sub.spec.encoding, spec.details, spec.show_rewards, spec.max_version)
+            if key not in rendered:
+                rendered[key] = self._result(transaction_value(tx, slot, sub.spec.encoding, spec))
+            self._notify(sub, slot, rendered[key])
 
     def _result(self, result: Any) -> tuple[Any, bytes]:
         return result, self._encode(result)

@@ -15,6 +15,7 @@ __all__ = [
     "COUNTER_PROGRAM",
     "FEE_LAMPORTS",
     "FIRST_SLOT",
+    "FIXED_LAMPORTS",
     "MINTS",
     "MINT_DECIMALS",
     "NODES",
@@ -40,6 +41,8 @@ U64_MAX = 2**64 - 1  # rentEpoch of rent-exempt accounts, as mainnet reports it
 FEE_LAMPORTS = 5_000  # one signature at the base fee
 RENT_EXEMPT_MIN = 890_880  # a 0-byte account's rent-exempt minimum: transfers never dip below it
 CU_LIMIT = 200_000  # default compute budget of a one-instruction transaction
+# Builtins log no "consumed" line; meta still reports their fixed cost (Agave's DEFAULT_COMPUTE_UNITS).
+BUILTIN_UNITS = {"vote": 2_100, "transfer": 150}
 
 SYSTEM_PROGRAM = "11111111111111111111111111111111"
 VOTE_PROGRAM = "Vote111111111111111111111111111111111111111"
@@ -69,6 +72,17 @@ MINT_DECIMALS = {m.address: m.decimals for m in MINTS.values()}
 TOKEN_ACCOUNTS = {(s, x): vanity(f"EmuTok{s}{x}") for s in MINTS for x in "ABCD"}
 COUNTERS = {x: vanity(f"EmuCounter{x}") for x in "AB"}
 POOLS = {x: vanity(f"EmuPoo1{x}") for x in "A"}
+# Accounts the ledger never changes, so they are kept out of `Chain.accounts` (and out of every account
+# or program notification); only transaction balances show them. Native programs hold 1 lamport; the
+# others hold the rent-exempt minimum of their size: token program 134,080 bytes, an upgradeable
+# program's 36-byte account, a 3,762-byte vote account.
+FIXED_LAMPORTS = {
+    SYSTEM_PROGRAM: 1,
+    VOTE_PROGRAM: 1,
+    TOKEN_PROGRAM: 934_087_680,
+    COUNTER_PROGRAM: 1_141_440,
+    **{pubkey: 27_074_400 for pubkey in VOTE_ACCOUNTS.values()},
+}
 
 TOKEN_ACCOUNT_SIZE = 165
 MINT_SIZE = 82
@@ -77,6 +91,8 @@ POOL_SIZE = 200  # above the 128-byte base58 limit on purpose
 COUNTER_DISCRIMINATOR = hashlib.sha256(b"account:Counter").digest()[:8]  # Anchor's account tag
 POOL_DISCRIMINATOR = hashlib.sha256(b"account:Pool").digest()[:8]
 _SWAP_EVENT = hashlib.sha256(b"event:Swapped").digest()[:8]
+_INCREMENT_IX = hashlib.sha256(b"global:increment").digest()[:8]  # Anchor's instruction tags
+_SWAP_IX = hashlib.sha256(b"global:swap").digest()[:8]
 _CUSTOM_1 = {"InstructionError": [0, {"Custom": 1}]}
 
 
@@ -105,7 +121,8 @@ class TxPlan:
 
 @dataclass(frozen=True, slots=True)
 class Tx:
-    """An executed transaction: the logsNotification value plus what mentions and signature matching need."""
+    """An executed transaction: the logsNotification value, what mentions and signature matching need, and
+    the message and status meta a transactionNotification renders."""
 
     signature: str
     index: int
@@ -113,6 +130,13 @@ class Tx:
     err: dict[str, Any] | None
     logs: tuple[str, ...]
     keys: frozenset[str]
+    account_keys: tuple[str, ...]  # message order: fee payer (the one signer) first, program last
+    fee: int
+    pre_balances: tuple[int, ...]  # lamports of account_keys before the fee, then after execution
+    post_balances: tuple[int, ...]
+    compute_units: int
+    recent_blockhash: str
+    data: bytes  # the one instruction's data; its accounts are every key but the program
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +212,10 @@ class Chain:
         k = self.skip_every
         return slot >= self.first_slot and not (k and (slot - self.first_slot) % k == k - 1)
 
+    def blockhash(self, slot: int) -> str:
+        """The (synthetic) hash of block `slot`: what transactions of its children name as recent."""
+        return b58encode(hashlib.sha256(f"helius:{self.seed}:{slot}:blockhash".encode()).digest())
+
     def signature_at(self, slot: int, index: int) -> str:
         digest = hashlib.sha512(f"helius:{self.seed}:{slot}:{index}".encode()).digest()
         return b58encode(digest)
@@ -246,7 +274,8 @@ class Chain:
             return None
         rng = random.Random(f"helius:{self.seed}:{slot}:exec")
         writes: dict[str, Account] = {}
-        txs = tuple(self._execute(slot, i, p, rng, writes) for i, p in enumerate(self.plan(slot)))
+        recent = self.blockhash(self.last_block_slot)
+        txs = tuple(self._execute(slot, i, p, rng, writes, recent) for i, p in enumerate(self.plan(slot)))
         block = Block(slot, self.last_block_slot, txs, tuple(writes.values()))
         self.last_block_slot = slot
         return block
@@ -280,9 +309,21 @@ class Chain:
     ) -> None:
         self._put(Account(pubkey, TOKEN_PROGRAM, 2_039_280, token_account_data(mint, owner, amount)), writes)
 
+    def _lamports(self, pubkey: str) -> int:
+        account = self.accounts.get(pubkey)
+        return account.lamports if account is not None else FIXED_LAMPORTS[pubkey]
+
     def _execute(
-        self, slot: int, index: int, plan: TxPlan, rng: random.Random, writes: dict[str, Account]
+        self,
+        slot: int,
+        index: int,
+        plan: TxPlan,
+        rng: random.Random,
+        writes: dict[str, Account],
+        recent_blockhash: str,
     ) -> Tx:
+        pre = tuple(self._lamports(k) for k in plan.keys)
+        units = BUILTIN_UNITS.get(plan.kind, 0)
         payer = self.accounts[plan.keys[0]]
         self._put(replace(payer, lamports=payer.lamports - FEE_LAMPORTS), writes)  # charged even on failure
         program = plan.keys[-1]
@@ -297,7 +338,8 @@ class Chain:
             logs = self._transfer(plan, writes, invoke, ok, failed)
         elif plan.kind in ("token_transfer", "mint_to"):
             name = "Transfer" if plan.kind == "token_transfer" else "MintTo"
-            cu = used.format(rng.randint(2_900, 4_800))
+            units = rng.randint(2_900, 4_800)
+            cu = used.format(units)
             if plan.fails:
                 logs = [
                     invoke,
@@ -311,7 +353,8 @@ class Chain:
                 logs = [invoke, f"Program log: Instruction: {name}", cu, ok]
         else:
             name = "Increment" if plan.kind == "increment" else "Swap"
-            cu = used.format(rng.randint(2_000, 30_000))
+            units = rng.randint(2_000, 30_000)
+            cu = used.format(units)
             if plan.fails:
                 why = "counter is frozen" if name == "Increment" else "slippage tolerance exceeded"
                 logs = [invoke, f"Program log: Instruction: {name}", f"Program log: Error: {why}", cu, failed]
@@ -319,7 +362,21 @@ class Chain:
                 event = self._program_op(slot, plan, writes)
                 logs = [invoke, f"Program log: Instruction: {name}", *event, cu, ok]
         err = _CUSTOM_1 if plan.fails else None
-        return Tx(plan.signature, index, plan.kind == "vote", err, tuple(logs), frozenset(plan.keys))
+        return Tx(
+            plan.signature,
+            index,
+            plan.kind == "vote",
+            err,
+            tuple(logs),
+            frozenset(plan.keys),
+            plan.keys,
+            FEE_LAMPORTS,
+            pre,
+            tuple(self._lamports(k) for k in plan.keys),
+            units,
+            recent_blockhash,
+            _instruction_data(plan, slot),
+        )
 
     def _transfer(
         self, plan: TxPlan, writes: dict[str, Account], invoke: str, ok: str, failed: str
@@ -364,3 +421,16 @@ class Chain:
         self._put(replace(acct, data=pool_data(reserve_a + plan.amount, reserve_b - out, slot)), writes)
         event = _SWAP_EVENT + _u64(plan.amount) + _u64(out)
         return [f"Program data: {base64.b64encode(event).decode()}"]
+
+
+def _instruction_data(plan: TxPlan, slot: int) -> bytes:
+    """The instruction as its program would decode it: system and SPL Token layouts, Anchor tags."""
+    if plan.kind == "transfer":
+        return (2).to_bytes(4, "little") + _u64(plan.amount)  # SystemInstruction::Transfer
+    if plan.kind in ("token_transfer", "mint_to"):
+        return bytes([3 if plan.kind == "token_transfer" else 7]) + _u64(plan.amount)  # Transfer, MintTo
+    if plan.kind == "increment":
+        return _INCREMENT_IX
+    if plan.kind == "swap":
+        return _SWAP_IX + _u64(plan.amount)
+    return (12).to_bytes(4, "little") + _u64(slot - 1)  # made up: a vote naming the slot before

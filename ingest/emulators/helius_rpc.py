@@ -25,16 +25,20 @@ from ingest.emulators.helius_encode import (
 __all__ = [
     "COMMITMENTS",
     "DISABLED",
+    "ENHANCED",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "SUBSCRIBE",
+    "TX_DETAILS",
+    "TX_ENCODINGS",
     "UNSUBSCRIBE",
     "Call",
     "RpcError",
     "SubSpec",
+    "TxSpec",
     "expect_no_params",
     "parse_call",
     "parse_subscribe",
@@ -56,8 +60,15 @@ SUBSCRIBE = {
     "signatureSubscribe": "signature",
     "slotSubscribe": "slot",
     "rootSubscribe": "root",
+    "transactionSubscribe": "transaction",
 }
 UNSUBSCRIBE = frozenset(f"{kind}Unsubscribe" for kind in SUBSCRIBE.values())
+# Helius' own Enhanced WebSockets methods, absent from a plain Agave node (PROTOCOLS.md 4.1, 4.8).
+ENHANCED = frozenset({"transactionSubscribe", "transactionUnsubscribe"})
+TX_ENCODINGS = ("base58", "base64", "jsonParsed")
+TX_DETAILS = ("full", "signatures", "accounts", "none")
+_TX_LISTS = ("accountInclude", "accountExclude", "accountRequired")
+_TX_LIST_MAX = 50_000
 # Agave's unstable methods; Helius' WebSocket page says they are not supported there, and a node
 # without the enabling flag answers Method not found (PROTOCOLS.md 4.5, 4.6).
 DISABLED = frozenset(
@@ -96,10 +107,25 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class TxSpec:
+    """transactionSubscribe's filter and the options that shape each notification (PROTOCOLS.md 4.8)."""
+
+    vote: bool = False  # vote transactions only when asked for
+    failed: bool = True  # failed ones unless refused
+    signature: str | None = None
+    include: frozenset[str] = frozenset()  # any of them (empty: no constraint)
+    exclude: frozenset[str] = frozenset()  # none of them
+    required: frozenset[str] = frozenset()  # all of them
+    details: str = "full"
+    show_rewards: bool = False
+    max_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SubSpec:
     """A validated subscription: kind, commitment and the kind's own parameters."""
 
-    kind: str  # account | program | logs | signature | slot | root
+    kind: str  # account | program | logs | signature | slot | root | transaction
     commitment: str | None = None  # None for slot/root, which follow the node's own progress
     key: str | None = None  # pubkey, program id, logs mention or signature
     encoding: str = "binary"  # Agave's default when `encoding` is omitted
@@ -107,6 +133,7 @@ class SubSpec:
     filters: tuple[Filter, ...] = ()
     logs: str | None = None  # all | allWithVotes | mentions
     received: bool = False  # signatureSubscribe enableReceivedNotification
+    tx: TxSpec | None = None  # transactionSubscribe
 
     @property
     def notification(self) -> str:
@@ -145,6 +172,8 @@ def parse_subscribe(kind: str, params: Any) -> SubSpec:
         expect_no_params(params)
         return SubSpec(kind)
     first, *rest = _positional(params, 1, 2)
+    if kind == "transaction":
+        return _transaction(first, rest[0] if rest else None)
     # serde reads the tuple in order (first param, then config); Agave's own checks come after.
     logs, mentions = _logs_filter(first) if kind == "logs" else ("", [])
     text = "" if kind == "logs" else _string(first, "a string")
@@ -172,6 +201,65 @@ _CONFIG_NAMES = {
     "logs": "RpcTransactionLogsConfig",
     "signature": "RpcSignatureSubscribeConfig",
 }
+
+
+def _transaction(first: Any, second: Any) -> SubSpec:
+    """transactionSubscribe's [filter, options]. Helius documents no error texts, so they follow Agave's
+    layers: serde type errors for the filter, then the options, then the checks on the values."""
+    if not isinstance(first, dict):
+        raise _serde(f"invalid type: {_unexpected(first)}, expected struct TransactionSubscribeFilter")
+    vote, failed = _flag(first.get("vote")), _flag(first.get("failed"))
+    signature = first.get("signature")
+    if signature is not None:
+        _string(signature, "a string")
+    lists = {name: _strings(first.get(name)) for name in _TX_LISTS}
+    config = _config(second, "TransactionSubscribeOptions")
+    commitment = _commitment(config)
+    encoding = "base64" if config.get("encoding") is None else _variant(config["encoding"], TX_ENCODINGS)
+    details = config.get("transactionDetails")
+    details = "full" if details is None else _variant(details, TX_DETAILS)
+    show_rewards = _flag(config.get("showRewards"))
+    version = config.get("maxSupportedTransactionVersion")
+    if version is not None and (version := _u64(version, "u8")) > 255:
+        raise _serde(f"invalid value: integer `{version}`, expected u8")
+    if signature is not None:
+        _key(signature, 64, "signature")
+    for name, addresses in lists.items():
+        if len(addresses) > _TX_LIST_MAX:
+            raise RpcError(INVALID_PARAMS, f"Too many addresses in {name}; max {_TX_LIST_MAX}")
+        for address in addresses:
+            _key(address, 32, "pubkey")
+    if details in ("full", "accounts") and version is None:
+        # Helius: "Required when transactionDetails is set to accounts or full" (PROTOCOLS.md 4.8).
+        message = f'Invalid Request: transactionDetails "{details}" needs maxSupportedTransactionVersion (0)'
+        raise RpcError(INVALID_PARAMS, message)
+    spec = TxSpec(
+        vote=bool(vote),
+        failed=failed is not False,
+        signature=signature,
+        include=frozenset(lists["accountInclude"]),
+        exclude=frozenset(lists["accountExclude"]),
+        required=frozenset(lists["accountRequired"]),
+        details=details,
+        show_rewards=bool(show_rewards),
+        max_version=version,
+    )
+    return SubSpec("transaction", commitment, signature, encoding, tx=spec)
+
+
+def _flag(value: Any) -> bool | None:
+    """An optional boolean: absent and null alike are None."""
+    if value is not None and not isinstance(value, bool):
+        raise _serde(f"invalid type: {_unexpected(value)}, expected a boolean")
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _serde(f"invalid type: {_unexpected(value)}, expected a sequence")
+    return [_string(item, "a string") for item in value]
 
 
 def _serde(text: str) -> RpcError:

@@ -2,7 +2,8 @@
 
 Subscription ids are the node's and change on every connection, so each (re)connect sends every
 subscribe again and maps the new ids back to the configured names. A signatureSubscribe ends by
-itself after its terminal notification and is not asked again.
+itself after its terminal notification and is not asked again. transactionSubscribe is Helius's
+own (Enhanced WebSockets, PROTOCOLS.md 4.8), served on its atlas-* endpoints only.
 """
 
 from __future__ import annotations
@@ -28,10 +29,22 @@ METHODS: dict[str, tuple[str, str]] = {
     "signatureSubscribe": ("signatureNotification", "solana_signatures"),
     "slotSubscribe": ("slotNotification", "solana_slots"),
     "rootSubscribe": ("rootNotification", "solana_roots"),
+    "transactionSubscribe": ("transactionNotification", "solana_transactions"),
 }
 DATASETS = {notification: dataset for notification, dataset in METHODS.values()}
 _COMMITMENTS = ("processed", "confirmed", "finalized")
-_WITH_OPTIONS = ("accountSubscribe", "programSubscribe", "logsSubscribe", "signatureSubscribe")
+_WITH_OPTIONS = (
+    "accountSubscribe",
+    "programSubscribe",
+    "logsSubscribe",
+    "signatureSubscribe",
+    "transactionSubscribe",
+)
+# transactionSubscribe's filter: flags, one signature, and address lists (PROTOCOLS.md 4.8).
+_TX_FLAGS = ("vote", "failed")
+_TX_LISTS = ("accountInclude", "accountExclude", "accountRequired")
+_TX_LIST_MAX = 50_000
+_TX_DETAILS = ("full", "signatures", "accounts", "none")
 _RETRYABLE = frozenset({-32603})  # internal error, e.g. the node's subscription limit
 
 
@@ -106,6 +119,8 @@ def _subscription(raw: Mapping[str, Any], where: str) -> HeliusSubscription:
         raise ConfigError(
             f'{where}.params[0]: expected "all", "allWithVotes" or {{mentions = ["<one address>"]}}'
         )
+    if method == "transactionSubscribe":
+        _transaction_params(first, options, where)
     # Slot and root streams take no commitment: their rows carry none.
     context: dict[str, Any] = {"commitment": commitment if method in _WITH_OPTIONS else None}
     if method == "accountSubscribe":
@@ -115,6 +130,41 @@ def _subscription(raw: Mapping[str, Any], where: str) -> HeliusSubscription:
     elif method == "signatureSubscribe":
         context["signature"] = first
     return HeliusSubscription(name, method, tuple(params), context)
+
+
+def _transaction_params(flt: Any, options: Mapping[str, Any], where: str) -> None:
+    """What Helius refuses in a transactionSubscribe, refused at start-up with the key named."""
+    if not isinstance(flt, dict):
+        raise ConfigError(
+            f"{where}.params[0]: expected a filter table (vote, failed, signature, accountInclude, ...)"
+        )
+    allowed = {*_TX_FLAGS, "signature", *_TX_LISTS}
+    if unknown := sorted(set(flt) - allowed):
+        raise ConfigError(
+            f"{where}.params[0].{unknown[0]}: unknown filter (allowed: {', '.join(sorted(allowed))})"
+        )
+    for key in _TX_FLAGS:
+        if key in flt and not isinstance(flt[key], bool):
+            raise ConfigError(f"{where}.params[0].{key}: expected true or false")
+    if "signature" in flt and not isinstance(flt["signature"], str):
+        raise ConfigError(f"{where}.params[0].signature: expected a base58 string")
+    for key in _TX_LISTS:
+        addresses = flt.get(key, [])
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise ConfigError(f"{where}.params[0].{key}: expected a list of base58 addresses")
+        if len(addresses) > _TX_LIST_MAX:
+            raise ConfigError(
+                f"{where}.params[0].{key}: at most {_TX_LIST_MAX:,} addresses, got {len(addresses):,}"
+            )
+    details = options.get("transactionDetails", "full")
+    if details not in _TX_DETAILS:
+        raise ConfigError(f"{where}.params[1].transactionDetails: expected one of {', '.join(_TX_DETAILS)}")
+    if details in ("full", "accounts") and "maxSupportedTransactionVersion" not in options:
+        # Without it Helius refuses any version-0 transaction, most of today's traffic.
+        raise ConfigError(
+            f"{where}.params[1].maxSupportedTransactionVersion: needed with transactionDetails = "
+            f'"{details}" (set it to 0)'
+        )
 
 
 class HeliusProtocol:

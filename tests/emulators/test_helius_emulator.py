@@ -31,10 +31,12 @@ from ingest.emulators.helius_chain import (
     SYSTEM_PROGRAM,
     TOKEN_ACCOUNTS,
     TOKEN_PROGRAM,
+    VOTE_PROGRAM,
     WALLETS,
     Account,
     Block,
     Chain,
+    TxPlan,
 )
 from ingest.emulators.helius_encode import b58decode, b58encode
 
@@ -433,6 +435,350 @@ async def test_logs_mentions_needs_exactly_one_address(helius, session, mentions
     assert reply["error"] == {"code": -32602, "message": message}
 
 
+# -- transactionSubscribe (Helius Enhanced WebSockets) --------------------------------------------
+
+V0 = {"maxSupportedTransactionVersion": 0}
+# Agave's DEFAULT_COMPUTE_UNITS of the builtins, which log no "consumed" line of their own.
+BUILTIN_UNITS = {VOTE_PROGRAM: 2_100, SYSTEM_PROGRAM: 150}
+TX_ERR = {"InstructionError": [0, {"Custom": 1}]}
+TX_DETAILS_MESSAGE = 'Invalid Request: transactionDetails "{}" needs maxSupportedTransactionVersion (0)'
+
+
+def planned(emulator: HeliusEmulator, blocks: list[Block]) -> list[tuple[int, int, TxPlan]]:
+    """(slot, index, plan) of every transaction of `blocks`, from the emulator's own script."""
+    return [(b.slot, i, p) for b in blocks for i, p in enumerate(emulator.transactions_at(b.slot))]
+
+
+def tx_row(result: dict[str, Any]) -> tuple[int, int, str]:
+    return result["slot"], result["transactionIndex"], result["signature"]
+
+
+async def test_transaction_subscribe_answers_notifies_and_unsubscribes(helius, session) -> None:
+    """transactionSubscribe answers {jsonrpc, result: int, id}; transactionNotification carries
+    {transaction, signature, slot, transactionIndex}; transactionUnsubscribe answers true, then silence."""
+    emulator = await helius()
+    client = await connect(session, emulator)
+    reply = await client.request("transactionSubscribe", [{"vote": True}, {"commitment": "processed", **V0}])
+    assert set(reply) == {"jsonrpc", "result", "id"} and isinstance(reply["result"], int)
+    sub = reply["result"]
+    slots = await client.subscribe("slotSubscribe")
+    await client.pump(lambda: len(client.of(sub)) >= 3)
+    note = next(n for n in client.notes if n["params"]["subscription"] == sub)
+    assert note["jsonrpc"] == "2.0" and note["method"] == "transactionNotification"
+    assert set(note["params"]) == {"result", "subscription"}
+    result = note["params"]["result"]
+    assert list(result) == ["transaction", "signature", "slot", "transactionIndex"]
+    assert list(result["transaction"]) == ["transaction", "meta", "version"]
+    assert result["transaction"]["version"] == "legacy"
+    gone = await client.request("transactionUnsubscribe", [sub])
+    assert gone == {"jsonrpc": "2.0", "result": True, "id": gone["id"]}
+    count, seen = len(client.of(sub)), len(client.of(slots))
+    await client.pump(lambda: len(client.of(slots)) >= seen + 3)
+    assert len(client.of(sub)) == count
+    again = await client.request("transactionUnsubscribe", [sub])
+    assert again["error"] == {"code": -32602, "message": "Invalid subscription id."}
+
+
+async def test_plain_node_has_no_transaction_subscribe(helius, session) -> None:
+    """enhanced=False is a standard Agave node: both Enhanced WebSockets methods are Method not found."""
+    client = await connect(session, await helius(enhanced=False))
+    for method, params in (("transactionSubscribe", [{}, V0]), ("transactionUnsubscribe", [0])):
+        reply = await client.request(method, params)
+        assert reply["error"] == {"code": -32601, "message": "Method not found"}, method
+
+
+async def test_transaction_filters(helius, session) -> None:
+    """vote, failed, signature, accountInclude (any), accountExclude (none) and accountRequired (all)
+    select exactly the planned transactions they describe; sent and sent_log count what arrived."""
+    ticks = 12
+    emulator = await helius(slot_interval=60, max_slots=ticks, record_log=True)
+    client = await connect(session, emulator)
+    txs = planned(emulator, seen_at("processed", ticks))
+    failing = next(p.signature for _, _, p in txs if p.fails)
+    cases: dict[str, tuple[dict[str, Any], Callable[[TxPlan], bool]]] = {
+        "default": ({}, lambda p: p.kind != "vote"),
+        "votes": ({"vote": True}, lambda p: True),
+        "no votes": ({"vote": False, "failed": True}, lambda p: p.kind != "vote"),
+        "succeeded": ({"failed": False}, lambda p: p.kind != "vote" and not p.fails),
+        "votes, succeeded": ({"vote": True, "failed": False}, lambda p: not p.fails),
+        "signature": ({"signature": failing}, lambda p: p.signature == failing),
+        "signature, succeeded": ({"signature": failing, "failed": False}, lambda p: False),
+        "include": (
+            {"vote": True, "accountInclude": [NODES["A"], COUNTERS["A"]]},
+            lambda p: NODES["A"] in p.keys or COUNTERS["A"] in p.keys,
+        ),
+        "exclude": (
+            {"accountExclude": [SYSTEM_PROGRAM, COUNTER_PROGRAM]},
+            lambda p: p.kind != "vote" and not {SYSTEM_PROGRAM, COUNTER_PROGRAM} & set(p.keys),
+        ),
+        "required": (
+            {"accountRequired": [WALLETS["A"], TOKEN_PROGRAM]},
+            lambda p: p.kind != "vote" and {WALLETS["A"], TOKEN_PROGRAM} <= set(p.keys),
+        ),
+        "include, exclude": (
+            {"accountInclude": [WALLETS["A"], WALLETS["B"]], "accountExclude": [TOKEN_PROGRAM]},
+            lambda p: p.kind != "vote" and bool({WALLETS["A"], WALLETS["B"]} & set(p.keys))
+            and TOKEN_PROGRAM not in p.keys,
+        ),
+    }  # fmt: skip
+    options = {"commitment": "processed", "transactionDetails": "signatures"}
+    subs = {
+        name: await client.subscribe("transactionSubscribe", [f, options]) for name, (f, _) in cases.items()
+    }
+    emulator.burst(ticks)
+    want = {name: [(s, i, p.signature) for s, i, p in txs if keep(p)] for name, (_, keep) in cases.items()}
+    await client.pump(lambda: len(client.of(subs["votes"])) == len(want["votes"]))
+    await client.quiet(0.1)
+    for name, sub in subs.items():
+        assert [tx_row(r) for r in client.of(sub)] == want[name], name
+        assert want[name] or name == "signature, succeeded", name
+        assert all(
+            r["transaction"] == {"transaction": {"signatures": [r["signature"]]}} for r in client.of(sub)
+        )
+    assert emulator.sent["transactionNotification"] == sum(len(w) for w in want.values()) == len(client.notes)
+    assert emulator.sent_log == [
+        (n["method"], n["params"]["subscription"], n["params"]["result"]["slot"], n["params"]["result"])
+        for n in client.notes
+    ]
+
+
+async def test_transaction_meta_matches_the_ledger(helius, session) -> None:
+    """Full notifications decode to the planned message; meta's fee, balances, logs, err and compute units
+    agree with the ledger, its logsNotification and its account states, transaction after transaction."""
+    ticks = 12
+    emulator = await helius(slot_interval=60, max_slots=ticks)
+    client = await connect(session, emulator)
+    processed = {"commitment": "processed"}
+    sub = await client.subscribe("transactionSubscribe", [{"vote": True}, {**processed, **V0}])
+    logs = await client.subscribe("logsSubscribe", ["allWithVotes", processed])
+    emulator.burst(ticks)
+    blocks = seen_at("processed", ticks)
+    txs = planned(emulator, blocks)
+    await client.pump(lambda: len(client.of(sub)) == len(client.of(logs)) == len(txs))
+    logs_of = {r["value"]["signature"]: r["value"] for r in client.of(logs)}
+    balance: dict[str, int] = {}  # lamports after the last transaction that named the key
+    transfers = 0
+    for (slot, index, plan), result in zip(txs, client.of(sub), strict=True):
+        assert tx_row(result) == (slot, index, plan.signature)
+        raw = base64.b64decode(result["transaction"]["transaction"][0])
+        assert result["transaction"]["transaction"][1] == "base64"
+        assert raw[0] == 1 and b58encode(raw[1:65]) == plan.signature  # one signature, then the message
+        assert raw[65:68] == bytes([1, 0, 1]) and raw[68] == len(plan.keys)
+        assert [b58encode(raw[69 + 32 * i : 101 + 32 * i]) for i in range(len(plan.keys))] == list(plan.keys)
+        meta = result["transaction"]["meta"]
+        pre, post, fee = meta["preBalances"], meta["postBalances"], meta["fee"]
+        assert fee == 5_000 and len(pre) == len(post) == len(plan.keys)
+        assert meta["logMessages"] == logs_of[plan.signature]["logs"]
+        assert meta["err"] == logs_of[plan.signature]["err"] == (TX_ERR if plan.fails else None)
+        assert meta["status"] == ({"Err": TX_ERR} if plan.fails else {"Ok": None})
+        consumed = [int(m.split()[3]) for m in meta["logMessages"] if " consumed " in m]
+        assert meta["computeUnitsConsumed"] == (consumed or [BUILTIN_UNITS.get(plan.keys[-1])])[0]
+        moved = plan.amount if plan.kind == "transfer" and not plan.fails else 0
+        transfers += bool(moved)
+        # The payer pays the fee, failed or not; only a system transfer moves lamports between keys.
+        assert pre[0] - post[0] == fee + moved
+        assert post[1] - pre[1] == moved and pre[2:] == post[2:]
+        for key, before, after in zip(plan.keys, pre, post, strict=True):
+            assert balance.get(key, before) == before, (plan.signature, key)
+            balance[key] = after
+        assert meta["innerInstructions"] == meta["preTokenBalances"] == meta["postTokenBalances"] == []
+        assert meta["rewards"] is None and meta["loadedAddresses"] == {"writable": [], "readonly": []}
+    assert transfers and any(p.fails for _, _, p in txs) and any(p.kind == "vote" for _, _, p in txs)
+    final = {a.pubkey: a.lamports for b in blocks for a in b.writes}  # last write wins
+    assert all(balance[key] == lamports for key, lamports in final.items() if key in balance)
+
+
+async def test_transaction_details_and_encodings(helius, session) -> None:
+    """Each transactionDetails and encoding renders one transaction consistently: base58 and base64 are
+    the same bytes, jsonParsed names the same keys, accounts drops logs, signatures drops meta, none
+    keeps signature, slot and transactionIndex only; showRewards turns rewards from null into []."""
+    emulator = await helius(slot_interval=60, max_slots=1)
+    client = await connect(session, emulator)
+    slot, index, plan = planned(emulator, seen_at("processed", 1))[0]
+    processed = {"commitment": "processed"}
+    variants = {
+        "base64": {"encoding": "base64", **V0},
+        "base58": {"encoding": "base58", "showRewards": True, **V0},
+        "parsed": {"encoding": "jsonParsed", **V0},
+        "parsed rewards": {"encoding": "jsonParsed", "showRewards": True, **V0},
+        "accounts": {"transactionDetails": "accounts", **V0},
+        "signatures": {"transactionDetails": "signatures"},
+        "none": {"transactionDetails": "none", **V0},
+        "default": V0,
+    }
+    flt = {"signature": plan.signature, "vote": True}
+    subs = {
+        name: await client.subscribe("transactionSubscribe", [flt, {**processed, **options}])
+        for name, options in variants.items()
+    }
+    emulator.burst(1)
+    await client.pump(lambda: all(client.of(s) for s in subs.values()))
+    got = {name: client.of(sub)[0] for name, sub in subs.items()}
+    assert all(tx_row(r) == (slot, index, plan.signature) for r in got.values())
+    full = {name: got[name]["transaction"] for name in ("base64", "base58", "parsed", "parsed rewards")}
+    b64, b58 = full["base64"]["transaction"], full["base58"]["transaction"]
+    assert (b64[1], b58[1]) == ("base64", "base58") and base64.b64decode(b64[0]) == b58decode(b58[0])
+    assert got["default"] == got["base64"]  # base64 unless asked otherwise
+    message = full["parsed"]["transaction"]["message"]
+    assert full["parsed"]["transaction"]["signatures"] == [plan.signature]
+    assert [k["pubkey"] for k in message["accountKeys"]] == list(plan.keys)
+    assert [k["signer"] for k in message["accountKeys"]] == [True] + [False] * (len(plan.keys) - 1)
+    (instruction,) = message["instructions"]
+    assert instruction["programId"] == plan.keys[-1] and instruction["accounts"] == list(plan.keys[:-1])
+    meta = {name: t["meta"] for name, t in full.items()}
+    assert meta["base64"]["rewards"] is None and meta["base58"]["rewards"] == []
+    assert meta["parsed rewards"]["rewards"] == [] and "rewards" not in meta["parsed"]
+    assert "loadedAddresses" not in meta["parsed"]  # jsonParsed accountKeys carry each key's source
+    assert {k: v for k, v in meta["base64"].items() if k not in ("rewards", "loadedAddresses")} == meta[
+        "parsed"
+    ]
+    accounts = got["accounts"]["transaction"]
+    assert accounts["transaction"] == {"signatures": [plan.signature], "accountKeys": message["accountKeys"]}
+    assert accounts["meta"] == {
+        k: meta["base64"][k]
+        for k in (
+            "err",
+            "status",
+            "fee",
+            "preBalances",
+            "postBalances",
+            "preTokenBalances",
+            "postTokenBalances",
+        )
+    }
+    assert got["signatures"]["transaction"] == {"transaction": {"signatures": [plan.signature]}}
+    assert "transaction" not in got["none"]
+    assert all(t["version"] == "legacy" for t in (*full.values(), accounts))
+
+
+async def test_transaction_notifications_parse_with_solders(helius, session) -> None:
+    """solders reads the base64 bytes as a legacy Transaction and every full and accounts payload as an
+    EncodedTransactionWithStatusMeta with the same values."""
+    pytest.importorskip("solders", reason="solders is a test-only dependency")
+    from solders.transaction import Transaction
+    from solders.transaction_status import EncodedTransactionWithStatusMeta
+
+    ticks = 3
+    emulator = await helius(slot_interval=60, max_slots=ticks)
+    client = await connect(session, emulator)
+    subs = [
+        await client.subscribe(
+            "transactionSubscribe", [{"vote": True}, {"commitment": "processed", **V0, **options}]
+        )
+        for options in (
+            {"encoding": "base64"},
+            {"encoding": "base58"},
+            {"encoding": "jsonParsed"},
+            {"transactionDetails": "accounts"},
+        )
+    ]
+    emulator.burst(ticks)
+    txs = planned(emulator, seen_at("processed", ticks))
+    await client.pump(lambda: all(len(client.of(s)) == len(txs) for s in subs))
+    for (_, _, plan), *results in zip(txs, *(client.of(s) for s in subs), strict=True):
+        tx = Transaction.from_bytes(base64.b64decode(results[0]["transaction"]["transaction"][0]))
+        assert str(tx.signatures[0]) == plan.signature
+        assert [str(k) for k in tx.message.account_keys] == list(plan.keys)
+        assert tx.message.header.num_readonly_unsigned_accounts == 1
+        for result in results:
+            parsed = EncodedTransactionWithStatusMeta.from_json(json.dumps(result["transaction"]))
+            assert parsed.meta is not None and parsed.meta.fee == result["transaction"]["meta"]["fee"]
+            assert parsed.meta.pre_balances == result["transaction"]["meta"]["preBalances"]
+
+
+@pytest.mark.parametrize("level", ["processed", "confirmed", "finalized", None])
+async def test_transaction_commitment_levels(helius, session, level) -> None:
+    """A transaction subscription sees each block once at its level: processed in its slot, confirmed
+    confirm_lag slots later, finalized (the default) only once a rootNotification has rooted it."""
+    ticks = 10
+    emulator = await helius(slot_interval=60, max_slots=ticks)
+    client = await connect(session, emulator)
+    slots = await client.subscribe("slotSubscribe")
+    roots = await client.subscribe("rootSubscribe")
+    options = {"transactionDetails": "none"} | ({"commitment": level} if level else {})
+    sub = await client.subscribe("transactionSubscribe", [{"vote": True}, options])
+    emulator.burst(ticks)
+    await client.pump(lambda: emulator.slots_produced == ticks)
+    await client.quiet(0.1)
+    lag = {"processed": 0, "confirmed": C, "finalized": F, None: F}[level]
+    current, rooted = None, -1
+    for note in client.notes:
+        result, sub_id = note["params"]["result"], note["params"]["subscription"]
+        if sub_id == slots:
+            current = result["slot"]
+        elif sub_id == roots:
+            rooted = result
+        else:
+            assert result["slot"] == current - lag, (level, result)
+            assert level not in ("finalized", None) or result["slot"] <= rooted
+    want = planned(emulator, seen_at(level or "finalized", ticks))
+    assert [tx_row(r) for r in client.of(sub)] == [(s, i, p.signature) for s, i, p in want]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ([{}], TX_DETAILS_MESSAGE.format("full")),
+        ([{}, {"transactionDetails": "accounts"}], TX_DETAILS_MESSAGE.format("accounts")),
+        (["all"], 'Invalid params: invalid type: string "all", expected struct TransactionSubscribeFilter.'),
+        ([None, V0], "Invalid params: invalid type: null, expected struct TransactionSubscribeFilter."),
+        ([{"vote": "yes"}, V0], 'Invalid params: invalid type: string "yes", expected a boolean.'),
+        ([{"failed": 0}, V0], "Invalid params: invalid type: integer `0`, expected a boolean."),
+        ([{"signature": 7}, V0], "Invalid params: invalid type: integer `7`, expected a string."),
+        ([{"signature": WALLETS["A"]}, V0], "Invalid Request: Invalid signature provided"),
+        ([{"accountInclude": WALLETS["A"]}, V0],
+         f'Invalid params: invalid type: string "{WALLETS["A"]}", expected a sequence.'),
+        ([{"accountExclude": [1]}, V0], "Invalid params: invalid type: integer `1`, expected a string."),
+        ([{"accountRequired": ["0OIl"]}, V0], "Invalid Request: Invalid pubkey provided"),
+        ([{"accountInclude": [WALLETS["A"]] * 50_001}, V0],
+         "Too many addresses in accountInclude; max 50000"),
+        ([{}, {"encoding": "binary", **V0}],
+         "Invalid params: unknown variant `binary`, expected one of `base58`, `base64`, `jsonParsed`."),
+        ([{}, {"transactionDetails": "all"}],
+         "Invalid params: unknown variant `all`, expected one of `full`, `signatures`, `accounts`, `none`."),
+        ([{}, {"commitment": "max", **V0}],
+         "Invalid params: unknown variant `max`, expected one of `processed`, `confirmed`, `finalized`."),
+        ([{}, {"showRewards": "yes", **V0}],
+         'Invalid params: invalid type: string "yes", expected a boolean.'),
+        ([{}, {"maxSupportedTransactionVersion": "0"}],
+         'Invalid params: invalid type: string "0", expected u8.'),
+        ([{}, {"maxSupportedTransactionVersion": 256}],
+         "Invalid params: invalid value: integer `256`, expected u8."),
+        ([{}, []], "Invalid params: invalid type: sequence, expected struct TransactionSubscribeOptions."),
+        ([], "`params` should have at least 1 argument(s)"),
+        ({"accountInclude": []}, "`params` should be an array"),
+    ],
+)  # fmt: skip
+async def test_transaction_bad_params(helius, session, params, message) -> None:
+    """Bad filters and options are -32602 in the node's wording; full or accounts details need
+    maxSupportedTransactionVersion; at most 50,000 addresses per list."""
+    emulator = await helius()
+    client = await connect(session, emulator)
+    reply = await client.request("transactionSubscribe", params)
+    assert reply == {"jsonrpc": "2.0", "error": {"code": -32602, "message": message}, "id": reply["id"]}
+    assert emulator.subscriptions_total == 0
+
+
+async def test_transaction_lists_take_50000_addresses(helius, session) -> None:
+    """A list of exactly 50,000 addresses is accepted and served with the other two lists."""
+
+    def wanted(p: TxPlan) -> bool:
+        return SYSTEM_PROGRAM in p.keys and WALLETS["A"] not in p.keys
+
+    ticks = ticks_until(lambda b: any(wanted(p) for p in Chain().plan(b.slot)))
+    emulator = await helius(slot_interval=60, max_slots=ticks)
+    client = await connect(session, emulator)
+    many = [WALLETS["A"]] * 49_999 + [SYSTEM_PROGRAM]
+    # One long list per request: three would pass aiohttp's 4 MiB frame limit on the emulator's side.
+    flt = {"accountInclude": many, "accountExclude": many[:1], "accountRequired": many[-1:]}
+    sub = await client.subscribe("transactionSubscribe", [flt, {"commitment": "processed", **V0}])
+    emulator.burst(ticks)
+    want = [(s, i, p.signature) for s, i, p in planned(emulator, seen_at("processed", ticks)) if wanted(p)]
+    await client.pump(lambda: len(client.of(sub)) == len(want))
+    await client.quiet(0.1)
+    assert [tx_row(r) for r in client.of(sub)] == want and want
+
+
 # -- programSubscribe filters ---------------------------------------------------------------------
 
 
@@ -622,7 +968,6 @@ async def test_skipped_slots_make_parent_jump(helius, session) -> None:
         ("blockSubscribe", ["all"], -32601, "Method not found"),
         ("voteSubscribe", None, -32601, "Method not found"),
         ("slotsUpdatesSubscribe", None, -32601, "Method not found"),
-        ("transactionSubscribe", [{}], -32601, "Method not found"),
         ("ping", None, -32601, "Method not found"),
         ("accountSubscribe", ["0OIl"], -32602, "Invalid Request: Invalid pubkey provided"),
         ("accountSubscribe", [WALLETS["A"][:-2]], -32602, "Invalid Request: Invalid pubkey provided"),
@@ -726,6 +1071,7 @@ async def _run(helius: Any, session: aiohttp.ClientSession, seed: int, ticks: in
         ("logsSubscribe", ["allWithVotes", {"commitment": "confirmed"}]),
         ("programSubscribe", [TOKEN_PROGRAM, {"encoding": "jsonParsed"}]),
         ("accountSubscribe", [WALLETS["C"], {"commitment": "processed", "encoding": "base58"}]),
+        ("transactionSubscribe", [{"vote": True}, {"commitment": "confirmed", "encoding": "base58", **V0}]),
     ]:
         await client.subscribe(method, params)
     emulator.burst(ticks)
@@ -751,7 +1097,8 @@ async def test_counters_equal_what_the_client_received(helius, session) -> None:
     assert emulator.sent_log == [
         (n["method"], n["params"]["subscription"], _slot_of(n), n["params"]["result"]) for n in client.notes
     ]
-    assert emulator.subscriptions_total == 5 and emulator.connections_total == 1
+    assert emulator.subscriptions_total == 6 and emulator.connections_total == 1
+    assert emulator.sent["transactionNotification"] == emulator.sent["logsNotification"] > 0
     assert not emulator.dropped
 
 

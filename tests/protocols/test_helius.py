@@ -15,6 +15,7 @@ T0 = 1_763_000_000_000_000_000
 USDC = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
 TOKEN = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"
 SIG = "5h6xBEauJ3PK6SWCZ1PGjBvj8vDdWG3KpwATGy1ARAXFSDwt8GFXM7W5Ncn16wmqokgpiKRLuS83KUxyZyv2sUYv"
+TX_OPTIONS = {"commitment": "confirmed", "maxSupportedTransactionVersion": 0}
 
 
 def proto(*subs: dict) -> HeliusProtocol:
@@ -308,11 +309,89 @@ def test_bad_frames_are_rejected(raw):
         ({"name": "x", "method": "logsSubscribe", "params": [{"mentions": ["a", "b"]}]}, r"s.params\[0\]"),
         ({"name": "x", "method": "slotSubscribe", "params": ["x"]}, "s.params"),
         ({"name": "x", "method": "accountSubscribe", "params": [USDC, {"commitment": "soon"}]}, "commitment"),
+        (
+            {"name": "x", "method": "transactionSubscribe", "params": ["all", TX_OPTIONS]},
+            r"s.params\[0\]: expected a filter",
+        ),
+        (
+            {"name": "x", "method": "transactionSubscribe", "params": [{"votes": False}, TX_OPTIONS]},
+            r"params\[0\].votes",
+        ),
+        (
+            {"name": "x", "method": "transactionSubscribe", "params": [{"failed": "no"}, TX_OPTIONS]},
+            r"params\[0\].failed",
+        ),
+        (
+            {"name": "x", "method": "transactionSubscribe", "params": [{"accountInclude": USDC}, TX_OPTIONS]},
+            r"params\[0\].accountInclude: expected a list",
+        ),
+        (
+            {
+                "name": "x",
+                "method": "transactionSubscribe",
+                "params": [{"accountRequired": [USDC] * 50_001}, TX_OPTIONS],
+            },
+            r"accountRequired: at most 50,000 addresses, got 50,001",
+        ),
+        (
+            {"name": "x", "method": "transactionSubscribe", "params": [{}, {"commitment": "confirmed"}]},
+            r"params\[1\].maxSupportedTransactionVersion: needed with transactionDetails = \"full\"",
+        ),
+        (
+            {
+                "name": "x",
+                "method": "transactionSubscribe",
+                "params": [{}, {**TX_OPTIONS, "transactionDetails": "all"}],
+            },
+            r"params\[1\].transactionDetails",
+        ),
     ],
 )
 def test_bad_subscriptions_name_the_key(sub, key):
     with pytest.raises(ConfigError, match=key):
         HeliusProtocol.parse_subscription(sub, "s")
+
+
+def test_a_transaction_notification_is_one_row_with_its_meta(registry):
+    """Helius's transactionNotification (PROTOCOLS.md 4.8): no context wrapper, a large subscription id."""
+    flt = {"vote": False, "failed": False, "accountInclude": [USDC, TOKEN]}
+    p = proto({"name": "txs", "method": "transactionSubscribe", "params": [flt, TX_OPTIONS]})
+    p.connect()
+    assert [json.loads(f)["params"] for f in p.data_to_send()] == [[flt, TX_OPTIONS]]
+    assert p.receive(ack(1, 4743323479349712), 0) == [SubscriptionAcked("txs")]
+    meta = {
+        "err": None,
+        "status": {"Ok": None},
+        "fee": 5000,
+        "preBalances": [28279852264, 158680],
+        "postBalances": [28279747264, 158680],
+        "innerInstructions": [],
+        "logMessages": ["Program 11111111111111111111111111111111 invoke [1]", "Program 111 success"],
+        "preTokenBalances": [],
+        "postTokenBalances": [],
+        "rewards": None,
+        "loadedAddresses": {"writable": [], "readonly": []},
+        "computeUnitsConsumed": 150,
+    }
+    result = {
+        "transaction": {"transaction": ["AQID", "base64"], "meta": meta, "version": 0},
+        "signature": SIG,
+        "slot": 224341380,
+        "transactionIndex": 7,
+    }
+    (rows,) = p.receive(notify("transactionNotification", 4743323479349712, result), T0)
+    assert isinstance(rows, Rows) and rows.dataset == "solana_transactions" and rows.subscription == "txs"
+    row = build_table(registry["solana_transactions"], [rows]).table.to_pylist()[0]
+    assert {k: row[k] for k in ("commitment", "slot", "signature", "transaction_index", "err", "fee")} == {
+        "commitment": "confirmed",
+        "slot": 224341380,
+        "signature": SIG,
+        "transaction_index": 7,
+        "err": None,
+        "fee": 5000,
+    }
+    assert row["compute_units_consumed"] == 150 and json.loads(row["pre_balances"]) == meta["preBalances"]
+    assert row["log_messages"] == meta["logMessages"] and row["_dedup_key"] == row["_tracing_id"] != ""
 
 
 def test_pings_go_out_on_schedule_at_least_every_minute():
