@@ -241,8 +241,6 @@ class Collector:
         finally:
             self._deadline, self._ws = None, None
             self.protocol.connection_lost()
-            if time.monotonic() - started >= self.config.backoff.healthy_after:
-                self._replacement = 0  # whatever token this was, it served: it may be replaced
             if self._lost_at is None:
                 self._lost_at = time.monotonic()
             if self._lost_at_ns is None:
@@ -533,6 +531,8 @@ class Collector:
             elif now - max(seen_at, since) >= idle and not self._stopping:
                 self._arm_deadline(0.0)
                 return
+            if self._replacement and now - opened >= self.config.backoff.healthy_after:
+                self._replacement = 0  # this socket's token served a healthy session: replaceable again
             if silent_after and not silence_told and since is not None and not self._stopping:
                 reading_for = now - opened - (self._paused_for - paused_before)
                 if reading_for >= silent_after:

@@ -113,7 +113,7 @@ def collect(metrics: Metrics, buffer: BufferStats, extras: Extras, latency: Flus
     for s in p:
         state.add(1, provider=s.name, state=s.state)
         for sub, sub_state in sorted(s.subscriptions.items()):
-            subs.add(1, provider=s.name, subscription=sub, state=sub_state)
+            subs.add(1, provider=s.name, subscription=sub, state=redact(sub_state))  # a server's words
     rows = Family("ingest_provider_rows_total", "counter", "Rows written to every sink, by provider.")
     for name, n in sorted(metrics.rows_by_provider.items()):
         rows.add(n, provider=name)

@@ -114,7 +114,7 @@ def print_summary(result: RunResult, config: Config, registry: Registry, console
     console.print(providers)
     # The ones a user must look at: a silent one stored nothing, a refused one never will.
     idle = [
-        f"{p.name}/{name} ({state})"
+        f"{p.name}/{name} ({redact(state)})"
         for p in m.providers.values()
         for name, state in p.subscriptions.items()
         if state == "silent" or state.startswith("failed")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import pytest
 
@@ -153,21 +154,23 @@ async def test_bitquery_over_the_plans_cap_a_subscription_is_reported_silent(reg
 
 
 class _Pulsing:
-    """The buffer as the driver sees it, short of room on one read in three for 20 ms."""
+    """The buffer as the driver sees it, short of room for 20 ms every 100 ms of reading (by the
+    clock, not by reads: on a loaded machine reads come back to back and would be paused nearly
+    all the time)."""
 
     def __init__(self, buffer) -> None:
-        self._buffer, self._reads = buffer, 0
+        self._buffer, self._last = buffer, time.monotonic()
 
     def __getattr__(self, name):
         return getattr(self._buffer, name)
 
     @property
     def congested(self) -> bool:
-        self._reads += 1
-        return self._reads % 3 == 0
+        return time.monotonic() - self._last >= 0.1
 
     async def wait_for_room(self) -> None:
         await asyncio.sleep(0.02)
+        self._last = time.monotonic()
 
 
 async def test_bitquery_a_silent_subscription_is_reported_under_steady_backpressure(registry):
@@ -178,8 +181,9 @@ async def test_bitquery_a_silent_subscription_is_reported_under_steady_backpress
         col, buffer = collector(registry, provider_config("bitquery", emu.url, subs, silent_after=0.5), KEY)
         col._sink = _Pulsing(buffer)
         task = asyncio.create_task(col.run())
-        await eventually(lambda: col.stats.subscriptions["transfers"] == "silent", 5, "silent")
+        await eventually(lambda: col.stats.subscriptions["transfers"] == "silent", 10, "silent")
         assert col.stats.subscriptions["blocks"] == "active" and col.stats.frames > 20
+        assert col._paused_for > 0.1  # the reader did wait for room meanwhile
         await col.stop()
         await asyncio.wait_for(task, 10)
 

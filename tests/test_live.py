@@ -17,6 +17,7 @@ from ingest.buffer import Buffer
 from ingest.config import FlushPolicy, parse_config
 from ingest.events import Rows
 from ingest.live import LiveView, progress_logger
+from ingest.log import forget_secret, register_secret
 from ingest.metrics import Metrics, SinkFailure
 from ingest.sinks.duckdb import DuckDBSink
 
@@ -94,11 +95,15 @@ def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(regis
     result = RunResult(metrics, {ds.name: 3})
     summary.print_summary(result, config, registry, Console(file=out, width=200))
     assert limits == ["128.0 MiB"] and "not delivering" not in out.getvalue()
-    metrics.provider("blockdb").subscriptions.update({"1:0101": "silent", "1:0701": "failed: [FORBIDDEN]"})
+    register_secret("bdb-key-7f3a")  # a server that quotes the key in its refusal: masked here too
+    failed = "failed: [FORBIDDEN] for bdb-key-7f3a"
+    metrics.provider("blockdb").subscriptions.update({"1:0101": "silent", "1:0701": failed})
     out = io.StringIO()
     summary.print_summary(result, config, registry, Console(file=out, width=200))
-    assert "subscriptions not delivering: blockdb/1:0101 (silent); blockdb/1:0701 (failed: [FORBIDDEN])" in (
-        out.getvalue()
+    forget_secret("bdb-key-7f3a")
+    assert (
+        "subscriptions not delivering: blockdb/1:0101 (silent); blockdb/1:0701 (failed: [FORBIDDEN] for ***)"
+        in (out.getvalue())
     )
     stored = [line.split("│") for line in out.getvalue().splitlines() if "2025-11-11" in line]
     assert [(cells[1].strip(), cells[2].strip()) for cells in stored] == [("blockdb_transfers", "3")]

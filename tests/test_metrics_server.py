@@ -197,6 +197,17 @@ async def test_a_sink_failing_for_longer_than_max_frame_age_is_unhealthy(served)
     forget_secret("s3-secret-key-0042")
 
 
+async def test_a_subscription_state_quoting_a_secret_is_masked_in_the_metrics(served):
+    server, http, metrics, _ = served
+    register_secret("bdb-key-51c9")
+    metrics.providers["blockdb"].subscriptions["eth_blocks"] = "failed: bad key bdb-key-51c9"
+    try:
+        text = await scrape(server, http)
+    finally:
+        forget_secret("bdb-key-51c9")
+    assert "bdb-key-51c9" not in text and 'state="failed: bad key ***"' in text
+
+
 async def test_without_a_frame_clock_a_reconnecting_stream_is_unhealthy(registry):
     """With no last-frame source, only connected streams count as healthy."""
     metrics, buffer = known_state(registry)

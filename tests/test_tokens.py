@@ -325,7 +325,8 @@ async def test_a_token_refused_at_connection_init_is_replaced_once(
         task = asyncio.create_task(col.run())
         await eventually(lambda: blocks(buffer) >= 2, 5, "rows with the first token")
         for refusal in (1, 2):  # the second time, the refused token is the first one's replacement
-            await asyncio.sleep(0.4)  # a healthy session (backoff.healthy_after) with this token
+            # A healthy session with this token (backoff.healthy_after, as the watchdog's 1 s tick sees it).
+            await asyncio.sleep(1.2)
             emu.revoke_tokens()
             await emu.drop_connections()
             before = blocks(buffer)
@@ -335,6 +336,26 @@ async def test_a_token_refused_at_connection_init_is_replaced_once(
         # Connected with the old token (refused at init), then at once with a new one: no backoff.
         assert emu.auth_rejected == 2 and emu.tokens_issued == 3 and tokens.fetches == 3
         assert col.stats.connects == 5 and emu.connections_total == 5 and col.stats.state == "stopped"
+
+
+async def test_after_a_healthy_session_a_replacement_refused_at_once_stops_the_collector(
+    registry: Registry,
+) -> None:
+    """The first token served for a while, then was refused: one replacement, and when that is
+    refused straight away too, the collector stops (two tokens, not a third)."""
+    async with BitqueryEmulator(
+        client_id=CLIENT_ID, client_secret=SECRET, block_interval=0.05, auth_at="init"
+    ) as emu:
+        col, buffer, tokens = oauth_collector(registry, emu)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: blocks(buffer) >= 2, 5, "rows with the first token")
+        await asyncio.sleep(1.2)  # longer than backoff.healthy_after, as the watchdog's 1 s tick sees it
+        emu.token_lifetime = 0  # from now on every token it issues has expired when it is used
+        emu.revoke_tokens()
+        await emu.close_connections(4403, "Forbidden")  # the open socket's token refused, late in its life
+        await asyncio.wait_for(task, 5)
+    assert col.stats.state == "failed" and "4403" in col.stats.last_error
+    assert emu.tokens_issued == 2 and tokens.fetches == 2 and emu.auth_rejected == 1
 
 
 @pytest.mark.parametrize("subprotocol", ["graphql-transport-ws", "graphql-ws"])

@@ -93,9 +93,13 @@ def test_a_transaction_seen_at_two_commitments_is_one_row_at_the_higher(tmp_path
         "SELECT signature, slot, transaction_index, err, fee, commitment, final"
         " FROM solana_transactions_by_signature"
     )
-    con = store(registry, tmp_path, "solana_transactions", rows[:2])
+    con = store(registry, tmp_path, "solana_transactions", rows[:1])
+    assert con.sql(query).fetchall() == [("Sig1", 500, 3, None, 5000, "processed", False)]  # no root yet
+    con.close()
+    con = store(registry, tmp_path, "solana_transactions", rows[1:2])
     assert con.sql("SELECT count(*) FROM solana_transactions").fetchall() == [(2,)]
-    assert con.sql(query).fetchall() == [("Sig1", 500, 3, None, 5000, "finalized", False)]  # no root yet
+    # Received at finalized: final, whether a root was seen or not (no rootSubscribe at all, say).
+    assert con.sql(query).fetchall() == [("Sig1", 500, 3, None, 5000, "finalized", True)]
     con.close()
     sink = DuckDBSink(tmp_path / "ingest.duckdb")
     sink.open(registry.values())

@@ -45,6 +45,7 @@ _TX_FLAGS = ("vote", "failed")
 _TX_LISTS = ("accountInclude", "accountExclude", "accountRequired")
 _TX_LIST_MAX = 50_000
 _TX_DETAILS = ("full", "signatures", "accounts", "none")
+_TX_ENCODINGS = ("base58", "base64", "jsonParsed")
 _RETRYABLE = frozenset({-32603})  # internal error, e.g. the node's subscription limit
 
 
@@ -156,6 +157,14 @@ def _transaction_params(flt: Any, options: Mapping[str, Any], where: str) -> Non
             raise ConfigError(
                 f"{where}.params[0].{key}: at most {_TX_LIST_MAX:,} addresses, got {len(addresses):,}"
             )
+    encoding = options.get("encoding", "base64")
+    if encoding not in _TX_ENCODINGS:
+        raise ConfigError(f"{where}.params[1].encoding: expected one of {', '.join(_TX_ENCODINGS)}")
+    version = options.get("maxSupportedTransactionVersion", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= 255:
+        raise ConfigError(f"{where}.params[1].maxSupportedTransactionVersion: expected an integer (0)")
+    if not isinstance(options.get("showRewards", False), bool):
+        raise ConfigError(f"{where}.params[1].showRewards: expected true or false")
     details = options.get("transactionDetails", "full")
     if details not in _TX_DETAILS:
         raise ConfigError(f"{where}.params[1].transactionDetails: expected one of {', '.join(_TX_DETAILS)}")

@@ -345,6 +345,26 @@ def test_bad_frames_are_rejected(raw):
             },
             r"params\[1\].transactionDetails",
         ),
+        *[
+            (
+                {"name": "x", "method": "transactionSubscribe", "params": [{}, {**TX_OPTIONS, key: value}]},
+                message,
+            )
+            for key, value, message in [
+                ("encoding", "binary", r"params\[1\].encoding: expected one of base58, base64, jsonParsed"),
+                (
+                    "maxSupportedTransactionVersion",
+                    "0",
+                    r"maxSupportedTransactionVersion: expected an integer",
+                ),
+                (
+                    "maxSupportedTransactionVersion",
+                    256,
+                    r"maxSupportedTransactionVersion: expected an integer",
+                ),
+                ("showRewards", "yes", r"params\[1\].showRewards: expected true or false"),
+            ]
+        ],
     ],
 )
 def test_bad_subscriptions_name_the_key(sub, key):

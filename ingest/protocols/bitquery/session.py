@@ -32,9 +32,6 @@ _PLAN_LIMIT = re.compile(
     r"|usage quota|billing period",
     re.IGNORECASE,
 )
-# A graphql-ws `connection_error` before the ack that refuses the token (a new one may do), not,
-# say, "Too Many Sessions: 429", which is fatal as it stands.
-_AUTH_WORDS = re.compile(r"unauthori[sz]ed|forbidden|token|auth|\b40[13]\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +276,8 @@ class BitqueryProtocol:
             return []
         if kind == "connection_error":
             text = _messages(_decode_any(bytes(msg.payload)) if bytes(msg.payload) != b"null" else "")
-            if not self._acked:  # refused before the ack: the token, unless the words say otherwise
-                return [FatalError(f"connection refused: {text}", auth=_AUTH_WORDS.search(text) is not None)]
+            if not self._acked:  # refused before the ack: the token (a new one may do), unless a plan's limit
+                return [FatalError(f"connection refused: {text}", auth=_PLAN_LIMIT.search(text) is None)]
             return [Notice("", f"server reported: {text}")]
         return [self._reject(frame, f"unknown message type {kind!r}", received_at)]
 
