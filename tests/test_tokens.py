@@ -5,8 +5,10 @@ reconnecting with a new token, and the daemon on the demo path. All on 127.0.0.1
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -312,18 +314,28 @@ async def test_a_token_refused_twice_stops_the_collector(registry: Registry) -> 
         assert emu.tokens_issued == 2 and emu.auth_rejected == 2 and emu.connections_total == 0
 
 
-@pytest.mark.parametrize("subprotocol", ["graphql-transport-ws", "graphql-ws"])
-async def test_a_token_refused_at_connection_init_is_replaced_once(
-    registry: Registry, subprotocol: str
-) -> None:
-    # A server that checks the token at connection_init (4403, or connection_error on graphql-ws)
-    # instead of at the upgrade: the same rule, one new token (PROTOCOLS.md 1.11).
+@contextlib.asynccontextmanager
+async def checking_at_init(
+    registry: Registry, subprotocol: str = "graphql-transport-ws"
+) -> AsyncIterator[tuple[BitqueryEmulator, Collector, Buffer, TokenSource, asyncio.Task[None]]]:
+    """An emulator that checks tokens at connection_init, and an OAuth collector whose first
+    token has delivered rows."""
     async with BitqueryEmulator(
         client_id=CLIENT_ID, client_secret=SECRET, block_interval=0.05, auth_at="init"
     ) as emu:
         col, buffer, tokens = oauth_collector(registry, emu, options={"subprotocol": subprotocol})
         task = asyncio.create_task(col.run())
         await eventually(lambda: blocks(buffer) >= 2, 5, "rows with the first token")
+        yield emu, col, buffer, tokens, task
+
+
+@pytest.mark.parametrize("subprotocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_a_token_refused_at_connection_init_is_replaced_once(
+    registry: Registry, subprotocol: str
+) -> None:
+    # A server that checks the token at connection_init (4403, or connection_error on graphql-ws)
+    # instead of at the upgrade: the same rule, one new token (PROTOCOLS.md 1.11).
+    async with checking_at_init(registry, subprotocol) as (emu, col, buffer, tokens, task):
         for refusal in (1, 2):  # the second time, the refused token is the first one's replacement
             # A healthy session with this token (backoff.healthy_after, as the watchdog's 1 s tick sees it).
             await asyncio.sleep(1.2)
@@ -343,12 +355,7 @@ async def test_after_a_healthy_session_a_replacement_refused_at_once_stops_the_c
 ) -> None:
     """The first token served for a while, then was refused: one replacement, and when that is
     refused straight away too, the collector stops (two tokens, not a third)."""
-    async with BitqueryEmulator(
-        client_id=CLIENT_ID, client_secret=SECRET, block_interval=0.05, auth_at="init"
-    ) as emu:
-        col, buffer, tokens = oauth_collector(registry, emu)
-        task = asyncio.create_task(col.run())
-        await eventually(lambda: blocks(buffer) >= 2, 5, "rows with the first token")
+    async with checking_at_init(registry) as (emu, col, _, tokens, task):
         await asyncio.sleep(1.2)  # longer than backoff.healthy_after, as the watchdog's 1 s tick sees it
         emu.token_lifetime = 0  # from now on every token it issues has expired when it is used
         emu.revoke_tokens()
@@ -468,11 +475,8 @@ async def test_a_token_endpoint_that_is_down_is_retried_with_backoff(registry: R
 # -- the daemon ------------------------------------------------------------------------------------
 
 
-async def test_the_daemon_with_oauth_against_the_emulator_renews_tokens(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("BQ_CLIENT_ID", CLIENT_ID)
-    monkeypatch.setenv("BQ_CLIENT_SECRET", SECRET)
+def emulated_config(tmp_path: Path, provider_keys: str) -> Path:
+    """A config file: Parquet only, one Bitquery provider on the emulator with these extra keys."""
     cfg = tmp_path / "ingest.toml"
     cfg.write_text(f"""
 [storage]
@@ -482,14 +486,26 @@ duckdb = false
 [providers.bitquery]
 url = "emulator"
 auth.in = "query"
-auth.oauth = {{ client_id_env = "BQ_CLIENT_ID", client_secret_env = "BQ_CLIENT_SECRET" }}
-backoff = {{ initial = 0.02, max = 0.1, healthy_after = 0.3 }}
-emulator = {{ block_interval = 0.05, token_lifetime = 1 }}
+{provider_keys}
 
 [[providers.bitquery.subscriptions]]
 name = "blocks"
 query = "{BLOCKS}"
 """)
+    return cfg
+
+
+async def test_the_daemon_with_oauth_against_the_emulator_renews_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BQ_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("BQ_CLIENT_SECRET", SECRET)
+    cfg = emulated_config(
+        tmp_path,
+        """auth.oauth = { client_id_env = "BQ_CLIENT_ID", client_secret_env = "BQ_CLIENT_SECRET" }
+backoff = { initial = 0.02, max = 0.1, healthy_after = 0.3 }
+emulator = { block_interval = 0.05, token_lifetime = 1 }""",
+    )
     config = load_config(cfg)
     provider: ProviderConfig = config.providers[0]
     assert provider.auth.oauth is not None and provider.auth.oauth.token_url is None
@@ -512,21 +528,7 @@ query = "{BLOCKS}"
 
 
 async def test_an_emulator_option_of_a_wrong_value_is_a_config_error(tmp_path: Path) -> None:
-    cfg = tmp_path / "ingest.toml"
-    cfg.write_text(f"""
-[storage]
-data_dir = "{tmp_path / "data"}"
-duckdb = false
-
-[providers.bitquery]
-url = "emulator"
-auth.in = "query"
-emulator = {{ auth_at = "handshake" }}
-
-[[providers.bitquery.subscriptions]]
-name = "blocks"
-query = "{BLOCKS}"
-""")
+    cfg = emulated_config(tmp_path, 'emulator = { auth_at = "handshake" }')
     code, _, err = await run_cli("run", "--config", str(cfg), "--duration", "2", "--no-live", cwd=tmp_path)
     assert code == 2
     expected = "providers.bitquery.emulator: auth_at must be 'upgrade' or 'init', not 'handshake'"
