@@ -404,6 +404,7 @@ async def test_the_built_in_demo_ingests_all_four_providers(tmp_path, monkeypatc
         )
         assert db.execute(sql).fetchone() == via_parquet.execute(sql).fetchone(), name
     assert db.execute("SELECT count(*) FROM quarantine").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM solana_transactions").fetchone()[0] > 0  # every provider's kinds
 
 
 @pytest.mark.parametrize("fmt", ["table", "csv", "json"])
