@@ -560,7 +560,8 @@ class Collector:
         hint = getattr(self.protocol, "silence_hint", "no acknowledgement and no data since it was sent")
         for name in [n for n, state in subs.items() if state == "pending"]:
             subs[name] = "silent"
-            self.log.warning("subscription silent", subscription=name, seconds=round(waited), hint=hint)
+            said = hint(name) if callable(hint) else hint  # per subscription, or one for the provider
+            self.log.warning("subscription silent", subscription=name, seconds=round(waited), hint=said)
 
 
 def _parsed_queue(ws: aiohttp.ClientWebSocketResponse) -> Sized:

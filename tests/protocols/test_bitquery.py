@@ -492,3 +492,29 @@ def test_the_typed_and_the_general_reader_agree(raw, subprotocol):
     for text in (raw, raw.decode("utf-8")):
         assert fast.receive(text, 1) == general._receive_any(text, 1)
         assert fast.state() == general.state() and fast.active == general.active
+
+
+def test_the_silence_hint_names_the_cubes_bitquery_never_pushes_or_sunset():
+    """What the driver's silent-subscription warning says (PROTOCOLS.md 1.6), aliases seen through."""
+    p = BitqueryProtocol(
+        "bitquery",
+        [
+            BitqueryProtocol.parse_subscription({"name": n, "query": q}, f"s[{i}]")
+            for i, (n, q) in enumerate(
+                [
+                    ("uncles", "subscription { EVM(network: eth) { u: Uncles { Block { Number } } } }"),
+                    (
+                        "balances",
+                        "subscription { EVM(network: eth) { BalanceUpdates { Block { Number } } } }",
+                    ),
+                    ("blocks", BLOCKS),
+                ]
+            )
+        ],
+    )
+    assert (
+        p.silence_hint("uncles")
+        == "EVM.Uncles: Bitquery accepts a subscription and never pushes (query it instead)"
+    )
+    assert p.silence_hint("balances").startswith("EVM.BalanceUpdates: sunset by Bitquery on 10 August 2026")
+    assert "concurrent-subscription cap" in p.silence_hint("blocks")

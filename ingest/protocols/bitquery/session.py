@@ -25,6 +25,11 @@ __all__ = ["LEGACY", "TRANSPORT", "BitqueryProtocol", "BitquerySubscription"]
 
 LEGACY = "graphql-ws"
 TRANSPORT = "graphql-transport-ws"
+# Cubes that accept a subscription and stay silent, and cubes sunset on 10 August 2026 (PROTOCOLS.md 1.6).
+_NEVER_PUSH = frozenset(
+    {("EVM", "Balances"), ("EVM", "Holders"), ("EVM", "Uncles"), ("Tron", "Balances"), ("Tron", "Holders")}
+)
+_SUNSET = frozenset({("EVM", "BalanceUpdates"), ("EVM", "TokenHolders"), ("Tron", "BalanceUpdates")})
 _TYPES = {LEGACY: ("start", "data", "stop"), TRANSPORT: ("subscribe", "next", "complete")}
 # Operation errors that say a plan's limit was reached, not that the query is wrong (PROTOCOLS.md 1.6).
 _PLAN_LIMIT = re.compile(
@@ -154,11 +159,6 @@ class BitqueryProtocol:
     linger: ClassVar[float] = 0.3  # `complete` is never acknowledged
     plan_limit_retry: ClassVar[float] = 300.0  # seconds until a start refused over a plan limit is retried
     default_ping_interval: ClassVar[float] = 0.0  # ka / pong frames carry liveness
-    # What a subscription without data may mean (the driver's silent_after; not in ProviderProtocol).
-    silence_hint: ClassVar[str] = (
-        "no data since it was sent: Bitquery answers nothing over the plan's concurrent-subscription "
-        "cap, and some cubes never push (Balances, Holders, Uncles; PROTOCOLS.md 1.6)"
-    )
 
     def __init__(
         self, name: str, subscriptions: list[BitquerySubscription], options: Mapping[str, Any] | None = None
@@ -283,6 +283,20 @@ class BitqueryProtocol:
 
     def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
         return read_frames(self, frames, received_at, positions)
+
+    def silence_hint(self, subscription: str) -> str:
+        """What a subscription without data may mean (the driver's silent_after; not in ProviderProtocol):
+        its own cubes first, where PROTOCOLS.md 1.6 knows they never push or were sunset."""
+        sub = self._desired.get(subscription)
+        cubes = sorted({(c.root, c.cube) for c in sub.cubes.values()}) if sub else []
+        if never := [f"{root}.{cube}" for root, cube in cubes if (root, cube) in _NEVER_PUSH]:
+            return f"{', '.join(never)}: Bitquery accepts a subscription and never pushes (query it instead)"
+        if sunset := [f"{root}.{cube}" for root, cube in cubes if (root, cube) in _SUNSET]:
+            return f"{', '.join(sunset)}: sunset by Bitquery on 10 August 2026, the stream may send nothing"
+        return (
+            "no data since it was sent: Bitquery answers nothing over the plan's concurrent-subscription "
+            "cap, and some cubes never push (PROTOCOLS.md 1.6)"
+        )
 
     def data_to_send(self) -> list[str]:
         out, self._outbox = self._outbox, []
