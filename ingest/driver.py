@@ -557,11 +557,11 @@ class Collector:
         idle timeout reconnects), so this is the provider ignoring them, which some do without a
         word (PROTOCOLS.md 1.6: Bitquery over a plan's cap). Told once a connection."""
         subs = self.stats.subscriptions
-        hint = getattr(self.protocol, "silence_hint", "no acknowledgement and no data since it was sent")
+        hint_for = getattr(self.protocol, "silence_hint", None)
         for name in [n for n, state in subs.items() if state == "pending"]:
             subs[name] = "silent"
-            said = hint(name) if callable(hint) else hint  # per subscription, or one for the provider
-            self.log.warning("subscription silent", subscription=name, seconds=round(waited), hint=said)
+            hint = hint_for(name) if hint_for else "no acknowledgement and no data since it was sent"
+            self.log.warning("subscription silent", subscription=name, seconds=round(waited), hint=hint)
 
 
 def _parsed_queue(ws: aiohttp.ClientWebSocketResponse) -> Sized:

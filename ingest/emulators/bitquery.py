@@ -261,10 +261,6 @@ class BitqueryEmulator(EmulatorServer):
         if conn.open and not session.init:
             self.spawn(self.close_connection(conn, 4408, "Connection initialisation timeout"))
 
-    async def _close_later(self, conn: Connection, code: int, reason: str) -> None:
-        await asyncio.sleep(0.01)
-        await self.close_connection(conn, code, reason)
-
     async def _heartbeat(self, conn: Connection, frame: bytes, interval: float) -> None:
         """`ka` or unsolicited `pong` right away and then every `interval`; offer() drops them when silent."""
         while conn.open:
@@ -312,7 +308,7 @@ class BitqueryEmulator(EmulatorServer):
             if not session.authorized:
                 # The Apollo reference server: the refusal, then a close 10 ms later.
                 self._send(conn, {"type": "connection_error", "payload": {"message": "Forbidden"}})
-                self.spawn(self._close_later(conn, 1011, "Forbidden"))
+                self.spawn(self.close_later(conn, 0.01, 1011, "Forbidden"))
                 return
             session.init = True
             self.offer(conn, _ACK)

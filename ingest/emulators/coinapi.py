@@ -307,12 +307,7 @@ class CoinAPIEmulator(EmulatorServer):
         delay = float(within_seconds) if close_after is None else close_after
         for conn in self.connections:
             if self.offer(conn, frame, RECONNECT):
-                self.spawn(self._close_later(conn, delay))
-
-    async def _close_later(self, conn: Connection, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if conn.open:
-            await self.close_connection(conn, self.reconnect_close_code)
+                self.spawn(self.close_later(conn, delay, self.reconnect_close_code))
 
     def burst(self, n_ticks: int) -> None:
         """Produce `n_ticks` extra ticks now, back to back, as fast as the sockets drain."""

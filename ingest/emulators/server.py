@@ -217,6 +217,12 @@ class EmulatorServer:
         """Send a close frame with `code` and `reason` on every open connection."""
         await asyncio.gather(*(self.close_connection(c, code, reason) for c in tuple(self._connections)))
 
+    async def close_later(self, conn: Connection, delay: float, code: int, reason: str = "") -> None:
+        """Close one connection `delay` seconds from now, unless it is gone by then."""
+        await asyncio.sleep(delay)
+        if conn.open:
+            await self.close_connection(conn, code, reason)
+
     async def close_connection(self, conn: Connection, code: int, reason: str = "") -> None:
         """Send a close frame with `code` on one connection; return once it is written.
 

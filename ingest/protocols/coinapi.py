@@ -161,11 +161,6 @@ class CoinAPIProtocol:
     )
     fatal_close_codes: ClassVar[frozenset[int]] = frozenset()
     auth_close_codes: ClassVar[frozenset[int]] = frozenset()  # a bad key is an `error` message
-    # CoinAPI acknowledges nothing: a subscription is live at its first data (the driver's silent_after).
-    silence_hint: ClassVar[str] = (
-        "no data since the hello: CoinAPI sends nothing for filters that match no symbol, exchange "
-        "or asset (a symbol id misspelt, say), nor for a market without activity"
-    )
     # With heartbeat on, a message comes every second at least: 5 s of nothing is a dead link.
     default_idle_timeout: ClassVar[float] = 5.0
     option_keys: ClassVar[tuple[str, ...]] = ("heartbeat",)
@@ -273,6 +268,14 @@ class CoinAPIProtocol:
 
     def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
         return read_decoded(self, _decode_head, self._read, frames, received_at, positions)
+
+    def silence_hint(self, subscription: str) -> str:
+        """What a subscription without data may mean (the driver's silent_after; not in ProviderProtocol):
+        CoinAPI acknowledges nothing, so a subscription is live at its first data."""
+        return (
+            "no data since the hello: CoinAPI sends nothing for filters that match no symbol, exchange "
+            "or asset (a symbol id misspelt, say), nor for a market without activity"
+        )
 
     def _read(self, raw: bytes, head: _Head, received_at: int, position: int, batch: Batch) -> None:
         """Append what one decoded frame means to the batch."""
