@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from ingest.auth import build_target, read_secret
 from ingest.buffer import Buffer
 from ingest.compact import compact
 from ingest.config import Config, ProviderConfig
+from ingest.downtime import Downtime, Hole
 from ingest.driver import Collector
 from ingest.emulators import EMULATORS
 from ingest.errors import ConfigError
@@ -62,6 +64,7 @@ class Daemon:
         self.metrics_url: str | None = None
         storage = config.storage
         self.journal = Journal(storage.journal_dir / config.instance) if storage.journal_dir else None
+        self.downtime = Downtime(storage.data_dir / "state" / f"{config.instance}.json")
         self._emulators: dict[str, Any] = {}
         self._stop = asyncio.Event()
 
@@ -160,7 +163,16 @@ class Daemon:
             target = build_target(url, p.auth, key)
             tokens = self._token_source(p, client) if client is not None else None
             collectors.append(
-                Collector(p, protocol, target, self.buffer, stats, journal=self.journal, tokens=tokens)
+                Collector(
+                    p,
+                    protocol,
+                    target,
+                    self.buffer,
+                    stats,
+                    journal=self.journal,
+                    tokens=tokens,
+                    on_connect=self._save_holes,
+                )
             )
         return collectors
 
@@ -210,6 +222,8 @@ class Daemon:
                 if leftover:
                     await self._replay(leftover, protocols)
                 self.collectors = await self._collectors(protocols, keys, clients)
+                self._resume_holes()
+                beat = tg.create_task(self.downtime.keep(self._holes, time.time_ns), name="downtime")
                 if on_start is not None:
                     on_start()
                 tasks = [tg.create_task(c.run(), name=f"collector-{c.config.name}") for c in self.collectors]
@@ -217,9 +231,13 @@ class Daemon:
                 log.info("stopping: unsubscribing and flushing")
                 await asyncio.gather(*(c.stop() for c in self.collectors))
                 await asyncio.gather(*tasks)
+                beat.cancel()
                 self.buffer.close()
                 await writer_task
                 drained = True
+                now = time.time_ns()  # every gap is in the sinks now: none needs recording again
+                holes = {n: msgspec.structs.replace(h, closed=None) for n, h in self._holes(now).items()}
+                await asyncio.to_thread(self.downtime.write, holes, now)
                 ticker.cancel()
                 syncer.cancel()
                 compactor.cancel()
@@ -235,6 +253,31 @@ class Daemon:
                 await emulator.stop()
         failed = [c.config.name for c in self.collectors if c.stats.state == "failed"]
         return RunResult(self.metrics, dict(self.buffer.received), sent, time.monotonic() - started, failed)
+
+    def _resume_holes(self) -> None:
+        """Open, in each collector, the hole the last run of this instance left (ingest.downtime)."""
+        configured = {p.name: tuple(s.name for s in p.subscriptions) for p in self.config.providers}
+        holes = self.downtime.read(configured)
+        for collector in self.collectors:
+            hole = holes.get(collector.config.name)
+            if hole is not None:
+                collector.resume(hole)
+
+    def _holes(self, now: int) -> dict[str, Hole]:
+        if self.journal is not None:
+            # "Receiving until now" only once the journal holds what was received until now.
+            self.journal.write()
+        holes = {c.config.name: c.hole(now) for c in self.collectors}
+        return {name: hole for name, hole in holes.items() if hole is not None}
+
+    def _save_holes(self) -> None:
+        """Write the state at once, on the event loop: without fsync (a killed process keeps what
+        it wrote; the next beat, within seconds, syncs it)."""
+        now = time.time_ns()
+        try:
+            self.downtime.write(self._holes(now), now, sync=False)
+        except OSError as exc:  # a full disk must not cost the connection: the beat tries again
+            log.error("state file not written", path=str(self.downtime.path), error=str(exc))
 
     async def ingest_offline(self, records: Iterable[Record]) -> ReplayStats:
         """`replay`: records through the protocols into the sinks, no sockets, no journal of its own."""

@@ -32,6 +32,7 @@ from tenacity import (
 
 from ingest.auth import Target, build_target
 from ingest.config import ProviderConfig
+from ingest.downtime import Closed, Hole
 from ingest.errors import AuthRejected, Disconnected, Fatal, ProtocolFatal, Silent, Transient
 from ingest.events import (
     FatalError,
@@ -99,8 +100,10 @@ class Collector:
         close_timeout: float = 3.0,
         journal: Journal | None = None,
         tokens: TokenSource | None = None,
+        on_connect: Callable[[], None] | None = None,
     ) -> None:
-        """With `tokens`, `target` is the URL without a key: each connect adds the current token."""
+        """With `tokens`, `target` is the URL without a key: each connect adds the current token.
+        `on_connect` runs at each connect, before the gap it closes is recorded (ingest.downtime)."""
         self.config = config
         self.protocol = protocol
         self._target = target
@@ -128,6 +131,12 @@ class Collector:
         self._stop_at = 0.0
         self._lost_at: float | None = None
         self._lost_at_ns: int | None = None  # wall clock of the last loss, for the gaps table
+        # What the hole open since _lost_at_ns is: a loss of this run, or (resume) the downtime
+        # before it, for the subscriptions the last run had.
+        self._hole_kind = "disconnected"
+        self._hole_subscriptions: tuple[str, ...] = tuple(s.name for s in config.subscriptions)
+        self._closed: Closed | None = None  # the last hole closed (recorded as gaps) by a connect
+        self._on_connect = on_connect
         # Loop time reading last (re)started; None while the reader waits for buffer room, which the
         # watchdog must not take for silence.
         self._reading_since: float | None = 0.0
@@ -138,6 +147,30 @@ class Collector:
             stats.subscriptions[sub.name] = "pending"
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    def resume(self, hole: Hole) -> None:
+        """Before run(): the last run of this instance left these subscriptions unreceived since
+        `hole.since`; the first connect records that as a `down` gap (see ingest.downtime). The
+        hole that run closed last is recorded again: the same rows, in case its journal did not
+        have them when it died (the views count them once)."""
+        if hole.closed is not None:
+            self._record(hole.closed)
+        self._lost_at_ns = hole.since
+        self._hole_kind = "down"
+        self._hole_subscriptions = hole.subscriptions
+
+    def hole(self, now: int) -> Hole | None:
+        """What is not being received as of `now`: since the loss while disconnected (or stopped),
+        since now while connected; None before the first connection of a run with nothing to resume."""
+        if self._lost_at_ns is not None:
+            return Hole(self._lost_at_ns, self._hole_subscriptions, self._closed)
+        if self.stats.connects:
+            return Hole(now, tuple(s.name for s in self.config.subscriptions), self._closed)
+        return None
+
+    def _record(self, closed: Closed) -> None:
+        for name in closed.subscriptions:
+            self._gap(Gap(self.config.name, name, closed.kind, closed.started, closed.ended), closed.ended)
 
     async def run(self) -> None:
         """Collect until stop(); returns after a Fatal error too (reported, not raised)."""
@@ -302,12 +335,19 @@ class Collector:
         if self._lost_at is not None:
             self.stats.disconnected_seconds += time.monotonic() - self._lost_at
             self._lost_at = None
+        closed = None
         if self._lost_at_ns is not None:
-            # Nothing was received from the loss until the subscriptions were sent again.
-            now = time.time_ns()
-            for sub in self.config.subscriptions:
-                self._gap(Gap(self.config.name, sub.name, "disconnected", self._lost_at_ns, now), now)
-            self._lost_at_ns = None
+            # Nothing was received from the loss (or the last run's end) until the subscribe.
+            closed = Closed(self._hole_kind, self._lost_at_ns, time.time_ns(), self._hole_subscriptions)
+            self._closed, self._lost_at_ns = closed, None
+            self._hole_kind = "disconnected"
+            self._hole_subscriptions = tuple(s.name for s in self.config.subscriptions)
+        if self._on_connect is not None:
+            # The saved state moves past the hole, and holds it, before its gaps are journaled: a
+            # crash between the two has the next run record them, not lose them.
+            self._on_connect()
+        if closed is not None:
+            self._record(closed)
         self.log.info("connected", url=self._target.display_url, connects=self.stats.connects)
         for name in self.stats.subscriptions:
             if not self.stats.subscriptions[name].startswith("failed"):

@@ -85,7 +85,7 @@ class Gap:
 
     provider: str
     subscription: str
-    kind: str  # disconnected | sequence | block
+    kind: str  # disconnected | down (the daemon was not running) | sequence | block
     started_at: int  # ns: last known good
     ended_at: int  # ns: first known good again
     stream: str = ""

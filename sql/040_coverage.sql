@@ -1,7 +1,8 @@
 -- How complete each hour is, per provider and subscription: seconds not received (disconnects
--- until the resubscribe), and the sequence and block-number jumps seen. Gap rows derived twice
--- (a journal replay) share an id and count once. Seconds are split between the hours a gap spans;
--- a jump counts once, in the hour it started, so summing hours never counts it twice.
+-- until the resubscribe, the daemon's own downtime until it subscribed again), and the sequence
+-- and block-number jumps seen. Gap rows derived twice (a journal replay) share an id and count once.
+-- Seconds are split between the hours a gap spans; a jump counts once, in the hour it started, so
+-- summing hours never counts it twice.
 CREATE OR REPLACE VIEW coverage AS
 WITH g AS (
     SELECT * FROM gaps QUALIFY row_number() OVER (PARTITION BY id ORDER BY detected_at) = 1
@@ -17,7 +18,7 @@ SELECT
     provider,
     subscription,
     hour,
-    sum(CASE WHEN kind = 'disconnected'
+    sum(CASE WHEN kind IN ('disconnected', 'down')
              THEN epoch(least(e, hour + INTERVAL 1 HOUR)) - epoch(greatest(s, hour)) ELSE 0 END) AS seconds_missing,
     count(*) FILTER (WHERE kind = 'sequence' AND hour = date_trunc('hour', s)) AS sequence_gaps,
     count(*) FILTER (WHERE kind = 'block'    AND hour = date_trunc('hour', s)) AS block_gaps
