@@ -237,7 +237,7 @@ class Daemon:
                 drained = True
                 now = time.time_ns()  # every gap is in the sinks now: none needs recording again
                 holes = {n: msgspec.structs.replace(h, closed=None) for n, h in self._holes(now).items()}
-                await asyncio.to_thread(self.downtime.write, holes, now)
+                await self.downtime.save(holes, now)
                 ticker.cancel()
                 syncer.cancel()
                 compactor.cancel()
@@ -271,11 +271,12 @@ class Daemon:
         return {name: hole for name, hole in holes.items() if hole is not None}
 
     def _save_holes(self) -> None:
-        """Write the state at once, on the event loop: without fsync (a killed process keeps what
-        it wrote; the next beat, within seconds, syncs it)."""
+        """Write the state at once, without fsync: a killed process keeps what it wrote, and the
+        next beat, within seconds, syncs it."""
         now = time.time_ns()
+        holes = self._holes(now)  # outside the try: a journal that cannot write stops the daemon
         try:
-            self.downtime.write(self._holes(now), now, sync=False)
+            self.downtime.write(holes, now)
         except OSError as exc:  # a full disk must not cost the connection: the beat tries again
             log.error("state file not written", path=str(self.downtime.path), error=str(exc))
 
