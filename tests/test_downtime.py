@@ -24,6 +24,12 @@ SUBS = ("1:0101", "1:0102", "1:0304")  # the subscriptions of tests.test_recover
 SECOND = 1_000_000_000
 
 
+def logged(capsys) -> str:
+    """The log lines so far, wherever the log goes (stdout until a run configures it, then stderr)."""
+    captured = capsys.readouterr()
+    return captured.out + captured.err
+
+
 # -- the state file ------------------------------------------------------------------------------
 
 
@@ -55,9 +61,9 @@ async def test_a_state_that_cannot_be_written_or_read_is_logged_not_fatal(tmp_pa
     await eventually(lambda: calls, what="a beat")
     assert not beat.done()  # the failed write was logged and the beat goes on
     beat.cancel()
-    assert "state file not written" in capsys.readouterr().out
+    assert "state file not written" in logged(capsys)
     assert Downtime(tmp_path).read({"blockdb": ("a",)}) == {}  # a directory: not readable
-    assert "state file not read" in capsys.readouterr().out
+    assert "state file not read" in logged(capsys)
 
 
 async def test_a_state_that_cannot_be_saved_does_not_fail_the_run(tmp_path, monkeypatch, capsys):
@@ -74,7 +80,7 @@ async def test_a_state_that_cannot_be_saved_does_not_fail_the_run(tmp_path, monk
         providers = {"blockdb": {**daemon_runs.blockdb(emu.url), "subscriptions": blocks}}
         daemon = await daemon_runs.run(tmp_path, monkeypatch, providers, 2.5, during=break_state)
     assert daemon.collectors[0].stats.frames > 0
-    assert capsys.readouterr().out.count("state file not written") >= 2  # a beat and the stop
+    assert logged(capsys).count("state file not written") >= 2  # a beat and the stop
 
 
 # -- the collector -------------------------------------------------------------------------------
