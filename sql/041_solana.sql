@@ -1,14 +1,12 @@
--- Solana finality: a slot is final once a root at or above it has been seen (PROTOCOLS.md 4.9).
-CREATE OR REPLACE VIEW solana_final_root AS
-SELECT max(root) AS root FROM solana_roots;
-
 -- Account updates, one row per account and slot: the highest commitment level seen for it
 -- (the same update at processed and at finalized is one event), and whether the slot is final:
--- received at finalized, or at or below a root seen. (Not seen: an update received only at
--- processed in a slot a fork abandoned reads final once a later root passes it; the roots do
--- not say which slots were abandoned.)
+-- received at finalized, or at or below a root seen and not a slot the roots passed over (an
+-- update received at processed in a slot a fork abandoned is never final).
 CREATE OR REPLACE VIEW solana_accounts AS
-SELECT u.*, u.commitment = 'finalized' OR coalesce(u.slot <= f.root, false) AS final
+SELECT u.*, u.commitment = 'finalized' OR (
+           coalesce(u.slot <= f.root, false)
+           AND NOT EXISTS (SELECT 1 FROM solana_unrooted x WHERE u.slot BETWEEN x.first_slot AND x.last_slot)
+       ) AS final
 FROM (
     SELECT pubkey, slot, lamports, owner, executable, rent_epoch, space, data, commitment, _received_at
     FROM solana_account_updates
@@ -26,7 +24,10 @@ QUALIFY row_number() OVER (
 -- seen for it, and whether it is final, by the rule of solana_accounts (PROTOCOLS.md 4.9).
 CREATE OR REPLACE VIEW solana_transactions_by_signature AS
 SELECT t.signature, t.slot, t.transaction_index, t.err, t.fee, t.compute_units_consumed, t.commitment,
-       t._received_at, t.commitment = 'finalized' OR coalesce(t.slot <= f.root, false) AS final
+       t._received_at, t.commitment = 'finalized' OR (
+           coalesce(t.slot <= f.root, false)
+           AND NOT EXISTS (SELECT 1 FROM solana_unrooted x WHERE t.slot BETWEEN x.first_slot AND x.last_slot)
+       ) AS final
 FROM solana_transactions t, solana_final_root f
 QUALIFY row_number() OVER (
     PARTITION BY t.signature

@@ -283,8 +283,15 @@ def test_coverage_splits_seconds_between_hours_and_counts_each_jump_once():
     assert got == [("09", 0.5, 0, 1), ("10", 0.25, 1, 1), ("11", 60.0, 0, 0), ("12", 30.0, 0, 0)]
 
 
-async def test_solana_slots_are_final_once_a_root_covers_them(tmp_path, monkeypatch):
-    async with HeliusEmulator(key=KEY, slot_interval=0.02, finality_lag=4, confirm_lag=1) as emu:
+async def test_solana_slots_are_final_once_a_root_covers_them_unless_a_fork_abandoned_them(
+    tmp_path, monkeypatch
+):
+    """Skipped slots and forks the cluster abandons (their updates sent at processed, never rooted):
+    a processed update is final once a root passes its slot, except in a slot the roots passed over;
+    those slots are not canonical blocks either."""
+    async with HeliusEmulator(
+        key=KEY, slot_interval=0.02, finality_lag=4, confirm_lag=1, fork_every=4, skip_every=7
+    ) as emu:
         subs = [
             {"name": "roots", "method": "rootSubscribe"},
             {"name": "slots", "method": "slotSubscribe"},
@@ -300,15 +307,23 @@ async def test_solana_slots_are_final_once_a_root_covers_them(tmp_path, monkeypa
             {"helius": {"url": emu.url, "auth": {"env": "K"}, "subscriptions": subs}},
             2.0,
         )
-    db, _ = both_sources(tmp_path)
+    db, pq = both_sources(tmp_path)
     root = db.execute("SELECT root FROM solana_final_root").fetchall()[0][0]
-    final, provisional = db.execute(
-        "SELECT count(*) FILTER (WHERE final), count(*) FILTER (WHERE NOT final) FROM solana_accounts"
-    ).fetchall()[0]
-    assert root and final > 0 and provisional > 0
-    assert db.execute("SELECT count(*) FROM solana_accounts WHERE final <> (slot <= ?)", [root]).fetchall()[
-        0
-    ] == (0,)
+    forked = set(emu.forked_slots)
+    accounts = same_in_both(db, pq, "SELECT slot, final FROM solana_accounts ORDER BY slot")
+    assert {a["slot"] for a in accounts} & {f for f in forked if f < root}  # updates in abandoned slots
+    assert [a["final"] for a in accounts] == [a["slot"] <= root and a["slot"] not in forked for a in accounts]
+    assert any(a["final"] for a in accounts) and not all(a["final"] for a in accounts)
+    # The slots below the last root that the roots passed over are the forks and the skipped slots.
+    unrooted = db.execute("SELECT first_slot, last_slot FROM solana_unrooted").fetchall()
+    passed_over = {n for first, last in unrooted for n in range(first, last + 1)}
+    seen = [r[0] for r in db.execute("SELECT DISTINCT root FROM solana_roots ORDER BY 1").fetchall()]
+    between = range(seen[0], seen[-1])
+    assert passed_over == {n for n in between if emu.chain.forked(n) or not emu.chain.exists(n)}
+    blocks = same_in_both(db, pq, "SELECT number FROM blocks WHERE chain = 'solana' ORDER BY 1")
+    slots = [r[0] for r in db.execute("SELECT DISTINCT slot FROM solana_slots ORDER BY 1").fetchall()]
+    assert [b["number"] for b in blocks] == [n for n in slots if n not in passed_over]
+    assert forked & set(slots) - {b["number"] for b in blocks}  # forks left out of the canonical blocks
 
 
 @pytest.mark.parametrize("explicit_range", [False, True])

@@ -1,7 +1,8 @@
 """Helius / Solana JSON-RPC PubSub emulator: api-key auth, subscriptions, commitment-lagged notifications.
 
 Besides Agave's methods it serves Helius' Enhanced WebSockets `transactionSubscribe` (PROTOCOLS.md 4.8);
-`enhanced=False` makes it a plain node that answers Method not found to it.
+`enhanced=False` makes it a plain node that answers Method not found to it. `fork_every` puts some slots
+on minority forks that are seen at `processed` only, then abandoned (PROTOCOLS.md 4.9).
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ class HeliusEmulator(EmulatorServer):
     confirmed and the one `finality_lag` blocks back becomes the root, so every subscription sees each
     block once, at its own commitment (transactionSubscribe each transaction once, like logsSubscribe).
     Subscription ids come from one counter for the whole emulator.
+
+    With `fork_every=N` (>= 2), every N-th existing slot (`Chain.forked`) is a block on a minority fork:
+    its slot notification (parent: the last canonical block, root unchanged), receivedSignature and every
+    `processed` notification go out as for any block, then the cluster abandons it. It is never confirmed,
+    finalized or rooted, its writes never reach the state and the next block's parent skips it. It is
+    listed in `forked_slots` and counts neither in `slots_produced` (canonical blocks, each moving the
+    confirmed and root blocks on by one; what `max_slots` bounds) nor in `slots_skipped`.
     """
 
     paths = ("/",)
@@ -114,6 +122,7 @@ class HeliusEmulator(EmulatorServer):
         finality_lag: int = 32,
         confirm_lag: int = 2,
         skip_every: int = 0,
+        fork_every: int = 0,
         idle_timeout: float | None = 600.0,
         idle_close_code: int = 1000,
         ping_interval: float | None = None,
@@ -140,7 +149,7 @@ class HeliusEmulator(EmulatorServer):
         self.confirm_lag = confirm_lag
         self.max_subscriptions = max_subscriptions
         self.enhanced = enhanced
-        self.chain = Chain(seed, skip_every=skip_every)
+        self.chain = Chain(seed, skip_every=skip_every, fork_every=fork_every)
         self.sent: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.sent_log: list[tuple[str, int, int, Any]] | None = [] if record_log else None
@@ -148,10 +157,12 @@ class HeliusEmulator(EmulatorServer):
         self.pings_received = 0  # client WebSocket pings, what keeps a socket past idle_timeout
         self.slots_produced = 0
         self.slots_skipped = 0
-        # The ledger existed before anyone connected: pre-produce the blocks the root still lags behind.
+        self.forked_slots: list[int] = []  # slots sent at processed on a fork, then abandoned
+        # The ledger existed before anyone connected: pre-produce the blocks the root still lags behind
+        # (forks among them were abandoned unseen).
         self._blocks: deque[Block] = deque()
         while len(self._blocks) < finality_lag:
-            if (block := self.chain.advance()) is not None:
+            if (block := self.chain.advance()) is not None and not block.fork:
                 self._blocks.append(block)
         self.root_slot = self.chain.first_slot - 1  # nothing rooted until the first tick
         self.processed_slot = self.chain.last_block_slot
@@ -276,7 +287,8 @@ class HeliusEmulator(EmulatorServer):
     # -- test helpers ----------------------------------------------------------------------------
 
     def transactions_at(self, slot: int) -> tuple[TxPlan, ...]:
-        """The transactions slot `slot` holds or will hold (empty if skipped); known before it is produced."""
+        """The transactions slot `slot` holds or will hold (empty if skipped, never landing if forked);
+        known before it is produced."""
         return self.chain.plan(slot)
 
     def signature_at(self, slot: int, index: int) -> str:
@@ -284,9 +296,10 @@ class HeliusEmulator(EmulatorServer):
         return self.transactions_at(slot)[index].signature
 
     def upcoming_signature(self, ahead: int = 3, *, fails: bool = False) -> tuple[int, str]:
-        """(slot, signature) of a non-vote transaction at least `ahead` slots from now, failing or not."""
+        """(slot, signature) of a non-vote transaction at least `ahead` slots from now, failing or not,
+        in a slot that lands (never a forked one)."""
         for slot in range(self.chain.next_slot + ahead - 1, self.chain.next_slot + ahead + 1_000):
-            for plan in self.chain.plan(slot):
+            for plan in () if self.chain.forked(slot) else self.chain.plan(slot):
                 if plan.kind != "vote" and plan.fails == fails:
                     return slot, plan.signature
         raise LookupError("no such transaction in the next 1000 slots")
@@ -309,23 +322,32 @@ class HeliusEmulator(EmulatorServer):
         if block is None:
             self.slots_skipped += 1  # a skipped slot takes its 400 ms but produces nothing
             return
+        if block.fork:  # a minority fork: processed, then abandoned (no confirmation, no root)
+            self.forked_slots.append(block.slot)
+            self.processed_slot = block.slot
+            self._process(_Routes(self.connections), block, self.root_slot)
+            return
         self._blocks.append(block)
         confirmed, root = self._blocks[-1 - self.confirm_lag], self._blocks[0]
         self.processed_slot, self.confirmed_slot, self.root_slot = block.slot, confirmed.slot, root.slot
         routes = _Routes(self.connections)
-        info = self._result({"slot": block.slot, "parent": block.parent, "root": root.slot})
-        for sub in routes.slot:
-            self._notify(sub, block.slot, info)
-        for tx in block.txs:  # the node saw these signatures before it finished the slot
-            for sub in routes.received.get(tx.signature, ()):
-                self._notify(sub, block.slot, self._result(_context(block.slot, "receivedSignature")))
-        self._emit(routes, "processed", block)
+        self._process(routes, block, root.slot)
         self._emit(routes, "confirmed", confirmed)
         for sub in routes.root:
             self._notify(sub, root.slot, (root.slot, b"%d" % root.slot))
         self._emit(routes, "finalized", root)
         self._blocks.popleft()
         self.slots_produced += 1
+
+    def _process(self, routes: _Routes, block: Block, root: int) -> None:
+        """What the node sends once it has processed `block`: slot, receivedSignature, processed data."""
+        info = self._result({"slot": block.slot, "parent": block.parent, "root": root})
+        for sub in routes.slot:
+            self._notify(sub, block.slot, info)
+        for tx in block.txs:  # the node saw these signatures before it finished the slot
+            for sub in routes.received.get(tx.signature, ()):
+                self._notify(sub, block.slot, self._result(_context(block.slot, "receivedSignature")))
+        self._emit(routes, "processed", block)
 
     def _emit(self, routes: _Routes, level: str, block: Block) -> None:
         """Notify every `level` subscription of what `block` changed, in block order."""

@@ -141,12 +141,14 @@ class Tx:
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """One produced slot: parent (skipped slots make it < slot - 1), transactions, final account writes."""
+    """One produced slot: parent (skipped and forked slots make it < slot - 1), transactions, final account
+    writes; `fork` marks a block on a minority fork the cluster abandons (its writes never become state)."""
 
     slot: int
     parent: int
     txs: tuple[Tx, ...]
     writes: tuple[Account, ...]
+    fork: bool = False
 
 
 def _u64(n: int) -> bytes:
@@ -188,17 +190,23 @@ def _u64_at(data: bytes, offset: int) -> int:
 
 
 class Chain:
-    """A stateful ledger advanced one slot at a time; the same seed and skip_every give the same slots.
+    """A stateful ledger advanced one slot at a time; the same seed, skip_every and fork_every give the
+    same slots.
 
     Transaction plans (signature, kind, keys, success) are a pure function of (seed, slot); balances
     carry over from slot to slot, so account states and some log lines depend on history.
     """
 
-    def __init__(self, seed: int = 1, *, skip_every: int = 0, first_slot: int = FIRST_SLOT) -> None:
+    def __init__(
+        self, seed: int = 1, *, skip_every: int = 0, fork_every: int = 0, first_slot: int = FIRST_SLOT
+    ) -> None:
         if skip_every == 1 or skip_every < 0:
             raise ValueError("skip_every must be 0 (no skipped slots) or >= 2")
+        if fork_every == 1 or fork_every < 0:
+            raise ValueError("fork_every must be 0 (no forked slots) or >= 2")
         self.seed = seed
         self.skip_every = skip_every
+        self.fork_every = fork_every
         self.first_slot = first_slot
         self.next_slot = first_slot
         self.last_block_slot = first_slot - 1  # parent of the first slot
@@ -211,6 +219,13 @@ class Chain:
         """False for a skipped slot (no block; the next block's parent points past it)."""
         k = self.skip_every
         return slot >= self.first_slot and not (k and (slot - self.first_slot) % k == k - 1)
+
+    def forked(self, slot: int) -> bool:
+        """True for a slot whose block lands on a minority fork: every `fork_every`-th existing slot
+        (skipped slots not counted, so never a skipped one); for the canonical chain it is skipped."""
+        n, k, position = self.fork_every, self.skip_every, slot - self.first_slot + 1
+        existing = position - (position // k if k else 0)  # existing slots from first_slot to `slot`
+        return bool(n) and self.exists(slot) and existing % n == 0
 
     def blockhash(self, slot: int) -> str:
         """The (synthetic) hash of block `slot`: what transactions of its children name as recent."""
@@ -267,17 +282,24 @@ class Chain:
     # -- stateful production --------------------------------------------------------------------
 
     def advance(self) -> Block | None:
-        """Produce `next_slot`: a Block, or None when that slot is skipped."""
+        """Produce `next_slot`: a Block, or None when that slot is skipped. A forked slot's block runs on
+        the current state like any other, then that state is put back: its writes never land."""
         slot = self.next_slot
         self.next_slot += 1
         if not self.exists(slot):
             return None
+        fork, canonical = self.forked(slot), self.accounts
+        if fork:
+            self.accounts = dict(canonical)  # Accounts are frozen: a shallow copy isolates the fork
         rng = random.Random(f"helius:{self.seed}:{slot}:exec")
         writes: dict[str, Account] = {}
         recent = self.blockhash(self.last_block_slot)
         txs = tuple(self._execute(slot, i, p, rng, writes, recent) for i, p in enumerate(self.plan(slot)))
-        block = Block(slot, self.last_block_slot, txs, tuple(writes.values()))
-        self.last_block_slot = slot
+        block = Block(slot, self.last_block_slot, txs, tuple(writes.values()), fork)
+        if fork:
+            self.accounts = canonical
+        else:
+            self.last_block_slot = slot
         return block
 
     def _genesis(self) -> None:

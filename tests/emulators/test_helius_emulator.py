@@ -959,6 +959,182 @@ async def test_skipped_slots_make_parent_jump(helius, session) -> None:
     assert emulator.slots_skipped >= 2
 
 
+# -- forks ----------------------------------------------------------------------------------------
+
+FORK = 3  # fork_every of the fork tests: with no skipped slots, slots first_slot + 2, + 5, + 8... fork
+
+
+class Canonical(Chain):
+    """The ledger the cluster keeps under fork_every=n: its forked slots are plain skipped slots."""
+
+    def __init__(self, n: int, seed: int = 1) -> None:
+        super().__init__(seed)
+        self.n = n
+
+    def exists(self, slot: int) -> bool:
+        return super().exists(slot) and (slot - self.first_slot) % self.n != self.n - 1
+
+
+def fork_timeline(steps: int, n: int = FORK) -> tuple[list[Block], list[Block]]:
+    """Canonical blocks (the F pre-produced ones first) and abandoned ones over `steps` slots: a fork
+    block is its slot executed, without forks, on the canonical state and parent before it."""
+    chain, blocks, forks = Canonical(n), [], []
+    while len(blocks) < F:
+        if (block := chain.advance()) is not None:
+            blocks.append(block)
+    for _ in range(steps):
+        if not chain.exists(chain.next_slot):
+            plain = Chain(chain.seed)
+            plain.accounts, plain.last_block_slot = dict(chain.accounts), chain.last_block_slot
+            plain.next_slot = chain.next_slot
+            forks.append(plain.advance())
+        if (block := chain.advance()) is not None:
+            blocks.append(block)
+    return blocks, forks
+
+
+async def fork_run(
+    helius: Any, session: aiohttp.ClientSession, steps: int
+) -> tuple[HeliusEmulator, Client, dict[str, Any]]:
+    """An emulator with fork_every=FORK, watched at every level for `steps` slots; returns the emulator,
+    the client, and the subscription ids with the fork slot and landing slot the signatures watch."""
+    emulator = await helius(fork_every=FORK, slot_interval=60)
+    fork_slot = next(s for s in itertools.count(emulator.chain.next_slot) if emulator.chain.forked(s))
+    landing_slot, landing = emulator.upcoming_signature(1)
+    client = await connect(session, emulator)
+    subs: dict[str, Any] = {"fork_slot": fork_slot, "landing_slot": landing_slot}
+    subs["slots"] = await client.subscribe("slotSubscribe")
+    subs["roots"] = await client.subscribe("rootSubscribe")
+    for level in ("processed", "confirmed", "finalized"):
+        config = {"commitment": level, "encoding": "base64"}
+        subs[f"program_{level}"] = await client.subscribe("programSubscribe", [SYSTEM_PROGRAM, config])
+        subs[f"account_{level}"] = await client.subscribe("accountSubscribe", [NODES["A"], config])
+        subs[f"logs_{level}"] = await client.subscribe(
+            "logsSubscribe", ["allWithVotes", {"commitment": level}]
+        )
+    forked_sig = next(p.signature for p in emulator.transactions_at(fork_slot) if not p.fails)
+    received = {"commitment": "finalized", "enableReceivedNotification": True}
+    subs["sig_fork_processed"] = await client.subscribe(
+        "signatureSubscribe", [forked_sig, {"commitment": "processed"}]
+    )
+    subs["sig_fork_finalized"] = await client.subscribe("signatureSubscribe", [forked_sig, received])
+    subs["sig_landing"] = await client.subscribe("signatureSubscribe", [landing, received])
+    emulator.burst(steps)
+    await client.pump(lambda: emulator.slots_produced + len(emulator.forked_slots) == steps)
+    await client.quiet(0.1)
+    return emulator, client, subs
+
+
+async def test_forked_slots_are_processed_then_abandoned(helius, session) -> None:
+    """A fork slot gets its slot notification and everything at processed, then nothing: no confirmed,
+    finalized or root notification; the next block's parent skips it and its writes never become state."""
+    steps = 12
+    emulator, client, subs = await fork_run(helius, session, steps)
+    blocks, forks = fork_timeline(steps)
+    produced = len(blocks) - F
+    first = emulator.chain.first_slot
+    assert (
+        emulator.forked_slots
+        == [b.slot for b in forks]
+        == [s for s in range(blocks[F - 1].slot + 1, forks[-1].slot + 1) if (s - first) % FORK == FORK - 1]
+    )
+    assert forks[0].slot == blocks[F - 1].slot + 1  # the first tick is a fork, before any root
+    assert (emulator.slots_produced, emulator.slots_skipped, len(forks)) == (produced, 0, steps - produced)
+    processed = sorted(blocks[F:] + forks, key=lambda b: b.slot)
+    confirmed, finalized = blocks[F - C : F - C + produced], blocks[:produced]
+    fork_slots = {b.slot for b in forks}
+    want_slots, root = [], first - 1
+    for block in processed:
+        if block.slot not in fork_slots:
+            root = blocks[blocks.index(block) - F].slot
+        want_slots.append({"slot": block.slot, "parent": block.parent, "root": root})
+    assert client.of(subs["slots"]) == want_slots
+    for info in want_slots:  # a fork hangs off the last canonical block; the next block skips the fork
+        assert info["parent"] == info["slot"] - (2 if info["slot"] - 1 in fork_slots else 1)
+    assert client.of(subs["roots"]) == [b.slot for b in finalized]
+    for level, seen in (("processed", processed), ("confirmed", confirmed), ("finalized", finalized)):
+        want_program = [
+            {"context": {"slot": b.slot}, "value": {"pubkey": a.pubkey, "account": ui_base64(a)}}
+            for b in seen
+            for a in b.writes
+            if a.owner == SYSTEM_PROGRAM
+        ]
+        assert client.of(subs[f"program_{level}"]) == want_program, level
+        want_account = [
+            {"context": {"slot": b.slot}, "value": ui_base64(a)}
+            for b in seen
+            for a in b.writes
+            if a.pubkey == NODES["A"]
+        ]
+        assert client.of(subs[f"account_{level}"]) == want_account, level
+        want_logs = [t.signature for b in seen for t in b.txs]
+        assert [r["value"]["signature"] for r in client.of(subs[f"logs_{level}"])] == want_logs, level
+        contexts = {
+            r["context"]["slot"]
+            for key in ("program", "account", "logs")
+            for r in client.of(subs[f"{key}_{level}"])
+        }
+        assert (contexts & fork_slots == fork_slots) if level == "processed" else not contexts & fork_slots
+    # The fork's vote fee never lands: the next block charges node A from the same balance again.
+    for fork in forks:
+        after = next(b for b in blocks if b.slot > fork.slot)
+        lamports = [a.lamports for b in (fork, after) for a in b.writes if a.pubkey == NODES["A"]]
+        assert lamports[0] == lamports[1]
+    # Canonical state = the ledger with the forked slots skipped, not what a fork-free ledger has.
+    reference, fork_free = Canonical(FORK), Chain(1)
+    while reference.next_slot <= blocks[-1].slot:
+        reference.advance()
+        fork_free.advance()
+    assert emulator.chain.accounts == reference.accounts != fork_free.accounts
+    # A fork's transaction is seen at processed (and received) but never lands.
+    fork_slot = subs["fork_slot"]
+    assert client.of(subs["sig_fork_processed"]) == [{"context": {"slot": fork_slot}, "value": {"err": None}}]
+    assert client.of(subs["sig_fork_finalized"]) == [
+        {"context": {"slot": fork_slot}, "value": "receivedSignature"}
+    ]
+    landing_slot = subs["landing_slot"]
+    assert client.of(subs["sig_landing"]) == [
+        {"context": {"slot": landing_slot}, "value": "receivedSignature"},
+        {"context": {"slot": landing_slot}, "value": {"err": None}},
+    ]
+    assert (emulator.processed_slot, emulator.confirmed_slot, emulator.root_slot) == (
+        processed[-1].slot,
+        blocks[-1 - C].slot,
+        finalized[-1].slot,
+    )
+
+
+async def test_upcoming_signature_never_in_a_forked_slot(helius) -> None:
+    """upcoming_signature steps over fork slots; pre-production leaves forks out of the lagging blocks."""
+    emulator = await helius(fork_every=FORK)
+    chain = emulator.chain
+    blocks, _ = fork_timeline(0)
+    assert (emulator.processed_slot, emulator.confirmed_slot) == (blocks[-1].slot, blocks[-1 - C].slot)
+    assert emulator.root_slot == chain.first_slot - 1 and not emulator.forked_slots
+    picked = [
+        emulator.upcoming_signature(ahead, fails=fails) for ahead in range(1, 20) for fails in (False, True)
+    ]
+    assert any(chain.forked(chain.next_slot + ahead - 1) for ahead in range(1, 20))
+    assert not any(chain.forked(slot) for slot, _ in picked)
+    assert all(sig in {p.signature for p in emulator.transactions_at(slot)} for slot, sig in picked)
+
+
+@pytest.mark.parametrize(("fork_every", "skip_every"), [(3, 3), (2, 3), (4, 2)])
+def test_fork_rule_counts_existing_slots_only(fork_every, skip_every) -> None:
+    """Every fork_every-th existing slot forks, so never a skipped one; 1 and < 0 are refused."""
+    chain = Chain(1, skip_every=skip_every, fork_every=fork_every)
+    existing = [s for s in range(chain.first_slot, chain.first_slot + 60) if chain.exists(s)]
+    assert [s for s in range(chain.first_slot, chain.first_slot + 60) if chain.forked(s)] == existing[
+        fork_every - 1 :: fork_every
+    ]
+    assert not Chain(1).forked(chain.first_slot + 2) and not Chain(1, fork_every=0).forked(
+        chain.first_slot + 5
+    )
+    for bad in (1, -2):
+        with pytest.raises(ValueError, match="fork_every must be 0"):
+            HeliusEmulator(fork_every=bad)
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 
@@ -1062,8 +1238,10 @@ async def test_subscription_limit_is_internal_error(helius, session) -> None:
 # -- determinism and counters ---------------------------------------------------------------------
 
 
-async def _run(helius: Any, session: aiohttp.ClientSession, seed: int, ticks: int = 8) -> tuple[Any, Client]:
-    emulator = await helius(seed=seed, slot_interval=60, max_slots=ticks, record_log=True)
+async def _run(
+    helius: Any, session: aiohttp.ClientSession, seed: int, ticks: int = 8, **options: Any
+) -> tuple[Any, Client]:
+    emulator = await helius(seed=seed, slot_interval=60, max_slots=ticks, record_log=True, **options)
     client = await connect(session, emulator)
     for method, params in [
         ("slotSubscribe", None),
@@ -1087,6 +1265,8 @@ async def test_same_seed_same_frames_other_seed_other_data(helius, session) -> N
     _, other = await _run(helius, session, seed=8)
     assert one.raw_notes == two.raw_notes and len(one.raw_notes) > 20
     assert one.raw_notes != other.raw_notes
+    _, explicit = await _run(helius, session, seed=7, fork_every=0)
+    assert explicit.raw_notes == one.raw_notes  # fork_every=0 is the default, frame for frame
 
 
 async def test_counters_equal_what_the_client_received(helius, session) -> None:
@@ -1286,6 +1466,38 @@ async def test_solders_parses_every_frame_kind(helius, session) -> None:
         "ProgramNotificationJsonParsed", "LogsNotification", "SignatureNotification",
     }  # fmt: skip
     assert kinds["AccountNotification"] >= 4
+
+
+async def test_solders_parses_fork_frames(helius, session) -> None:
+    """Every notification of a run with forks parses with solders, the forked slots' ones included
+    ("receivedSignature" values left out: solders 0.29 rejects them although Agave sends them)."""
+    pytest.importorskip("solders", reason="solders is a test-only dependency")
+    from solders.rpc import responses as r
+
+    emulator, client, _ = await fork_run(helius, session, 12)
+    forked, kinds = set(emulator.forked_slots), Counter[str]()
+    for raw in client.raw_notes:
+        frame = json.loads(raw)
+        result = frame["params"]["result"]
+        if isinstance(result, dict) and result.get("value") == "receivedSignature":
+            continue
+        (msg,) = r.parse_websocket_message(raw)
+        assert msg.subscription == frame["params"]["subscription"]
+        if isinstance(msg, r.SlotNotification):
+            slot = msg.result.slot
+            assert (slot, msg.result.parent, msg.result.root) == tuple(result.values())
+        elif isinstance(msg, r.RootNotification):
+            slot = msg.result
+            assert slot not in forked
+        else:
+            slot = msg.result.context.slot
+            assert slot == result["context"]["slot"]
+        kinds[type(msg).__name__ + (" fork" if slot in forked else "")] += 1
+    assert {k for k in kinds if k.endswith(" fork")} == {
+        "SlotNotification fork", "AccountNotification fork", "ProgramNotification fork",
+        "LogsNotification fork", "SignatureNotification fork",
+    }  # fmt: skip
+    assert kinds["RootNotification"] > 0 and kinds["SignatureNotification"] == 1  # the landing one
 
 
 async def test_solana_py_client_subscribes_receives_and_unsubscribes(helius) -> None:
