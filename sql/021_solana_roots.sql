@@ -3,26 +3,34 @@
 CREATE OR REPLACE VIEW solana_final_root AS
 SELECT max(root) AS root FROM solana_roots;
 
--- Slots known never to be rooted: a node notifies every slot it roots, in order (Agave's
--- notify_roots), so the slots between two roots one subscription received one after the other
--- were not rooted: a fork the cluster abandoned, or a skipped slot. Only where nothing was missed
--- in between: no disconnect or downtime of that subscription overlaps the two receipts.
+-- Slots known never to be rooted (an abandoned fork, or a skipped slot), as disjoint ranges. A
+-- node notifies every slot it roots, in order (Agave's notify_roots), so two roots one connection
+-- received one after the other prove the slots between them were not rooted. Roots of different
+-- connections prove nothing (the ones between were missed), nor do rows stored without a
+-- connection id. A range is the slots between two roots seen (by any connection) that one
+-- connection's consecutive roots span: a slot with a root seen is never in one.
 CREATE OR REPLACE VIEW solana_unrooted AS
-WITH r AS (
-    SELECT _provider AS provider, _subscription AS subscription, root, min(_received_at) AS received_at
-    FROM solana_roots
-    GROUP BY ALL
-), pairs AS (
-    SELECT *, lag(root) OVER w AS prev_root, lag(received_at) OVER w AS prev_received_at
-    FROM r
-    WINDOW w AS (PARTITION BY provider, subscription ORDER BY root)
+WITH roots AS (
+    SELECT DISTINCT root FROM solana_roots
+), between_roots AS (
+    SELECT root + 1 AS first_slot, next_root - 1 AS last_slot
+    FROM (SELECT root, lead(root) OVER (ORDER BY root) AS next_root FROM roots)
+    WHERE next_root > root + 1
+), spans AS (
+    -- per connection, consecutive roots with slots between them
+    SELECT prev_root, max(root) AS root
+    FROM (
+        SELECT root, lag(root) OVER (PARTITION BY _provider, _subscription, connection ORDER BY root) AS prev_root
+        FROM (SELECT DISTINCT _provider, _subscription, connection, root FROM solana_roots WHERE connection IS NOT NULL)
+    )
+    WHERE root > prev_root + 1
+    GROUP BY prev_root
+), reach AS (
+    -- how far the spans starting at or below prev_root reach
+    SELECT prev_root, max(root) OVER (ORDER BY prev_root ROWS UNBOUNDED PRECEDING) AS reach
+    FROM spans
 )
-SELECT p.provider, p.subscription, p.prev_root + 1 AS first_slot, p.root - 1 AS last_slot
-FROM pairs p
-WHERE p.root > p.prev_root + 1
-  AND NOT EXISTS (
-      SELECT 1 FROM gaps g
-      WHERE g.provider = p.provider AND g.subscription = p.subscription
-        AND g.kind IN ('disconnected', 'down')
-        AND g.started_at < p.received_at AND g.ended_at > p.prev_received_at
-  );
+SELECT b.first_slot, b.last_slot
+FROM between_roots b
+ASOF JOIN reach r ON b.first_slot > r.prev_root
+WHERE r.reach > b.last_slot;

@@ -1,19 +1,23 @@
 -- Account updates, one row per account and slot: the highest commitment level seen for it
 -- (the same update at processed and at finalized is one event), and whether the slot is final:
 -- received at finalized, or at or below a root seen and not a slot the roots passed over (an
--- update received at processed in a slot a fork abandoned is never final).
+-- update received at processed in a slot a fork abandoned is never final). The unrooted ranges
+-- are disjoint, so the one that may hold a slot is the last starting at or below it (ASOF): a
+-- range join would compare every slot with every range.
 CREATE OR REPLACE VIEW solana_accounts AS
-SELECT u.*, u.commitment = 'finalized' OR (
-           coalesce(u.slot <= f.root, false)
-           AND NOT EXISTS (SELECT 1 FROM solana_unrooted x WHERE u.slot BETWEEN x.first_slot AND x.last_slot)
-       ) AS final
-FROM (
+WITH updates AS (
     SELECT pubkey, slot, lamports, owner, executable, rent_epoch, space, data, commitment, _received_at
     FROM solana_account_updates
     UNION ALL
     SELECT pubkey, slot, lamports, owner, executable, rent_epoch, space, data, commitment, _received_at
     FROM solana_program_accounts
-) u, solana_final_root f
+)
+SELECT u.*, u.commitment = 'finalized' OR (
+           coalesce(u.slot <= f.root, false) AND NOT coalesce(u.slot <= x.last_slot, false)
+       ) AS final
+FROM updates u
+CROSS JOIN solana_final_root f
+ASOF LEFT JOIN solana_unrooted x ON u.slot >= x.first_slot
 QUALIFY row_number() OVER (
     PARTITION BY pubkey, slot
     ORDER BY CASE commitment WHEN 'finalized' THEN 3 WHEN 'confirmed' THEN 2 WHEN 'processed' THEN 1 ELSE 0 END DESC,
@@ -25,10 +29,11 @@ QUALIFY row_number() OVER (
 CREATE OR REPLACE VIEW solana_transactions_by_signature AS
 SELECT t.signature, t.slot, t.transaction_index, t.err, t.fee, t.compute_units_consumed, t.commitment,
        t._received_at, t.commitment = 'finalized' OR (
-           coalesce(t.slot <= f.root, false)
-           AND NOT EXISTS (SELECT 1 FROM solana_unrooted x WHERE t.slot BETWEEN x.first_slot AND x.last_slot)
+           coalesce(t.slot <= f.root, false) AND NOT coalesce(t.slot <= x.last_slot, false)
        ) AS final
-FROM solana_transactions t, solana_final_root f
+FROM solana_transactions t
+CROSS JOIN solana_final_root f
+ASOF LEFT JOIN solana_unrooted x ON t.slot >= x.first_slot
 QUALIFY row_number() OVER (
     PARTITION BY t.signature
     ORDER BY CASE t.commitment WHEN 'finalized' THEN 3 WHEN 'confirmed' THEN 2 WHEN 'processed' THEN 1 ELSE 0 END DESC,

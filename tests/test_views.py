@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ingest.arrow_batch import build_table, values_table
+from ingest.arrow_batch import build_table
 from ingest.events import Rows
 from ingest.replay import capture_records
 from ingest.sinks.duckdb import DuckDBSink
@@ -109,15 +109,25 @@ def test_a_transaction_seen_at_two_commitments_is_one_row_at_the_higher(tmp_path
     assert con.sql(query).fetchall() == [("Sig1", 500, 3, None, 5000, "finalized", True)]
 
 
-def test_slots_the_roots_passed_over_are_never_final_and_not_canonical_blocks(tmp_path, registry):
-    """A node notifies every slot it roots: between two roots received one after the other, the
-    slots were not rooted (an abandoned fork), unless the roots subscription missed something in
-    between (a disconnect or downtime of it, not of another one): then the rule is slot <= root."""
-    second = 10**9
-    roots = [(100, 0), (101, 1), (104, 2), (110, 10), (112, 11)]  # (root, seconds after T0)
+def test_solana_slots_one_connections_roots_passed_over_are_never_final(tmp_path, registry):
+    """A node notifies every slot it roots, in order: between two roots one connection received,
+    the slots were never rooted (an abandoned fork). Between connections, or from rows stored
+    without a connection id, nothing is known: there the rule is slot <= root."""
+
+    def roots(connection: int | None, *numbers: int, subscription: str = "roots") -> list[Rows]:
+        context = {"commitment": None, "connection": connection}
+        return [
+            Rows("helius", "solana_roots", subscription, [b'{"root": %d}' % n], T0, context) for n in numbers
+        ]
+
     root_rows = [
-        Rows("helius", "solana_roots", "roots", [b'{"root": %d}' % r], T0 + at * second, {"commitment": None})
-        for r, at in roots
+        *roots(7, 100, 101, 104),  # 102-103 passed over
+        *roots(8, 110, 112),  # 105-109 lie between two connections: unknown; 111 passed over
+        *roots(9, 101, 104, subscription="roots_again"),  # the same range seen twice: merged
+        *roots(None, 112, 120),  # stored before connection ids were kept: proves nothing
+        *roots(10, 120, 121, 125),  # 122-124 passed over
+        *roots(11, 130, 135),  # the node dropped root 132 for this slow reader...
+        *roots(12, 130, 132, 135),  # ...which another connection received: 132 is rooted
     ]
 
     def account(slot: int) -> Rows:
@@ -125,43 +135,49 @@ def test_slots_the_roots_passed_over_are_never_final_and_not_canonical_blocks(tm
         context = {"pubkey": f"Acc{slot}", "commitment": "processed"}
         return Rows("helius", "solana_account_updates", "acc", [json.dumps(record).encode()], T0, context)
 
-    slots = [
-        Rows("helius", "solana_slots", "slots", [b'{"slot": %d, "parent": 0, "root": 0}' % n], T0)
-        for n in (102, 104, 105)
-    ]
-    gap = {"provider": "helius", "kind": "disconnected", "stream": "", "detected_at": T0, "position": 0}
-    gaps = [
-        gap
-        | {"subscription": "roots", "started_at": T0 + 3 * second, "ended_at": T0 + 5 * second, "id": "g1"},
-        gap | {"subscription": "acc", "started_at": T0, "ended_at": T0 + 20 * second, "id": "g2"},
-    ]
+    def transaction(slot: int) -> Rows:
+        meta = {"err": None, "fee": 5000, "computeUnitsConsumed": 150, "preBalances": [], "postBalances": []}
+        result = {
+            "transaction": {"meta": meta},
+            "signature": f"Sig{slot}",
+            "slot": slot,
+            "transactionIndex": 0,
+        }
+        record = json.dumps(result).encode()
+        return Rows("helius", "solana_transactions", "tx", [record], T0, {"commitment": "processed"})
+
+    slots = (102, 104, 105, 111, 113, 123, 126, 131, 132, 133)
     sink = DuckDBSink(tmp_path / "ingest.duckdb")
     sink.open(registry.values())
     for dataset, chunks in (
         ("solana_roots", root_rows),
-        ("solana_account_updates", [account(n) for n in (102, 104, 105, 111, 113)]),
-        ("solana_slots", slots),
+        ("solana_account_updates", [account(n) for n in slots]),
+        ("solana_transactions", [transaction(n) for n in slots]),
     ):
         sink.write(registry[dataset], build_table(registry[dataset], chunks).table, 0, 0)
-    sink.write(registry["gaps"], values_table(registry["gaps"], gaps), 0, 0)
     sink.close()
-    con, _ = connect_for_query(registry, tmp_path / "ingest.duckdb", None)
-    assert con.sql("SELECT first_slot, last_slot FROM solana_unrooted ORDER BY 1").fetchall() == [
-        (102, 103),  # 105-109: the roots subscription was disconnected meanwhile, unknown
+    db, _ = connect_for_query(registry, tmp_path / "ingest.duckdb", None)
+    assert db.sql("SELECT first_slot, last_slot FROM solana_unrooted ORDER BY 1").fetchall() == [
+        (102, 103),
         (111, 111),
+        (122, 124),
+        (131, 131),
+        (133, 134),
     ]
-    assert con.sql("SELECT slot, final FROM solana_accounts ORDER BY 1").fetchall() == [
-        (102, False),  # passed over by the roots: an abandoned fork
+    want = [
+        (102, False),  # passed over by one connection's roots: an abandoned fork
         (104, True),  # rooted
-        (105, True),  # unknown (the roots were missed), at or below the root: final, as before
+        (105, True),  # between two connections: unknown, at or below the root, final as before
         (111, False),
-        (113, False),  # above every root
+        (113, True),  # between roots stored without a connection id: unknown
+        (123, False),
+        (126, True),  # between connections again
+        (131, False),
+        (132, True),  # a root was seen for it: rooted, whatever another connection missed
+        (133, False),
     ]
-    assert con.sql("SELECT number FROM blocks WHERE chain = 'solana' ORDER BY 1").fetchall() == [
-        (104,),
-        (105,),
-    ]
-    assert con.sql("SELECT count(*) FROM blocks_history WHERE chain = 'solana'").fetchall() == [(3,)]
+    assert db.sql("SELECT slot, final FROM solana_accounts ORDER BY 1").fetchall() == want
+    assert db.sql("SELECT slot, final FROM solana_transactions_by_signature ORDER BY 1").fetchall() == want
 
 
 def test_a_captures_frames_are_stamped_in_order_so_later_frames_are_the_newer_versions(tmp_path):

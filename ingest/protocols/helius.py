@@ -8,6 +8,7 @@ own (Enhanced WebSockets, PROTOCOLS.md 4.8), served on its atlas-* endpoints onl
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +208,10 @@ class HeliusProtocol:
         self._retry: AskAgain[str] = AskAgain()  # refused for now (the node's limit): on keepalive()
         self._closing = False
         self._outbox: list[str] = []
+        # Drawn at each connect and stored with every root: a node notifies every slot it roots,
+        # in order, so roots of one connection one after the other prove the slots between them
+        # were never rooted (sql/021_solana_roots.sql). Across connections they prove nothing.
+        self._connection = 0
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], where: str) -> Mapping[str, Any]:
@@ -223,6 +228,7 @@ class HeliusProtocol:
     # -- driver inputs ---------------------------------------------------------------------------
 
     def connect(self) -> None:
+        self._connection = random.getrandbits(63)
         for sub in self._desired.values():
             self._request(sub.name, "subscribe", sub.method, list(sub.params))
 
@@ -277,12 +283,14 @@ class HeliusProtocol:
 
     def state(self) -> dict[str, Any]:
         return {
+            "connection": self._connection,
             "next_request": self._next_request,
             "pending": [[request, name, kind] for request, (name, kind) in self._pending.items()],
             "ids": [[sub_id, sub.name] for sub_id, sub in self._ids.items()],
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
+        self._connection = int(state.get("connection", 0))
         self._next_request = max(self._next_request, int(state.get("next_request", 1)))
         self._pending = {request: (name, kind) for request, name, kind in state.get("pending", [])}
         self._ids = {int(i): self._desired[n] for i, n in state.get("ids", []) if n in self._desired}
@@ -330,6 +338,7 @@ class HeliusProtocol:
         original = None
         if method == "rootNotification":  # the result is a bare integer: give it a column name
             original, record = [record], b'{"root":' + record + b"}"
+            context = {**context, "connection": self._connection}
         elif method == "signatureNotification":
             original = [record]
             try:

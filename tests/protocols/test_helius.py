@@ -419,3 +419,26 @@ def test_pings_go_out_on_schedule_at_least_every_minute():
     (PROTOCOLS.md 4.7), so the driver pings whatever arrives, not only after silence."""
     assert HeliusProtocol.steady_pings is True
     assert 0 < HeliusProtocol.default_ping_interval <= 60
+
+
+def test_roots_carry_the_id_of_the_connection_that_received_them(registry):
+    """Roots one connection received in a row prove what lies between them (sql/021_solana_roots.sql):
+    each connection draws a new id, which a journal replay restores from the protocol's state."""
+    p = proto({"name": "roots", "method": "rootSubscribe"})
+
+    def root_on_new_connection(n: int) -> int:
+        p.connection_lost()
+        p.connect()
+        p.receive(ack(p._next_request - 1, 40 + n), T0)
+        (row,) = p.receive(notify("rootNotification", 40 + n, n), T0)
+        table = build_table(registry["solana_roots"], [row]).table
+        assert table["root"].to_pylist() == [n]
+        (connection,) = table["connection"].to_pylist()
+        return connection
+
+    first, second = root_on_new_connection(1), root_on_new_connection(2)
+    assert first != second and first and second
+    replayed = proto({"name": "roots", "method": "rootSubscribe"})
+    replayed.load_state(p.state())  # what the journal holds after a connect
+    (row,) = replayed.receive(notify("rootNotification", 42, 3), T0)
+    assert row.context["connection"] == second
