@@ -9,6 +9,7 @@ import datetime
 import json
 import subprocess
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("provider")
     emulate.add_argument("--port", type=int, default=0)
     emulate.add_argument("--key", help="the only key accepted (default: any non-empty key)")
+    emulate.add_argument(
+        "--set",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="an emulator option as in a config's `emulator = {...}`, the value in TOML: "
+        "--set fork_every=25 --set 'chains=[\"eth\"]' (repeatable)",
+    )
 
     rec = with_config(
         sub.add_parser("reconcile", help="compare two providers on one chain: missing heights, differences")
@@ -112,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if verb == "emulate":
             configure_logging("console")
-            return asyncio.run(_emulate(args.provider, args.port, args.key))
+            return asyncio.run(_emulate(args.provider, args.port, args.key, args.options))
         config = load_config(getattr(args, "config", None))
         if verb == "run":
             return _run(config, args)
@@ -356,13 +366,33 @@ def _status(config: Config) -> int:
     return 0
 
 
-async def _emulate(provider: str, port: int, key: str | None) -> int:
+def _emulator_options(settings: Sequence[str]) -> dict[str, Any]:
+    """`--set OPTION=VALUE` arguments, each value read as TOML (as in a config file)."""
+    options: dict[str, Any] = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--set {setting!r}: expected OPTION=VALUE")
+        try:
+            options[name.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(
+                f"--set {setting!r}: the value is not TOML (a string needs quotes: {name}='\"text\"')"
+            ) from None
+    return options
+
+
+async def _emulate(provider: str, port: int, key: str | None, settings: Sequence[str] = ()) -> int:
     from ingest.emulators import EMULATORS
 
     if provider not in EMULATORS:
         print(f"unknown provider {provider!r} (known: {', '.join(sorted(EMULATORS))})", file=sys.stderr)
         return 2
-    emulator = EMULATORS[provider](key=key)
+    try:
+        emulator = EMULATORS[provider](key=key, **_emulator_options(settings))
+    except (ConfigError, TypeError, ValueError) as exc:
+        print(f"emulate {provider}: {exc}", file=sys.stderr)
+        return 2
     url = await emulator.start(host="127.0.0.1", port=port)
     accepts = "only the given key" if key else "any non-empty key"
     print(

@@ -7,6 +7,7 @@ the deterministic chain it serves), never from pasted numbers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -346,6 +347,40 @@ async def test_emulate_verb_serves_a_standalone_emulator(tmp_path):
             await ws.send_json({"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "params": {}})
             ack = await asyncio.wait_for(ws.receive_json(), 10)
             assert ack["status"] == "success"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_emulate_verb_takes_the_emulators_options(tmp_path):
+    """`--set OPTION=VALUE` (TOML values), as in a config's `emulator = {...}`; a bad one exits 2."""
+    import aiohttp
+
+    code, _, err = await run_cli("emulate", "helius", "--set", "fork_every=1", cwd=tmp_path)
+    assert code == 2 and "fork_every must be 0" in err
+    code, _, err = await run_cli("emulate", "blockdb", "--set", "seed=abc", cwd=tmp_path)
+    assert code == 2 and "is not TOML" in err
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "ingest", "emulate", "blockdb", "--set", "max_blocks=3", "--set", "block_interval=0.01"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        url = line.split(" on ")[1].split(" ")[0]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(url, headers={"Authorization": "Bearer any-key"}) as ws,
+        ):
+            await ws.send_json({"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "params": {}})
+            blocks = []
+            with contextlib.suppress(TimeoutError):
+                while len(blocks) < 20:  # without the option, blocks would keep coming
+                    msg = await asyncio.wait_for(ws.receive_json(), 2.0)
+                    if "data" in msg:
+                        blocks.append(msg["data"]["block_number"])
+            assert len(blocks) == 3  # max_blocks = 3
     finally:
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 30)
