@@ -135,5 +135,5 @@ class Downtime:
         while True:
             now = clock()
             await self.save(holes(now), now)
-            due += BEAT_SECONDS
-            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = max(due + BEAT_SECONDS, loop.time())  # after a stalled disk: on, not catching up
+            await asyncio.sleep(due - loop.time())

@@ -71,10 +71,23 @@ def connect_for_query(
                 "SELECT table_name FROM duckdb_tables() WHERE database_name = 'store'"
             ).fetchall()
         }
+        stored: dict[str, set[str]] = {}
+        for table, column in con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'store'"
+        ).fetchall():
+            stored.setdefault(table, set()).add(column)
         for ds in registry.values():
             if ds.name in tables:
+                # A column declared since the file was written (a daemon adds it when it opens the
+                # file) reads as nulls, as in Parquet files written before it.
+                missing = [
+                    f", CAST(NULL AS {t}) AS {quote_ident(n)}"
+                    for n, t in ds.duckdb_columns()
+                    if n not in stored.get(ds.name, set())
+                ]
                 con.execute(
-                    f"CREATE VIEW {quote_ident(ds.name)} AS SELECT * FROM store.main.{quote_ident(ds.name)}"
+                    f"CREATE VIEW {quote_ident(ds.name)} AS "
+                    f"SELECT *{''.join(missing)} FROM store.main.{quote_ident(ds.name)}"
                 )
             else:
                 con.execute(_empty_view(ds))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
+
 from ingest.arrow_batch import build_table
 from ingest.events import Rows
 from ingest.replay import capture_records
@@ -178,6 +180,27 @@ def test_solana_slots_one_connections_roots_passed_over_are_never_final(tmp_path
     ]
     assert db.sql("SELECT slot, final FROM solana_accounts ORDER BY 1").fetchall() == want
     assert db.sql("SELECT slot, final FROM solana_transactions_by_signature ORDER BY 1").fetchall() == want
+
+
+def test_a_duckdb_file_from_before_a_column_was_declared_is_queryable(tmp_path, registry):
+    """A daemon adds a new column when it opens the file; until then (an upgrade, an archived
+    store) queries read it as nulls, as from Parquet files written before it."""
+    con = duckdb.connect(str(tmp_path / "ingest.duckdb"))
+    for ds in registry.values():
+        con.execute(ds.create_table_sql())
+    con.execute("ALTER TABLE solana_roots DROP COLUMN connection")
+    con.execute(
+        "INSERT INTO solana_roots (root, _provider, _subscription)"
+        " VALUES (100, 'helius', 'r'), (104, 'helius', 'r')"
+    )
+    con.close()
+    db, _ = connect_for_query(registry, tmp_path / "ingest.duckdb", None)
+    assert db.sql("SELECT root, connection FROM solana_roots ORDER BY 1").fetchall() == [
+        (100, None),
+        (104, None),
+    ]
+    assert db.sql("SELECT count(*) FROM solana_unrooted").fetchall() == [(0,)]  # proves nothing
+    assert db.sql("SELECT count(*) FROM coverage").fetchall() == [(0,)]  # the views after it exist too
 
 
 def test_a_captures_frames_are_stamped_in_order_so_later_frames_are_the_newer_versions(tmp_path):

@@ -210,8 +210,9 @@ class HeliusProtocol:
         self._outbox: list[str] = []
         # Drawn at each connect and stored with every root: a node notifies every slot it roots,
         # in order, so roots of one connection one after the other prove the slots between them
-        # were never rooted (sql/021_solana_roots.sql). Across connections they prove nothing.
-        self._connection = 0
+        # were never rooted (sql/021_solana_roots.sql). Across connections they prove nothing, nor
+        # do roots of unknown connection (None: a capture replayed, a journal from before the id).
+        self._connection: int | None = None
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], where: str) -> Mapping[str, Any]:
@@ -290,7 +291,8 @@ class HeliusProtocol:
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        self._connection = int(state.get("connection", 0))
+        connection = state.get("connection")
+        self._connection = int(connection) if connection is not None else None
         self._next_request = max(self._next_request, int(state.get("next_request", 1)))
         self._pending = {request: (name, kind) for request, name, kind in state.get("pending", [])}
         self._ids = {int(i): self._desired[n] for i, n in state.get("ids", []) if n in self._desired}

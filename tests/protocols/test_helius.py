@@ -442,3 +442,15 @@ def test_roots_carry_the_id_of_the_connection_that_received_them(registry):
     replayed.load_state(p.state())  # what the journal holds after a connect
     (row,) = replayed.receive(notify("rootNotification", 42, 3), T0)
     assert row.context["connection"] == second
+
+
+def test_roots_of_an_unknown_connection_carry_no_id(registry):
+    """A journal written before the id was kept, or a capture (no state at all): no id, so the
+    roots prove nothing about the slots between them; never one id shared by unrelated roots."""
+    for state in ({"next_request": 2, "pending": [], "ids": [[40, "roots"]]}, None):
+        p = proto({"name": "roots", "method": "rootSubscribe"})
+        if state is not None:
+            p.load_state(state)
+        (row,) = p.receive(notify("rootNotification", 40, 7), T0)
+        assert row.context["connection"] is None
+        assert build_table(registry["solana_roots"], [row]).table["connection"].to_pylist() == [None]
