@@ -133,8 +133,9 @@ class Collector:
         self._lost_at_ns: int | None = None  # wall clock of the last loss, for the gaps table
         # What the hole open since _lost_at_ns is: a loss of this run, or (resume) the downtime
         # before it, for the subscriptions the last run had.
+        self._names = tuple(s.name for s in config.subscriptions)
         self._hole_kind = "disconnected"
-        self._hole_subscriptions: tuple[str, ...] = tuple(s.name for s in config.subscriptions)
+        self._hole_subscriptions = self._names
         self._closed: Closed | None = None  # the last hole closed (recorded as gaps) by a connect
         self._on_connect = on_connect
         # Loop time reading last (re)started; None while the reader waits for buffer room, which the
@@ -165,7 +166,7 @@ class Collector:
         if self._lost_at_ns is not None:
             return Hole(self._lost_at_ns, self._hole_subscriptions, self._closed)
         if self.stats.connects:
-            return Hole(now, tuple(s.name for s in self.config.subscriptions), self._closed)
+            return Hole(now, self._names, self._closed)
         return None
 
     def _record(self, closed: Closed) -> None:
@@ -341,7 +342,7 @@ class Collector:
             closed = Closed(self._hole_kind, self._lost_at_ns, time.time_ns(), self._hole_subscriptions)
             self._closed, self._lost_at_ns = closed, None
             self._hole_kind = "disconnected"
-            self._hole_subscriptions = tuple(s.name for s in self.config.subscriptions)
+            self._hole_subscriptions = self._names
         if self._on_connect is not None:
             # The saved state moves past the hole, and holds it, before its gaps are journaled: a
             # crash between the two has the next run record them, not lose them.

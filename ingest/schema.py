@@ -74,6 +74,7 @@ _DUCKDB: dict[ColumnType, str] = {
 }
 
 APPROX_SUFFIX = "_f64"
+RAW = "_raw"  # each row's record as received (the envelope's widest column)
 
 # Types whose text Arrow's cast to string and DuckDB's CAST AS VARCHAR write alike (integers,
 # and what both hold as text): a natural key of these DuckDB can join into the dedup key itself,

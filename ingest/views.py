@@ -17,7 +17,7 @@ from ingest.chains import chain_macro_sql
 from ingest.errors import Fatal
 from ingest.lake import Lake, open_lake
 from ingest.lake_query import register_lake_views
-from ingest.schema import Dataset, Registry, quote_ident, quote_literal
+from ingest.schema import RAW, Dataset, Registry, quote_ident, quote_literal
 
 __all__ = ["SQL_DIR", "QuerySource", "apply_views", "connect_for_query"]
 
@@ -79,10 +79,11 @@ def connect_for_query(
         for ds in registry.values():
             if ds.name in tables:
                 # A column declared since the file was written (a daemon adds it when it opens the
-                # file) reads as nulls, as in Parquet files written before it.
+                # file) reads as nulls, as in Parquet files written before it. `_raw` is left to the
+                # lake by design (sinks/duckdb.py), not missing.
                 missing = [
                     f", CAST(NULL AS {t}) AS {quote_ident(n)}"
-                    for n, t in ds.duckdb_columns()
+                    for n, t in ds.duckdb_columns(exclude=(RAW,))
                     if n not in stored.get(ds.name, set())
                 ]
                 con.execute(

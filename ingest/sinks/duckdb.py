@@ -44,13 +44,12 @@ import structlog
 
 from ingest.arrow_batch import table_bytes
 from ingest.errors import Fatal
-from ingest.schema import Dataset, quote_ident, quote_literal
+from ingest.schema import RAW, Dataset, quote_ident, quote_literal
 from ingest.views import apply_views
 
 __all__ = ["POSITIONS", "DuckDBSink"]
 
 POSITIONS = "_ingest_positions"  # per instance and dataset: the last journal position stored
-RAW = "_raw"
 # The row group size the sink writes (DuckDB's default is 122,880). A commit of at least this
 # many rows goes straight to the file; the writer holds rows until then, in memory it counts
 # against max_pending_bytes. A quarter of the default holds a quarter of the rows, and lets
