@@ -274,11 +274,8 @@ class Daemon:
         """Write the state at once, without fsync: a killed process keeps what it wrote, and the
         next beat, within seconds, syncs it."""
         now = time.time_ns()
-        holes = self._holes(now)  # outside the try: a journal that cannot write stops the daemon
-        try:
-            self.downtime.write(holes, now)
-        except OSError as exc:  # a full disk must not cost the connection: the beat tries again
-            log.error("state file not written", path=str(self.downtime.path), error=str(exc))
+        # A journal that cannot write stops the daemon; a state file that cannot is logged.
+        self.downtime.write(self._holes(now), now)
 
     async def ingest_offline(self, records: Iterable[Record]) -> ReplayStats:
         """`replay`: records through the protocols into the sinks, no sockets, no journal of its own."""

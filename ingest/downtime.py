@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -67,6 +67,7 @@ class Downtime:
     """
 
     path: Path
+    _failing: bool = field(default=False, repr=False)  # a failure is logged once, not every beat
 
     def read(self, configured: Mapping[str, tuple[str, ...]]) -> dict[str, Hole]:
         """The holes the last run left open, for the providers and subscriptions still configured.
@@ -104,14 +105,21 @@ class Downtime:
             holes[name] = Hole(hole.since, subs, hole.closed)
         return holes
 
-    def write(self, holes: Mapping[str, Hole], now: int) -> None:
-        """Replace the file whole (temporary file, rename): a killed process leaves the old or the new."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.tmp")
-        tmp.write_bytes(msgspec.json.encode(_State(now, dict(holes))))
-        os.replace(tmp, self.path)
+    def write(self, holes: Mapping[str, Hole], now: int) -> bool:
+        """Replace the file whole (temporary file, rename): a killed process leaves the old or the
+        new. A failure is logged, not raised (the file bounds a gap, and the last good one still
+        does): False."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.tmp")
+            tmp.write_bytes(msgspec.json.encode(_State(now, dict(holes))))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        return True
 
-    def sync(self) -> None:
+    def _sync(self) -> None:
         """fsync the file as last written (blocking: from a worker thread)."""
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -120,12 +128,21 @@ class Downtime:
             os.close(fd)
 
     async def save(self, holes: Mapping[str, Hole], now: int) -> None:
-        """Write and sync; a failure is logged, not raised: the file is a bound on a gap, and the
-        last good one (or the next write) still bounds it."""
+        """Write, then fsync off the event loop."""
+        if not self.write(holes, now):
+            return
         try:
-            self.write(holes, now)
-            await asyncio.to_thread(self.sync)
+            await asyncio.to_thread(self._sync)
         except OSError as exc:
+            self._failed(exc)
+            return
+        if self._failing:
+            self._failing = False
+            log.info("state file written again", path=str(self.path))
+
+    def _failed(self, exc: OSError) -> None:
+        if not self._failing:
+            self._failing = True
             log.error("state file not written", path=str(self.path), error=str(exc))
 
     async def keep(self, holes: Callable[[int], Mapping[str, Hole]], clock: Callable[[], int]) -> None:
