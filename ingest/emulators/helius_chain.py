@@ -8,7 +8,17 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from ingest.emulators.helius_encode import TOKEN_PROGRAM, b58decode, b58encode, vanity
+from ingest.emulators.helius_encode import TOKEN_PROGRAM, b58encode, vanity
+from ingest.emulators.helius_layouts import (
+    SWAP_EVENT,
+    counter_data,
+    instruction_data,
+    mint_data,
+    pool_data,
+    token_account_data,
+    u64,
+    u64_at,
+)
 
 __all__ = [
     "COUNTERS",
@@ -72,6 +82,7 @@ MINT_DECIMALS = {m.address: m.decimals for m in MINTS.values()}
 TOKEN_ACCOUNTS = {(s, x): vanity(f"EmuTok{s}{x}") for s in MINTS for x in "ABCD"}
 COUNTERS = {x: vanity(f"EmuCounter{x}") for x in "AB"}
 POOLS = {x: vanity(f"EmuPoo1{x}") for x in "A"}
+_POOL_MINTS = (MINTS["USDC"].address, MINTS["GEM"].address)  # what a pool's data names
 # Accounts the ledger never changes, so they are kept out of `Chain.accounts` (and out of every account
 # or program notification); only transaction balances show them. Native programs hold 1 lamport; the
 # others hold the rent-exempt minimum of their size: token program 134,080 bytes, an upgradeable
@@ -84,15 +95,6 @@ FIXED_LAMPORTS = {
     **{pubkey: 27_074_400 for pubkey in VOTE_ACCOUNTS.values()},
 }
 
-TOKEN_ACCOUNT_SIZE = 165
-MINT_SIZE = 82
-COUNTER_SIZE = 56
-POOL_SIZE = 200  # above the 128-byte base58 limit on purpose
-COUNTER_DISCRIMINATOR = hashlib.sha256(b"account:Counter").digest()[:8]  # Anchor's account tag
-POOL_DISCRIMINATOR = hashlib.sha256(b"account:Pool").digest()[:8]
-_SWAP_EVENT = hashlib.sha256(b"event:Swapped").digest()[:8]
-_INCREMENT_IX = hashlib.sha256(b"global:increment").digest()[:8]  # Anchor's instruction tags
-_SWAP_IX = hashlib.sha256(b"global:swap").digest()[:8]
 _CUSTOM_1 = {"InstructionError": [0, {"Custom": 1}]}
 
 
@@ -149,44 +151,6 @@ class Block:
     txs: tuple[Tx, ...]
     writes: tuple[Account, ...]
     fork: bool = False
-
-
-def _u64(n: int) -> bytes:
-    return n.to_bytes(8, "little")
-
-
-def token_account_data(mint: str, owner: str, amount: int) -> bytes:
-    """SPL Token account layout (165 bytes): mint, owner, amount, no delegate, initialized, not native."""
-    none_key = b"\0" * 36  # COption<Pubkey>::None: 4-byte tag + 32 zero bytes
-    return (
-        b58decode(mint)
-        + b58decode(owner)
-        + _u64(amount)
-        + none_key
-        + b"\x01"
-        + b"\0" * 12
-        + _u64(0)
-        + none_key
-    )
-
-
-def mint_data(authority: str, supply: int, decimals: int) -> bytes:
-    """SPL Mint layout (82 bytes): mint authority, supply, decimals, initialized, no freeze authority."""
-    return b"\x01\0\0\0" + b58decode(authority) + _u64(supply) + bytes([decimals, 1]) + b"\0" * 36
-
-
-def counter_data(count: int, last_slot: int, authority: str) -> bytes:
-    return COUNTER_DISCRIMINATOR + _u64(count) + _u64(last_slot) + b58decode(authority)
-
-
-def pool_data(reserve_a: int, reserve_b: int, last_slot: int) -> bytes:
-    body = _u64(reserve_a) + _u64(reserve_b) + _u64(last_slot)
-    body += b58decode(MINTS["USDC"].address) + b58decode(MINTS["GEM"].address)
-    return (POOL_DISCRIMINATOR + body).ljust(POOL_SIZE, b"\0")
-
-
-def _u64_at(data: bytes, offset: int) -> int:
-    return int.from_bytes(data[offset : offset + 8], "little")
 
 
 class Chain:
@@ -318,7 +282,9 @@ class Chain:
             data = counter_data(rng.randint(0, 1_000), self.first_slot - 1, WALLETS["A"])
             self._put(Account(pubkey, COUNTER_PROGRAM, 1_280_160, data))
         for pubkey in POOLS.values():
-            data = pool_data(rng.randint(10**6, 10**7) * 10**6, rng.randint(10**6, 10**7) * 10**9, 0)
+            data = pool_data(
+                rng.randint(10**6, 10**7) * 10**6, rng.randint(10**6, 10**7) * 10**9, 0, _POOL_MINTS
+            )
             self._put(Account(pubkey, COUNTER_PROGRAM, 2_282_880, data))
 
     def _put(self, account: Account, writes: dict[str, Account] | None = None) -> None:
@@ -397,7 +363,7 @@ class Chain:
             tuple(self._lamports(k) for k in plan.keys),
             units,
             recent_blockhash,
-            _instruction_data(plan, slot),
+            instruction_data(plan.kind, plan.amount, slot),
         )
 
     def _transfer(
@@ -416,43 +382,32 @@ class Chain:
     def _token_op(self, plan: TxPlan, writes: dict[str, Account]) -> None:
         if plan.kind == "token_transfer":
             src, dst = (self.accounts[k] for k in plan.keys[1:3])
-            amount = min(plan.amount, _u64_at(src.data, 64))
+            amount = min(plan.amount, u64_at(src.data, 64))
             for acct, delta in ((src, -amount), (dst, amount)):
                 owner = b58encode(acct.data[32:64])
                 self._token(
-                    acct.pubkey, b58encode(acct.data[:32]), owner, _u64_at(acct.data, 64) + delta, writes
+                    acct.pubkey, b58encode(acct.data[:32]), owner, u64_at(acct.data, 64) + delta, writes
                 )
             return
         mint, dst = (self.accounts[k] for k in plan.keys[1:3])
         decimals = mint.data[44]
         self._put(
-            replace(mint, data=mint_data(WALLETS["A"], _u64_at(mint.data, 36) + plan.amount, decimals)),
+            replace(mint, data=mint_data(WALLETS["A"], u64_at(mint.data, 36) + plan.amount, decimals)),
             writes,
         )
         owner = b58encode(dst.data[32:64])
-        self._token(dst.pubkey, mint.pubkey, owner, _u64_at(dst.data, 64) + plan.amount, writes)
+        self._token(dst.pubkey, mint.pubkey, owner, u64_at(dst.data, 64) + plan.amount, writes)
 
     def _program_op(self, slot: int, plan: TxPlan, writes: dict[str, Account]) -> list[str]:
         acct = self.accounts[plan.keys[1]]
         if plan.kind == "increment":
-            data = counter_data(_u64_at(acct.data, 8) + 1, slot, b58encode(acct.data[24:56]))
+            data = counter_data(u64_at(acct.data, 8) + 1, slot, b58encode(acct.data[24:56]))
             self._put(replace(acct, data=data), writes)
             return []
-        reserve_a, reserve_b = _u64_at(acct.data, 8), _u64_at(acct.data, 16)
+        reserve_a, reserve_b = u64_at(acct.data, 8), u64_at(acct.data, 16)
         out = reserve_b * plan.amount // (reserve_a + plan.amount)  # constant product, no fee
-        self._put(replace(acct, data=pool_data(reserve_a + plan.amount, reserve_b - out, slot)), writes)
-        event = _SWAP_EVENT + _u64(plan.amount) + _u64(out)
+        self._put(
+            replace(acct, data=pool_data(reserve_a + plan.amount, reserve_b - out, slot, _POOL_MINTS)), writes
+        )
+        event = SWAP_EVENT + u64(plan.amount) + u64(out)
         return [f"Program data: {base64.b64encode(event).decode()}"]
-
-
-def _instruction_data(plan: TxPlan, slot: int) -> bytes:
-    """The instruction as its program would decode it: system and SPL Token layouts, Anchor tags."""
-    if plan.kind == "transfer":
-        return (2).to_bytes(4, "little") + _u64(plan.amount)  # SystemInstruction::Transfer
-    if plan.kind in ("token_transfer", "mint_to"):
-        return bytes([3 if plan.kind == "token_transfer" else 7]) + _u64(plan.amount)  # Transfer, MintTo
-    if plan.kind == "increment":
-        return _INCREMENT_IX
-    if plan.kind == "swap":
-        return _SWAP_IX + _u64(plan.amount)
-    return (12).to_bytes(4, "little") + _u64(slot - 1)  # made up: a vote naming the slot before
