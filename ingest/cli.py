@@ -373,6 +373,8 @@ def _emulator_options(settings: Sequence[str]) -> dict[str, Any]:
         name, sep, value = setting.partition("=")
         if not sep or not name.strip():
             raise ConfigError(f"--set {setting!r}: expected OPTION=VALUE")
+        if name.strip() in ("key", "port"):
+            raise ConfigError(f"--set {setting!r}: give the {name.strip()} with --{name.strip()}")
         try:
             options[name.strip()] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:

@@ -360,6 +360,8 @@ async def test_emulate_verb_takes_the_emulators_options(tmp_path):
     assert code == 2 and "fork_every must be 0" in err
     code, _, err = await run_cli("emulate", "blockdb", "--set", "seed=abc", cwd=tmp_path)
     assert code == 2 and "is not TOML" in err
+    code, _, err = await run_cli("emulate", "blockdb", "--set", "port=1", cwd=tmp_path)
+    assert code == 2 and "give the port with --port" in err
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         *("-m", "ingest", "emulate", "blockdb", "--set", "max_blocks=3", "--set", "block_interval=0.01"),
