@@ -34,3 +34,14 @@ SELECT b.first_slot, b.last_slot
 FROM between_roots b
 ASOF JOIN reach r ON b.first_slot > r.prev_root
 WHERE r.reach > b.last_slot;
+
+-- Whether a row of `slot` is final, by the rule above: received at finalized, or at or below the
+-- root seen and not in the unrooted range an ASOF join on solana_unrooted found for it (its
+-- last_slot; NULL when none starts at or below the slot).
+CREATE OR REPLACE MACRO solana_final(commitment, slot, root, unrooted_last) AS
+    commitment = 'finalized'
+    OR (coalesce(slot <= root, false) AND NOT coalesce(slot <= unrooted_last, false));
+
+-- Commitment levels in order, to keep the highest one seen of an event.
+CREATE OR REPLACE MACRO commitment_rank(commitment) AS
+    CASE commitment WHEN 'finalized' THEN 3 WHEN 'confirmed' THEN 2 WHEN 'processed' THEN 1 ELSE 0 END;

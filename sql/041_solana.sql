@@ -12,30 +12,24 @@ WITH updates AS (
     SELECT pubkey, slot, lamports, owner, executable, rent_epoch, space, data, commitment, _received_at
     FROM solana_program_accounts
 )
-SELECT u.*, u.commitment = 'finalized' OR (
-           coalesce(u.slot <= f.root, false) AND NOT coalesce(u.slot <= x.last_slot, false)
-       ) AS final
+SELECT u.*, solana_final(u.commitment, u.slot, f.root, x.last_slot) AS final
 FROM updates u
 CROSS JOIN solana_final_root f
 ASOF LEFT JOIN solana_unrooted x ON u.slot >= x.first_slot
 QUALIFY row_number() OVER (
     PARTITION BY pubkey, slot
-    ORDER BY CASE commitment WHEN 'finalized' THEN 3 WHEN 'confirmed' THEN 2 WHEN 'processed' THEN 1 ELSE 0 END DESC,
-             _received_at DESC
+    ORDER BY commitment_rank(commitment) DESC, _received_at DESC
 ) = 1;
 
 -- Transactions (Helius transactionSubscribe), one row per signature: the highest commitment level
 -- seen for it, and whether it is final, by the rule of solana_accounts (PROTOCOLS.md 4.9).
 CREATE OR REPLACE VIEW solana_transactions_by_signature AS
 SELECT t.signature, t.slot, t.transaction_index, t.err, t.fee, t.compute_units_consumed, t.commitment,
-       t._received_at, t.commitment = 'finalized' OR (
-           coalesce(t.slot <= f.root, false) AND NOT coalesce(t.slot <= x.last_slot, false)
-       ) AS final
+       t._received_at, solana_final(t.commitment, t.slot, f.root, x.last_slot) AS final
 FROM solana_transactions t
 CROSS JOIN solana_final_root f
 ASOF LEFT JOIN solana_unrooted x ON t.slot >= x.first_slot
 QUALIFY row_number() OVER (
     PARTITION BY t.signature
-    ORDER BY CASE t.commitment WHEN 'finalized' THEN 3 WHEN 'confirmed' THEN 2 WHEN 'processed' THEN 1 ELSE 0 END DESC,
-             t._received_at DESC
+    ORDER BY commitment_rank(t.commitment) DESC, t._received_at DESC
 ) = 1;

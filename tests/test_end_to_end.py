@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import duckdb
@@ -321,35 +322,31 @@ async def test_query_formats(tmp_path, fmt):
         assert "21000002" in text and "(3 rows)" in text
 
 
-async def test_emulate_verb_serves_a_standalone_emulator(tmp_path):
-    import aiohttp
-
+@contextlib.asynccontextmanager
+async def emulate(*args: str) -> AsyncIterator[str]:
+    """`python -m ingest emulate ARGS...` in a subprocess; the URL it listens on, until SIGINT."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ingest",
-        "emulate",
-        "blockdb",
-        "--port",
-        "0",
-        "--key",
-        "k-123456",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        sys.executable, "-m", "ingest", "emulate", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        url = line.split(" on ")[1].split(" ")[0]
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(url, headers={"Authorization": "Bearer k-123456"}) as ws,
-        ):
-            await ws.send_json({"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "params": {}})
-            ack = await asyncio.wait_for(ws.receive_json(), 10)
-            assert ack["status"] == "success"
+        yield line.split(" on ")[1].split(" ")[0]
     finally:
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_emulate_verb_serves_a_standalone_emulator(tmp_path):
+    import aiohttp
+
+    async with (
+        emulate("blockdb", "--port", "0", "--key", "k-123456") as url,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, headers={"Authorization": "Bearer k-123456"}) as ws,
+    ):
+        await ws.send_json({"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "params": {}})
+        ack = await asyncio.wait_for(ws.receive_json(), 10)
+        assert ack["status"] == "success"
 
 
 async def test_emulate_verb_takes_the_emulators_options(tmp_path):
@@ -362,30 +359,19 @@ async def test_emulate_verb_takes_the_emulators_options(tmp_path):
     assert code == 2 and "is not TOML" in err
     code, _, err = await run_cli("emulate", "blockdb", "--set", "port=1", cwd=tmp_path)
     assert code == 2 and "give the port with --port" in err
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "ingest", "emulate", "blockdb", "--set", "max_blocks=3", "--set", "block_interval=0.01"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        url = line.split(" on ")[1].split(" ")[0]
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(url, headers={"Authorization": "Bearer any-key"}) as ws,
-        ):
-            await ws.send_json({"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "params": {}})
-            blocks = []
-            with contextlib.suppress(TimeoutError):
-                while len(blocks) < 20:  # without the option, blocks would keep coming
-                    msg = await asyncio.wait_for(ws.receive_json(), 2.0)
-                    if "data" in msg:
-                        blocks.append(msg["data"]["block_number"])
-            assert len(blocks) == 3  # max_blocks = 3
-    finally:
-        proc.send_signal(signal.SIGINT)
-        await asyncio.wait_for(proc.wait(), 30)
+    async with (
+        emulate("blockdb", "--set", "max_blocks=3", "--set", "block_interval=0.01") as url,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, headers={"Authorization": "Bearer any-key"}) as ws,
+    ):
+        await ws.send_json({"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "params": {}})
+        blocks = []
+        with contextlib.suppress(TimeoutError):
+            while len(blocks) < 20:  # without the option, blocks would keep coming
+                msg = await asyncio.wait_for(ws.receive_json(), 2.0)
+                if "data" in msg:
+                    blocks.append(msg["data"]["block_number"])
+        assert len(blocks) == 3  # max_blocks = 3
 
 
 @pytest.mark.parametrize("off", ["duckdb", "parquet"])
