@@ -1,6 +1,6 @@
 """Process tuning for the long-running daemon: the cyclic GC and the allocators.
 
-Both are measured (benchmarks/README.md), and both only change when memory is collected or
+Both are measured (benchmarks/HISTORY.md), and both only change when memory is collected or
 handed back, never what the daemon computes.
 """
 

@@ -4,7 +4,7 @@ Flushes are held and committed together once a dataset has a row group's worth o
 (32,768: the sink attaches the file with that row group size, a quarter of DuckDB's default) or
 the oldest held one waited `commit_seconds`. DuckDB writes whole row groups of a transaction
 straight to the database file, but logs smaller inserts to its WAL and rewrites them at
-checkpoint, which costs about half again per row (benchmarks/README.md). Readers query
+checkpoint, which costs about half again per row (benchmarks/HISTORY.md). Readers query
 the Parquet files while the daemon runs (DuckDB has one writer), so only the file DuckDB leaves
 when the daemon stops sees this delay; the writer keeps the journal frames of held rows until
 they are committed, so a crash loses nothing.
