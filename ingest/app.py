@@ -67,6 +67,7 @@ class Daemon:
         self.downtime = Downtime(storage.data_dir / "state" / f"{config.instance}.json")
         self._emulators: dict[str, Any] = {}
         self._stop = asyncio.Event()
+        self._replaying = False  # a journal replay is running: no segment may be released
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -179,7 +180,11 @@ class Daemon:
     async def _replay(self, segments: list[Path], protocols: dict[str, Any]) -> None:
         """Frames journaled but maybe not stored by a run that did not stop cleanly, before connecting."""
         log.info("replaying the journal of an unclean stop", segments=len(segments))
-        stats = await replay(journal_records(segments), protocols, self.buffer)
+        self._replaying = True
+        try:
+            stats = await replay(journal_records(segments), protocols, self.buffer)
+        finally:
+            self._replaying = False
         self.metrics.replayed_frames = stats.frames
         log.info(
             "journal replayed",
@@ -367,8 +372,18 @@ class Daemon:
 
     async def _sync_journal(self) -> None:
         if self.journal is not None:
-            journal = self.journal
-            await journal.run(lambda: self.buffer.low_water(journal.next_position))
+            await self.journal.run(self._journal_low_water)
+
+    def _journal_low_water(self) -> int:
+        """Below this position the journal may delete its segments: every sink holds their rows."""
+        journal = self.journal
+        assert journal is not None
+        if self._replaying:
+            # The segments the replay has not read yet are in no buffer: with the buffer empty
+            # while the replay waits for room, the low water would be the next position, and
+            # every old segment would go, unread (a lost crash's worth of frames).
+            return 0
+        return self.buffer.low_water(journal.next_position)
 
     async def _tick(self) -> None:
         period = min(0.1, self.config.flush.max_age / 4)

@@ -44,6 +44,7 @@ NEAR_FULL = 0.75
 QUARANTINE = "quarantine"
 GAPS = "gaps"
 REORGS = "reorgs"
+_DERIVED = (QUARANTINE, REORGS, GAPS)  # datasets of rows the pipeline makes, not a provider
 
 
 @dataclass(slots=True)
@@ -127,9 +128,12 @@ class Buffer:
         if pending is None or not pending.takes(day, rows.position):
             if rows.dataset not in self._registry:
                 # A protocol naming an undeclared dataset is a bug, but the data is still kept.
-                for rec in rows.records:
-                    reason = f"no dataset named {rows.dataset!r}"
-                    self.reject(Rejected(rows.provider, rec, reason, rows.received_at, rows.subscription))
+                reason = f"no dataset named {rows.dataset!r}"
+                provider, at, sub, name = rows.provider, rows.received_at, rows.subscription, rows.dataset
+                positions = rows.positions or [rows.position] * len(rows.records)
+                for rec, position in zip(rows.records, positions, strict=False):
+                    # Its frame's position: the journal keeps the frame until this row is stored.
+                    self.reject(Rejected(provider, rec, reason, at, sub, name, position))
                 return
             pending = self._new_pending(rows.dataset, pending, day)
         records = rows.records
@@ -342,11 +346,27 @@ class Buffer:
     def outstanding_bytes(self) -> int:
         return self._outstanding
 
+    def take_derived(self) -> list[Flush]:
+        """The rows the pipeline derived (quarantine, reorgs, gaps), queued or not, as flushes for
+        the writer now, ahead of the queue.
+
+        The writer stores them before the flush it built them from: once a sink holds that flush, a
+        replay skips its frames without decoding them, so nothing would derive these rows again.
+        """
+        taken = [f for f in self._ready if f.dataset in _DERIVED]
+        if taken:
+            self._ready = deque(f for f in self._ready if f.dataset not in _DERIVED)
+        taken += [self._sealed_flush(name, "derived") for name in _DERIVED if name in self._pending]
+        return taken
+
     def _seal(self, name: str, reason: str) -> None:
-        pending = self._pending.pop(name)
-        p = pending
+        self._ready.append(self._sealed_flush(name, reason))
+        self._has_ready.set()
+
+    def _sealed_flush(self, name: str, reason: str) -> Flush:
+        """A dataset's pending rows as a flush, counted as sealed and in flight until done()."""
+        p = self._pending.pop(name)
         self._sealed[name] = self._sealed.get(name, 0) + p.rows
         flush = Flush(name, p.chunks, p.values, p.rows, p.nbytes, reason, p.first, p.last)
-        self._in_flight[id(flush)] = pending.first
-        self._ready.append(flush)
-        self._has_ready.set()
+        self._in_flight[id(flush)] = p.first
+        return flush

@@ -169,21 +169,36 @@ class Writer:
                 closed = True
                 self.reorgs.close()
                 continue
+            # Rows derived while building it (its records the schema refused, the reorgs and gaps
+            # its blocks showed) go to each lane ahead of it: once a sink holds this flush, a replay
+            # skips its frames without decoding them, so nothing would derive those rows again.
+            flushes = [flush]
+            items: list[_Built] = []
             try:
-                item = await self._build(flush)
+                items.append(await self._build(flush))
+                if self._registry[flush.dataset].kind != "values":
+                    flushes[:0] = self._buffer.take_derived()
+                    items[:0] = [await self._build(derived) for derived in flushes[:-1]]
             except BaseException:
-                self._buffer.done(flush)
+                for taken in flushes:
+                    self._buffer.done(taken)
                 raise
             if self._before_write is not None:
                 self._before_write()  # the journal holds every frame before any of its rows is stored
-            # The raw records are no longer needed: the table is what stays in memory now.
-            flush.chunks, flush.values = [], []
-            self._buffer.resize(flush, item.nbytes)
-            item.waiting = item.unwritten = len(lanes)
-            for lane in lanes:
-                lane.queue.put_nowait(item)
-            if not lanes:
-                self._finished(item)
+            for item in items:
+                self._queue(lanes, item)
+
+    def _queue(self, lanes: list[_Lane], item: _Built) -> None:
+        """Hand a built flush to every sink's lane."""
+        flush = item.flush
+        # The raw records are no longer needed: the table is what stays in memory now.
+        flush.chunks, flush.values = [], []
+        self._buffer.resize(flush, item.nbytes)
+        item.waiting = item.unwritten = len(lanes)
+        for lane in lanes:
+            lane.queue.put_nowait(item)
+        if not lanes:
+            self._finished(item)
 
     async def _drain(self, lane: _Lane) -> None:
         """Store what the builder queues for this sink, in order; commit held rows when due."""

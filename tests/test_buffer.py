@@ -6,7 +6,7 @@ import asyncio
 
 from ingest.buffer import CHUNK_OVERHEAD, QUARANTINE, RECORD_OVERHEAD, Buffer
 from ingest.config import FlushPolicy
-from ingest.events import Rejected, Rows
+from ingest.events import Gap, Rejected, Rows
 
 
 class Clock:
@@ -91,6 +91,39 @@ async def test_unknown_dataset_and_rejects_go_to_quarantine(registry):
     assert [r["raw"] for r in flush.values] == [b"{1}", b"{2}", b"junk"]
     assert "no dataset named" in flush.values[0]["reason"]
     assert await buf.next_flush() is None
+
+
+async def test_records_of_an_undeclared_dataset_keep_their_frames_in_the_journal(registry):
+    buf = Buffer(registry, FlushPolicy(max_age=60))
+    buf.add(Rows("blockdb", "no_such_table", "s", [b"{1}"], 5, position=7))
+    run = Rows("blockdb", "no_such_table", "s", [b"{2}"], 5, position=8)
+    run.join(b"{3}", 9)  # a run of frames of one read: each record keeps its own frame's position
+    buf.add(run)
+    assert buf.low_water(10) == 7  # frame 7 is only in memory: the journal must keep it
+    buf.close()
+    flush = await buf.next_flush()
+    assert [(r["position"], r["dataset"]) for r in flush.values] == [
+        (7, "no_such_table"),
+        (8, "no_such_table"),
+        (9, "no_such_table"),
+    ]
+    assert (flush.first, flush.last) == (7, 9)
+
+
+async def test_derived_rows_are_taken_ahead_of_the_queue(registry):
+    buf = Buffer(registry, FlushPolicy(max_rows=1, max_age=60))
+    buf.add(Rows("blockdb", "blockdb_transfers", "s", [b"{}"], 5, position=1))
+    buf.reject(Rejected("blockdb", b"junk", "x", 6, position=2))
+    buf.flush_due()  # both full (max_rows 1): queued
+    buf.gap(Gap("blockdb", "s", "block", 1, 2, "1", 5, 9, 3), 7)  # pending
+    taken = buf.take_derived()
+    assert [(f.dataset, f.first) for f in taken] == [(QUARANTINE, 2), ("gaps", 3)]
+    assert buf.low_water(10) == 1  # taken, not done: they still hold their frames
+    for f in taken:
+        buf.done(f)
+    assert buf.low_water(10) == 1
+    assert (await buf.next_flush()).dataset == "blockdb_transfers"  # the queue keeps the rest
+    assert buf.take_derived() == []
 
 
 async def test_close_seals_everything_and_late_rejects_still_flush(registry):

@@ -19,13 +19,16 @@ from pathlib import Path
 
 import duckdb
 
+import ingest.app
+from ingest.app import Daemon
 from ingest.buffer import Buffer
-from ingest.config import FlushPolicy
+from ingest.config import FlushPolicy, load_config
 from ingest.emulators.blockdb import BlockDBEmulator
 from ingest.events import Rows
-from ingest.journal import Kind
+from ingest.journal import Journal, Kind
 from ingest.metrics import Metrics
 from ingest.protocols.blockdb import DATASETS, GENERIC_DATASET
+from ingest.reorgs import recent_blocks_sql
 from ingest.replay import journal_records
 from ingest.sinks.duckdb import DuckDBSink
 from ingest.sinks.parquet import ParquetSink
@@ -128,7 +131,7 @@ async def test_kill_9_at_twenty_random_moments_loses_and_doubles_nothing(tmp_pat
     finally:
         await emulator.stop()
     expected = Counter(received.values()) + Counter(last_run)
-    assert sum(expected.values()) >= 100_000
+    assert sum(expected.values()) >= 20_000  # enough to cross flushes, segments and reorgs on any machine
     in_db, in_parquet = stored(tmp_path)
     assert in_db == expected  # every message received, exactly once
     assert in_parquet == expected
@@ -255,3 +258,107 @@ async def test_replay_verb_ingests_journal_segments_and_captures(tmp_path):
         timeout=120,
     )
     assert ok.returncode == 0 and "replayed 5 frames into 5 rows" in ok.stdout
+
+
+def blocks(bad_at: int | None = None) -> list[Rows]:
+    """Four BlockDB blocks, journal positions 1-4: height 2 comes again with another hash (a
+    reorg, closed by block 3 on top of it); `bad_at`: that one's number is no number (quarantined)."""
+    chain = [(1, 1, "a", "0"), (2, 2, "b", "a"), (3, 2, "d", "a"), (4, 3, "c", "d")]
+    return [
+        Rows(
+            "blockdb",
+            "blockdb_blocks",
+            "blocks",
+            [
+                json.dumps(
+                    {
+                        "block_number": "five" if position == bad_at else number,
+                        "block_hash": block_hash * 64,
+                        "parent_block_hash": parent * 64,
+                        "timestamp_utc": "2025-11-11T18:42:15.123Z",
+                        "_tracing_id": f"t{position}",
+                    }
+                ).encode()
+            ],
+            1_763_000_000_000_000_000 + position,
+            {"chain_id": 1},
+            position=position,
+        )
+        for position, number, block_hash, parent in chain
+    ]
+
+
+async def test_rows_derived_from_a_flush_survive_a_crash_right_after_it_was_stored(registry, tmp_path):
+    """A record the schema refused, and the reorg its flush showed, are rows the writer derives
+    while building it. A kill -9 right after the flush is stored in both sinks must not lose them:
+    the replay skips frames every sink holds, so they are stored before it, never after."""
+
+    def sinks() -> list:
+        duckdb_sink = DuckDBSink(tmp_path / "db.duckdb", instance="main", commit_rows=1)  # commits at once
+        opened = [ParquetSink(str(tmp_path / "parquet"), "main"), duckdb_sink]
+        for sink in opened:
+            sink.open(registry.values())
+        return opened
+
+    frames = blocks(bad_at=1)  # quarantined: the reorg at height 2 is still seen
+    crashed = sinks()
+    buffer, metrics = Buffer(registry, FlushPolicy(max_rows=4, max_age=60)), Metrics()
+    writer = asyncio.create_task(Writer(registry, buffer, crashed, metrics).run())
+    for rows in frames:
+        buffer.add(rows)
+    buffer.flush_due()
+    await eventually(lambda: metrics.dataset("blockdb_blocks").rows_written == 3, what="the blocks stored")
+    await eventually(lambda: crashed[1].checkpoint("blockdb_blocks") == 4, what="DuckDB's commit")
+    writer.cancel()  # kill -9: nothing more is written, nothing is closed
+    await asyncio.gather(writer, return_exceptions=True)
+    crashed[1]._con.close()
+
+    restarted = sinks()  # the restart replays the journal: the same frames, the same positions
+    buffer = Buffer(registry, FlushPolicy(max_rows=4, max_age=60))
+    replaying = Writer(registry, buffer, restarted, Metrics())
+    replaying.reorgs.seed(restarted[1].read(recent_blocks_sql("blockdb_blocks")))  # as the daemon does
+    task = asyncio.create_task(replaying.run())
+    for rows in frames:
+        buffer.add(rows)
+    buffer.close()
+    await asyncio.wait_for(task, 10)
+    for sink in restarted:
+        sink.close()
+    for path, root in ((tmp_path / "db.duckdb", None), (None, str(tmp_path / "parquet"))):
+        con, _ = connect_for_query(registry, path, root)
+        assert con.execute("SELECT count(*) FROM blockdb_blocks").fetchone()[0] == 3
+        assert con.execute("SELECT position, dataset FROM quarantine").fetchall() == [(1, "blockdb_blocks")]
+        assert con.execute("SELECT first_height, depth FROM reorgs").fetchall() == [(2, 1)]
+
+
+async def test_no_journal_segment_goes_while_the_replay_has_not_read_it(tmp_path, monkeypatch):
+    """The journal's sync task releases segments below the buffer's low water; during the
+    start-up replay, the segments not read yet are in no buffer, so with the buffer empty (the
+    replay waiting for room, or not started) the low water would let every one of them go."""
+    async with BlockDBEmulator(key=KEY, block_interval=0.05, txs_per_block=2) as emulator:
+        monkeypatch.setenv("BLOCKDB_API_KEY", KEY)
+        daemon = Daemon(load_config(config(tmp_path, emulator.url)))
+        assert daemon.journal is not None
+        # A crashed run's journal: 300 frames in many small segments, none of them stored.
+        crashed = Journal(daemon.journal.directory, segment_bytes=4096, write_bytes=1024)
+        crashed.open()
+        for i in range(300):
+            update = {"block_number": i, "tx_index": 0, "log_index": i, "_tracing_id": f"crashed-{i}"}
+            frame = {"chain_id": 1, "dataset_id": "0304", "is_reorg": False, "data": update}
+            crashed.append(Kind.FRAME, "blockdb", 1_763_000_000_000_000_000 + i, json.dumps(frame).encode())
+        crashed.close()
+        assert len(list(daemon.journal.directory.glob("*.seg"))) > 10
+
+        replay = ingest.app.replay
+
+        async def replay_after_a_release(*args: object) -> object:
+            # What the sync task may do at any moment of the replay: here before it reads anything.
+            daemon.journal.release(daemon._journal_low_water())
+            return await replay(*args)
+
+        monkeypatch.setattr(ingest.app, "replay", replay_after_a_release)
+        await daemon.run(duration=1.0)
+    db = duckdb.connect(str(tmp_path / "data" / "ingest.duckdb"), read_only=True)
+    sql = "SELECT count(DISTINCT _tracing_id) FROM blockdb_transfers WHERE _tracing_id LIKE 'crashed-%'"
+    assert db.execute(sql).fetchone()[0] == 300
+    db.close()
