@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from ingest.config import AuthConfig
 from ingest.errors import ConfigError
@@ -37,11 +37,12 @@ def read_secret(auth: AuthConfig, where: str) -> str | None:
     return None if auth.env is None else env_secret(auth.env, f"{where}.auth.env")
 
 
-def redact_url(url: str) -> str:
-    """The URL with every credential-looking query value and any userinfo replaced by ***."""
+def redact_url(url: str, *, also: str | None = None) -> str:
+    """The URL with every credential-looking query value (and that of parameter `also`) and any
+    userinfo replaced by ***."""
     parts = urlsplit(url)
     query = [
-        (k, "***" if any(s in k.lower() for s in _SENSITIVE) else v)
+        (k, "***" if k == also or any(s in k.lower() for s in _SENSITIVE) else v)
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     ]
     netloc = parts.netloc.rsplit("@", 1)[-1]
@@ -57,7 +58,10 @@ def build_target(url: str, auth: AuthConfig, secret: str | None) -> Target:
             parts = urlsplit(url)
             query = [*parse_qsl(parts.query, keep_blank_values=True), (auth.query_param, secret)]
             url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
-    display = redact_url(url)
-    if secret is not None and secret in display:  # a key inside a path segment or host
-        display = display.replace(secret, "***")
+    # The key's own parameter is masked whatever it is called (`?access=...` has no telling name).
+    in_query = secret is not None and auth.location == "query"
+    display = redact_url(url, also=auth.query_param if in_query else None)
+    if secret is not None:  # a key inside a path segment or host, as written or percent-encoded
+        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+            display = display.replace(form, "***")
     return Target(url=url, headers=headers, display_url=display)

@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import structlog
@@ -162,6 +163,17 @@ def test_key_goes_where_the_config_says_and_never_into_the_shown_url():
     assert t2.display_url == "wss://h/v1/evm/?x=1&api_key=***"
     assert "s3cr3t-key" not in repr(t1) + repr(t2)
     assert redact_url("wss://user:pw@h/p?token=ory_at_x&network=eth") == "wss://h/p?token=***&network=eth"
+
+
+def test_a_key_in_a_parameter_of_any_name_is_masked_in_the_shown_url():
+    # A base64 key has characters a URL percent-encodes: the shown URL holds neither form of it.
+    key = "Zq9/LEAK+KEY=="
+    access = AuthConfig("K", "query", "Authorization", "Bearer", "access")
+    target = build_target("wss://api.example/v1/?network=eth", access, key)
+    assert target.url == "wss://api.example/v1/?network=eth&access=Zq9%2FLEAK%2BKEY%3D%3D"
+    assert target.display_url == "wss://api.example/v1/?network=eth&access=***"
+    in_path = build_target(f"wss://api.example/{quote(key, safe='')}/ws", access, key)
+    assert in_path.display_url.startswith("wss://api.example/***/ws")
 
 
 def test_registered_secrets_never_reach_the_logs(capsys):
