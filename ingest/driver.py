@@ -112,6 +112,8 @@ class Collector:
         # Tokens are numbered by `TokenSource.fetches`; this one replaced a token refused after
         # the upgrade, and is not replaced in its turn unless it served a healthy session first.
         self._replacement = 0
+        # The last immediate reconnect (asked by the server) came before its session proved healthy.
+        self._asked_early = False
         self._sink = sink
         self.stats = stats
         self._sleep_override = sleep
@@ -260,8 +262,13 @@ class Collector:
             async with ws:
                 await self._read(ws)
         except _ReconnectNow as exc:
-            self.log.info("reconnecting at once", reason=str(exc))
-            return
+            if not self._asked_early:
+                self._asked_early = time.monotonic() - started < self.config.backoff.healthy_after
+                self.log.info("reconnecting at once", reason=str(exc))
+                return
+            # Asked again before a session proved healthy: at once every time would be a storm
+            # (a server, or a proxy, answering every hello so), so from the second on, the backoff.
+            raise Transient(f"{exc}, again {time.monotonic() - started:.1f} s after connecting") from None
         except Transient as exc:
             lived = time.monotonic() - started
             self._on_lost(str(exc))
@@ -274,6 +281,8 @@ class Collector:
             pause, reason = _jittered(exc.retry_after or 0.0), str(exc)
         finally:
             self._deadline, self._ws = None, None
+            if time.monotonic() - started >= self.config.backoff.healthy_after:
+                self._asked_early = False
             self.protocol.connection_lost()
             if self._lost_at is None:
                 self._lost_at = time.monotonic()

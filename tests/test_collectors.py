@@ -278,6 +278,33 @@ async def test_coinapi_reconnect_message_reconnects_at_once(registry):
         assert sleeps == []  # no backoff: the provider asked for it
 
 
+async def test_coinapi_asked_to_reconnect_again_before_a_healthy_session_backs_off(registry):
+    """A server (or a proxy) answering every hello with `reconnect` must not get a storm of
+    connections: the first ask is honoured at once, the next one within `healthy_after` waits."""
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async with CoinAPIEmulator(key=KEY, tick_interval=0.01) as emu:
+        col, buffer = collector(
+            registry,
+            provider_config("coinapi", emu.url, [{"name": "t", "data_types": ["trade"]}]),
+            KEY,
+            sleep=sleep,
+        )
+        task = asyncio.create_task(col.run())
+        for connects in (2, 3):
+            n = buffer.received.get("coinapi_trades", 0)
+            await eventually(lambda n=n: buffer.received.get("coinapi_trades", 0) > n + 5, what="trades")
+            emu.send_reconnect(within_seconds=10, close_after=5.0)
+            await eventually(lambda c=connects: col.stats.connects == c, what="reconnect")
+            assert len(sleeps) == connects - 2  # at once the first time, after the backoff then
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+    assert "again" in col.stats.last_error and "after connecting" in col.stats.last_error
+
+
 # -- Helius --------------------------------------------------------------------------------------
 
 

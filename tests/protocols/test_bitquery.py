@@ -76,6 +76,16 @@ def test_resubscribes_with_fresh_ids_after_a_reconnect():
     assert [json.loads(f)["id"] for f in p.data_to_send()] == ["2"]
 
 
+def test_a_second_ack_on_one_connection_is_quarantined_and_starts_nothing_again():
+    p = proto({"name": "blocks", "query": BLOCKS})
+    handshake(p)
+    events = p.receive(b'{"type":"connection_ack"}', 2)
+    assert [type(e).__name__ for e in events] == ["Rejected"]
+    assert "acknowledged connection" in events[0].reason and events[0].raw == b'{"type":"connection_ack"}'
+    assert p.data_to_send() == []  # the operation runs once, under its one id
+    assert p.state()["ops"] == {"1": "blocks"}
+
+
 @pytest.mark.parametrize(("subprotocol", "name"), [(LEGACY, "data_transfers"), (TRANSPORT, "data_transfers")])
 def test_a_data_frame_becomes_one_rows_event_for_its_cube(subprotocol, name, registry):
     p = proto({"name": "eth_transfers", "query": TRANSFERS}, subprotocol=subprotocol)

@@ -260,6 +260,8 @@ class BitqueryProtocol:
             self._outbox.append('{"type":"pong"}')
             return []
         if kind == "connection_ack":
+            if self._acked:  # a second ack would start every operation again: every row twice
+                return [self._reject(frame, "connection_ack on an acknowledged connection", received_at)]
             self._acked = True
             self._again.due()  # their time has come: started now, with the rest
             for sub in self._desired.values():
