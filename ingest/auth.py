@@ -29,6 +29,8 @@ def env_secret(name: str, key: str) -> str:
     value = os.environ.get(name, "")
     if not value:
         raise ConfigError(f"{key}: the environment variable {name} is not set or empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):  # a pasted newline, say: no header takes it
+        raise ConfigError(f"{key}: the environment variable {name} holds control characters")
     return value
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ingest.errors import ConfigError
 from ingest.lake import Lake, open_lake
@@ -38,6 +39,8 @@ DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 EMULATOR_URL = "emulator"  # start the provider's local emulator and connect to it
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110 5.6.2)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +221,9 @@ def _storage(t: _Table, base: Path) -> StorageConfig:
         "region",
         "allow_http",
     )
+    for name in ("data_dir", "duckdb", "parquet", "journal"):
+        if t.raw.get(name) == "":
+            raise ConfigError(f"{t.key(name)}: an empty path; leave it out for the default")
     data_dir = base / t.get("data_dir", str, "data")
     duckdb = t.get("duckdb", (bool, str), True)
     parquet = t.get("parquet", (bool, str), True)
@@ -233,6 +239,13 @@ def _storage(t: _Table, base: Path) -> StorageConfig:
         raise ConfigError(
             f"{t.where}: both sinks are off (duckdb = false, parquet = false): nothing would be kept"
         )
+    _can_be_directory(data_dir, t.key("data_dir"))
+    if duckdb_path is not None:
+        _can_be_directory(duckdb_path.parent, t.key("duckdb"))
+    if journal_dir is not None:
+        _can_be_directory(journal_dir, t.key("journal"))
+    if parquet_root is not None and "://" not in parquet_root:
+        _can_be_directory(Path(parquet_root), t.key("parquet"))
     storage = StorageConfig(
         data_dir=data_dir,
         duckdb_path=duckdb_path,
@@ -245,8 +258,18 @@ def _storage(t: _Table, base: Path) -> StorageConfig:
         allow_http=t.get("allow_http", bool, False),
     )
     if parquet_root is not None:
-        storage.lake()  # a bad root or endpoint fails here, before any connection
+        try:
+            storage.lake()  # a bad root or endpoint fails here, before any connection
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{t.where}: the Parquet lake {parquet_root!r} cannot be used: {exc}") from None
     return storage
+
+
+def _can_be_directory(path: Path, key: str) -> None:
+    """A directory the daemon may create: it, or its nearest existing parent, is a directory."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{key}: {existing} is a file, where a directory is needed")
 
 
 def _compaction(t: _Table) -> CompactionConfig:
@@ -286,6 +309,19 @@ def _flush(t: _Table) -> FlushPolicy:
     return policy
 
 
+def _check_url(url: str, key: str) -> None:
+    expected = f'expected a ws:// or wss:// URL, or "{EMULATOR_URL}"'
+    if not re.match(r"^wss?://[^/\s]+", url):
+        raise ConfigError(f"{key}: {expected}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed for its check: out of range raises
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+        raise ConfigError(f"{key}: {expected} ({exc})") from None
+    if not parts.hostname:
+        raise ConfigError(f"{key}: {expected} (no host)")
+
+
 def _auth(t: _Table, kind: str, emulated: bool) -> AuthConfig:
     t.only("env", "oauth", "in", "header", "scheme", "query_param")
     defaults = PROTOCOLS[kind].auth
@@ -307,13 +343,17 @@ def _auth(t: _Table, kind: str, emulated: bool) -> AuthConfig:
             # The token is renewed per connection, which only a URL or header built at connect can carry.
             raise ConfigError(f'{t.key("oauth")}: needs in = "header" or "query", not "message"')
         oauth = _oauth(t.table("oauth"), defaults.token_url, emulated)
+    header = t.get("header", str, defaults.header)
+    if not _HEADER_NAME.match(header):
+        raise ConfigError(f"{t.key('header')}: expected an HTTP header name, got {header!r}")
+    scheme = t.get("scheme", str, defaults.scheme)
+    if _CONTROL.search(scheme):
+        raise ConfigError(f"{t.key('scheme')}: control characters cannot go in a header, got {scheme!r}")
+    query_param = t.get("query_param", str, defaults.query_param)
+    if not query_param:
+        raise ConfigError(f"{t.key('query_param')}: expected a parameter name, got an empty one")
     return AuthConfig(
-        env=env,
-        location=location,
-        header=t.get("header", str, defaults.header),
-        scheme=t.get("scheme", str, defaults.scheme),
-        query_param=t.get("query_param", str, defaults.query_param),
-        oauth=oauth,
+        env=env, location=location, header=header, scheme=scheme, query_param=query_param, oauth=oauth
     )
 
 
@@ -381,8 +421,8 @@ def _provider(name: str, t: _Table, config_dir: Path, flush: FlushPolicy) -> Pro
     if not _NAME.match(name):
         raise ConfigError(f"{t.where}: provider names are lower-case identifiers, got {name!r}")
     url = t.get("url", str, "")
-    if url != EMULATOR_URL and not re.match(r"^wss?://[^/\s]+", url):
-        raise ConfigError(f'{t.key("url")}: expected a ws:// or wss:// URL, or "{EMULATOR_URL}"')
+    if url != EMULATOR_URL:
+        _check_url(url, t.key("url"))
     subs_raw = t.get("subscriptions", list, [])
     if not subs_raw:
         raise ConfigError(f"{t.key('subscriptions')}: at least one subscription is needed")
@@ -402,6 +442,8 @@ def _provider(name: str, t: _Table, config_dir: Path, flush: FlushPolicy) -> Pro
     names = [s.name for s in subs]
     if dup := sorted({n for n in names if names.count(n) > 1}):
         raise ConfigError(f"{t.key('subscriptions')}: the subscription name {dup[0]!r} is used twice")
+    if check := getattr(protocol, "check_subscriptions", None):  # what subscriptions exclude each other
+        check(subs, t.key("subscriptions"))
     b = t.table("backoff")
     b.only("initial", "max", "healthy_after")
     backoff = BackoffConfig(

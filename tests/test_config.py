@@ -116,12 +116,48 @@ def test_read_coalescing_by_default_follows_the_flush_age(tmp_path):
         ("providers.blockdb.read_coalesce", -0.01, "providers.blockdb.read_coalesce: expected"),
         ("providers.blockdb.silent_after", -1, "providers.blockdb.silent_after: expected a non-negative"),
         ("providers.blockdb.enabled", False, "providers: no enabled provider"),
+        ("providers.blockdb.url", "ws://[::1/", "providers.blockdb.url: expected a ws:// or wss:// URL"),
+        ("providers.blockdb.url", "ws://127.0.0.1:99999/", "Port out of range"),
+        (
+            "providers.blockdb.auth.header",
+            "X-Key\nEvil: 1",
+            "providers.blockdb.auth.header: expected an HTTP",
+        ),
+        ("providers.blockdb.auth.header", "", "providers.blockdb.auth.header: expected an HTTP header name"),
+        ("providers.blockdb.auth.scheme", "Bearer\r\n", "providers.blockdb.auth.scheme: control characters"),
+        ("providers.blockdb.auth.query_param", "", "providers.blockdb.auth.query_param: expected a param"),
+        ("storage.duckdb", "", "storage.duckdb: an empty path"),
+        ("storage.data_dir", "", "storage.data_dir: an empty path"),
+        (
+            "providers.blockdb.subscriptions",
+            [
+                {"name": "usdt", "chain_id": 1, "dataset_id": "0304", "params": {"token": "0xdac1"}},
+                {"name": "usdc", "chain_id": 1, "dataset_id": "0304", "params": {"token": "0xa0b8"}},
+            ],
+            "'usdt' and 'usdc' both subscribe to chain 1, dataset 0304",
+        ),
     ],
 )
 def test_bad_values_name_the_key_at_fault(tmp_path, path, value, message):
     with pytest.raises(ConfigError) as info:
         parse_config(with_(path, value), base=tmp_path)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["data_dir", "duckdb", "journal", "parquet"])
+def test_a_storage_path_under_a_file_is_a_config_error(tmp_path, key):
+    (tmp_path / "afile").write_text("x")
+    path = "afile/x.duckdb" if key == "duckdb" else "afile/sub"
+    with pytest.raises(ConfigError, match=rf"storage\.{key}: .*afile is a file, where a directory is needed"):
+        parse_config(with_(f"storage.{key}", path), base=tmp_path)
+
+
+def test_a_key_variable_with_control_characters_is_named_not_shown(monkeypatch):
+    monkeypatch.setenv("KEY_WITH_NEWLINE", "s3cr3t\n")
+    auth = AuthConfig("KEY_WITH_NEWLINE", "header", "Authorization", "Bearer", "api_key")
+    with pytest.raises(ConfigError, match="KEY_WITH_NEWLINE holds control characters") as info:
+        read_secret(auth, "providers.x")
+    assert "s3cr3t" not in str(info.value)
 
 
 def test_both_sinks_off_is_an_error(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -130,6 +130,19 @@ class BlockDBProtocol:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}.name: expected a non-empty string")
         return BlockDBSubscription(name=name, chain_id=chain_id, dataset_id=dataset_id, params=params)
+
+    @classmethod
+    def check_subscriptions(cls, subs: Sequence[BlockDBSubscription], where: str) -> None:
+        """A connection holds one subscription per chain and dataset (PROTOCOLS.md 2.2): a second
+        one of the same pair would replace the first, which then never delivers."""
+        seen: dict[Pair, str] = {}
+        for sub in subs:
+            if (first := seen.setdefault(sub.pair, sub.name)) != sub.name:
+                raise ConfigError(
+                    f"{where}: {first!r} and {sub.name!r} both subscribe to chain {sub.chain_id}, "
+                    f"dataset {sub.dataset_id}; a connection holds one subscription per pair: put "
+                    "the filters in one subscription's params, or the other in a provider of its own"
+                )
 
     # -- driver inputs ---------------------------------------------------------------------------
 
