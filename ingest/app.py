@@ -22,7 +22,7 @@ from ingest.compact import compact
 from ingest.config import Config, ProviderConfig
 from ingest.downtime import Downtime, Hole
 from ingest.driver import Collector
-from ingest.emulators import EMULATORS
+from ingest.emulators import EMULATORS, make_emulator
 from ingest.errors import ConfigError
 from ingest.journal import Journal, Record
 from ingest.log import register_secret
@@ -103,8 +103,8 @@ class Daemon:
             # The emulator is the token endpoint too, and accepts only the tokens it issued.
             auth = {"key": None, "client_id": client[0], "client_secret": client[1]}
         try:
-            emulator = factory(**auth, **provider.emulator)
-        except (TypeError, ValueError) as exc:
+            emulator = make_emulator(provider.kind, provider.emulator, **auth)
+        except (ConfigError, TypeError, ValueError) as exc:
             raise ConfigError(f"providers.{provider.name}.emulator: {exc}") from None
         self._emulators[provider.name] = emulator
         return str(await emulator.start(host="127.0.0.1", port=0))

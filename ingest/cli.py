@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import math
 import subprocess
 import sys
 import tomllib
@@ -33,6 +34,28 @@ log = structlog.get_logger("ingest.cli")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds (nan would compare as never due)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingest", description=__doc__)
     sub = parser.add_subparsers(dest="verb")
@@ -42,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     run = with_config(sub.add_parser("run", help="run the ingestion daemon (the default verb)"))
-    run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    run.add_argument("--duration", type=_seconds, help="stop after this many seconds (default: until Ctrl-C)")
     run.add_argument("--log-format", choices=("console", "json"), help="log lines as text or JSON")
     run.add_argument("--no-live", action="store_true", help="no live table, a progress log line instead")
 
@@ -54,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
     emulate = sub.add_parser("emulate", help="serve one provider emulator on 127.0.0.1 until stopped")
     emulate.add_argument("provider")
-    emulate.add_argument("--port", type=int, default=0)
+    emulate.add_argument("--port", type=_port, default=0)
     emulate.add_argument("--key", help="the only key accepted (default: any non-empty key)")
     emulate.add_argument(
         "--set",
@@ -79,8 +102,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser("compact", help="merge small Parquet files of closed days (safe while daemons run)")
     )
     comp.add_argument("--older-than", type=datetime.date.fromisoformat, help="only days before this date")
-    comp.add_argument("--target-rows", type=int, default=1_000_000)
-    comp.add_argument("--grace", type=float, default=3600.0, help="seconds before replaced files are deleted")
+    comp.add_argument("--target-rows", type=_count, default=1_000_000)
+    comp.add_argument(
+        "--grace", type=_seconds, default=3600.0, help="seconds before replaced files are deleted"
+    )
 
     rp = with_config(
         sub.add_parser("replay", help="ingest journal segments or a capture of raw frames offline")
@@ -385,13 +410,13 @@ def _emulator_options(settings: Sequence[str]) -> dict[str, Any]:
 
 
 async def _emulate(provider: str, port: int, key: str | None, settings: Sequence[str] = ()) -> int:
-    from ingest.emulators import EMULATORS
+    from ingest.emulators import EMULATORS, make_emulator
 
     if provider not in EMULATORS:
         print(f"unknown provider {provider!r} (known: {', '.join(sorted(EMULATORS))})", file=sys.stderr)
         return 2
     try:
-        emulator = EMULATORS[provider](key=key, **_emulator_options(settings))
+        emulator = make_emulator(provider, _emulator_options(settings), key=key)
     except (ConfigError, TypeError, ValueError) as exc:
         print(f"emulate {provider}: {exc}", file=sys.stderr)
         return 2

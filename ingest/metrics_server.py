@@ -288,6 +288,12 @@ async def start_metrics_server(
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
+    except OSError as exc:  # the port taken (another daemon on this host), a host that does not resolve
+        await runner.cleanup()
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"metrics: cannot listen on {host}:{port} ({reason}); another daemon there? see [metrics] port"
+        ) from None
     except BaseException:
         await runner.cleanup()
         raise

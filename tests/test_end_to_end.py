@@ -23,6 +23,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from ingest.app import Daemon
+from ingest.cli import main as cli_main
 from ingest.cli import with_default_verb, write_table
 from ingest.config import load_config
 from ingest.emulators.blockdb import BlockDBEmulator
@@ -359,6 +360,8 @@ async def test_emulate_verb_takes_the_emulators_options(tmp_path):
     assert code == 2 and "is not TOML" in err
     code, _, err = await run_cli("emulate", "blockdb", "--set", "port=1", cwd=tmp_path)
     assert code == 2 and "give the port with --port" in err
+    code, _, err = await run_cli("emulate", "blockdb", "--set", 'block_interval="fast"', cwd=tmp_path)
+    assert code == 2 and "block_interval: expected a number, got 'fast'" in err
     async with (
         emulate("blockdb", "--set", "max_blocks=3", "--set", "block_interval=0.01") as url,
         aiohttp.ClientSession() as http,
@@ -372,6 +375,20 @@ async def test_emulate_verb_takes_the_emulators_options(tmp_path):
                 if "data" in msg:
                     blocks.append(msg["data"]["block_number"])
         assert len(blocks) == 3  # max_blocks = 3
+
+
+async def test_an_emulator_option_of_the_wrong_type_is_a_config_error(tmp_path):
+    """Taken as it was, `block_interval = "fast"` stopped the emulator's clock: nothing was sent
+    for the whole run, and a TypeError came at the stop."""
+    cfg = tmp_path / "ingest.toml"
+    cfg.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n\n[providers.blockdb]\nurl = "emulator"\n'
+        'emulator = { block_interval = "fast", subscribe_limit = [1, 5] }\n'
+        '[[providers.blockdb.subscriptions]]\nchain_id = 1\ndataset_id = "0101"\n'
+    )
+    code, _, err = await run_cli("run", "--config", str(cfg), "--duration", "5", "--no-live", cwd=tmp_path)
+    assert code == 2
+    assert "config error: providers.blockdb.emulator: block_interval: expected a number, got 'fast'" in err
 
 
 @pytest.mark.parametrize("off", ["duckdb", "parquet"])
@@ -448,3 +465,18 @@ def test_no_verb_means_run_with_its_options():
     assert with_default_verb([]) == ["run"]
     assert with_default_verb(["--duration", "5"]) == ["run", "--duration", "5"]
     assert with_default_verb(["--help"]) == ["--help"] and with_default_verb(["status"]) == ["status"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["emulate", "blockdb", "--port", "99999"], "--port: expected a port from 0 to 65535"),
+        (["compact", "--target-rows", "0"], "--target-rows: expected a positive integer"),
+        (["run", "--duration", "nan"], "--duration: expected a finite number of seconds"),
+        (["compact", "--grace", "-1"], "--grace: expected a finite number of seconds"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_not_tracebacks(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err

@@ -228,6 +228,17 @@ async def test_non_loopback_hosts_are_refused_unless_allowed(registry, host):
         await start_metrics_server(metrics, buffer, host=host)
 
 
+async def test_a_port_already_taken_is_a_config_error_naming_it(registry):
+    metrics, buffer = known_state(registry)
+    first = await start_metrics_server(metrics, buffer)
+    port = int(first.url.rsplit(":", 1)[1])
+    try:
+        with pytest.raises(ConfigError, match=rf"metrics: cannot listen on 127.0.0.1:{port} \(.*in use"):
+            await start_metrics_server(metrics, buffer, port=port)
+    finally:
+        await first.stop()
+
+
 def test_histogram_buckets_are_cumulative():
     """An observation counts in its bucket and every larger one, and in +Inf."""
     h = Histogram([0.1, 1.0])

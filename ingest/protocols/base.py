@@ -172,7 +172,12 @@ def read_decoded(
         return read_frames(protocol, frames, received_at, positions)
     batch = Batch()
     for raw, value, position in zip(frames, decoded, positions, strict=False):
-        read(raw, value, received_at, position, batch)
+        try:
+            read(raw, value, received_at, position, batch)
+        except Exception as exc:  # a protocol bug quarantines this frame; the ones before it stand
+            reason = f"protocol error: {type(exc).__name__}: {exc}"[:500]
+            batch.events.append(Rejected(protocol.name, raw, reason, received_at, position=position))
+            batch.run = None  # a record of a later frame starts a Rows of its own
     return batch.events
 
 

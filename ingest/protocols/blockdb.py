@@ -281,7 +281,8 @@ class BlockDBProtocol:
             text += f" (required plan: {plan})"
         if hint := error.get("hint"):
             text += f" (hint: {hint})"
-        if error.get("code") in _AUTH_CODES:
+        code = error.get("code")
+        if isinstance(code, str) and code in _AUTH_CODES:  # a hostile code (a list, say) is no key
             return [FatalError(f"{label}: {text}", auth=True)]
         retryable = bool(error.get("retryable", False))
         if msg.action == "unsubscribe":

@@ -81,6 +81,45 @@ def test_success_ack_marks_the_subscription_active():
     assert p.receive(frame("blockdb", "ack_subscribe"), 1) == [SubscriptionAcked("eth_blocks")]
 
 
+def test_a_hostile_error_code_is_a_refusal_and_the_rest_of_the_read_stands():
+    """An error code that is no string (a list) was looked up in a set and raised: the driver then
+    read the whole batch again, after its first pass had changed the state, and reported a genuine
+    refusal of the same read under the pair instead of its subscription."""
+    p = make(
+        {"name": "blocks", "chain_id": 1, "dataset_id": "0101"},
+        {"name": "txs", "chain_id": 1, "dataset_id": "0102"},
+    )
+    p.connect()
+    p.data_to_send()
+    refused = {"action": "subscribe", "status": "error", "chain_id": 1, "dataset_id": "0102"}
+    frames = [
+        json.dumps({**refused, "error": {"code": "FORBIDDEN", "message": "plan lacks it"}}).encode(),
+        json.dumps({**refused, "dataset_id": "0101", "error": {"code": ["UNAUTHORIZED"]}}).encode(),
+    ]
+    events = p.receive_many(frames, 1, range(1, 3))
+    assert [(type(e).__name__, e.subscription) for e in events] == [
+        ("SubscriptionFailed", "txs"),
+        ("SubscriptionFailed", "blocks"),  # a refusal like any other, not a bad key
+    ]
+
+
+def test_a_protocol_error_on_one_frame_quarantines_that_frame_only():
+    from ingest.protocols.base import Batch, read_decoded
+
+    p = make({"name": "blocks", "chain_id": 1, "dataset_id": "0101"})
+
+    def read(raw: bytes, value: object, received_at: int, position: int, batch: Batch) -> None:
+        if raw == b"2":
+            raise KeyError("a bug")
+        batch.events.append(
+            Rows("blockdb", "blockdb_blocks", "blocks", [raw], received_at, position=position)
+        )
+
+    events = read_decoded(p, lambda raw: raw, read, [b"1", b"2", b"3"], 7, range(10, 13))
+    assert [(type(e).__name__, e.position) for e in events] == [("Rows", 10), ("Rejected", 11), ("Rows", 12)]
+    assert events[1].raw == b"2" and "protocol error: KeyError" in events[1].reason
+
+
 def test_non_retryable_error_drops_only_that_subscription():
     """A refused subscription is reported with the hint and not asked again; the others stay."""
     p = make({"chain_id": 1, "dataset_id": "0101"}, {"name": "logs", "chain_id": 1, "dataset_id": "0103"})
