@@ -164,6 +164,9 @@ class TokenSource:
         value = reply.get("access_token") if isinstance(reply, dict) else None
         if not isinstance(value, str) or not value:
             raise TokenUnavailable(f"{where}: token endpoint {shown} answered without an access_token")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):  # no header or URL could carry it
+            message = f"{where}: token endpoint {shown} answered a token with control characters"
+            raise TokenUnavailable(message)
         expires_in = reply.get("expires_in")
         # Without a lifetime the token serves one connect, and the next connect fetches another.
         ok = isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0

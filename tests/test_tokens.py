@@ -206,6 +206,28 @@ async def test_server_errors_and_network_failures_are_transient_a_wrong_url_is_n
             await source(f"http://127.0.0.1:{port}/500").token(http)
 
 
+async def test_a_token_with_control_characters_is_not_taken() -> None:
+    """No header or URL can carry it: aiohttp refused it at connect with a ValueError that ended
+    the daemon. It is a failed fetch instead, retried with the backoff."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": "ory_at_x\r\nX-Evil: 1", "expires_in": 3600})
+
+    app = web.Application()
+    app.router.add_post("/token", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(TokenUnavailable, match="a token with control characters") as info:
+                await source(f"http://127.0.0.1:{runner.addresses[0][1]}/token").token(http)
+        assert "ory_at_x" not in str(info.value)
+    finally:
+        await runner.cleanup()
+
+
 async def test_the_emulator_accepts_only_issued_unexpired_tokens() -> None:
     form = {
         "grant_type": "client_credentials",
