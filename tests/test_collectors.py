@@ -254,33 +254,10 @@ async def test_coinapi_bad_key_is_reported_once_without_a_loop(registry):
         assert emu.connections_total == 1
 
 
-async def test_coinapi_reconnect_message_reconnects_at_once(registry):
-    sleeps: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
-    async with CoinAPIEmulator(key=KEY, tick_interval=0.01) as emu:
-        col, buffer = collector(
-            registry,
-            provider_config("coinapi", emu.url, [{"name": "t", "data_types": ["trade"]}]),
-            KEY,
-            sleep=sleep,
-        )
-        task = asyncio.create_task(col.run())
-        await eventually(lambda: buffer.received.get("coinapi_trades", 0) > 5, what="trades")
-        emu.send_reconnect(within_seconds=10, close_after=5.0)
-        await eventually(lambda: col.stats.connects == 2, what="reconnect")
-        n = buffer.received["coinapi_trades"]
-        await eventually(lambda: buffer.received["coinapi_trades"] > n, what="trades after reconnect")
-        await col.stop()
-        await asyncio.wait_for(task, 10)
-        assert sleeps == []  # no backoff: the provider asked for it
-
-
-async def test_coinapi_asked_to_reconnect_again_before_a_healthy_session_backs_off(registry):
-    """A server (or a proxy) answering every hello with `reconnect` must not get a storm of
-    connections: the first ask is honoured at once, the next one within `healthy_after` waits."""
+async def test_coinapi_reconnect_message_reconnects_at_once_and_a_second_one_soon_after_backs_off(registry):
+    """The provider asked for it: no backoff, and trades flow on the new connection. But a server
+    (or a proxy) answering every hello with `reconnect` must not get a storm of connections: asked
+    again before the new session lived `healthy_after`, the collector waits the backoff."""
     sleeps: list[float] = []
 
     async def sleep(seconds: float) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -153,19 +154,31 @@ def transfer_rows(n: int, start: int = 1) -> list[Rows]:
     ]
 
 
-async def write_all(registry, tmp_path: Path, rows: list[Rows]) -> None:
+def open_sinks(registry, tmp_path: Path, **duckdb: Any) -> list:
     sinks = [
         ParquetSink(str(tmp_path / "parquet"), "main"),
-        DuckDBSink(tmp_path / "db.duckdb", instance="main"),
+        DuckDBSink(tmp_path / "db.duckdb", instance="main", **duckdb),
     ]
     for sink in sinks:
         sink.open(registry.values())
-    buffer = Buffer(registry, FlushPolicy(max_rows=7, max_age=60))
-    writer = asyncio.create_task(Writer(registry, buffer, sinks, Metrics()).run())
+    return sinks
+
+
+async def write_all(
+    registry, tmp_path: Path, rows: list[Rows], *, max_rows: int = 7, seeded: bool = False
+) -> None:
+    """Rows through the writer into both sinks, then a clean stop; `seeded`: the reorg tracker
+    starts from the blocks stored, as the daemon's does."""
+    sinks = open_sinks(registry, tmp_path)
+    buffer = Buffer(registry, FlushPolicy(max_rows=max_rows, max_age=60))
+    writer = Writer(registry, buffer, sinks, Metrics())
+    if seeded:
+        writer.reorgs.seed(sinks[1].read(recent_blocks_sql("blockdb_blocks")))
+    task = asyncio.create_task(writer.run())
     for r in rows:
         buffer.add(r)
     buffer.close()
-    await asyncio.wait_for(writer, 10)
+    await asyncio.wait_for(task, 10)
     for sink in sinks:
         sink.close()
 
@@ -292,16 +305,8 @@ async def test_rows_derived_from_a_flush_survive_a_crash_right_after_it_was_stor
     """A record the schema refused, and the reorg its flush showed, are rows the writer derives
     while building it. A kill -9 right after the flush is stored in both sinks must not lose them:
     the replay skips frames every sink holds, so they are stored before it, never after."""
-
-    def sinks() -> list:
-        duckdb_sink = DuckDBSink(tmp_path / "db.duckdb", instance="main", commit_rows=1)  # commits at once
-        opened = [ParquetSink(str(tmp_path / "parquet"), "main"), duckdb_sink]
-        for sink in opened:
-            sink.open(registry.values())
-        return opened
-
     frames = blocks(bad_at=1)  # quarantined: the reorg at height 2 is still seen
-    crashed = sinks()
+    crashed = open_sinks(registry, tmp_path, commit_rows=1)  # DuckDB commits at once
     buffer, metrics = Buffer(registry, FlushPolicy(max_rows=4, max_age=60)), Metrics()
     writer = asyncio.create_task(Writer(registry, buffer, crashed, metrics).run())
     for rows in frames:
@@ -313,17 +318,7 @@ async def test_rows_derived_from_a_flush_survive_a_crash_right_after_it_was_stor
     await asyncio.gather(writer, return_exceptions=True)
     crashed[1]._con.close()
 
-    restarted = sinks()  # the restart replays the journal: the same frames, the same positions
-    buffer = Buffer(registry, FlushPolicy(max_rows=4, max_age=60))
-    replaying = Writer(registry, buffer, restarted, Metrics())
-    replaying.reorgs.seed(restarted[1].read(recent_blocks_sql("blockdb_blocks")))  # as the daemon does
-    task = asyncio.create_task(replaying.run())
-    for rows in frames:
-        buffer.add(rows)
-    buffer.close()
-    await asyncio.wait_for(task, 10)
-    for sink in restarted:
-        sink.close()
+    await write_all(registry, tmp_path, frames, max_rows=4, seeded=True)  # the restart: a replay
     for path, root in ((tmp_path / "db.duckdb", None), (None, str(tmp_path / "parquet"))):
         con, _ = connect_for_query(registry, path, root)
         assert con.execute("SELECT count(*) FROM blockdb_blocks").fetchone()[0] == 3

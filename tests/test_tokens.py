@@ -177,33 +177,37 @@ async def test_wrong_credentials_are_fatal_and_name_the_variables_not_the_values
     assert emu.token_requests_refused == 1 and emu.tokens_issued == 0
 
 
+@contextlib.asynccontextmanager
+async def serve_post(route: str, handler: Any) -> AsyncIterator[str]:
+    """A token endpoint of our own on 127.0.0.1: its base URL while in the block."""
+    app = web.Application()
+    app.router.add_post(route, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 async def test_server_errors_and_network_failures_are_transient_a_wrong_url_is_not() -> None:
     async def handler(request: web.Request) -> web.Response:
         status = int(request.match_info["status"])
         headers = {"Retry-After": "7"} if status == 429 else {}
         return web.json_response({"error": "server_error"}, status=status, headers=headers)
 
-    app = web.Application()
-    app.router.add_post("/{status}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as http:
-            for status in (500, 503, 429):
-                with pytest.raises(TokenUnavailable, match=f"HTTP {status}") as info:
-                    await source(f"http://127.0.0.1:{port}/{status}").token(http)
-                # A rate limit's Retry-After is the driver's wait at least (Transient.retry_after).
-                assert info.value.retry_after == (7.0 if status == 429 else None)
-            with pytest.raises(TokenRejected, match=r"HTTP 404.*check token_url"):
-                await source(f"http://127.0.0.1:{port}/404").token(http)
-    finally:
-        await runner.cleanup()
+    async with serve_post("/{status}", handler) as base, aiohttp.ClientSession() as http:
+        for status in (500, 503, 429):
+            with pytest.raises(TokenUnavailable, match=f"HTTP {status}") as info:
+                await source(f"{base}/{status}").token(http)
+            # A rate limit's Retry-After is the driver's wait at least (Transient.retry_after).
+            assert info.value.retry_after == (7.0 if status == 429 else None)
+        with pytest.raises(TokenRejected, match=r"HTTP 404.*check token_url"):
+            await source(f"{base}/404").token(http)
     async with aiohttp.ClientSession() as http:  # the port is closed now
         with pytest.raises(TokenUnavailable, match="unreachable: Client"):
-            await source(f"http://127.0.0.1:{port}/500").token(http)
+            await source(f"{base}/500").token(http)
 
 
 async def test_a_token_with_control_characters_is_not_taken() -> None:
@@ -213,19 +217,10 @@ async def test_a_token_with_control_characters_is_not_taken() -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"access_token": "ory_at_x\r\nX-Evil: 1", "expires_in": 3600})
 
-    app = web.Application()
-    app.router.add_post("/token", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            with pytest.raises(TokenUnavailable, match="a token with control characters") as info:
-                await source(f"http://127.0.0.1:{runner.addresses[0][1]}/token").token(http)
-        assert "ory_at_x" not in str(info.value)
-    finally:
-        await runner.cleanup()
+    async with serve_post("/token", handler) as base, aiohttp.ClientSession() as http:
+        with pytest.raises(TokenUnavailable, match="a token with control characters") as info:
+            await source(f"{base}/token").token(http)
+    assert "ory_at_x" not in str(info.value)
 
 
 async def test_the_emulator_accepts_only_issued_unexpired_tokens() -> None:
