@@ -222,7 +222,9 @@ def _reconcile(config: Config, args: argparse.Namespace) -> int:
     if len(names) != 2 or not all(names):
         print("--providers: expected two provider names, A,B", file=sys.stderr)
         return 2
-    con, _ = connect_for_query(load_registry(), config.storage.duckdb_path, _lake(config))
+    con, _ = connect_for_query(
+        load_registry(), config.storage.duckdb_path, _lake(config), instance=config.instance
+    )
     r = reconcile(con, args.chain, names[0], names[1], args.first, args.last)
     if args.format == "json":
         print(
@@ -322,7 +324,9 @@ def _replay(config: Config, paths: list[Path], provider: str | None) -> int:
 
 
 def _query(config: Config, sql: str, fmt: str) -> int:
-    con, _ = connect_for_query(load_registry(), config.storage.duckdb_path, _lake(config))
+    con, _ = connect_for_query(
+        load_registry(), config.storage.duckdb_path, _lake(config), instance=config.instance
+    )
     try:
         relation = con.sql(sql)
         if relation is None:  # a statement with no result (SET, CREATE VIEW ...)
@@ -385,7 +389,9 @@ def _status(config: Config) -> int:
     from ingest.summary import status_table
 
     registry = load_registry()
-    con, source = connect_for_query(registry, config.storage.duckdb_path, _lake(config))
+    con, source = connect_for_query(
+        registry, config.storage.duckdb_path, _lake(config), instance=config.instance
+    )
     console = Console()
     console.print(status_table(con, registry, source))
     return 0

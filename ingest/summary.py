@@ -125,7 +125,10 @@ def print_summary(result: RunResult, config: Config, registry: Registry, console
     storage = config.storage
     try:
         con, source = connect_for_query(
-            registry, storage.duckdb_path, storage.lake() if storage.parquet_root else None
+            registry,
+            storage.duckdb_path,
+            storage.lake() if storage.parquet_root else None,
+            instance=config.instance,
         )
         # Its scans stream; left at DuckDB's default (80% of RAM) they filled its cache instead:
         # after ten minutes at full speed (148M rows), the daemon's peak RSS 540 -> 843 MB here.

@@ -41,18 +41,36 @@ def _empty_view(ds: Dataset) -> str:
     return f"CREATE OR REPLACE VIEW {quote_ident(ds.name)} AS SELECT {cols} WHERE false"
 
 
+def _other_writers(lake: Lake, registry: Registry, instance: str) -> bool:
+    """Whether any dataset of the lake holds files another instance wrote (or compaction merged)."""
+    return any(set(lake.journal_positions(ds.name)) - {instance} for ds in registry.values())
+
+
 class QuerySource:
     DUCKDB = "duckdb"
     PARQUET = "parquet"
 
 
 def connect_for_query(
-    registry: Registry, duckdb_path: Path | None, parquet_root: str | Lake | None
+    registry: Registry,
+    duckdb_path: Path | None,
+    parquet_root: str | Lake | None,
+    *,
+    instance: str | None = None,
 ) -> tuple[duckdb.DuckDBPyConnection, str]:
-    """An in-memory connection whose dataset views read the database file or the Parquet files."""
+    """An in-memory connection whose dataset views read the database file or the Parquet files.
+
+    The database file holds what this instance stored; the lake, what every daemon writing it
+    stored. So the file is read only while the lake holds no other instance's rows: otherwise an
+    answer would change with whether this daemon is running (the file is locked while it runs).
+    """
     con = duckdb.connect(":memory:")
     source = None
-    if duckdb_path is not None and duckdb_path.exists():
+    lake = None
+    if parquet_root is not None:
+        lake = parquet_root if isinstance(parquet_root, Lake) else open_lake(parquet_root)
+    shared = lake is not None and instance is not None and _other_writers(lake, registry, instance)
+    if duckdb_path is not None and duckdb_path.exists() and not shared:
         try:
             con.execute(f"ATTACH {quote_literal(str(duckdb_path))} AS store (READ_ONLY)")
             source = QuerySource.DUCKDB
@@ -92,10 +110,9 @@ def connect_for_query(
                 )
             else:
                 con.execute(_empty_view(ds))
-    elif parquet_root is not None:
+    elif lake is not None:
         source = QuerySource.PARQUET
         # Through the lake (local or S3, no DuckDB extension), honouring compaction manifests.
-        lake = parquet_root if isinstance(parquet_root, Lake) else open_lake(parquet_root)
         register_lake_views(con, registry, lake)
     else:
         raise Fatal(f"no data yet: {duckdb_path} does not exist (run the daemon first)")

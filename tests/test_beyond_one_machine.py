@@ -17,7 +17,7 @@ from ingest.config import load_config
 from ingest.emulators.blockdb import BlockDBEmulator
 from ingest.schema import load_registry
 from ingest.views import connect_for_query
-from tests.helpers import eventually
+from tests.helpers import eventually, run_cli
 
 pytest_plugins = ["tests.s3"]
 
@@ -127,6 +127,24 @@ async def test_several_daemons_one_lake_every_event_once(tmp_path, monkeypatch):
     assert counts_in(str(lake_root)) == {t: (n, n) for t, n in sent.items()}
     names = {p.name.split("-")[0] for p in lake_root.rglob("*.parquet")}
     assert names == {"alpha", "beta", "gamma"}  # every file says which daemon wrote it
+    # alpha's own DuckDB file holds only its blocks: its queries read the lake, whether or not
+    # alpha is running (the file is locked while it runs), so the answer never depends on that.
+    alpha = daemons[0].config
+    con, source = connect_for_query(
+        load_registry(), alpha.storage.duckdb_path, str(lake_root), instance=alpha.instance
+    )
+    assert source == "parquet"
+    assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchone()[0] == sent["blockdb_transfers"]
+    code, out, _ = await run_cli(
+        "query",
+        "--config",
+        str(tmp_path / "alpha.toml"),
+        "SELECT count(*) AS n FROM blockdb_logs",
+        "--format",
+        "csv",
+        cwd=tmp_path,
+    )
+    assert code == 0 and out.split() == ['"n"', str(sent["blockdb_logs"])]  # alpha stored no logs itself
 
 
 async def test_a_daemon_restarted_with_its_journal_picks_up_and_one_without_starts_fresh(
