@@ -67,7 +67,7 @@ class Daemon:
         self.downtime = Downtime(storage.data_dir / "state" / f"{config.instance}.json")
         self._emulators: dict[str, Any] = {}
         self._stop = asyncio.Event()
-        self._replaying = False  # a journal replay is running: no segment may be released
+        self._replaying = False  # a journal replay is due or running: no segment may be released
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -180,7 +180,6 @@ class Daemon:
     async def _replay(self, segments: list[Path], protocols: dict[str, Any]) -> None:
         """Frames journaled but maybe not stored by a run that did not stop cleanly, before connecting."""
         log.info("replaying the journal of an unclean stop", segments=len(segments))
-        self._replaying = True
         try:
             stats = await replay(journal_records(segments), protocols, self.buffer)
         finally:
@@ -205,6 +204,8 @@ class Daemon:
         journal = self.journal
         stored = max((s.checkpoint(d) for s in sinks for d in self.registry), default=0)
         leftover = journal.open(after=stored) if journal is not None else []
+        # From here, not from the replay's start: the journal's syncer starts first (see _journal_low_water).
+        self._replaying = bool(leftover)
         writer = Writer(
             self.registry,
             self.buffer,

@@ -262,13 +262,15 @@ class Collector:
             async with ws:
                 await self._read(ws)
         except _ReconnectNow as exc:
-            if not self._asked_early:
-                self._asked_early = time.monotonic() - started < self.config.backoff.healthy_after
+            lived = time.monotonic() - started
+            early = lived < self.config.backoff.healthy_after
+            if self._stopping or not (early and self._asked_early):
+                self._asked_early = early
                 self.log.info("reconnecting at once", reason=str(exc))
                 return
             # Asked again before a session proved healthy: at once every time would be a storm
             # (a server, or a proxy, answering every hello so), so from the second on, the backoff.
-            raise Transient(f"{exc}, again {time.monotonic() - started:.1f} s after connecting") from None
+            raise Transient(f"{exc}, again {lived:.1f} s after connecting") from None
         except Transient as exc:
             lived = time.monotonic() - started
             self._on_lost(str(exc))

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from ingest.config import BackoffConfig
 from ingest.emulators import BitqueryEmulator, CoinAPIEmulator, HeliusEmulator
 from ingest.log import configure_logging
 from ingest.protocols.bitquery import BitqueryProtocol
@@ -254,29 +255,31 @@ async def test_coinapi_bad_key_is_reported_once_without_a_loop(registry):
         assert emu.connections_total == 1
 
 
-async def test_coinapi_reconnect_message_reconnects_at_once_and_a_second_one_soon_after_backs_off(registry):
+async def test_coinapi_reconnect_message_reconnects_at_once_but_not_every_time(registry):
     """The provider asked for it: no backoff, and trades flow on the new connection. But a server
     (or a proxy) answering every hello with `reconnect` must not get a storm of connections: asked
-    again before the new session lived `healthy_after`, the collector waits the backoff."""
+    again before the new session lived `healthy_after`, the collector waits the backoff; asked by
+    a session that lived that long, it reconnects at once again."""
     sleeps: list[float] = []
 
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
 
+    backoff = BackoffConfig(initial=0.02, max=0.1, healthy_after=2.0)
     async with CoinAPIEmulator(key=KEY, tick_interval=0.01) as emu:
-        col, buffer = collector(
-            registry,
-            provider_config("coinapi", emu.url, [{"name": "t", "data_types": ["trade"]}]),
-            KEY,
-            sleep=sleep,
+        config = provider_config(
+            "coinapi", emu.url, [{"name": "t", "data_types": ["trade"]}], backoff=backoff
         )
+        col, buffer = collector(registry, config, KEY, sleep=sleep)
         task = asyncio.create_task(col.run())
-        for connects in (2, 3):
+        # Sessions 1 and 2 ask within 2 s of connecting; session 3 has lived 2 s when it is asked.
+        for connects, wait, slept in ((2, 0.0, 0), (3, 0.0, 1), (4, 2.1, 1)):
             n = buffer.received.get("coinapi_trades", 0)
             await eventually(lambda n=n: buffer.received.get("coinapi_trades", 0) > n + 5, what="trades")
+            await asyncio.sleep(wait)
             emu.send_reconnect(within_seconds=10, close_after=5.0)
             await eventually(lambda c=connects: col.stats.connects == c, what="reconnect")
-            assert len(sleeps) == connects - 2  # at once the first time, after the backoff then
+            assert len(sleeps) == slept
         await col.stop()
         await asyncio.wait_for(task, 10)
     assert "again" in col.stats.last_error and "after connecting" in col.stats.last_error

@@ -344,14 +344,16 @@ async def test_no_journal_segment_goes_while_the_replay_has_not_read_it(tmp_path
         crashed.close()
         assert len(list(daemon.journal.directory.glob("*.seg"))) > 10
 
-        replay = ingest.app.replay
+        replay, metrics_server = ingest.app.replay, daemon._metrics_server
 
-        async def replay_after_a_release(*args: object) -> object:
-            # What the sync task may do at any moment of the replay: here before it reads anything.
+        async def release_then(call: Any, *args: Any) -> Any:
+            # What the sync task may do at any moment: the start-up before the replay is slow (a
+            # metrics host that takes long to resolve), or the replay waits for room.
             daemon.journal.release(daemon._journal_low_water())
-            return await replay(*args)
+            return await call(*args)
 
-        monkeypatch.setattr(ingest.app, "replay", replay_after_a_release)
+        monkeypatch.setattr(daemon, "_metrics_server", lambda: release_then(metrics_server))
+        monkeypatch.setattr(ingest.app, "replay", lambda *args: release_then(replay, *args))
         await daemon.run(duration=1.0)
     db = duckdb.connect(str(tmp_path / "data" / "ingest.duckdb"), read_only=True)
     sql = "SELECT count(DISTINCT _tracing_id) FROM blockdb_transfers WHERE _tracing_id LIKE 'crashed-%'"
