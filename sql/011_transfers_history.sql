@@ -1,5 +1,6 @@
 -- Every transfer version from every provider, in one shape. `amount` is decimal-adjusted and
 -- exact (text); `amount_raw` is in token units where the provider gives them (BlockDB).
+-- `pending`: from a mempool stream (Bitquery `mempool: true`), not in a block yet.
 -- `event_key` is what makes two rows the same event: BlockDB's natural key (a correction
 -- supersedes the record at the same key, PROTOCOLS.md 2.10), the derived identity otherwise.
 -- Every part of a natural key is coalesced: concat_ws skips NULLs, which would make an internal
@@ -21,6 +22,7 @@ SELECT
     _tracing_id                         AS tracing_id,
     _is_reorg                           AS is_reorg,
     _received_at                        AS received_at,
+    false                               AS pending,
     concat_ws('|', chain_id, block_number, tx_index, coalesce(CAST(log_index AS VARCHAR), ''),
               coalesce(trace_address, '')) AS event_key
 FROM blockdb_transfers
@@ -28,11 +30,11 @@ UNION ALL
 SELECT network, block_number, lower(block_hash), lower(transaction_hash), coalesce(log_index, call_index),
        CASE WHEN transfer_currency_native THEN 'native' ELSE lower(transfer_currency_smart_contract) END,
        lower(transfer_sender), lower(transfer_receiver), transfer_amount, NULL,
-       _provider, _tracing_id, _is_reorg, _received_at, _dedup_key
+       _provider, _tracing_id, _is_reorg, _received_at, coalesce(mempool, false), _dedup_key
 FROM bitquery_evm_transfers
 UNION ALL
 -- Tron addresses are base58: case matters, so they are kept as sent.
 SELECT 'tron', block_number, block_hash, transaction_hash, NULL, transfer_currency_smart_contract,
        transfer_sender, transfer_receiver, transfer_amount, NULL,
-       _provider, _tracing_id, _is_reorg, _received_at, _dedup_key
+       _provider, _tracing_id, _is_reorg, _received_at, coalesce(mempool, false), _dedup_key
 FROM bitquery_tron_transfers;

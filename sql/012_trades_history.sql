@@ -1,6 +1,6 @@
 -- Every trade version from every provider, in one shape: exchange prints (CoinAPI), swap prints
 -- (BlockDB 0302) and DEX trades (Bitquery). `price` and `amount` are exact text, with doubles
--- beside them for arithmetic.
+-- beside them for arithmetic. `pending`: from a mempool stream, not in a block yet.
 CREATE OR REPLACE VIEW trades_history AS
 SELECT
     exchange_id                         AS venue,
@@ -21,13 +21,14 @@ SELECT
     _tracing_id                         AS tracing_id,
     _is_reorg                           AS is_reorg,
     _received_at                        AS received_at,
+    false                               AS pending,
     nullif(_dedup_key, '')              AS event_key  -- no uuid: no identity, never merged
 FROM coinapi_trades
 UNION ALL
 SELECT '0x' || lower(substr(pool_uid, 1, 40)), '0x' || lower(token_in) || '/0x' || lower(token_out),
        '0x' || lower(token_in), '0x' || lower(token_out), exec_price, exec_price_f64, amount_in, amount_in_f64,
        NULL, block_time, evm_chain(chain_id), block_number, NULL, NULL,
-       _provider, _tracing_id, _is_reorg, _received_at,
+       _provider, _tracing_id, _is_reorg, _received_at, false,
        concat_ws('|', chain_id, coalesce(pool_uid, ''), coalesce(token_in, ''), coalesce(token_out, ''),
                  block_number, coalesce(CAST(tx_index AS VARCHAR), ''), coalesce(CAST(log_index AS VARCHAR), ''))
 FROM blockdb_swaps
@@ -38,5 +39,5 @@ SELECT coalesce(lower(trade_dex_pair_smart_contract), lower(trade_dex_smart_cont
        lower(trade_buy_currency_smart_contract), lower(trade_sell_currency_smart_contract),
        CAST(trade_buy_price AS VARCHAR), trade_buy_price, trade_buy_amount, trade_buy_amount_f64,
        NULL, block_time, network, block_number, lower(block_hash), lower(transaction_hash),
-       _provider, _tracing_id, _is_reorg, _received_at, _dedup_key
+       _provider, _tracing_id, _is_reorg, _received_at, coalesce(mempool, false), _dedup_key
 FROM bitquery_evm_dex_trades;

@@ -1,10 +1,11 @@
--- Canonical transfers: each event once (its newest version), and none from a replaced branch:
--- a row whose block hash is no longer the height's canonical hash is left out. Counts and sums
--- over this view are right; transfers_history keeps everything. On equal receive times (one
+-- Canonical transfers: each event once (its newest version), none from a replaced branch (a
+-- row whose block hash is no longer the height's canonical hash is left out), and none still
+-- pending (a mempool stream's: it may never be mined, and once mined it is another row). Counts
+-- and sums over this view are right; transfers_history keeps everything. On equal receive times (one
 -- socket read) a correction flagged as a reorg is the newer version.
 CREATE OR REPLACE VIEW transfers AS
 SELECT t.* EXCLUDE (event_key)
 FROM transfers_history t
 LEFT JOIN block_hashes h ON h.provider = t.provider AND h.chain = t.chain AND h.number = t.block_number
-WHERE t.block_hash IS NULL OR h.hash IS NULL OR t.block_hash = h.hash
+WHERE NOT t.pending AND (t.block_hash IS NULL OR h.hash IS NULL OR t.block_hash = h.hash)
 QUALIFY row_number() OVER (PARTITION BY t.provider, t.event_key ORDER BY t.received_at DESC, t.is_reorg DESC) = 1;

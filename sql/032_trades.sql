@@ -1,10 +1,11 @@
--- Canonical trades: each trade once (CoinAPI by its uuid), none from a replaced branch. A trade
+-- Canonical trades: each trade once (CoinAPI by its uuid), none from a replaced branch, none
+-- still pending (a mempool stream's). A trade
 -- without an identity (a CoinAPI print without a uuid) is never merged with another. On equal
 -- receive times (one socket read) a correction flagged as a reorg is the newer version.
 CREATE OR REPLACE VIEW trades AS
 SELECT t.* EXCLUDE (event_key)
 FROM trades_history t
 LEFT JOIN block_hashes h ON h.provider = t.provider AND h.chain = t.chain AND h.number = t.block_number
-WHERE t.block_hash IS NULL OR h.hash IS NULL OR t.block_hash = h.hash
+WHERE NOT t.pending AND (t.block_hash IS NULL OR h.hash IS NULL OR t.block_hash = h.hash)
 QUALIFY t.event_key IS NULL
      OR row_number() OVER (PARTITION BY t.provider, t.event_key ORDER BY t.received_at DESC, t.is_reorg DESC) = 1;

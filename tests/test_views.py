@@ -210,3 +210,27 @@ def test_a_captures_frames_are_stamped_in_order_so_later_frames_are_the_newer_ve
     assert [r.payload for r in records] == [b'{"a":1}', b'{"a":2}', b'{"a":3}']
     times = [r.received_at for r in records]
     assert times == sorted(set(times)) and times[0] > T0  # distinct, increasing, not 1970
+
+
+def test_a_pending_transfer_is_history_not_a_canonical_transfer(tmp_path, registry):
+    """A mempool stream's transfer may never be mined, and once mined it is a row of its own
+    (another block, another identity): counted in `transfers`, it was one transfer twice, or one
+    that never happened. Pending DEX trades likewise stay out of `trades`."""
+
+    def tron(mempool: bool, received_at: int) -> Rows:
+        block = {} if mempool else {"Number": "70000000", "Hash": "0000b1", "Time": "2025-11-13T00:00:03Z"}
+        record = {"Block": block, "Transaction": {"Hash": "ab12"}}
+        record["Transfer"] = {
+            "Amount": "5",
+            "Sender": "TAbc",
+            "Receiver": "TXyz",
+            "Currency": {"SmartContract": "TR7"},
+        }
+        rows = Rows("bitquery", "bitquery_tron_transfers", "tron", [json.dumps(record).encode()], received_at)
+        rows.context = {"network": "tron", "mempool": mempool}
+        return rows
+
+    con = store(registry, tmp_path, "bitquery_tron_transfers", [tron(True, T0), tron(False, T0 + 10**9)])
+    history = con.sql("SELECT block_number, pending FROM transfers_history ORDER BY received_at").fetchall()
+    assert history == [(None, True), (70000000, False)]
+    assert con.sql("SELECT block_number, amount FROM transfers").fetchall() == [(70000000, "5")]
