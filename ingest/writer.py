@@ -172,15 +172,14 @@ class Writer:
             # Rows derived while building it (its records the schema refused, the reorgs and gaps
             # its blocks showed) go to each lane ahead of it: once a sink holds this flush, a replay
             # skips its frames without decoding them, so nothing would derive those rows again.
-            flushes = [flush]
-            items: list[_Built] = []
+            derived: list[Flush] = []
             try:
-                items.append(await self._build(flush))
+                item = await self._build(flush)
                 if self._registry[flush.dataset].kind != "values":
-                    flushes[:0] = self._buffer.take_derived()
-                    items[:0] = [await self._build(derived) for derived in flushes[:-1]]
+                    derived = self._buffer.take_derived()
+                items = [*[await self._build(d) for d in derived], item]
             except BaseException:
-                for taken in flushes:
+                for taken in (*derived, flush):
                     self._buffer.done(taken)
                 raise
             if self._before_write is not None:
