@@ -350,7 +350,11 @@ class HeliusProtocol:
                     Rejected(self.name, raw, f"unreadable signature notification: {exc}", received_at, label)
                 ]
             received = note.value == "receivedSignature"
-            err = None if received or not isinstance(note.value, dict) else note.value.get("err")
+            if not received and not (isinstance(note.value, dict) and "err" in note.value):
+                # Neither an ack of receipt nor a final result ({"err": ...}): nothing to end it on.
+                reason = f"signature notification without a result: {note.value!r}"[:500]
+                return [Rejected(self.name, raw, reason, received_at, label)]
+            err = None if received else note.value.get("err")
             record = _encode({"slot": note.context.get("slot"), "received": received, "err": err})
             if not received and sub is not None:
                 # Terminal: the node cancelled this subscription itself; do not unsubscribe or ask again.

@@ -157,6 +157,17 @@ def test_signature_subscriptions_end_by_themselves(registry):
     assert p.data_to_send() == []  # and it is not asked again
 
 
+@pytest.mark.parametrize("value", [None, {"slot": 9}, "processed"])
+def test_a_signature_notification_without_a_result_is_quarantined_and_ends_nothing(value):
+    p = proto({"name": "tx", "method": "signatureSubscribe", "params": [SIG, {"commitment": "finalized"}]})
+    p.connect()
+    p.data_to_send()
+    p.receive(ack(1, 7), 0)
+    (event,) = p.receive(notify("signatureNotification", 7, {"context": {"slot": 9}, "value": value}), T0)
+    assert isinstance(event, Rejected) and "signature notification without a result" in event.reason
+    assert event.subscription == "tx" and p.active == 1  # still waiting for its real result
+
+
 def test_logs_roots_and_program_accounts(registry):
     p = proto(
         {
