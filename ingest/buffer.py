@@ -18,6 +18,7 @@ from typing import Any
 
 from ingest.config import FlushPolicy
 from ingest.events import Gap, Rejected, Rows
+from ingest.log import redact_bytes
 from ingest.schema import Registry
 
 __all__ = [
@@ -158,19 +159,20 @@ class Buffer:
             self._room.clear()
 
     def reject(self, rejected: Rejected) -> None:
-        """Keep an unreadable frame for the quarantine table."""
+        """Keep an unreadable frame for the quarantine table (a key a server echoed in it masked)."""
+        raw = redact_bytes(rejected.raw)
         row = {
             "provider": rejected.provider,
             "subscription": rejected.subscription,
             "dataset": rejected.dataset or None,
             "reason": rejected.reason,
             "received_at": rejected.received_at,
-            "raw": rejected.raw,
+            "raw": raw,
             "position": rejected.position,
             # The same frame rejected again (a replay) gets the same id: readers count ids.
-            "id": f"{rejected.provider}:{rejected.position}:{_digest(rejected.raw)}",
+            "id": f"{rejected.provider}:{rejected.position}:{_digest(raw)}",
         }
-        self._add_value(QUARANTINE, row, len(rejected.raw), rejected.position)
+        self._add_value(QUARANTINE, row, len(raw), rejected.position)
 
     def gap(self, gap: Gap, detected_at: int) -> None:
         """Record a hole in what was received."""

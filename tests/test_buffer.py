@@ -7,6 +7,7 @@ import asyncio
 from ingest.buffer import CHUNK_OVERHEAD, QUARANTINE, RECORD_OVERHEAD, Buffer
 from ingest.config import FlushPolicy
 from ingest.events import Gap, Rejected, Rows
+from ingest.log import forget_secret, register_secret
 
 
 class Clock:
@@ -251,3 +252,19 @@ async def test_a_reader_waiting_for_room_with_nothing_in_flight_releases_what_is
     for flush in flushes:
         buf.done(flush)
     await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_key_a_server_echoed_in_a_quarantined_frame_is_masked(registry):
+    """Quarantine keeps frames as received, but no secret goes to a file: an echoed hello, say."""
+    key = "echoed-key-51c9e7"
+    register_secret(key)
+    try:
+        buf = Buffer(registry, FlushPolicy(max_age=60))
+        buf.reject(
+            Rejected("coinapi", b'{"type":"hellox","apikey":"echoed-key-51c9e7"}', "unknown", 5, position=3)
+        )
+        buf.close()
+        (row,) = (await buf.next_flush()).values
+    finally:
+        forget_secret(key)
+    assert row["raw"] == b'{"type":"hellox","apikey":"***"}'
