@@ -68,6 +68,7 @@ class Downtime:
 
     path: Path
     _failing: bool = field(default=False, repr=False)  # a failure is logged once, not every beat
+    _writes: int = field(default=0, repr=False)  # writes tried, so a save knows whether it is the last
 
     def read(self, configured: Mapping[str, tuple[str, ...]]) -> dict[str, Hole]:
         """The holes the last run left open, for the providers and subscriptions still configured.
@@ -109,6 +110,7 @@ class Downtime:
         """Replace the file whole (temporary file, rename): a killed process leaves the old or the
         new. A failure is logged, not raised (the file bounds a gap, and the last good one still
         does): False."""
+        self._writes += 1
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f"{self.path.name}.tmp")
@@ -131,12 +133,15 @@ class Downtime:
         """Write, then fsync off the event loop."""
         if not self.write(holes, now):
             return
+        attempt = self._writes
         try:
             await asyncio.to_thread(self._sync)
         except OSError as exc:
             self._failed(exc)
             return
-        if self._failing:
+        # Written again only if no write since failed: another one (a connect's) may have, while
+        # this fsync ran, and the log said "not written" then "written again" at every beat.
+        if self._failing and self._writes == attempt:
             self._failing = False
             log.info("state file written again", path=str(self.path))
 
