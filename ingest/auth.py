@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ingest.config import AuthConfig
+from ingest.config import AuthConfig, has_control_characters
 from ingest.errors import ConfigError
+from ingest.log import secret_forms
 
 __all__ = ["Target", "build_target", "env_secret", "read_secret", "redact_url"]
 
@@ -29,7 +30,7 @@ def env_secret(name: str, key: str) -> str:
     value = os.environ.get(name, "")
     if not value:
         raise ConfigError(f"{key}: the environment variable {name} is not set or empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):  # a pasted newline, say: no header takes it
+    if has_control_characters(value):
         raise ConfigError(f"{key}: the environment variable {name} holds control characters")
     return value
 
@@ -64,6 +65,6 @@ def build_target(url: str, auth: AuthConfig, secret: str | None) -> Target:
     in_query = secret is not None and auth.location == "query"
     display = redact_url(url, also=auth.query_param if in_query else None)
     if secret is not None:  # a key inside a path segment or host, as written or percent-encoded
-        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+        for form in secret_forms(secret):
             display = display.replace(form, "***")
     return Target(url=url, headers=headers, display_url=display)

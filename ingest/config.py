@@ -43,6 +43,11 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RF
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether a value could not go in an HTTP header or URL as it is (a pasted newline, say)."""
+    return _CONTROL.search(text) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class OAuthConfig:
     """OAuth2 client credentials: the key is a token fetched (and refreshed) from `token_url`."""
@@ -347,7 +352,7 @@ def _auth(t: _Table, kind: str, emulated: bool) -> AuthConfig:
     if not _HEADER_NAME.match(header):
         raise ConfigError(f"{t.key('header')}: expected an HTTP header name, got {header!r}")
     scheme = t.get("scheme", str, defaults.scheme)
-    if _CONTROL.search(scheme):
+    if has_control_characters(scheme):
         raise ConfigError(f"{t.key('scheme')}: control characters cannot go in a header, got {scheme!r}")
     query_param = t.get("query_param", str, defaults.query_param)
     if not query_param:

@@ -10,12 +10,12 @@ from urllib.parse import quote, quote_plus
 
 import structlog
 
-__all__ = ["configure_logging", "forget_secret", "redact", "redact_bytes", "register_secret"]
+__all__ = ["configure_logging", "forget_secret", "redact", "redact_bytes", "register_secret", "secret_forms"]
 
 _SECRETS: set[str] = set()
 
 
-def _forms(value: str) -> set[str]:
+def secret_forms(value: str) -> set[str]:
     """The value as it is and as a URL carries it (a redirect, a query string): percent-encoded."""
     return {value, quote(value, safe=""), quote_plus(value, safe="")}
 
@@ -23,12 +23,12 @@ def _forms(value: str) -> set[str]:
 def register_secret(value: str | None) -> None:
     """Every later log line has this value, raw or percent-encoded, replaced by ***, wherever it appears."""
     if value and len(value) >= 4:  # a very short value would mask ordinary words
-        _SECRETS.update(_forms(value))
+        _SECRETS.update(secret_forms(value))
 
 
 def forget_secret(value: str) -> None:
     """Stop masking a value that can no longer appear (a replaced token): every secret costs each log line."""
-    _SECRETS.difference_update(_forms(value))
+    _SECRETS.difference_update(secret_forms(value))
 
 
 def redact(text: str) -> str:

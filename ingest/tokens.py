@@ -16,7 +16,7 @@ import aiohttp
 import msgspec
 
 from ingest.auth import env_secret, redact_url
-from ingest.config import OAuthConfig
+from ingest.config import OAuthConfig, has_control_characters
 from ingest.errors import Fatal, Transient
 from ingest.log import forget_secret, register_secret
 from ingest.retry_hints import from_headers
@@ -164,7 +164,7 @@ class TokenSource:
         value = reply.get("access_token") if isinstance(reply, dict) else None
         if not isinstance(value, str) or not value:
             raise TokenUnavailable(f"{where}: token endpoint {shown} answered without an access_token")
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):  # no header or URL could carry it
+        if has_control_characters(value):
             message = f"{where}: token endpoint {shown} answered a token with control characters"
             raise TokenUnavailable(message)
         expires_in = reply.get("expires_in")
