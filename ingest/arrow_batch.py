@@ -355,27 +355,27 @@ def _context_column(col: Column, values: list[Any]) -> list[tuple[str, pa.Array]
 
 
 def _split_parts(values: Values) -> tuple[pa.Array, pa.Array]:
-    """ "A_B_C_D..." text as four parts (the last keeps the rest) of each distinct value, and each
-    row's index into them, for _split_part.
+    """The first four parts of "A_B_C_D..." text of each distinct value, and each row's index
+    into them, for _split_part.
 
     Split once per distinct value, then taken per row: the values repeat (CoinAPI's symbol ids,
     a few dozen a flush), and all four parts cost ~90 ns a row instead of ~310. Padding with
     separators first makes every value split into at least four parts, so the lookup needs no
-    bounds check (CoinAPI: EXCHANGE_TYPE_BASE_QUOTE).
+    bounds check (CoinAPI: EXCHANGE_TYPE_BASE_QUOTE). A fifth split takes off what follows the
+    fourth part (a future's expiry, an option's expiry, strike and kind: BITMEX_FTS_BTC_USD_200925
+    is quoted in USD, not USD_200925).
     """
     if isinstance(values, pa.ChunkedArray):  # one dictionary for the whole flush
         values = values.combine_chunks()
     encoded = pc.dictionary_encode(values)
     padded = pc.binary_join_element_wise(encoded.dictionary, "___", "")
-    return pc.split_pattern(padded, "_", max_splits=3), encoded.indices
+    return pc.split_pattern(padded, "_", max_splits=4), encoded.indices
 
 
 def _split_part(split: tuple[pa.Array, pa.Array], part: int) -> pa.Array:
     """Part `part` of each row's text split by _split_parts; null where there is none."""
     parts, indices = split
     piece = pc.list_element(parts, part)
-    if part == 3:
-        piece = pc.utf8_rtrim(piece, "_")
     return pc.take(pc.if_else(pc.equal(piece, ""), _NULL_STRING, piece), indices)
 
 

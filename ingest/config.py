@@ -456,13 +456,16 @@ def _provider(name: str, t: _Table, config_dir: Path, flush: FlushPolicy) -> Pro
         max=float(b.positive("max", _BACKOFF.max)),
         healthy_after=float(b.positive("healthy_after", _BACKOFF.healthy_after)),
     )
+    # A default that depends on the options: CoinAPI's without heartbeats waits for the minute's ping.
+    idle_for = getattr(protocol, "idle_timeout_for", None)  # not in ProviderProtocol: absent is fixed
+    idle_default = idle_for(options) if idle_for else protocol.default_idle_timeout
     return ProviderConfig(
         name=name,
         kind=kind,
         url=url,
         auth=_auth(t.table("auth"), kind, url == EMULATOR_URL),
         subscriptions=tuple(subs),
-        idle_timeout=float(t.positive("idle_timeout", protocol.default_idle_timeout)),
+        idle_timeout=float(t.positive("idle_timeout", idle_default)),
         ping_interval=float(t.positive("ping_interval", protocol.default_ping_interval, zero=True)),
         keepalive_interval=float(t.positive("keepalive_interval", 20.0)),
         silent_after=float(t.positive("silent_after", 120.0, zero=True)),

@@ -9,6 +9,7 @@ import hmac
 import math
 import weakref
 from collections import Counter, deque
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -29,12 +30,14 @@ from ingest.emulators.coinapi_session import (
 from ingest.emulators.coinapi_wire import HEARTBEAT_FRAME, TICKS_PER_SECOND, Event, control_frame, iso7
 from ingest.emulators.server import Connection, EmulatorServer
 
-__all__ = ["BUFFER_FULL", "INVALID_KEY", "CoinAPIEmulator"]
+__all__ = ["BUFFER_FULL", "FORBIDDEN_TYPE", "INVALID_KEY", "CoinAPIEmulator"]
 
 log = structlog.get_logger(__name__)
 
 INVALID_KEY = "Invalid API key"
 BUFFER_FULL = "Reached maximum allowed buffered messages for this connection."
+# CoinAPI's FAQ: a data type the key's plan does not include (the Startup plan and `quote`, say).
+FORBIDDEN_TYPE = "Forbidden - Your API key don't have privileges to data type '{}'."
 FLOOD_CHUNK = 64
 # The upgrade's key verdict (None: no key at the HTTP level), handed from authorize() to the socket's
 # tasks: aiohttp runs both in the handler's context, and tasks created there inherit it.
@@ -73,9 +76,12 @@ class CoinAPIEmulator(EmulatorServer):
         pong_timeout: float | None = 60.0,
         max_queue: int = 131_072,
         connection_limit: tuple[int, float] | None = None,
+        forbidden_types: Iterable[str] = (),
     ) -> None:
         """`connection_limit`: (new connections, per seconds) from one IP, the documented sliding
-        window (PROTOCOLS.md 3.7, e.g. 10 per 10 s); an upgrade over it is refused with HTTP 429."""
+        window (PROTOCOLS.md 3.7, e.g. 10 per 10 s); an upgrade over it is refused with HTTP 429.
+        `forbidden_types`: data types the key's plan lacks; a hello or subscribe asking for one gets
+        the FAQ's Forbidden error and is closed, like every CoinAPI error."""
         # The server pings every minute and drops a peer that does not pong (PROTOCOLS.md 3.1).
         super().__init__(ping_interval=ping_interval, pong_timeout=pong_timeout, max_queue=max_queue)
         self._key = key
@@ -102,6 +108,7 @@ class CoinAPIEmulator(EmulatorServer):
         self.sent_log: list[tuple[str, str, str | None, int | None]] | None = [] if record_log else None
         self.flooded = 0
         self.connection_limit = connection_limit
+        self.forbidden_types = frozenset(forbidden_types)
         self.upgrades_refused = 0  # over connection_limit
         self._upgrades: dict[str, deque[float]] = {}  # per IP: loop times of accepted upgrades in the window
         self._start_on_subscribe = start_on_subscribe
@@ -215,6 +222,9 @@ class CoinAPIEmulator(EmulatorServer):
             request = parse_request(msg, kind)
         except ScopeError as problem:
             self._fail(conn, str(problem))
+            return
+        if kind != "unsubscribe" and (denied := sorted(self.forbidden_types & set(request.data_types))):
+            self._fail(conn, FORBIDDEN_TYPE.format(denied[0]))
             return
         session.rescope(request, self.market.symbols.values(), asyncio.get_running_loop().time())
         conn.subscriptions = dict.fromkeys(session.scope.atoms, True)

@@ -19,7 +19,7 @@ from ingest.emulators.coinapi_wire import (
     trade_frame,
 )
 
-__all__ = ["BOOK_DEPTH", "DEFAULT_CLOCK_START", "PERIODS", "SYMBOLS", "Market", "Symbol"]
+__all__ = ["BOOK_DEPTH", "DEFAULT_CLOCK_START", "DERIVATIVES", "PERIODS", "SYMBOLS", "Market", "Symbol"]
 
 DEFAULT_CLOCK_START = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 BOOK_DEPTH = 50  # levels per side of the synthetic full book; book50 shows all of them
@@ -60,6 +60,13 @@ SYMBOLS = (
     Symbol("BINANCE_SPOT_ETH_USDT", "BINANCE", "SPOT", "ETH", "USDT", 3202.0, 0.05, 0.3, 4, 0.9),
     Symbol("BINANCE_PERP_BTC_USDT", "BINANCE", "PERP", "BTC", "USDT", 64030.0, 0.5, 0.05, 3, 0.9),
     Symbol("BITMEX_PERP_BTC_USD", "BITMEX", "PERP", "BTC", "USD", 64040.0, 0.5, 100.0, 0, 0.5),
+)
+# A future and an option, whose ids go on past the quote (expiry; expiry, strike and kind). Not in
+# SYMBOLS, so the default market (tests' expected symbol sets, the benchmarks' frame pool) stays as
+# it is: pass `symbols=SYMBOLS + DERIVATIVES` to serve them.
+DERIVATIVES = (
+    Symbol("BITMEX_FTS_BTC_USD_200925", "BITMEX", "FTS", "BTC", "USD", 64100.0, 0.5, 100.0, 0, 0.5),
+    Symbol("DERIBIT_OPT_BTC_USD_200327_9000_C", "DERIBIT", "OPT", "BTC", "USD", 2500.0, 5.0, 0.1, 1, 0.4),
 )
 
 

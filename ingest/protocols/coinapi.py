@@ -8,6 +8,7 @@ type and symbol, restarting on every connection) is checked for jumps.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,17 @@ from typing import Any, ClassVar
 import msgspec
 
 from ingest.errors import ConfigError
-from ingest.events import Event, FatalError, Gap, Notice, Reconnect, Rejected, Rows, SubscriptionAcked
+from ingest.events import (
+    Event,
+    FatalError,
+    Gap,
+    Notice,
+    Reconnect,
+    Rejected,
+    Rows,
+    SubscriptionAcked,
+    SubscriptionFailed,
+)
 from ingest.protocols.base import AuthDefaults, Batch, read_decoded
 
 __all__ = ["DATASETS", "GENERIC_DATASET", "CoinAPIProtocol", "CoinAPISubscription"]
@@ -34,6 +45,10 @@ DATASETS: dict[str, str] = {
 GENERIC_DATASET = "coinapi_generic"
 DATA_TYPES = frozenset({*DATASETS, "exrate", "asset", "exchange", "symbol"})
 _HEARTBEATS = frozenset({"hearbeat", "heartbeat"})  # documented misspelt; accept both
+_METADATA = frozenset({"asset", "exchange"})  # records that name no symbol, only their own id
+# A key without a plan's data type (CoinAPI FAQ): "Forbidden - Your API key don't have privileges
+# to data type 'quote'." Only the subscriptions of that type are refused, not the key.
+_FORBIDDEN_TYPE = re.compile(r"privileges to data type '([^']+)'")
 _FILTERS = {  # config key -> hello field
     "symbols": "subscribe_filter_symbol_id",
     "exchanges": "subscribe_filter_exchange_id",
@@ -76,10 +91,12 @@ class CoinAPISubscription:
         symbol_id: str | None,
         period_id: str | None = None,
         rate: tuple[str | None, str | None] = (None, None),
+        record_id: str | None = None,
     ) -> bool:
         """CoinAPI's filter semantics: prefix, or exact with a trailing $; kinds of filter are a union.
 
-        `period_id` is an OHLCV bar's period; `rate` an exrate's (asset_id_base, asset_id_quote).
+        `period_id` is an OHLCV bar's period; `rate` an exrate's (asset_id_base, asset_id_quote);
+        `record_id` an asset record's asset_id or an exchange record's exchange_id.
         """
         if kind not in self.data_types:
             return False
@@ -89,6 +106,11 @@ class CoinAPISubscription:
             return True
         if kind == "exrate":  # no symbol: an asset matches either side, a pair its legs' USD rates
             return any(rate[0] in a.split("/") if "/" in a else a in rate for a in self.assets)
+        if kind in _METADATA:
+            # Only the filter kind that names such records narrows them (an asset pair names both
+            # its assets); a symbol filter says nothing about an asset or exchange record.
+            wanted = self.assets if kind == "asset" else self.exchanges
+            return not wanted or any(record_id in a.split("/") for a in wanted)
         if symbol_id is None:
             return False
         for f in self.symbols:
@@ -96,8 +118,10 @@ class CoinAPISubscription:
                 return True
         if any(symbol_id.startswith(e + "_") for e in self.exchanges):
             return True
-        parts = symbol_id.split("_", 3)
-        base, quote = (parts[2], parts[3]) if len(parts) == 4 else (None, None)
+        # EXCHANGE_TYPE_BASE_QUOTE, and futures and options go on (_200925, _200327_9000_C): the
+        # quote is the 4th part only.
+        parts = symbol_id.split("_", 4)
+        base, quote = (parts[2], parts[3]) if len(parts) >= 4 else (None, None)
         return any(a in (base, quote) or a == f"{base}/{quote}" for a in self.assets)
 
 
@@ -110,11 +134,13 @@ class _Head(msgspec.Struct, kw_only=True):
 
 
 class _Detail(msgspec.Struct, kw_only=True):
-    """What labels an ohlcv or exrate message beyond its symbol; decoded only for those."""
+    """What labels an ohlcv, exrate, asset or exchange message beyond its symbol; decoded only for those."""
 
     period_id: str | None = None
     asset_id_base: str | None = None
     asset_id_quote: str | None = None
+    asset_id: str | None = None
+    exchange_id: str | None = None
 
 
 _decode_head = msgspec.json.Decoder(_Head).decode
@@ -163,6 +189,8 @@ class CoinAPIProtocol:
     auth_close_codes: ClassVar[frozenset[int]] = frozenset()  # a bad key is an `error` message
     # With heartbeat on, a message comes every second at least: 5 s of nothing is a dead link.
     default_idle_timeout: ClassVar[float] = 5.0
+    # With it off, a quiet stream's only traffic is the server's Ping once a minute (PROTOCOLS.md 3.1).
+    quiet_idle_timeout: ClassVar[float] = 90.0
     option_keys: ClassVar[tuple[str, ...]] = ("heartbeat",)
     linger: ClassVar[float] = 0.3  # the unsubscribe is never acknowledged
     default_ping_interval: ClassVar[float] = 0.0  # the server pings every minute
@@ -177,7 +205,7 @@ class CoinAPIProtocol:
         self._key: str | None = None
         self._connection = 0
         self._context: dict[str, Any] = {"connection": 0}
-        # (type, symbol) -> label; ohlcv and exrate labels also depend on period or assets (`_label`).
+        # (type, symbol) -> label; ohlcv, exrate, asset and exchange labels depend on more (`_label`).
         self._labels: dict[tuple[str | None, ...], str] = {}
         # CoinAPI acknowledges no subscription: the first message one receives on a connection is
         # its acknowledgement (the live view then shows it active, not pending).
@@ -195,6 +223,11 @@ class CoinAPIProtocol:
         if not isinstance(heartbeat, bool):
             raise ConfigError(f"{where}.heartbeat: expected true or false")
         return {"heartbeat": heartbeat}
+
+    @classmethod
+    def idle_timeout_for(cls, options: Mapping[str, Any]) -> float:
+        """The idle timeout unless one is configured (config reads it; not in ProviderProtocol)."""
+        return cls.default_idle_timeout if options.get("heartbeat", True) else cls.quiet_idle_timeout
 
     @classmethod
     def parse_subscription(
@@ -315,6 +348,8 @@ class CoinAPIProtocol:
             if "buffered messages" in message:
                 # The server's buffer for a slow reader overflowed; it closes, and a reconnect may do.
                 events.append(Notice("", f"server dropped the connection: {message}"))
+            elif refused := self._refuse_type(message):
+                events.extend(refused)
             else:
                 events.append(FatalError(f"CoinAPI error: {message}"))
         elif kind == "reconnect":
@@ -357,6 +392,22 @@ class CoinAPIProtocol:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _refuse_type(self, message: str) -> list[SubscriptionFailed]:
+        """Fail the subscriptions of a data type the key may not have; [] when the error is not that.
+
+        They leave the scope, so the reconnect after the server's close asks without that type and
+        the others go on; asking for it again would only repeat the error. A subscription is failed
+        whole, though other types of it are allowed: a part of it served would look like all of it.
+        """
+        found = _FORBIDDEN_TYPE.search(message)
+        if found is None:
+            return []
+        refused = [s.name for s in self._desired.values() if found[1] in s.data_types]
+        for name in refused:
+            del self._desired[name]
+        self._labels.clear()  # cached labels may name them
+        return [SubscriptionFailed(name, f"CoinAPI error: {message}", retryable=False) for name in refused]
+
     def _send_scope(self) -> None:
         self._labels.clear()
         self._outbox.extend(_encode(m).decode() for m in self._scope(list(self._desired.values())))
@@ -386,21 +437,25 @@ class CoinAPIProtocol:
         """The first subscription that wants this message; "" when none does.
 
         The scope may be wider than the subscriptions (`_scope`): a row none of them wants is kept,
-        stored with `_subscription` "" (filter on it to leave it out), never dropped. ohlcv and
-        exrate labels depend on the period or the assets too, so they are cached under a longer key
-        that `_read`'s (type, symbol) look-up never hits.
+        stored with `_subscription` "" (filter on it to leave it out), never dropped. ohlcv, exrate,
+        asset and exchange labels depend on the period, the assets or the record's id too, so they
+        are cached under a longer key that `_read`'s (type, symbol) look-up never hits.
         """
         key: tuple[str | None, ...] = (kind, symbol_id)
-        period = base = quote = None
-        if kind == "ohlcv" or kind == "exrate":
+        period = base = quote = record = None
+        if kind == "ohlcv" or kind == "exrate" or kind in _METADATA:
             with contextlib.suppress(msgspec.MsgspecError):  # a field of the wrong type: as if absent
                 detail = _decode_detail(raw)
                 period, base, quote = detail.period_id, detail.asset_id_base, detail.asset_id_quote
-            key = (kind, symbol_id, period, base, quote)
+                if kind in _METADATA:
+                    record = detail.asset_id if kind == "asset" else detail.exchange_id
+            key = (kind, symbol_id, period, base, quote, record)
         label = self._labels.get(key)
         if label is None:
             subs = self._desired.values()
-            label = next((s.name for s in subs if s.matches(kind, symbol_id, period, (base, quote))), "")
+            label = next(
+                (s.name for s in subs if s.matches(kind, symbol_id, period, (base, quote), record)), ""
+            )
             self._labels[key] = label
         return label
 

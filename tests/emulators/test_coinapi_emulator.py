@@ -658,6 +658,24 @@ async def test_send_error_then_close(coinapi, session) -> None:
     await until(lambda: not emulator.connections)
 
 
+async def test_a_data_type_the_key_lacks_gets_the_faq_error_and_the_rest_is_served(coinapi, session) -> None:
+    """forbidden_types: a hello or subscribe asking for one is refused with CoinAPI's FAQ error and
+    closed; the same key asking without it gets its data."""
+    emulator = await coinapi(forbidden_types=["quote"])
+    client = await connect(session, emulator)
+    coinbase = {"subscribe_filter_exchange_id": ["COINBASE"]}
+    await client.send("hello", subscribe_data_type=["trade", "quote"], **coinbase)
+    forbidden = "Forbidden - Your API key don't have privileges to data type 'quote'."
+    assert await error_then_close(client) == forbidden and client.data == []
+    client = await connect(session, emulator)
+    await client.send("hello", subscribe_data_type=["trade"], **coinbase)
+    await client.pump(lambda: len(client.data) >= 3)
+    assert {f["type"] for f in client.data} == {"trade"}
+    await client.send("subscribe", subscribe_data_type=["quote"], subscribe_filter_exchange_id=["KRAKEN"])
+    assert await error_then_close(client) == forbidden
+    assert emulator.errors_sent == [forbidden, forbidden]
+
+
 async def test_flood_pushes_n_trades_per_subscribed_symbol(coinapi, session) -> None:
     """flood(n): n more trades for each symbol with a trade listener, numbered on, with distinct uuids."""
     emulator = await coinapi(tick_interval=60)

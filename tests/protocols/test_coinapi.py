@@ -7,10 +7,20 @@ import json
 import pytest
 
 from ingest.arrow_batch import build_table
+from ingest.config import parse_config
 from ingest.emulators.coinapi_market import SYMBOLS
 from ingest.emulators.coinapi_scope import Scope, parse_request
 from ingest.errors import ConfigError
-from ingest.events import FatalError, Gap, Notice, Reconnect, Rejected, Rows, SubscriptionAcked
+from ingest.events import (
+    FatalError,
+    Gap,
+    Notice,
+    Reconnect,
+    Rejected,
+    Rows,
+    SubscriptionAcked,
+    SubscriptionFailed,
+)
 from ingest.protocols.coinapi import CoinAPIProtocol
 
 T0 = 1_763_000_000_000_000_000
@@ -113,6 +123,10 @@ def test_seven_fractional_digits_survive(registry):
         ({"assets": ["BTC/EUR"]}, "KRAKEN_SPOT_BTC_EUR", True),
         ({"assets": ["BTC/EUR"]}, "KRAKEN_SPOT_BTC_USD", False),
         ({"symbols": ["COINBASE_"], "exchanges": ["KRAKEN"]}, "KRAKEN_SPOT_BTC_EUR", True),  # a union
+        # Futures and options go on past the quote: it is the 4th part only.
+        ({"assets": ["USD"]}, "BITMEX_FTS_BTC_USD_200925", True),
+        ({"assets": ["BTC/USD"]}, "DERIBIT_OPT_BTC_USD_200327_9000_C", True),
+        ({"assets": ["9000"]}, "DERIBIT_OPT_BTC_USD_200327_9000_C", False),
         ({}, "ANY_SPOT_X_Y", True),
     ],
 )
@@ -477,3 +491,114 @@ def test_a_subscriptions_first_message_on_a_connection_acknowledges_it():
     assert [type(e).__name__ for e in p.receive(trade("A_SPOT_X_Y", 1), T0)] == ["Rows"]  # btc again
     p.connect()  # a new connection: acknowledged again by its first message
     assert isinstance(p.receive(trade("A_SPOT_B_C", 1), T0)[0], SubscriptionAcked)
+
+
+# -- review fixes: idle timeout, derivatives, refused data types, metadata ---------------------------
+
+
+def coinapi_config(tmp_path, **provider) -> float:
+    """The idle timeout a config file with these CoinAPI provider keys gets."""
+    doc = {
+        "providers": {
+            "coinapi": {
+                "url": "wss://ws.coinapi.io/v1/",
+                "auth": {"env": "COINAPI_KEY", "in": "message"},
+                "subscriptions": [{"name": "t", "data_types": ["trade"]}],
+                **provider,
+            }
+        }
+    }
+    return parse_config(doc, base=tmp_path).providers[0].idle_timeout
+
+
+def test_without_heartbeats_the_idle_timeout_outlasts_the_servers_minute_ping(tmp_path):
+    # Without heartbeats a quiet stream sends only the server's Ping, once a minute (PROTOCOLS.md 3.1):
+    # 5 s of silence was a reconnect loop on any quiet symbol.
+    assert coinapi_config(tmp_path, heartbeat=False) == 90.0
+    assert coinapi_config(tmp_path) == coinapi_config(tmp_path, heartbeat=True) == 5.0
+    assert coinapi_config(tmp_path, heartbeat=False, idle_timeout=20) == 20.0  # configured: it wins
+
+
+@pytest.mark.parametrize(
+    ("symbol", "parts"),
+    [
+        ("BITMEX_FTS_BTC_USD_200925", ("BITMEX", "FTS", "BTC", "USD")),
+        ("DERIBIT_OPT_BTC_USD_200327_9000_C", ("DERIBIT", "OPT", "BTC", "USD")),
+        ("BITSTAMP_SPOT_BTC_USD", ("BITSTAMP", "SPOT", "BTC", "USD")),
+        ("IDX_REFRATE_BTC", ("IDX", "REFRATE", "BTC", None)),
+    ],
+)
+def test_futures_and_options_are_labelled_and_quoted_in_their_4th_part(registry, symbol, parts):
+    p = proto({"name": "btc_usd", "data_types": ["trade"], "assets": ["BTC/USD"]}, ALL_TRADES)
+    p.connect()
+    events = p.receive(trade(symbol, 1), T0)
+    wanted = "btc_usd" if parts[3] else "all_trades"
+    assert [e for e in events if isinstance(e, SubscriptionAcked)] == [SubscriptionAcked(wanted)]
+    (rows,) = [e for e in events if isinstance(e, Rows)]
+    table = build_table(registry["coinapi_trades"], [rows]).table
+    columns = ["exchange_id", "symbol_type", "asset_id_base", "asset_id_quote", "_subscription"]
+    assert table.select(columns).to_pylist() == [dict(zip(columns, (*parts, wanted), strict=True))]
+
+
+FORBIDDEN = "Forbidden - Your API key don't have privileges to data type 'quote'."  # CoinAPI's FAQ
+FORBIDDEN_QUOTE = json.dumps({"message": FORBIDDEN, "type": "error"}).encode()
+
+
+def test_a_data_type_the_key_lacks_fails_only_the_subscriptions_of_that_type():
+    p = proto(
+        {"name": "trades", "data_types": ["trade"], "symbols": ["COINBASE_"]},
+        {"name": "quotes", "data_types": ["quote"], "symbols": ["COINBASE_"]},
+        {"name": "both", "data_types": ["trade", "quote"], "exchanges": ["KRAKEN"]},
+    )
+    p.connect()
+    p.data_to_send()
+    events = p.receive(FORBIDDEN_QUOTE, T0)
+    message = f"CoinAPI error: {FORBIDDEN}"
+    assert events == [SubscriptionFailed(name, message, retryable=False) for name in ("quotes", "both")]
+    assert p.active == 1
+    # The server closes after an error; the next connection asks without quotes.
+    p.connection_lost()
+    p.connect()
+    (hello,) = [json.loads(f) for f in p.data_to_send()]
+    assert hello == {**HEAD, "subscribe_data_type": ["trade"], "subscribe_filter_symbol_id": ["COINBASE_"]}
+    assert label(p, trade("COINBASE_SPOT_BTC_USD", 1)) == "trades"
+    assert label(p, trade("KRAKEN_SPOT_BTC_EUR", 1)) == ""  # "both" is gone
+
+
+def test_other_errors_and_a_refused_type_no_subscription_has_stay_fatal():
+    p = proto({"name": "trades", "data_types": ["trade"]})
+    p.connect()
+    (fatal,) = p.receive(FORBIDDEN_QUOTE, T0)
+    assert isinstance(fatal, FatalError) and "'quote'" in fatal.reason and p.active == 1
+    (fatal,) = p.receive(b'{"type":"error","message":"Invalid API key"}', T0)
+    assert isinstance(fatal, FatalError) and p.active == 1
+
+
+def metadata(kind: str, record_id: str) -> bytes:
+    return json.dumps({"type": kind, f"{kind}_id": record_id, "name": record_id.title()}).encode()
+
+
+def test_asset_and_exchange_records_are_labelled_by_their_own_ids():
+    p = proto(
+        {
+            "name": "btc_kraken",
+            "data_types": ["asset", "exchange"],
+            "assets": ["BTC"],
+            "exchanges": ["KRAKEN"],
+        },
+        {"name": "pair", "data_types": ["asset"], "assets": ["ETH/EUR"]},  # a pair names both assets
+        {"name": "by_symbol", "data_types": ["asset", "exchange"], "symbols": ["KRAKEN_"]},
+    )
+    p.connect()
+    first = p.receive(metadata("asset", "BTC"), T0)
+    assert first[0] == SubscriptionAcked("btc_kraken") and first[1].dataset == "coinapi_generic"
+    assert label(p, metadata("asset", "BTC")) == "btc_kraken"
+    assert label(p, metadata("exchange", "KRAKEN")) == "btc_kraken"
+    assert label(p, metadata("asset", "EUR")) == "pair"
+    # A symbol filter narrows no asset or exchange record: that subscription takes the rest.
+    assert label(p, metadata("asset", "SOL")) == "by_symbol"
+    assert label(p, metadata("exchange", "BINANCE")) == "by_symbol"
+    q = proto({"name": "btc", "data_types": ["asset"], "assets": ["BTC"]})
+    q.connect()
+    assert label(q, metadata("asset", "DOGE")) == ""
+    assert label(q, b'{"type":"asset","asset_id":7}') == ""  # a field of the wrong type: as if absent
