@@ -5,8 +5,10 @@ the evidence: a height seen again with another hash, or a block whose parent has
 stored for the height below, means the older branch was replaced. Every height replaced until the
 next new block that brings no such evidence is one reorg, one row, whichever evidence came first
 (blocks may arrive out of order: a child before its parent). A height never received is a gap,
-once the stream is `_LATE` heights past it. Canonical views then keep, per height, the newest
-hash (see sql/).
+once the stream is `_LATE` heights past it. A hash seen at a height before counts again only
+if a row flags it as a correction (`_is_reorg`): otherwise it is a late resend of a replaced
+branch (after a reconnect, or from a lagging stream), not a reorg back. Canonical views decide
+each height's hash by the same rule (sql/020_block_hashes.sql).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class _Chain:
     # heap of (height, received_at, position, subscription): heights received above `settled`
     pending: list[tuple[int, int, int, str]] = field(default_factory=list)
     open: _Open | None = None
+    # height -> every hash observed there (not seeded: a replay must see the store's hash anew)
+    seen: OrderedDict[int, set[str]] = field(default_factory=OrderedDict)
 
 
 def _norm(value: Any) -> str:
@@ -118,10 +122,11 @@ class ReorgTracker:
             table[parent_col].to_pylist(),
             table["_subscription"].to_pylist(),
             pc.cast(table["_received_at"], pa.int64()).to_pylist(),
+            table["_is_reorg"].to_pylist(),
             positions.to_pylist(),
             strict=True,
         )
-        for provider, chain, number, block_hash, parent, subscription, received_at, position in rows:
+        for provider, chain, number, block_hash, parent, subscription, received_at, flagged, position in rows:
             if number is None or block_hash is None:
                 continue
             self._block(
@@ -133,6 +138,7 @@ class ReorgTracker:
                 subscription,
                 received_at,
                 position,
+                flagged=bool(flagged),
             )
 
     def close(self) -> None:
@@ -152,10 +158,18 @@ class ReorgTracker:
         subscription: str,
         received_at: int,
         position: int,
+        *,
+        flagged: bool = False,
     ) -> None:
         state = self._chains.setdefault((provider, chain), _Chain())
         state.last_at = received_at
         old = state.hashes.get(number)
+        seen = state.seen.setdefault(number, set())
+        if old is not None and old != block_hash and block_hash in seen and not flagged:
+            return  # a late resend of a branch already replaced here: it changes nothing
+        seen.add(block_hash)
+        while len(state.seen) > _REMEMBER:
+            state.seen.popitem(last=False)
         if old is None:
             if state.settled is None:
                 state.settled, state.settled_at = number, received_at
@@ -232,8 +246,9 @@ class ReorgTracker:
             "first_height": heights[0],
             "last_height": heights[-1],
             "depth": len(heights),
-            "old_hashes": list(old),
-            "new_hashes": list(new),
+            # 0x-prefixed as in every view; the id keeps the bare hash it always had (its dedup key)
+            "old_hashes": ["0x" + h for h in old],
+            "new_hashes": ["0x" + h for h in new],
             "detected_at": r.detected_at,
             "how": r.how,
             "id": f"{provider}|{chain}|{heights[0]}|{new[0]}",
@@ -243,21 +258,28 @@ class ReorgTracker:
 
 def recent_blocks_sql(dataset: str) -> str:
     """DuckDB SQL for the last `_REMEMBER` heights of each chain of a block dataset, with the hash
-    each has now (the newest received, a reorg's on a tie, as the canonical views decide) and when
-    it was first received: the columns `ReorgTracker.seed` reads."""
+    each has now (announced last: first received, or last received as a correction; a
+    correction's on a tie, as the canonical views decide), when the height was first received
+    and when last: the columns `ReorgTracker.seed` reads."""
     chain, number, block_hash, _ = BLOCK_STREAMS[dataset]
     table = quote_ident(dataset)
     chain, number, block_hash = quote_ident(chain), quote_ident(number), quote_ident(block_hash)
     return f"""
         WITH heads AS (
             SELECT _provider, {chain} AS chain, max({number}) AS head FROM {table} GROUP BY ALL
+        ), hashes AS (
+            SELECT b._provider AS provider, CAST(b.{chain} AS VARCHAR) AS chain, b.{number} AS number,
+                   b.{block_hash} AS hash, min(b._received_at) AS first_at, max(b._received_at) AS last_at,
+                   coalesce(max(b._received_at) FILTER (WHERE b._is_reorg), first_at) AS announced_at,
+                   bool_or(b._is_reorg) AS corrected
+            FROM {table} b JOIN heads h ON b._provider = h._provider AND b.{chain} = h.chain
+            WHERE b.{number} > h.head - {_REMEMBER} AND b.{block_hash} IS NOT NULL
+            GROUP BY ALL
         )
-        SELECT b._provider AS provider, CAST(b.{chain} AS VARCHAR) AS chain, b.{number} AS number,
-               b.{block_hash} AS hash, epoch_ns(b._received_at) AS received_at,
-               epoch_ns(min(b._received_at) OVER heights) AS first_received_at
-        FROM {table} b JOIN heads h ON b._provider = h._provider AND b.{chain} = h.chain
-        WHERE b.{number} > h.head - {_REMEMBER} AND b.{block_hash} IS NOT NULL
-        WINDOW heights AS (PARTITION BY b._provider, b.{chain}, b.{number})
-        QUALIFY row_number() OVER (heights ORDER BY b._received_at DESC, b._is_reorg DESC) = 1
+        SELECT provider, chain, number, hash, epoch_ns(max(last_at) OVER heights) AS received_at,
+               epoch_ns(min(first_at) OVER heights) AS first_received_at
+        FROM hashes
+        WINDOW heights AS (PARTITION BY provider, chain, number)
+        QUALIFY row_number() OVER (heights ORDER BY announced_at DESC, corrected DESC, lower(hash)) = 1
         ORDER BY number
     """

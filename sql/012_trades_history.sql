@@ -38,6 +38,6 @@ SELECT coalesce(lower(trade_dex_pair_smart_contract), lower(trade_dex_smart_cont
        trade_buy_currency_symbol || '/' || trade_sell_currency_symbol,
        lower(trade_buy_currency_smart_contract), lower(trade_sell_currency_smart_contract),
        CAST(trade_buy_price AS VARCHAR), trade_buy_price, trade_buy_amount, trade_buy_amount_f64,
-       NULL, block_time, network, block_number, lower(block_hash), lower(transaction_hash),
+       NULL, block_time, network, block_number, nullif(lower(block_hash), ''), lower(transaction_hash),
        _provider, _tracing_id, _is_reorg, _received_at, coalesce(mempool, false), _dedup_key
 FROM bitquery_evm_dex_trades;

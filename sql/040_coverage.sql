@@ -7,8 +7,9 @@ CREATE OR REPLACE VIEW coverage AS
 WITH g AS (
     SELECT * FROM gaps QUALIFY row_number() OVER (PARTITION BY id ORDER BY detected_at) = 1
 ), spans AS (
+    -- A block gap settled by a late block may end before it started (blocks out of order).
     SELECT provider, subscription, kind,
-           CAST(started_at AS TIMESTAMPTZ) AS s, CAST(ended_at AS TIMESTAMPTZ) AS e
+           CAST(least(started_at, ended_at) AS TIMESTAMPTZ) AS s, CAST(greatest(started_at, ended_at) AS TIMESTAMPTZ) AS e
     FROM g
 ), hours AS (
     SELECT *, unnest(generate_series(date_trunc('hour', s), date_trunc('hour', e), INTERVAL 1 HOUR)) AS hour

@@ -155,8 +155,8 @@ async def test_a_reorg_across_a_restart_is_recorded(tmp_path, monkeypatch, duckd
             "first_height": heights[0],
             "last_height": heights[-1],
             "depth": len(heights),
-            "old_hashes": [first.canonical_hash(n) for n in heights],
-            "new_hashes": [second.canonical_hash(n) for n in heights],
+            "old_hashes": ["0x" + first.canonical_hash(n) for n in heights],
+            "new_hashes": ["0x" + second.canonical_hash(n) for n in heights],
             "how": "rehash",
         }
     ]

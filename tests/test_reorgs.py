@@ -13,7 +13,7 @@ from ingest.reorgs import _LATE, _REMEMBER, ReorgTracker, recent_blocks_sql
 from ingest.schema import load_registry
 from ingest.sinks.duckdb import DuckDBSink
 
-Block = tuple[int, str, str]  # number, hash, parent hash
+Block = tuple[int, str, str] | tuple[int, str, str, bool]  # number, hash, parent hash[, is_reorg]
 SECOND = 1_000_000_000
 
 
@@ -28,6 +28,7 @@ def _table(blocks: list[Block], start: int) -> pa.Table:
             "block_parent_hash": [b[2] for b in blocks],
             "_subscription": ["s"] * n,
             "_received_at": pa.array([SECOND * (start + i + 1) for i in range(n)], pa.timestamp("ns", "UTC")),
+            "_is_reorg": [len(b) > 3 and b[3] for b in blocks],
         }
     )
 
@@ -61,8 +62,8 @@ def reorg(first: int, old: list[str], new: list[str], how: str, at: int) -> dict
         "first_height": first,
         "last_height": first + len(old) - 1,
         "depth": len(old),
-        "old_hashes": old,
-        "new_hashes": new,
+        "old_hashes": ["0x" + h for h in old],
+        "new_hashes": ["0x" + h for h in new],
         "detected_at": at * SECOND,
         "how": how,
         "id": f"bitquery|eth|{first}|{new[0]}",
@@ -302,5 +303,29 @@ def test_a_replay_of_stored_blocks_ends_where_the_store_is(tmp_path):
     after = [*replay, (111, "0xc111", "0xb110"), (112, "0xc112", "0xc111")]
     reorgs, _ = seeded_feed(stored, after)
     assert [(r["first_height"], r["old_hashes"], r["new_hashes"]) for r in reorgs] == [
-        (111, ["b111"], ["c111"])
+        (111, ["0xb111"], ["0xc111"])
+    ]
+
+
+def test_a_late_resend_of_a_replaced_block_is_no_reorg_back():
+    """After 100a/101a were replaced by the b branch, 100a comes again (a resend after a
+    reconnect, a lagging stream): it replaces nothing, so no second reorg and no hash flip."""
+    blocks = [
+        *chain(100, 101),
+        *chain(100, 102, "b", fork=100),
+        (100, "0xa100", "0xa99"),
+        (103, "0xb103", "0xb102"),
+    ]
+    reorgs, gaps = feed(blocks)
+    assert reorgs == [reorg(100, ["a100", "a101"], ["b100", "b101"], "rehash", 3)]
+    assert gaps == []
+
+
+def test_a_replaced_hash_sent_again_as_a_correction_is_a_reorg_back():
+    blocks = [*chain(100, 101), (101, "0xb101", "0xa100"), (102, "0xb102", "0xb101")]
+    blocks += [(101, "0xa101", "0xa100", True), (102, "0xa102", "0xa101", True), (103, "0xa103", "0xa102")]
+    reorgs, _ = feed(blocks)
+    assert reorgs == [
+        reorg(101, ["a101"], ["b101"], "rehash", 3),
+        reorg(101, ["b101", "b102"], ["a101", "a102"], "rehash", 5),
     ]

@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
-from ingest.arrow_batch import build_table
+from ingest.arrow_batch import build_table, values_table
+from ingest.buffer import Buffer, FlushPolicy
 from ingest.events import Rows
+from ingest.reorgs import ReorgTracker
 from ingest.replay import capture_records
 from ingest.sinks.duckdb import DuckDBSink
 from ingest.views import connect_for_query
@@ -18,9 +21,15 @@ T0 = 1_762_992_000 * 10**9  # 2025-11-13T00:00:00Z
 
 def store(registry, tmp_path: Path, dataset: str, chunks: list[Rows]):
     """The chunks built and stored by the DuckDB sink; a connection to query the views with."""
+    return store_all(registry, tmp_path, {dataset: chunks})
+
+
+def store_all(registry, tmp_path: Path, parts: dict[str, list[Rows]]):
+    """Each dataset's chunks built and stored by the DuckDB sink; a connection to query with."""
     sink = DuckDBSink(tmp_path / "ingest.duckdb")
     sink.open(registry.values())
-    sink.write(registry[dataset], build_table(registry[dataset], chunks).table, 0, 0)
+    for dataset, chunks in parts.items():
+        sink.write(registry[dataset], build_table(registry[dataset], chunks).table, 0, 0)
     sink.close()
     con, _ = connect_for_query(registry, tmp_path / "ingest.duckdb", None)
     return con
@@ -234,3 +243,192 @@ def test_a_pending_transfer_is_history_not_a_canonical_transfer(tmp_path, regist
     history = con.sql("SELECT block_number, pending FROM transfers_history ORDER BY received_at").fetchall()
     assert history == [(None, True), (70000000, False)]
     assert con.sql("SELECT block_number, amount FROM transfers").fetchall() == [(70000000, "5")]
+
+
+S = 10**9
+
+
+def blockdb_block(received_at: int, block_hash: str, *, reorg: bool = False) -> Rows:
+    record = {"block_number": 100, "block_hash": block_hash, "parent_block_hash": "99" * 32}
+    record |= {"timestamp_utc": "2025-11-13T00:00:00Z", "_tracing_id": "block-" + block_hash[:4]}
+    rows = Rows("blockdb", "blockdb_blocks", "b", [json.dumps(record).encode()], received_at)
+    rows.context, rows.is_reorg = {"chain_id": 1}, reorg
+    return rows
+
+
+def bitquery_block(received_at: int, number: int, block_hash: str, parent: str) -> Rows:
+    record = {
+        "Block": {
+            "Number": str(number),
+            "Hash": block_hash,
+            "ParentHash": parent,
+            "Time": "2025-11-13T00:00:00Z",
+        }
+    }
+    rows = Rows("bitquery", "bitquery_evm_blocks", "blocks", [json.dumps(record).encode()], received_at)
+    rows.context = {"network": "eth", "mempool": False}
+    return rows
+
+
+def bitquery_transfer(
+    received_at: int, block_hash: str, tx: str, amount: str, *, mempool: bool = False
+) -> Rows:
+    record = {"Block": {"Number": "100", "Hash": block_hash, "Time": "2025-11-13T00:00:00Z"}}
+    record |= {"Transaction": {"Hash": tx}, "Log": {"Index": 0}}
+    record["Transfer"] = {
+        "Amount": amount,
+        "Sender": "0x1",
+        "Receiver": "0x2",
+        "Currency": {"SmartContract": "0xc"},
+    }
+    rows = Rows(
+        "bitquery",
+        "bitquery_evm_transfers",
+        "mempool" if mempool else "transfers",
+        [json.dumps(record).encode()],
+        received_at,
+    )
+    rows.context = {"network": "eth", "mempool": mempool}
+    return rows
+
+
+def test_a_blockdb_transfer_a_reorg_removed_leaves_transfers(tmp_path, registry):
+    """BlockDB's transfers carry no block hash, and a reorg that removes one sends nothing for it
+    (PROTOCOLS.md 2.10): one received before its height's correction is of the old branch."""
+    con = store_all(
+        registry,
+        tmp_path,
+        {
+            "blockdb_blocks": [
+                blockdb_block(T0, "aa" * 32),
+                blockdb_block(T0 + 5 * S, "bb" * 32, reorg=True),
+            ],
+            "blockdb_transfers": [
+                blockdb_transfer(T0, tx_index=0, amount_raw="1", _tracing_id="a0"),
+                blockdb_transfer(T0, tx_index=1, amount_raw="2", _tracing_id="a1"),  # not on the new branch
+                blockdb_transfer(T0 + 5 * S, reorg=True, tx_index=0, amount_raw="3", _tracing_id="b0"),
+                blockdb_transfer(T0 + 6 * S, tx_index=2, amount_raw="4", _tracing_id="b2"),  # sent after it
+            ],
+        },
+    )
+    assert con.sql("SELECT hash FROM blocks").fetchall() == [("0x" + "bb" * 32,)]
+    assert con.sql("SELECT tracing_id, amount_raw FROM transfers ORDER BY 1").fetchall() == [
+        ("b0", "3"),
+        ("b2", "4"),
+    ]
+    assert con.execute("SELECT count(*) FROM transfers_history").fetchone() == (4,)
+
+
+def test_a_late_resend_of_a_replaced_block_changes_no_canonical_view(tmp_path, registry):
+    """100a is replaced by 100b (its child 101 names it); then 100a comes again (a resend after a
+    reconnect), and a lagging transfers stream sends one more transfer of the old branch."""
+    blocks = [
+        bitquery_block(T0, 100, "0xa", "0x9"),
+        bitquery_block(T0 + 1 * S, 100, "0xb", "0x9"),
+        bitquery_block(T0 + 2 * S, 101, "0xb1", "0xb"),
+        bitquery_block(T0 + 3 * S, 100, "0xa", "0x9"),
+    ]
+    transfers = [
+        bitquery_transfer(T0 + 2 * S, "0xb", "0xt1", "5"),
+        bitquery_transfer(T0 + 4 * S, "0xa", "0xt0", "7"),
+    ]
+    con = store_all(registry, tmp_path, {"bitquery_evm_blocks": blocks, "bitquery_evm_transfers": transfers})
+    assert con.sql("SELECT number, hash FROM blocks ORDER BY number").fetchall() == [
+        (100, "0xb"),
+        (101, "0xb1"),
+    ]
+    assert con.sql("SELECT number, hash FROM block_hashes ORDER BY number").fetchall() == [
+        (100, "0xb"),
+        (101, "0xb1"),
+    ]
+    assert con.sql("SELECT block_hash, amount FROM transfers").fetchall() == [("0xb", "5")]
+
+
+def test_a_hash_sent_again_as_a_correction_is_a_reorg_back(tmp_path, registry):
+    con = store_all(
+        registry,
+        tmp_path,
+        {
+            "blockdb_blocks": [
+                blockdb_block(T0, "aa" * 32),
+                blockdb_block(T0 + 1 * S, "bb" * 32, reorg=True),
+                blockdb_block(T0 + 2 * S, "aa" * 32, reorg=True),
+            ]
+        },
+    )
+    assert con.sql("SELECT hash, is_reorg FROM blocks").fetchall() == [("0x" + "aa" * 32, True)]
+
+
+def test_a_pending_row_with_an_empty_block_header_hides_no_transfer(tmp_path, registry):
+    """A mempool row's block context has no hash yet (Bitquery sends "")."""
+    con = store_all(
+        registry,
+        tmp_path,
+        {
+            "bitquery_evm_blocks": [bitquery_block(T0, 100, "0xb", "0x9")],
+            "bitquery_evm_transfers": [
+                bitquery_transfer(T0 + S, "0xb", "0xt1", "5"),
+                bitquery_transfer(T0 + 2 * S, "", "0xt2", "9", mempool=True),
+            ],
+        },
+    )
+    assert con.sql("SELECT number, hash FROM block_hashes").fetchall() == [(100, "0xb")]
+    assert con.sql("SELECT block_hash, amount FROM transfers").fetchall() == [("0xb", "5")]
+    assert con.sql("SELECT block_hash, pending FROM transfers_history ORDER BY received_at").fetchall() == [
+        ("0xb", False),
+        (None, True),
+    ]
+
+
+def test_two_versions_of_a_height_in_one_read_give_one_answer_whatever_the_stored_order(tmp_path, registry):
+    answers = set()
+    for i, order in enumerate((["0xa", "0xb"], ["0xb", "0xa"])):
+        chunks = [bitquery_block(T0, 100, h, "0x9") for h in order]
+        con = store(registry, tmp_path / str(i), "bitquery_evm_blocks", chunks)
+        answers.add(
+            (
+                con.execute("SELECT hash FROM blocks").fetchone(),
+                con.execute("SELECT hash FROM block_hashes").fetchone(),
+            )
+        )
+    assert len(answers) == 1
+
+
+def test_erc1155_batch_items_of_one_log_are_distinct_transfers(tmp_path, registry):
+    """A TransferBatch log sends one row per token id, all at one (block, tx, log) key."""
+    items = [blockdb_transfer(T0, log_index=7, token_id=str(i), _tracing_id=f"x{i}") for i in (1, 2)]
+    con = store(registry, tmp_path, "blockdb_transfers", items)
+    assert con.sql("SELECT tracing_id FROM transfers ORDER BY 1").fetchall() == [("x1",), ("x2",)]
+
+
+def test_a_block_gap_settled_by_a_late_block_across_an_hour_counts_in_coverage(tmp_path, registry):
+    """Blocks 99 and 102 before an hour ends, 100 just after it; 101 never comes. The gap's end
+    (102's receipt) is before its start (100's): it still counts, once."""
+    hour = T0 + 3600 * S
+    gaps: list = []
+    tracker = ReorgTracker(lambda _row: None, lambda gap, at: gaps.append((gap, at)))
+    table = pa.table(
+        {
+            "_provider": ["bitquery"] * 3,
+            "network": ["eth"] * 3,
+            "block_number": pa.array([99, 102, 100], pa.int64()),
+            "block_hash": ["0xa99", "0xa102", "0xa100"],
+            "block_parent_hash": ["0xa98", "0xa101", "0xa99"],
+            "_subscription": ["blocks"] * 3,
+            "_received_at": pa.array([hour - 10 * S, hour - S, hour + S], pa.timestamp("ns", "UTC")),
+            "_is_reorg": [False] * 3,
+        }
+    )
+    tracker.observe("bitquery_evm_blocks", table, pa.array([1, 2, 3], pa.int64()))
+    tracker.close()
+    [(gap, detected_at)] = gaps
+    assert gap.ended_at < gap.started_at
+    buffer = Buffer(registry, FlushPolicy())
+    buffer.gap(gap, detected_at)
+    [flush] = buffer.take_derived()
+    sink = DuckDBSink(tmp_path / "ingest.duckdb")
+    sink.open(registry.values())
+    sink.write(registry["gaps"], values_table(registry["gaps"], flush.values), 0, 0)
+    sink.close()
+    con, _ = connect_for_query(registry, tmp_path / "ingest.duckdb", None)
+    assert con.execute("SELECT sum(block_gaps) FROM coverage").fetchone() == (1,)
