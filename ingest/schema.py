@@ -141,6 +141,7 @@ class Dataset:
     key: tuple[str, ...] = ()  # natural key columns, for the dedup key
     identity: tuple[str, ...] = ()  # columns a tracing id is derived from when the provider sends none
     received_column: str = "_received_at"  # the receive time: Parquet partitions by its date
+    generic: bool = False  # message types without a table of their own: `_raw` is their content
     arrow_schema: pa.Schema = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -160,8 +161,9 @@ class Dataset:
 
     @property
     def raw_only(self) -> bool:
-        """No typed payload columns (the generic datasets): `_raw` is the record's only copy."""
-        return self.kind == "records" and not self.payload_columns
+        """`_raw` is the record's only full copy: a generic dataset (a few columns to find its
+        records by, such as CoinAPI's message type), or one without typed payload columns."""
+        return self.kind == "records" and (self.generic or not self.payload_columns)
 
     @property
     def context_columns(self) -> tuple[Column, ...]:
@@ -334,6 +336,7 @@ def load_registry(schema_dir: Path = SCHEMA_DIR) -> Registry:
             key=key,
             identity=identity,
             received_column=str(doc.get("received_column", "_received_at")),
+            generic=doc.get("generic", False) is True,
         )
         if datasets[name].received_column not in datasets[name].arrow_schema.names:
             raise ConfigError(f"{where}.received_column: no column named {datasets[name].received_column!r}")

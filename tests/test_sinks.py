@@ -166,18 +166,24 @@ def test_duckdb_keeps_the_raw_json_only_when_asked(tmp_path, registry, keep_raw)
     assert con.execute("SELECT count(*) FROM blockdb_transfers").fetchall() == [(3,)]
 
 
-def test_generic_datasets_keep_raw_in_duckdb_as_it_is_their_payload(tmp_path, registry):
-    ds = registry["blockdb_generic"]
-    record = b'{"anything": [1, 2], "_tracing_id": "g1"}'
-    table = build_table(
-        ds, [Rows("blockdb", ds.name, "s", [record], T0, {"chain_id": 1, "dataset_id": "0999"})]
-    )
+@pytest.mark.parametrize(
+    ("dataset", "context"),
+    [
+        ("blockdb_generic", {"chain_id": 1, "dataset_id": "0999"}),
+        ("bitquery_generic", {"network": "eth", "mempool": False}),
+        ("coinapi_generic", {"connection": 1}),  # typed columns to find records by, content in _raw
+    ],
+)
+def test_generic_datasets_keep_raw_in_duckdb_as_it_is_their_payload(tmp_path, registry, dataset, context):
+    ds = registry[dataset]
+    record = b'{"type": "exrate", "anything": [1, 2], "_tracing_id": "g1"}'
+    table = build_table(ds, [Rows(ds.provider, ds.name, "s", [record], T0, context)])
     sink = DuckDBSink(tmp_path / "ingest.duckdb")
     sink.open(registry.values())
     sink.write(ds, table.table, 1, 1)
     sink.close()
     con = duckdb.connect(str(tmp_path / "ingest.duckdb"), read_only=True)
-    assert con.execute("SELECT _raw FROM blockdb_generic").fetchall() == [(record.decode(),)]
+    assert con.execute(f"SELECT _raw FROM {dataset}").fetchall() == [(record.decode(),)]
 
 
 def test_a_table_made_with_raw_still_takes_rows_without_it(tmp_path, registry):
