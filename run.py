@@ -92,8 +92,15 @@ def main(argv: list[str]) -> int:
         os.chdir(ROOT)
         return _hand_over(["-m", "ingest", "bench", *argv[1:]])
     _ensure_venv("")
-    args = argv if argv and not argv[0].startswith("-") else ["run", *argv]
-    return _hand_over(["-m", "ingest", *args])
+    return _hand_over(["-m", "ingest", *ingest_args(argv)])
+
+
+def ingest_args(argv: list[str]) -> list[str]:
+    """`python run.py ARGS` as `python -m ingest` takes them: options alone are the daemon's
+    (`run`), but `--help` lists the verbs."""
+    if argv and (not argv[0].startswith("-") or argv[0] in ("-h", "--help")):
+        return argv
+    return ["run", *argv]
 
 
 if __name__ == "__main__":
