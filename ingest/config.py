@@ -89,6 +89,9 @@ class ProviderConfig:
     # silent (Bitquery over a plan's concurrent-subscription cap answers nothing); 0 = never.
     silent_after: float = 120.0
     connect_timeout: float = 10.0  # TCP connect plus the WebSocket upgrade
+    # Connected, but the protocol's own handshake unanswered this long -> reconnect (Bitquery's
+    # connection_ack; gql's ack timeout, PROTOCOLS.md 1.11).
+    handshake_timeout: float = 10.0
     max_frame_bytes: int = 64 << 20  # larger frames are quarantined, not parsed
     # A fast stream's frames gather this long between reads; 0 = off. Default: read_coalesce_for().
     read_coalesce: float = 0.025
@@ -420,6 +423,7 @@ def _provider(name: str, t: _Table, config_dir: Path, flush: FlushPolicy) -> Pro
         "emulator",
         "enabled",
         "connect_timeout",
+        "handshake_timeout",
         "max_frame_bytes",
         "read_coalesce",
     )
@@ -473,6 +477,7 @@ def _provider(name: str, t: _Table, config_dir: Path, flush: FlushPolicy) -> Pro
         emulator=t.get("emulator", dict, {}),
         options=options,
         connect_timeout=float(t.positive("connect_timeout", 10.0)),
+        handshake_timeout=float(t.positive("handshake_timeout", 10.0)),
         max_frame_bytes=t.positive("max_frame_bytes", 64 << 20, integer=True),
         read_coalesce=float(t.positive("read_coalesce", read_coalesce_for(flush), zero=True)),
     )

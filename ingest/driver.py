@@ -129,6 +129,8 @@ class Collector:
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._deadline: asyncio.Timeout | None = None
+        # Why the watchdog fired the read deadline, when it was not silence (an unanswered handshake).
+        self._expired: Transient | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._stop_at = 0.0
         self._lost_at: float | None = None
@@ -276,7 +278,9 @@ class Collector:
             self._on_lost(str(exc))
             if self._stopping:
                 return
-            if lived < self.config.backoff.healthy_after:
+            # A session that never finished its handshake was not healthy, however long it hung on.
+            unanswered = getattr(self.protocol, "awaiting_handshake", False)
+            if lived < self.config.backoff.healthy_after or unanswered:
                 raise
             self.log.warning("connection lost", reason=str(exc), lived=round(lived, 1))
             # The provider asked for a pause: not at once, even after a healthy session.
@@ -383,6 +387,7 @@ class Collector:
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         stats = self.stats
+        self._expired = None
         self.protocol.connect()
         self._record_state()
         await self._send(ws)
@@ -429,12 +434,15 @@ class Collector:
         except TimeoutError:
             if self._stopping:
                 return
-            raise Silent(f"no frame for {self.config.idle_timeout:g} s") from None
+            raise self._expired or Silent(f"no frame for {self.config.idle_timeout:g} s") from None
 
     async def _after_frames(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
         """Answer, wait for buffer room, see whether a goodbye is complete; True: stop reading."""
         protocol, sink = self.protocol, self._sink
         if out := protocol.data_to_send():
+            # What goes out may carry ids the protocol just chose (Bitquery's starts at an ack):
+            # journaled first, so a replay routes the answers as this session does. Rare: not per frame.
+            self._record_state()
             await self._send(ws, out)
         if sink.congested:
             # Nothing is read meanwhile, though the server may well be sending: not silence.
@@ -485,7 +493,7 @@ class Collector:
                 continue
             try:
                 self._on_event(event)
-            except (Fatal, _ReconnectNow) as exc:
+            except (Fatal, Transient, _ReconnectNow) as exc:
                 # The rest of the read still goes to the buffer: it is journaled, so it counts.
                 stop = stop or exc
         if stop is not None:
@@ -546,6 +554,8 @@ class Collector:
                 self._credentials_refused(event.reason)
             raise ProtocolFatal(event.reason)
         elif isinstance(event, Reconnect):
+            if event.retry_after:  # not at once: a lost connection, waiting at least that long
+                raise Disconnected(event.reason, retry_after=event.retry_after)
             raise _ReconnectNow(event.reason)
 
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, frames: list[str] | None = None) -> None:
@@ -568,11 +578,15 @@ class Collector:
         loop = asyncio.get_running_loop()
         idle = self.config.idle_timeout
         ping_every = self._steady_pings
-        tick = min(1.0, idle / 4, ping_every / 4 if ping_every else 1.0)
+        tick = min(1.0, idle / 4, self.config.handshake_timeout / 4, ping_every / 4 if ping_every else 1.0)
         seen, seen_at, keepalive_at = -1, loop.time(), loop.time()
         pinged_at = opened = loop.time()
         # Reading time since this connect: a pause for buffer room is not the provider's silence.
         silent_after, silence_told, paused_before = self.config.silent_after, False, self._paused_for
+        # A protocol whose handshake is still unanswered after handshake_timeout (frames or not:
+        # Bitquery's keep-alives come before an ack that may never come) gets a new connection.
+        # Not in ProviderProtocol: absent is False.
+        handshake, handshaking = self.config.handshake_timeout, True
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
@@ -585,11 +599,17 @@ class Collector:
                 return
             if self._replacement and now - opened >= self.config.backoff.healthy_after:
                 self._replacement = 0  # this socket's token served a healthy session: replaceable again
-            if silent_after and not silence_told and since is not None and not self._stopping:
-                reading_for = now - opened - (self._paused_for - paused_before)
-                if reading_for >= silent_after:
-                    silence_told = True
-                    self._report_silent(reading_for)
+            reading_for = now - opened - (self._paused_for - paused_before)
+            live = since is not None and not self._stopping
+            if handshaking and live:
+                handshaking = getattr(self.protocol, "awaiting_handshake", False)
+                if handshaking and reading_for >= handshake:
+                    self._expired = Disconnected(f"handshake not acknowledged within {handshake:g} s")
+                    self._arm_deadline(0.0)
+                    return
+            if silent_after and not silence_told and live and reading_for >= silent_after:
+                silence_told = True
+                self._report_silent(reading_for)
             # On the last tick before it is due, so pings are never further apart than ping_interval.
             if ping_every and now + tick - pinged_at >= ping_every:
                 pinged_at = now

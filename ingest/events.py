@@ -104,9 +104,11 @@ class Notice:
 
 @dataclass(frozen=True, slots=True)
 class Reconnect:
-    """The provider asked for (or the protocol needs) a fresh connection."""
+    """The provider asked for (or the protocol needs) a fresh connection: at once, or, with
+    `retry_after` (seconds), as a lost connection that waits at least that long (a plan's limit)."""
 
     reason: str
+    retry_after: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

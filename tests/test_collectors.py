@@ -10,12 +10,16 @@ import json
 import logging
 import time
 
+import msgspec
 import pytest
 
-from ingest.config import BackoffConfig
+from ingest.buffer import Buffer
+from ingest.config import BackoffConfig, FlushPolicy
 from ingest.emulators import BitqueryEmulator, CoinAPIEmulator, HeliusEmulator
+from ingest.journal import Journal, Kind, read_records, segment_files
 from ingest.log import configure_logging
 from ingest.protocols.bitquery import BitqueryProtocol
+from ingest.replay import replay
 from tests.helpers import Drain, collector, eventually, provider_config
 
 KEY = "collector-test-key-42"
@@ -196,6 +200,119 @@ async def test_bitquery_bad_token_fails_once(registry):
         )
         await asyncio.wait_for(col.run(), 5)
         assert col.stats.state == "failed" and "401" in col.stats.last_error and emu.connections_total == 0
+
+
+async def test_bitquery_a_connection_never_acknowledged_is_given_up_with_backoff(registry):
+    """A server that sends keep-alives but never `connection_ack` keeps the idle watchdog happy:
+    after `handshake_timeout` the driver gives up on it (PROTOCOLS.md 1.11 step 2; gql's 4504) and
+    connects again after the backoff, as after any lost connection, even one that lived long."""
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async with BitqueryEmulator(key=KEY, block_interval=0.02, ka_interval=0.05, pong_interval=0.05) as emu:
+        emu.withhold_acks(2)
+        config = provider_config(
+            "bitquery", emu.url, [{"name": "blocks", "query": BLOCKS}], handshake_timeout=0.5
+        )
+        col, buffer = collector(registry, config, KEY, sleep=sleep)
+        await run_and_stop(col, lambda: buffer.received.get("bitquery_evm_blocks", 0) > 2, "blocks")
+    assert col.stats.connects == 3 and len(sleeps) == 2  # healthy_after is 0.3 s: backoff all the same
+    assert col.stats.last_error == "handshake not acknowledged within 0.5 s"
+    assert col.stats.subscriptions == {"blocks": "active"}
+
+
+async def test_bitquery_too_many_sessions_at_init_waits_the_plan_limit_then_connects_again(
+    registry, monkeypatch
+):
+    """`connection_error` "Too Many Sessions: 429" before the ack (graphql-ws, PROTOCOLS.md 1.6) is
+    a plan's limit: no new token and no stop, a reconnect after plan_limit_retry."""
+    monkeypatch.setattr(BitqueryProtocol, "plan_limit_retry", 0.3)
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await asyncio.sleep(0)
+
+    async with BitqueryEmulator(key=KEY, block_interval=0.02) as emu:
+        emu.refuse_inits("Too Many Sessions: 429")
+        config = provider_config(
+            "bitquery", emu.url, [{"name": "blocks", "query": BLOCKS}], {"subprotocol": "graphql-ws"}
+        )
+        col, buffer = collector(registry, config, KEY, sleep=sleep)
+        await run_and_stop(col, lambda: buffer.received.get("bitquery_evm_blocks", 0) > 2, "blocks")
+    assert col.stats.connects == 2 and col.stats.state == "stopped"
+    (slept,) = sleeps
+    assert 0.3 <= slept <= 0.36  # the plan's wait with its jitter, not the 0.02 s backoff
+    assert "Too Many Sessions" in col.stats.last_error
+
+
+async def test_bitquery_a_passing_server_error_is_started_again_not_the_end(registry, monkeypatch):
+    """The emulator answers a start it fails on with "Internal server error": not the query's
+    fault, so the only subscription is started again after a wait and the collector stays up."""
+    monkeypatch.setattr(BitqueryProtocol, "error_retry", 0.2)
+    async with BitqueryEmulator(key=KEY, block_interval=0.02) as emu:
+        emu.refuse_starts("Internal server error")
+        config = provider_config(
+            "bitquery", emu.url, [{"name": "blocks", "query": BLOCKS}], keepalive_interval=0.05
+        )
+        col, buffer = collector(registry, config, KEY)
+        task = asyncio.create_task(col.run())
+        await eventually(
+            lambda: col.stats.subscriptions["blocks"].startswith("failed: Internal server error"),
+            what="refused",
+        )
+        await eventually(
+            lambda: buffer.received.get("bitquery_evm_blocks", 0) > 2, what="blocks after the wait"
+        )
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+    assert col.stats.subscriptions == {"blocks": "active"} and col.stats.connects == 1
+
+
+async def test_bitquery_a_replay_routes_rows_as_the_live_session_did(registry, tmp_path):
+    """Operation ids are chosen at the ack, and a subscription waiting out a plan's limit gets
+    none: the state is journaled before the starts go out, so a replay of the journal from the
+    second connection on (what a crash leaves once the first segment is stored) routes each row
+    to the subscription and table it went to live."""
+    async with BitqueryEmulator(key=KEY, block_interval=0.02) as emu:
+        emu.refuse_starts("points limit exceeded: usage quota reached")  # blocks, operation 1
+        journal = Journal(tmp_path)
+        journal.open()
+        subs = [{"name": "blocks", "query": BLOCKS}, {"name": "transfers", "query": TRANSFERS}]
+        col, buffer = collector(registry, provider_config("bitquery", emu.url, subs), KEY, journal=journal)
+        drain = Drain(buffer)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: buffer.received.get("bitquery_evm_transfers", 0) > 0, what="transfers")
+        await emu.drop_connections()
+        await eventually(lambda: col.stats.connects == 2, what="the second connection")
+        n = buffer.received["bitquery_evm_transfers"]
+        await eventually(lambda: buffer.received["bitquery_evm_transfers"] > n + 5, what="transfers again")
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+        await drain.close()
+        journal.close()
+    records = [r for seg in segment_files(tmp_path) for r in read_records(seg)]
+    states = [r for r in records if r.kind is Kind.STATE and not msgspec.json.decode(r.payload)["acked"]]
+    cut = states[1].position  # the second connect's state: a segment could start here
+    live = sorted(
+        (position, chunk.subscription, chunk.dataset)
+        for chunk in drain.chunks
+        for position in chunk.positions or [chunk.position] * len(chunk.records)
+        if position > cut
+    )
+    fresh = BitqueryProtocol("bitquery", list(col.config.subscriptions), col.config.options)
+    replayed = Drain(Buffer(registry, FlushPolicy(max_rows=100, max_age=0.05)))
+    await replay([r for r in records if r.position >= cut], {"bitquery": fresh}, replayed.buffer)
+    await replayed.close()
+    again = sorted(
+        (position, chunk.subscription, chunk.dataset)
+        for chunk in replayed.chunks
+        for position in chunk.positions or [chunk.position] * len(chunk.records)
+    )
+    assert live and {(s, d) for _, s, d in live} == {("transfers", "bitquery_evm_transfers")}
+    assert again == live
 
 
 # -- CoinAPI -------------------------------------------------------------------------------------

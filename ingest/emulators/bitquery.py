@@ -130,6 +130,8 @@ class BitqueryEmulator(EmulatorServer):
         self.max_concurrent = max_concurrent
         self._ignored: dict[Connection, set[str]] = {}  # operations over the cap: accepted, never served
         self._refusals: list[str] = []  # messages the next operation starts are refused with
+        self._init_refusals: list[str] = []  # messages the next graphql-ws inits are refused with
+        self._acks_withheld = 0  # the next inits this many get keep-alives but never an ack
         self._start_on_subscribe = start_on_subscribe
         self._ticker = Ticker(block_interval)
         self._encode = msgspec.json.Encoder().encode
@@ -176,6 +178,25 @@ class BitqueryEmulator(EmulatorServer):
         """Answer the next `count` operation starts with `error` and this message, as Bitquery does
         over a plan's limit (`points limit exceeded: usage quota reached`, PROTOCOLS.md 1.6)."""
         self._refusals += [message] * count
+
+    def refuse_inits(self, message: str, count: int = 1) -> None:
+        """Answer the next `count` graphql-ws `connection_init`s with `connection_error` and this
+        message, then close, as Bitquery may over a plan's limit (`Too Many Sessions: 429`, 1.6)."""
+        self._init_refusals += [message] * count
+
+    def withhold_acks(self, count: int = 1) -> None:
+        """Take the next `count` `connection_init`s without ever acknowledging them, keep-alives
+        flowing all the same: a server stuck in the handshake (PROTOCOLS.md 1.11, step 2)."""
+        self._acks_withheld += count
+
+    def _acknowledge(self, conn: Connection, heartbeat: bytes, interval: float) -> None:
+        """The ack (unless withheld), then the heartbeat that follows it."""
+        if self._acks_withheld:
+            self._acks_withheld -= 1
+            log.info("ack_withheld", emulator="bitquery")
+        else:
+            self.offer(conn, _ACK)
+        self.spawn(self._heartbeat(conn, heartbeat, interval))
 
     def revoke_tokens(self) -> None:
         """Forget every issued token: the next socket with one is refused (at `auth_at`); open ones
@@ -305,14 +326,15 @@ class BitqueryEmulator(EmulatorServer):
                 payload = {"message": "Too many initialisation requests"}
                 self._send(conn, {"type": "connection_error", "payload": payload})
                 return
-            if not session.authorized:
+            if not session.authorized or self._init_refusals:
                 # The Apollo reference server: the refusal, then a close 10 ms later.
-                self._send(conn, {"type": "connection_error", "payload": {"message": "Forbidden"}})
-                self.spawn(self.close_later(conn, 0.01, 1011, "Forbidden"))
+                message = self._init_refusals.pop(0) if session.authorized else "Forbidden"
+                self._send(conn, {"type": "connection_error", "payload": {"message": message}})
+                reason = message.encode()[:_REASON_BYTES].decode(errors="ignore")
+                self.spawn(self.close_later(conn, 0.01, 1011, reason))
                 return
             session.init = True
-            self.offer(conn, _ACK)
-            self.spawn(self._heartbeat(conn, _KA, self.ka_interval))
+            self._acknowledge(conn, _KA, self.ka_interval)
         elif kind == "start":
             if not session.init:
                 payload = {"message": "connection_init must be sent before any operation"}
@@ -355,9 +377,8 @@ class BitqueryEmulator(EmulatorServer):
                 if not session.authorized:
                     raise _Refused(4403, "Forbidden")
                 session.init = True
-                self.offer(conn, _ACK)
                 # Unsolicited pongs start after the ack: gql reads anything else before it as an error.
-                self.spawn(self._heartbeat(conn, _PONG, self.pong_interval))
+                self._acknowledge(conn, _PONG, self.pong_interval)
             elif kind == "ping":
                 self._send(conn, {"type": "pong", "payload": payload} if payload else {"type": "pong"})
         elif kind == "subscribe":

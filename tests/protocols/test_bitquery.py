@@ -9,7 +9,7 @@ import pytest
 
 from ingest.arrow_batch import build_table
 from ingest.errors import ConfigError
-from ingest.events import FatalError, Notice, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
+from ingest.events import FatalError, Notice, Reconnect, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
 from ingest.protocols.bitquery import LEGACY, TRANSPORT, BitqueryProtocol
 from tests.conftest import frame
 
@@ -344,10 +344,92 @@ def test_connection_error_before_the_ack_is_a_refusal_of_the_token():
 
 
 def test_connection_error_before_the_ack_over_a_plan_limit_is_no_refusal_of_the_token():
+    """Too Many Sessions (PROTOCOLS.md 1.6) is the plan's, not the token's: no new token, and not
+    fatal either: a lost connection that waits out plan_limit_retry before the next connect."""
     p = proto({"name": "a", "query": BLOCKS}, subprotocol=LEGACY)
     p.connect()
     (event,) = p.receive(b'{"type":"connection_error","payload":{"message":"Too Many Sessions: 429"}}', 1)
-    assert event == FatalError("connection refused: Too Many Sessions: 429", auth=False)
+    assert event == Reconnect(
+        "connection refused: Too Many Sessions: 429 (a plan limit: connecting again in 300 s)",
+        retry_after=300.0,
+    )
+    assert p.active == 1
+
+
+@pytest.mark.parametrize("subprotocol", [LEGACY, TRANSPORT])
+def test_the_handshake_is_awaited_from_each_connect_until_its_ack(subprotocol):
+    """What the driver's handshake_timeout watches (PROTOCOLS.md 1.11 step 2): keep-alives are no ack."""
+    p = proto({"name": "a", "query": BLOCKS}, subprotocol=subprotocol)
+    p.connect()
+    assert p.awaiting_handshake
+    assert p.receive(b'{"type":"ka"}', 1) == [] and p.receive(b'{"type":"pong"}', 1) == []
+    assert p.awaiting_handshake
+    p.receive(b'{"type":"connection_ack"}', 2)
+    assert not p.awaiting_handshake
+    p.connection_lost()
+    p.connect()
+    assert p.awaiting_handshake
+
+
+def _started(p: BitqueryProtocol) -> list[str]:
+    return [json.loads(f)["payload"]["query"] for f in p.data_to_send() if '"payload"' in f]
+
+
+@pytest.mark.parametrize("subprotocol", [LEGACY, TRANSPORT])
+def test_a_result_with_errors_and_no_data_ends_the_operation_as_an_error_does(subprotocol):
+    """The Apollo reference answers a bad document with data{errors} and then complete: the
+    subscription fails (not a Notice, then started again every keep-alive, forever)."""
+    data = "data" if subprotocol == LEGACY else "next"
+    p = proto({"name": "bad", "query": BLOCKS}, {"name": "good", "query": TRANSFERS}, subprotocol=subprotocol)
+    handshake(p)
+    invalid = {"message": 'Cannot query field "Foo" on type "EVM".', "locations": [{"line": 1, "column": 9}]}
+    (event,) = p.receive(
+        json.dumps({"type": data, "id": "1", "payload": {"data": None, "errors": [invalid]}}), 1
+    )
+    assert event == SubscriptionFailed("bad", invalid["message"], retryable=False)
+    assert p.active == 1 and p.state()["ops"] == {"2": "good"}
+    assert p.receive(b'{"type":"complete","id":"1"}', 2) == []  # ended already: nothing to restart
+    p.keepalive()
+    assert _started(p) == []
+    # Over a plan's limit, or a passing failure: asked again later, as after an `error` frame.
+    op = "2"
+    for message, wait in (("points limit exceeded: usage quota reached", 300), ("Internal server error", 5)):
+        failing = {"message": message, "path": ["EVM"], "locations": [{"line": 1, "column": 16}]}
+        frame_ = {"type": data, "id": op, "payload": {"errors": [failing]}}
+        (event,) = p.receive(json.dumps(frame_), time.time_ns() - int(wait * 1e9) - 1)
+        assert isinstance(event, SubscriptionFailed) and event.retryable and event.subscription == "good"
+        assert f"started again in {wait} s" in event.message and p.active == 1
+        p.keepalive()
+        (start,) = [json.loads(f) for f in p.data_to_send() if '"payload"' in f]
+        assert start["payload"]["query"] == TRANSFERS  # its wait is over (the frame came that long ago)
+        op = start["id"]
+
+
+@pytest.mark.parametrize("message", ["connection failed", "Internal server error"])
+@pytest.mark.parametrize("subprotocol", [LEGACY, TRANSPORT])
+def test_a_passing_error_starts_the_subscription_again_backing_off(subprotocol, message):
+    """Only a parse or validation error is the query's fault; "connection failed" (PROTOCOLS.md
+    1.6) or a server's internal error is asked again, each failure in a row waiting twice as long,
+    and the only subscription failing so does not stop the collector (active stays 1)."""
+    p = proto({"name": "blocks", "query": BLOCKS}, subprotocol=subprotocol)
+    handshake(p)
+    waits = []
+    for op in ("1", "2", "3"):
+        error = {"type": "error", "id": op, "payload": [{"message": message}]}
+        now = time.time_ns()
+        (event,) = p.receive(json.dumps(error), now)
+        assert isinstance(event, SubscriptionFailed) and event.retryable and p.active == 1
+        waits.append(event.message)
+        p.keepalive()
+        assert _started(p) == []  # not before its wait
+        p._again.later("blocks", now)  # its wait is over
+        p.keepalive()
+        assert _started(p) == [BLOCKS]
+    assert waits == [f"{message} (started again in {s} s)" for s in (5, 10, 20)]
+    # Data again: the next failure waits the first wait again.
+    p.receive(b'{"type":"%s","id":"4","payload":{"data":{"EVM":{"Blocks":[{}]}}}}' % p._data.encode(), 1)
+    (event,) = p.receive(json.dumps({"type": "error", "id": "4", "payload": [{"message": message}]}), 2)
+    assert event.message.endswith("(started again in 5 s)")
 
 
 def test_server_complete_restarts_the_subscription_on_the_next_keepalive():

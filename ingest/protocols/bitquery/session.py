@@ -17,7 +17,16 @@ from typing import Any, ClassVar
 import msgspec
 
 from ingest.errors import ConfigError
-from ingest.events import Event, FatalError, Notice, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
+from ingest.events import (
+    Event,
+    FatalError,
+    Notice,
+    Reconnect,
+    Rejected,
+    Rows,
+    SubscriptionAcked,
+    SubscriptionFailed,
+)
 from ingest.protocols.base import AskAgain, AuthDefaults, read_frames
 from ingest.protocols.bitquery.query import GENERIC_DATASET, METRICS, Cube, Renames, analyse
 
@@ -37,6 +46,16 @@ _PLAN_LIMIT = re.compile(
     r"|usage quota|billing period",
     re.IGNORECASE,
 )
+# Operation errors that say the document or its variables are wrong (PROTOCOLS.md 1.6: "parse error",
+# "subscription not valid"; graphql-js validation messages): asking again gets the same answer.
+_INVALID = re.compile(
+    r"pars(e|ing) error|syntax error|not valid|validation|cannot query field|unknown (argument|type|field"
+    r"|directive|fragment|operation)|must (not )?have a selection|expected (type|value)|is not defined"
+    r"|was not provided|must provide operation|variable \"?\$",
+    re.IGNORECASE,
+)
+# Apollo's and others' extension codes for the same.
+_INVALID_CODES = frozenset({"GRAPHQL_PARSE_FAILED", "GRAPHQL_VALIDATION_FAILED", "BAD_USER_INPUT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +123,34 @@ def _typed_cubes(result: _TypedResult) -> _Cubes:
     ]
 
 
-def _messages(payload: Any) -> str:
-    """Error text from any of the shapes servers use: one error, a list, or {errors: [...]}."""
+def _error_list(payload: Any) -> list[Any]:
+    """The errors in any of the shapes servers use: one error, a list, or {errors: [...]}."""
     if isinstance(payload, dict) and isinstance(payload.get("errors"), list):
         payload = payload["errors"]
-    errors = payload if isinstance(payload, list) else [payload]
+    return payload if isinstance(payload, list) else [payload]
+
+
+def _messages(payload: Any) -> str:
+    """Error text from any of the shapes servers use: one error, a list, or {errors: [...]}."""
+    errors = _error_list(payload)
     return "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
+
+
+def _invalid(errors: list[Any]) -> bool:
+    """A parse or validation error: the document is wrong, not the moment. graphql-js gives these
+    `locations` in the document and no `path` (an execution error has a path), Apollo a code."""
+    for error in errors:
+        text = error
+        if isinstance(error, dict):
+            if error.get("locations") and not error.get("path"):
+                return True
+            extensions = error.get("extensions")
+            if isinstance(extensions, dict) and extensions.get("code") in _INVALID_CODES:
+                return True
+            text = error.get("message", "")
+        if _INVALID.search(str(text)):
+            return True
+    return False
 
 
 def _rename(value: Any, renames: Renames) -> Any:
@@ -158,6 +199,10 @@ class BitqueryProtocol:
     option_keys: ClassVar[tuple[str, ...]] = ("subprotocol",)
     linger: ClassVar[float] = 0.3  # `complete` is never acknowledged
     plan_limit_retry: ClassVar[float] = 300.0  # seconds until a start refused over a plan limit is retried
+    # A start failed for a passing reason ("connection failed", "Internal server error"): started
+    # again after this many seconds, doubled at each failure in a row, up to error_retry_max.
+    error_retry: ClassVar[float] = 5.0
+    error_retry_max: ClassVar[float] = 300.0
     default_ping_interval: ClassVar[float] = 0.0  # ka / pong frames carry liveness
 
     def __init__(
@@ -176,6 +221,7 @@ class BitqueryProtocol:
         # limit (started again once plan_limit_retry has passed).
         self._again: AskAgain[str] = AskAgain()
         self._live: set[str] = set()  # subscriptions that delivered data on this socket
+        self._failures: dict[str, int] = {}  # passing failures in a row per subscription, for the backoff
         self._outbox: list[str] = []
 
     @classmethod
@@ -243,7 +289,10 @@ class BitqueryProtocol:
             return self._receive_any(frame, received_at)
         if msg.type != self._data or msg.id is None or msg.payload is None:
             return self._receive_any(frame, received_at)
-        return self._on_result(str(msg.id), _typed_cubes(msg.payload), msg.payload.errors, received_at)
+        result = msg.payload
+        return self._on_result(
+            str(msg.id), _typed_cubes(result), result.errors, result.data is not None, received_at
+        )
 
     def _receive_any(self, frame: str | bytes, received_at: int) -> list[Event]:
         try:
@@ -278,8 +327,13 @@ class BitqueryProtocol:
             return []
         if kind == "connection_error":
             text = _messages(_decode_any(bytes(msg.payload)) if bytes(msg.payload) != b"null" else "")
-            if not self._acked:  # refused before the ack: the token (a new one may do), unless a plan's limit
-                return [FatalError(f"connection refused: {text}", auth=_PLAN_LIMIT.search(text) is None)]
+            if not self._acked and _PLAN_LIMIT.search(text):
+                # Too Many Sessions and the like clear with time: not the token's fault, not fatal.
+                wait = self.plan_limit_retry
+                reason = f"connection refused: {text} (a plan limit: connecting again in {wait:g} s)"
+                return [Reconnect(reason, retry_after=wait)]
+            if not self._acked:  # refused before the ack: the token (a new one may do)
+                return [FatalError(f"connection refused: {text}", auth=True)]
             return [Notice("", f"server reported: {text}")]
         return [self._reject(frame, f"unknown message type {kind!r}", received_at)]
 
@@ -327,6 +381,12 @@ class BitqueryProtocol:
     def active(self) -> int:
         return len(self._desired)
 
+    @property
+    def awaiting_handshake(self) -> bool:
+        """Connected and no connection_ack yet: the driver gives up after its handshake_timeout
+        (PROTOCOLS.md 1.11; gql's ack timeout). Not in ProviderProtocol: absent is False."""
+        return not self._acked
+
     def connection_lost(self) -> None:
         self._ops.clear()
         self._live.clear()
@@ -364,8 +424,13 @@ class BitqueryProtocol:
         return Rejected(self.name, raw, reason, received_at, subscription)
 
     def _on_error(self, op: str, payload: bytes, received_at: int) -> list[Event]:
+        errors = _error_list(_decode_any(payload)) if payload != b"null" else ["error without a message"]
+        return self._failed(op, errors, received_at)
+
+    def _failed(self, op: str, errors: list[Any], received_at: int) -> list[Event]:
+        """The operation ended with these errors (an `error` frame, or a result with errors and no data)."""
         sub = self._ops.pop(op, None)
-        text = _messages(_decode_any(payload)) if payload != b"null" else "error without a message"
+        text = _messages(errors)
         if sub is None:
             return [Notice("", f"error for unknown operation {op}: {text}")]
         if _PLAN_LIMIT.search(text):
@@ -374,9 +439,15 @@ class BitqueryProtocol:
             wait = self.plan_limit_retry
             self._again.later(sub.name, received_at + int(wait * 1e9))
             return [SubscriptionFailed(sub.name, f"{text} (a plan limit: started again in {wait:g} s)", True)]
-        # A query the server rejects will be rejected again: this subscription stops, others go on.
-        self._desired.pop(sub.name, None)
-        return [SubscriptionFailed(sub.name, text, retryable=False)]
+        if _invalid(errors):
+            # A query the server rejects will be rejected again: this subscription stops, others go on.
+            self._desired.pop(sub.name, None)
+            return [SubscriptionFailed(sub.name, text, retryable=False)]
+        # Anything else may pass ("connection failed", "Internal server error"): asked again, backing off.
+        failures = self._failures[sub.name] = self._failures.get(sub.name, 0) + 1
+        wait = min(self.error_retry * 2 ** (failures - 1), self.error_retry_max)
+        self._again.later(sub.name, received_at + int(wait * 1e9))
+        return [SubscriptionFailed(sub.name, f"{text} (started again in {wait:g} s)", retryable=True)]
 
     def _on_data(self, op: str, payload: bytes, frame: str | bytes, received_at: int) -> list[Event]:
         """A data frame of any shape: a cube may also hold a single row (an object or a scalar)."""
@@ -394,10 +465,16 @@ class BitqueryProtocol:
         except (msgspec.MsgspecError, ValueError) as exc:
             label = self._label(op, self._ops.get(op))
             return [self._reject(frame, f"unreadable result: {exc}", received_at, label)]
-        return self._on_result(op, cubes, result.errors, received_at)
+        return self._on_result(op, cubes, result.errors, result.data is not None, received_at)
 
-    def _on_result(self, op: str, cubes: _Cubes, errors: list[Any] | None, received_at: int) -> list[Event]:
+    def _on_result(
+        self, op: str, cubes: _Cubes, errors: list[Any] | None, has_data: bool, received_at: int
+    ) -> list[Event]:
         """Events of a whole result, read before any: a frame is taken or rejected as one."""
+        if errors and not has_data:
+            # Errors and no data: the operation failed (the Apollo reference sends validation
+            # errors so, then `complete`), however the frame is named.
+            return self._failed(op, errors, received_at)
         sub = self._ops.get(op)
         label = self._label(op, sub)
         events: list[Event] = []
@@ -425,6 +502,7 @@ class BitqueryProtocol:
         first: list[Event] = []
         if sub is not None and sub.name not in self._live:
             self._live.add(sub.name)
+            self._failures.pop(sub.name, None)  # it works again: a later failure backs off from the start
             first.append(SubscriptionAcked(sub.name))
         records = [_canonical(r, cube) for r in rows] if cube.rewrite else rows
         out = Rows(
