@@ -59,8 +59,17 @@ class _Chain:
     # heap of (height, received_at, position, subscription): heights received above `settled`
     pending: list[tuple[int, int, int, str]] = field(default_factory=list)
     open: _Open | None = None
-    # height -> every hash observed there (not seeded: a replay must see the store's hash anew)
-    seen: OrderedDict[int, set[str]] = field(default_factory=OrderedDict)
+    # height -> every hash observed there, with the parent its block named (not seeded: a replay
+    # must see the store's hash anew)
+    seen: OrderedDict[int, dict[str, str | None]] = field(default_factory=OrderedDict)
+    parents: dict[int, str] = field(default_factory=dict)  # height -> parent named by its block in `hashes`
+
+    def forget_old(self) -> None:
+        while len(self.hashes) > _REMEMBER:
+            height, _ = self.hashes.popitem(last=False)
+            self.parents.pop(height, None)
+        while len(self.seen) > _REMEMBER:
+            self.seen.popitem(last=False)
 
 
 def _norm(value: Any) -> str:
@@ -94,20 +103,24 @@ class ReorgTracker:
             blocks["chain"].to_pylist(),
             blocks["number"].to_pylist(),
             blocks["hash"].to_pylist(),
+            blocks["parent_hash"].to_pylist(),
             blocks["first_received_at"].to_pylist(),
             blocks["received_at"].to_pylist(),
             strict=True,
         )
-        for provider, chain, number, block_hash, first_at, last_at in sorted(rows, key=lambda r: r[2]):
+        for provider, chain, number, block_hash, parent, first_at, last_at in sorted(
+            rows, key=lambda r: r[2]
+        ):
             state = self._chains.setdefault((provider, evm_chain(chain)), _Chain())
             state.hashes[number] = _norm(block_hash)
+            if parent:
+                state.parents[number] = _norm(parent)
             if settled and (state.head is None or number > state.head):
                 state.head = state.settled = number
                 # As when it was live: a height is settled as of its first receipt (the id of a gap
                 # derived again by a replay depends on it), and the stream was last heard then.
                 state.settled_at, state.last_at = first_at, last_at
-            while len(state.hashes) > _REMEMBER:
-                state.hashes.popitem(last=False)
+            state.forget_old()
 
     def observe(self, dataset: str, table: pa.Table, positions: pa.Array) -> None:
         columns = BLOCK_STREAMS.get(dataset)
@@ -164,12 +177,17 @@ class ReorgTracker:
         state = self._chains.setdefault((provider, chain), _Chain())
         state.last_at = received_at
         old = state.hashes.get(number)
-        seen = state.seen.setdefault(number, set())
-        if old is not None and old != block_hash and block_hash in seen and not flagged:
-            return  # a late resend of a branch already replaced here: it changes nothing
-        seen.add(block_hash)
-        while len(state.seen) > _REMEMBER:
-            state.seen.popitem(last=False)
+        seen = state.seen.setdefault(number, {})
+        if old is not None and old != block_hash and not flagged:
+            if block_hash in seen:
+                return  # a late resend of a branch already replaced here: it changes nothing
+            if state.parents.get(number + 1) == old:
+                # The block above names the hash held here: this one is a side branch (Bitquery's
+                # default `trigger_on: all` pushes branch blocks too), not a reorg, unless blocks
+                # built on it follow, whose parent hashes then replace the heights below them.
+                seen[block_hash] = parent
+                return
+        seen[block_hash] = parent
         if old is None:
             if state.settled is None:
                 state.settled, state.settled_at = number, received_at
@@ -179,19 +197,34 @@ class ReorgTracker:
             self._replace(state, number, old, block_hash, received_at, position, "rehash")
         below = state.hashes.get(number - 1)
         if parent and below is not None and below != parent:
-            # The parent was replaced, its own block maybe not seen yet (no ordering guarantee):
-            # its hash is taken now, so that block, when it comes, is already known.
-            self._replace(state, number - 1, below, parent, received_at, position, "parent")
-            state.hashes[number - 1] = parent
+            self._follow_parents(state, number - 1, parent, received_at, position)
         elif old is None:
             self._emit(provider, chain, state)  # a new block that replaces nothing closes a reorg
         state.hashes[number] = block_hash
         state.hashes.move_to_end(number)
-        while len(state.hashes) > _REMEMBER:
-            state.hashes.popitem(last=False)
+        if parent:
+            state.parents[number] = parent
+        else:
+            state.parents.pop(number, None)
+        state.forget_old()
         if state.head is None or number > state.head:
             state.head = number
         self._settle(provider, chain, state, state.head - _LATE)
+
+    def _follow_parents(self, state: _Chain, height: int, named: str, at: int, position: int) -> None:
+        """A block names a parent other than the hash held below it: that height was replaced, its
+        own block maybe not seen yet (no ordering guarantee), so its hash is taken now and the
+        block, when it comes, is already known. A parent block seen before (a side branch then)
+        names its own parent in turn, down to where the branches meet."""
+        while (below := state.hashes.get(height)) is not None and below != named:
+            self._replace(state, height, below, named, at, position, "parent")
+            state.hashes[height] = named
+            grand = state.seen.get(height, {}).get(named)
+            if grand is None:
+                state.parents.pop(height, None)
+                return
+            state.parents[height] = grand
+            height, named = height - 1, grand
 
     @staticmethod
     def _replace(
@@ -259,24 +292,24 @@ class ReorgTracker:
 def recent_blocks_sql(dataset: str) -> str:
     """DuckDB SQL for the last `_REMEMBER` heights of each chain of a block dataset, with the hash
     each has now (announced last: first received, or last received as a correction; a
-    correction's on a tie, as the canonical views decide), when the height was first received
-    and when last: the columns `ReorgTracker.seed` reads."""
-    chain, number, block_hash, _ = BLOCK_STREAMS[dataset]
+    correction's on a tie), the parent its block names, when the height was first received and
+    when last: the columns `ReorgTracker.seed` reads."""
+    chain, number, block_hash, parent = (quote_ident(c) for c in BLOCK_STREAMS[dataset])
     table = quote_ident(dataset)
-    chain, number, block_hash = quote_ident(chain), quote_ident(number), quote_ident(block_hash)
     return f"""
         WITH heads AS (
             SELECT _provider, {chain} AS chain, max({number}) AS head FROM {table} GROUP BY ALL
         ), hashes AS (
             SELECT b._provider AS provider, CAST(b.{chain} AS VARCHAR) AS chain, b.{number} AS number,
-                   b.{block_hash} AS hash, min(b._received_at) AS first_at, max(b._received_at) AS last_at,
+                   b.{block_hash} AS hash, any_value(b.{parent}) AS parent_hash,
+                   min(b._received_at) AS first_at, max(b._received_at) AS last_at,
                    coalesce(max(b._received_at) FILTER (WHERE b._is_reorg), first_at) AS announced_at,
                    bool_or(b._is_reorg) AS corrected
             FROM {table} b JOIN heads h ON b._provider = h._provider AND b.{chain} = h.chain
             WHERE b.{number} > h.head - {_REMEMBER} AND b.{block_hash} IS NOT NULL
             GROUP BY ALL
         )
-        SELECT provider, chain, number, hash, epoch_ns(max(last_at) OVER heights) AS received_at,
+        SELECT provider, chain, number, hash, parent_hash, epoch_ns(max(last_at) OVER heights) AS received_at,
                epoch_ns(min(first_at) OVER heights) AS first_received_at
         FROM hashes
         WINDOW heights AS (PARTITION BY provider, chain, number)

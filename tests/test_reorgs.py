@@ -118,11 +118,30 @@ def test_a_height_later_than_the_window_does_not_undo_or_repeat_its_gap():
 
 
 def test_a_reorg_delivered_in_order_is_one_rehash_row():
+    """b101 alone could be a side branch (a102 names a101); b102 replaces a102, whose height has
+    no child yet, and its parent b101 follows: the reorg is found at b102, one row."""
     old = chain(100, 102)
     new = chain(101, 103, "b", fork=101)
     reorgs, gaps = feed([*old, *new])
     assert gaps == []
-    assert reorgs == [reorg(101, ["a101", "a102"], ["b101", "b102"], "rehash", 4)]
+    assert reorgs == [reorg(101, ["a101", "a102"], ["b101", "b102"], "rehash", 5)]
+
+
+def test_a_side_branch_block_is_no_reorg():
+    """Bitquery's default `trigger_on: all` pushes branch blocks too: u101 came after a102,
+    which names a101, and no block was built on it."""
+    reorgs, gaps = feed([*chain(100, 102), (101, "0xu101", "0xa100"), *chain(103, 103)])
+    assert (reorgs, gaps) == ([], [])
+
+
+def test_a_branch_that_overtakes_after_looking_like_a_side_branch_is_one_reorg():
+    """b101 and b102 came while a102 and a103 named the a branch; b103 replaces the head, and
+    the parents the b blocks named, seen before, replace the heights below it down to the fork."""
+    old = chain(100, 103)
+    new = chain(101, 104, "b", fork=101)
+    reorgs, gaps = feed([*old, *new])
+    assert gaps == []
+    assert reorgs == [reorg(101, ["a101", "a102", "a103"], ["b101", "b102", "b103"], "rehash", 7)]
 
 
 def test_a_child_before_its_parent_is_one_reorg_row():
@@ -149,12 +168,12 @@ def test_a_parent_replaced_but_never_seen_is_still_a_reorg():
     assert reorgs == [reorg(101, ["a101"], ["b101"], "parent", 3)]
 
 
-def test_a_parent_claim_the_block_itself_contradicts_takes_the_block_hash():
+def test_a_block_its_childs_parent_contradicts_is_a_side_branch():
     old = chain(100, 101)
     child = (102, "0xb102", "0xb101")
-    parent = (101, "0xc101", "0xa100")  # the block at 101 is not the one its child named
-    reorgs, _ = feed([*old, child, parent, (103, "0xb103", "0xb102")])
-    assert reorgs == [reorg(101, ["a101"], ["c101"], "parent", 3)]
+    sibling = (101, "0xc101", "0xa100")  # not the block 102 was built on
+    reorgs, _ = feed([*old, child, sibling, (103, "0xb103", "0xb102")])
+    assert reorgs == [reorg(101, ["a101"], ["b101"], "parent", 3)]
 
 
 def test_two_reorgs_apart_are_two_rows():
@@ -245,6 +264,7 @@ def test_the_store_gives_each_of_its_last_heights_with_its_newest_hash(tmp_path)
         "chain": "eth",
         "number": 110,
         "hash": "0xb110",
+        "parent_hash": None,
         "received_at": 20 * SECOND,
         "first_received_at": 11 * SECOND,
     }
@@ -317,7 +337,7 @@ def test_a_late_resend_of_a_replaced_block_is_no_reorg_back():
         (103, "0xb103", "0xb102"),
     ]
     reorgs, gaps = feed(blocks)
-    assert reorgs == [reorg(100, ["a100", "a101"], ["b100", "b101"], "rehash", 3)]
+    assert reorgs == [reorg(100, ["a100", "a101"], ["b100", "b101"], "rehash", 4)]
     assert gaps == []
 
 

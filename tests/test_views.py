@@ -248,9 +248,11 @@ def test_a_pending_transfer_is_history_not_a_canonical_transfer(tmp_path, regist
 S = 10**9
 
 
-def blockdb_block(received_at: int, block_hash: str, *, reorg: bool = False) -> Rows:
-    record = {"block_number": 100, "block_hash": block_hash, "parent_block_hash": "99" * 32}
-    record |= {"timestamp_utc": "2025-11-13T00:00:00Z", "_tracing_id": "block-" + block_hash[:4]}
+def blockdb_block(
+    received_at: int, block_hash: str, *, reorg: bool = False, number: int = 100, parent: str = "99" * 32
+) -> Rows:
+    record = {"block_number": number, "block_hash": block_hash, "parent_block_hash": parent}
+    record |= {"timestamp_utc": "2025-11-13T00:00:00Z", "_tracing_id": f"block-{number}-{block_hash[:4]}"}
     rows = Rows("blockdb", "blockdb_blocks", "b", [json.dumps(record).encode()], received_at)
     rows.context, rows.is_reorg = {"chain_id": 1}, reorg
     return rows
@@ -432,3 +434,39 @@ def test_a_block_gap_settled_by_a_late_block_across_an_hour_counts_in_coverage(t
     sink.close()
     con, _ = connect_for_query(registry, tmp_path / "ingest.duckdb", None)
     assert con.execute("SELECT sum(block_gaps) FROM coverage").fetchone() == (1,)
+
+
+def test_a_side_branch_block_does_not_replace_the_block_the_chain_was_built_on(tmp_path, registry):
+    """Bitquery's default `trigger_on: all` pushes branch blocks too: u100 comes after 101, which
+    was built on a100, so a100 stays the height's block, and so do its transfers."""
+    blocks = [
+        bitquery_block(T0, 100, "0xa", "0x9"),
+        bitquery_block(T0 + 1 * S, 101, "0xa1", "0xa"),
+        bitquery_block(T0 + 2 * S, 100, "0xu", "0x9"),
+    ]
+    transfers = [
+        bitquery_transfer(T0 + 1 * S, "0xa", "0xt1", "5"),
+        bitquery_transfer(T0 + 2 * S, "0xu", "0xt2", "7"),
+    ]
+    con = store_all(registry, tmp_path, {"bitquery_evm_blocks": blocks, "bitquery_evm_transfers": transfers})
+    assert con.sql("SELECT number, hash FROM block_hashes ORDER BY number").fetchall() == [
+        (100, "0xa"),
+        (101, "0xa1"),
+    ]
+    assert con.sql("SELECT number, hash FROM blocks ORDER BY number").fetchall() == [
+        (100, "0xa"),
+        (101, "0xa1"),
+    ]
+    assert con.sql("SELECT block_hash, amount FROM transfers").fetchall() == [("0xa", "5")]
+
+
+def test_a_correction_newer_than_the_block_above_it_is_the_heights_block(tmp_path, registry):
+    """BlockDB corrects 100 after 101 (built on the old 100) was sent: the correction is newer
+    than 101's word on its parent."""
+    child = blockdb_block(T0 + S, "cc" * 32, number=101, parent="aa" * 32)
+    blocks = [blockdb_block(T0, "aa" * 32), child, blockdb_block(T0 + 5 * S, "bb" * 32, reorg=True)]
+    con = store_all(registry, tmp_path, {"blockdb_blocks": blocks})
+    assert con.sql("SELECT number, hash FROM blocks ORDER BY number").fetchall() == [
+        (100, "0x" + "bb" * 32),
+        (101, "0x" + "cc" * 32),
+    ]
