@@ -610,3 +610,24 @@ def test_the_silence_hint_names_the_cubes_bitquery_never_pushes_or_sunset():
     )
     assert p.silence_hint("balances").startswith("EVM.BalanceUpdates: sunset by Bitquery on 10 August 2026")
     assert "concurrent-subscription cap" in p.silence_hint("blocks")
+
+
+def test_aliased_rows_keep_json_numbers_exactly(registry):
+    """Renaming an aliased row decodes and encodes it again: numbers go through as decimals, not
+    doubles, so an amount keeps every digit and one beyond a double's range fails nothing."""
+    query = (
+        "subscription { EVM(network: eth) { Transfers { Block { n: Number } Transfer { amt: Amount } } } }"
+    )
+    p = proto({"name": "t", "query": query})
+    handshake(p)
+    amounts = ["123456789.123456789123456789", "1E400", "340282366920938463463374607431768211457"]
+    rows_json = ",".join(f'{{"Block":{{"n":{i}}},"Transfer":{{"amt":{a}}}}}' for i, a in enumerate(amounts))
+    msg = '{"type":"next","id":"1","payload":{"data":{"EVM":{"Transfers":[' + rows_json + "]}}}}"
+    _, rows = p.receive(msg, 1)
+    result = build_table(registry[rows.dataset], [rows])
+    assert result.rejected == []
+    assert result.table["transfer_amount"].to_pylist() == [
+        "123456789.123456789123456789",
+        "1E+400",
+        amounts[2],
+    ]

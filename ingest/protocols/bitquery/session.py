@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -108,6 +109,10 @@ _decode_obj = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _decode_rows = msgspec.json.Decoder(list[msgspec.Raw]).decode
 _decode_any = msgspec.json.decode
 _encode = msgspec.json.encode
+# A row renamed field by field is decoded and encoded again: numbers as decimals, so an amount
+# keeps its digits (a double keeps ~17) and one beyond a double's range (1E400) is no error.
+_decode_exact = msgspec.json.Decoder(float_hook=Decimal).decode
+_encode_exact = msgspec.json.Encoder(decimal_format="number").encode
 
 # (root key, cube key, rows as received) for each non-null cube of a result
 _Cubes = list[tuple[str, str, list[bytes]]]
@@ -170,7 +175,7 @@ def _rename(value: Any, renames: Renames) -> Any:
 
 def _canonical(row: bytes, cube: Cube) -> bytes:
     """A row keyed by field names, its aggregates under `metrics`: what the dataset declares."""
-    obj = _decode_any(row)
+    obj = _decode_exact(row)
     if not isinstance(obj, dict):
         return row  # not an object: the batch builder rejects it with a reason
     metrics = {k: obj.pop(k) for k in cube.metrics if k in obj}
@@ -178,7 +183,7 @@ def _canonical(row: bytes, cube: Cube) -> bytes:
         obj = _rename(obj, cube.renames)
     if metrics:
         obj[METRICS] = metrics
-    return _encode(obj)
+    return _encode_exact(obj)
 
 
 class BitqueryProtocol:
