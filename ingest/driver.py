@@ -47,7 +47,7 @@ from ingest.events import (
 from ingest.journal import Journal, Kind
 from ingest.log import redact
 from ingest.metrics import ProviderStats
-from ingest.protocols.base import ProviderProtocol, read_frames
+from ingest.protocols.base import ProviderProtocol, next_due, read_frames
 from ingest.retry_hints import from_headers
 from ingest.tokens import TokenSource
 
@@ -587,8 +587,14 @@ class Collector:
         # Bitquery's keep-alives come before an ack that may never come) gets a new connection.
         # Not in ProviderProtocol: absent is False.
         handshake, handshaking = self.config.handshake_timeout, True
+        fired: int | None = None  # the due time keepalive() last ran for
         while True:
-            await asyncio.sleep(tick)
+            due = next_due(self.protocol)
+            wait = tick
+            if due is not None and due != fired:
+                # Wake when it is due (a retry after 1 s), not up to a tick later.
+                wait = min(tick, max(due - time.time_ns(), 0) / 1e9 + 0.005)
+            await asyncio.sleep(wait)
             now = loop.time()
             count = self.stats.frames + self.stats.keepalives
             since = self._reading_since  # silence counts only from when reading (re)started
@@ -617,8 +623,12 @@ class Collector:
                     await ws.ping()
                 except _SEND_FAILED as exc:  # as in _send: the reader sees the close and reconnects
                     self.log.info("ping failed, the connection is closing", error=type(exc).__name__)
-            if now - keepalive_at >= self.config.keepalive_interval:
-                keepalive_at = now
+            # Also as soon as the protocol has something due (a refused subscription's wait is
+            # over); once per due time, so one the protocol does not act on cannot spin.
+            due = next_due(self.protocol)
+            is_due = due is not None and due != fired and due <= time.time_ns()
+            if is_due or now - keepalive_at >= self.config.keepalive_interval:
+                keepalive_at, fired = now, due if is_due else fired
                 self.protocol.keepalive()
                 self._record_state()
                 await self._send(ws)

@@ -18,6 +18,7 @@ __all__ = [
     "Batch",
     "ProviderProtocol",
     "SubscriptionSpec",
+    "next_due",
     "read_decoded",
     "read_frames",
 ]
@@ -89,7 +90,14 @@ class ProviderProtocol(Protocol):
         ...
 
     def keepalive(self) -> None:
-        """Called on an interval while connected: queue an app-level ping or retries."""
+        """Called on an interval while connected, and once a time next_due() gave has come: queue
+        an app-level ping or retries.
+
+        Optional, not declared here (absent means None; see `next_due` below): `next_due()`, the
+        time (ns, wall clock as receive times) from which keepalive() has something to send, such
+        as a refused subscription whose wait is over; None when nothing is scheduled before the
+        next periodic call.
+        """
 
     def close(self) -> None:
         """Queue what a clean goodbye needs (unsubscribes, completes)."""
@@ -207,5 +215,18 @@ class AskAgain(Generic[K]):
             del self._at[key]
         return ready
 
+    def next_at(self) -> int | None:
+        """The earliest time a request waits for; None when none has one (those held for "at
+        once" go at the next periodic keep-alive, as before)."""
+        return min((at for at in self._at.values() if at > 0), default=None)
+
     def clear(self) -> None:
         self._at.clear()
+
+
+def next_due(protocol: object) -> int | None:
+    """When the protocol next has something to send from keepalive() (its optional `next_due()`):
+    the driver calls keepalive() then, not only every keepalive_interval, so a subscription the
+    server asked to retry after 1 s is not left unsubscribed until the next 20 s tick."""
+    due = getattr(protocol, "next_due", None)
+    return due() if due is not None else None

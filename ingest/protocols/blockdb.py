@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from ingest.errors import ConfigError
 from ingest.events import (
     Event,
     FatalError,
+    Notice,
     Rejected,
     Rows,
     SubscriptionAcked,
@@ -39,6 +41,19 @@ _DATASET_ID = re.compile(r"^\d{4}$")
 # lacks this dataset": only that subscription fails (doc 2.4). A key refused outright is seen at the
 # handshake (HTTP 401/403) or as close 1008, both fatal in the driver.
 _AUTH_CODES = frozenset({"UNAUTHORIZED"})
+# A refusal whose `retryable` is absent or no bool: these codes clear with time (429 and 5xx, the
+# doc's RATE_LIMIT_EXCEEDED and INTERNAL_SERVER_ERROR); anything else is taken as permanent.
+_RETRYABLE_CODES = frozenset(
+    {
+        "RATE_LIMIT_EXCEEDED",
+        "TOO_MANY_REQUESTS",
+        "INTERNAL_SERVER_ERROR",
+        "BAD_GATEWAY",
+        "SERVICE_UNAVAILABLE",
+        "GATEWAY_TIMEOUT",
+        "TRY_AGAIN_LATER",
+    }
+)
 
 Pair = tuple[int, str]
 
@@ -87,6 +102,10 @@ class BlockDBProtocol:
     option_keys: ClassVar[tuple[str, ...]] = ()
     linger: ClassVar[float] = 0.0  # unsubscribes are acknowledged
     default_ping_interval: ClassVar[float] = 15.0  # see above; at most 2/3 of the idle timeout
+    # A retryable refusal of a pair is asked again after 1 s, 2 s, 4 s ... up to 30 s, +/-20 %
+    # (doc 2.4), or after the server's retry_after_seconds where that is longer.
+    retry_initial: ClassVar[float] = 1.0
+    retry_max: ClassVar[float] = 30.0
 
     def __init__(
         self, name: str, subscriptions: list[BlockDBSubscription], options: Mapping[str, Any] | None = None
@@ -97,6 +116,7 @@ class BlockDBProtocol:
         self._sent: set[Pair] = set()  # subscribed on this socket (acked or not yet)
         self._acked: set[Pair] = set()
         self._retry: AskAgain[Pair] = AskAgain()  # refused with retryable=true
+        self._failures: dict[Pair, int] = {}  # retryable refusals in a row, for the backoff
         self._closing = False
         self._unsubscribing: set[Pair] = set()
         self._outbox: list[str] = []
@@ -213,6 +233,7 @@ class BlockDBProtocol:
     def keepalive(self) -> None:
         if self._closing:  # unsubscribed: asking again now would undo the goodbye
             return
+        # Sent by the driver as soon as next_due() has come, not only at its periodic tick.
         for pair in self._retry.due():
             if pair in self._desired:
                 self._subscribe(self._desired[pair])
@@ -225,6 +246,10 @@ class BlockDBProtocol:
             self._outbox.append(
                 _encode({"action": "unsubscribe", "chain_id": pair[0], "dataset_id": pair[1]}).decode()
             )
+
+    def next_due(self) -> int | None:
+        """When the first refused subscription may be asked again (ns, wall clock); None: none waits."""
+        return None if self._closing else self._retry.next_at()
 
     @property
     def closed(self) -> bool:
@@ -268,6 +293,7 @@ class BlockDBProtocol:
         if msg.status == "success":
             if msg.action == "subscribe" and sub is not None:
                 self._acked.add(sub.pair)
+                self._failures.pop(sub.pair, None)  # the backoff starts over at the next refusal
                 return [SubscriptionAcked(sub.name)]
             if msg.action == "unsubscribe":
                 self._unsubscribing.discard(pair)  # type: ignore[arg-type]
@@ -284,20 +310,61 @@ class BlockDBProtocol:
         code = error.get("code")
         if isinstance(code, str) and code in _AUTH_CODES:  # a hostile code (a list, say) is no key
             return [FatalError(f"{label}: {text}", auth=True)]
-        retryable = bool(error.get("retryable", False))
+        retryable = _retryable(error)
         if msg.action == "unsubscribe":
             self._unsubscribing.discard(pair)  # type: ignore[arg-type]
         elif sub is not None:
-            if retryable:
-                wait = _retry_after(error)
-                if wait:
-                    text += f" (asked again in {wait:g} s at the earliest)"
-                self._retry.later(sub.pair, received_at + int(wait * 1e9))
-            else:
-                # Not retryable: asking again only repeats the error, so this one stops here.
-                del self._desired[sub.pair]
-                self._sent.discard(sub.pair)
+            return [self._refused(sub, text, retryable, error, received_at)]
+        elif msg.chain_id is None or msg.dataset_id is None:
+            # An error naming no pair answers one of the subscribes still unanswered: which one
+            # is unknown, so each of them is refused alike (asked again, or given up).
+            waiting = [
+                self._desired[p]
+                for p in sorted(self._sent - self._acked)
+                if p in self._desired and msg.chain_id in (None, p[0]) and msg.dataset_id in (None, p[1])
+            ]
+            if waiting:
+                return [self._refused(s, text, retryable, error, received_at) for s in waiting]
+            return [Notice("", f"error naming no subscription: {text}")]
         return [SubscriptionFailed(label, text, retryable)]
+
+    def _refused(
+        self, sub: BlockDBSubscription, text: str, retryable: bool, error: Mapping[str, Any], received_at: int
+    ) -> SubscriptionFailed:
+        """A subscribe the server refused: asked again after a backoff, or given up."""
+        pair = sub.pair
+        self._sent.discard(pair)  # not subscribed on this socket: nothing to unsubscribe at the goodbye
+        if not retryable:
+            # Asking again only repeats the error, so this one stops here.
+            del self._desired[pair]
+            self._failures.pop(pair, None)
+            return SubscriptionFailed(sub.name, text, False)
+        failures = self._failures[pair] = self._failures.get(pair, 0) + 1
+        backoff = min(self.retry_initial * 2 ** (failures - 1), self.retry_max)
+        wait = backoff * random.uniform(0.8, 1.2)
+        if asked := _retry_after(error):
+            # Never sooner than the server asked; up to a fifth later, so pairs refused together
+            # do not all come back in the same instant.
+            wait = max(wait, asked * random.uniform(1.0, 1.2))
+            text += f" (the server asks for {asked:g} s: asked again in {wait:.1f} s)"
+        else:
+            text += f" (asked again in {wait:.1f} s)"
+        self._retry.later(pair, received_at + int(wait * 1e9))
+        return SubscriptionFailed(sub.name, text, True)
+
+
+def _retryable(error: Mapping[str, Any]) -> bool:
+    """The error's `retryable` where it is a real bool; otherwise by its code (_RETRYABLE_CODES,
+    or an HTTP status sent as the code: 429 or 5xx)."""
+    flag = error.get("retryable")
+    if type(flag) is bool:
+        return flag
+    code = error.get("code")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if type(code) is int:
+        return code == 429 or 500 <= code <= 599
+    return isinstance(code, str) and code.upper() in _RETRYABLE_CODES
 
 
 def _retry_after(error: Mapping[str, Any]) -> float:

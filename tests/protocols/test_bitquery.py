@@ -631,3 +631,29 @@ def test_aliased_rows_keep_json_numbers_exactly(registry):
         "1E+400",
         amounts[2],
     ]
+
+
+@pytest.mark.parametrize("subprotocol", [LEGACY, TRANSPORT])
+def test_a_start_waiting_out_its_backoff_tells_the_driver_when_it_is_due(subprotocol):
+    """next_due(): the driver calls keepalive() when a refused start's wait is over (5 s after a
+    passing error), not at its next 20 s tick; nothing is due before the ack or after the goodbye
+    (neither starts anything), nor for a restart that waits for the periodic keep-alive."""
+    p = proto(
+        {"name": "blocks", "query": BLOCKS},
+        {"name": "transfers", "query": TRANSFERS},
+        subprotocol=subprotocol,
+    )
+    handshake(p)
+    assert p.next_due() is None
+    p.receive(b'{"type":"complete","id":"2"}', 1)  # started again at the next keep-alive
+    assert p.next_due() is None
+    now = time.time_ns()
+    p.receive(json.dumps({"type": "error", "id": "1", "payload": [{"message": "connection failed"}]}), now)
+    assert p.next_due() == now + 5 * 10**9
+    p.connection_lost()
+    p.connect()
+    assert p.next_due() is None  # the ack starts what is due
+    p.receive(b'{"type":"connection_ack"}', 1)
+    assert p.next_due() == now + 5 * 10**9
+    p.close()
+    assert p.next_due() is None

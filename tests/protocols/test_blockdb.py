@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from ingest.errors import ConfigError
-from ingest.events import FatalError, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
+from ingest.events import FatalError, Notice, Rejected, Rows, SubscriptionAcked, SubscriptionFailed
+from ingest.protocols import base
 from ingest.protocols.blockdb import BlockDBProtocol
 from tests.conftest import frame
 
@@ -155,7 +157,7 @@ def test_retryable_error_is_asked_again_on_keepalive():
 @pytest.mark.parametrize("where", ["error", "details"])
 def test_a_retryable_error_with_retry_after_is_not_asked_again_sooner(where):
     """RATE_LIMIT_EXCEEDED says how long to stay away (`retry_after_seconds`, doc 2.4): keep-alives
-    before then do not ask again; the first one after does."""
+    before then do not ask again; the first one after it and its jitter (up to a fifth) does."""
     p = make({"chain_id": 1, "dataset_id": "0101"})
     p.connect()
     p.data_to_send()
@@ -170,7 +172,8 @@ def test_a_retryable_error_with_retry_after_is_not_asked_again_sooner(where):
     assert event.retryable and "30 s" in event.message
     p.keepalive()
     assert p.data_to_send() == []  # 30 s have not passed
-    (event,) = p.receive(json.dumps(err), now - 31 * 10**9)  # the same refusal, received 31 s ago
+    assert p.next_due() >= now + 30 * 10**9
+    (event,) = p.receive(json.dumps(err), now - 37 * 10**9)  # the same refusal, received 37 s ago
     p.keepalive()
     assert [json.loads(f)["action"] for f in p.data_to_send()] == ["subscribe"]
 
@@ -187,7 +190,7 @@ def test_a_retry_after_beyond_ten_minutes_is_ten_minutes(value):
     assert "600 s" in event.message
     p.keepalive()
     assert p.data_to_send() == []
-    p.receive(json.dumps(err), now - 601 * 10**9)
+    p.receive(json.dumps(err), now - 721 * 10**9)  # 600 s and up to a fifth of jitter ago
     p.keepalive()
     assert len(p.data_to_send()) == 1
 
@@ -208,7 +211,7 @@ def test_a_retry_after_holds_across_a_reconnect():
     p.keepalive()
     assert p.data_to_send() == []
     p.connection_lost()
-    p.receive(json.dumps(err), now - 31 * 10**9)  # as if that refusal came 31 s ago
+    p.receive(json.dumps(err), now - 37 * 10**9)  # as if that refusal came 37 s (30 + jitter) ago
     p.connect()
     assert [json.loads(f)["dataset_id"] for f in p.data_to_send()] == ["0101", "0304"]
 
@@ -227,7 +230,7 @@ def test_no_retry_is_sent_after_the_goodbye():
 
 
 @pytest.mark.parametrize("value", [None, 0, -5, "10", True])
-def test_a_retry_after_that_is_no_positive_number_is_the_next_keepalive(value):
+def test_a_retry_after_that_is_no_positive_number_is_the_backoff(value):
     p = make({"chain_id": 1, "dataset_id": "0101"})
     p.connect()
     p.data_to_send()
@@ -238,9 +241,12 @@ def test_a_retry_after_that_is_no_positive_number_is_the_next_keepalive(value):
         "retry_after_seconds": value,
     }
     err = {"action": "subscribe", "chain_id": 1, "dataset_id": "0101", "status": "error", "error": error}
-    p.receive(json.dumps(err), time.time_ns())
+    now = time.time_ns()
+    (event,) = p.receive(json.dumps(err), now)
+    assert "server asks" not in event.message
     p.keepalive()
-    assert [json.loads(f)["action"] for f in p.data_to_send()] == ["subscribe"]
+    assert p.data_to_send() == []  # the first backoff step: 1 s +/- 20 %
+    assert now + 0.8e9 <= p.next_due() <= now + 1.2e9
 
 
 def test_forbidden_ack_fails_only_that_subscription_with_the_required_plan():
@@ -352,3 +358,127 @@ def test_close_unsubscribes_and_waits_for_every_ack():
 def test_bad_subscription_config_names_the_key(sub, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         BlockDBProtocol.parse_subscription(sub, "x")
+
+
+def _refusal(dataset_id: str | None, **error: object) -> str:
+    msg: dict = {"action": "subscribe", "chain_id": 1, "dataset_id": dataset_id, "status": "error"}
+    if dataset_id is None:
+        del msg["chain_id"], msg["dataset_id"]
+    return json.dumps({**msg, "error": {"message": "m", **error}})
+
+
+def _subscribed(p: BlockDBProtocol) -> list[str]:
+    return [json.loads(f)["dataset_id"] for f in p.data_to_send() if '"subscribe"' in f]
+
+
+def test_a_retryable_refusal_without_retry_after_backs_off_per_pair_and_starts_over_once_acked(monkeypatch):
+    """Doc 2.4: retryable -> exponential backoff with jitter (1 s, 2 s, 4 s ... up to 30 s,
+    +/-20 %), counted per pair and started over once the pair is subscribed; a keep-alive before the
+    wait asks nothing, the first one after it asks again."""
+    clock = [time.time_ns()]
+    monkeypatch.setattr(base, "time", SimpleNamespace(time_ns=lambda: clock[0]))
+    p = make({"chain_id": 1, "dataset_id": "0101"}, {"chain_id": 1, "dataset_id": "0102"})
+    p.connect()
+    p.data_to_send()
+
+    def refuse(dataset_id: str) -> tuple[float, float]:
+        """Refused now: the wait it gets, in s; a keep-alive just before it asks nothing, one at it does."""
+        now = clock[0]
+        (event,) = p.receive(_refusal(dataset_id, code="INTERNAL_SERVER_ERROR", retryable=True), now)
+        assert event.retryable and event.subscription == f"1:{dataset_id}"
+        wait = (p.next_due() - now) / 1e9
+        clock[0] = p.next_due() - 1
+        p.keepalive()
+        assert _subscribed(p) == []  # not before its wait
+        clock[0] += 1
+        p.keepalive()
+        assert _subscribed(p) == [dataset_id]
+        return wait
+
+    for step in (1, 2, 4, 8, 16, 30, 30):
+        assert 0.8 * step <= refuse("0101") <= 1.2 * step
+    assert 0.8 <= refuse("0102") <= 1.2  # a count of its own
+    assert p.receive(b'{"action":"subscribe","chain_id":1,"dataset_id":"0101","status":"success"}', 1)
+    assert 0.8 <= refuse("0101") <= 1.2  # acknowledged in between: it starts over
+    p.receive(_refusal("0101", code="INTERNAL_SERVER_ERROR", retryable=True), clock[0])
+    p.close()
+    assert p.next_due() is None  # nothing is asked again after the goodbye
+
+
+@pytest.mark.parametrize(
+    ("code", "flag", "retryable"),
+    [
+        ("INTERNAL_SERVER_ERROR", None, True),  # absent: by its code
+        ("RATE_LIMIT_EXCEEDED", None, True),
+        ("SERVICE_UNAVAILABLE", "no", True),  # no bool: as if absent
+        (503, None, True),
+        ("429", None, True),
+        ("BAD_REQUEST", "true", False),
+        ("NOT_FOUND", 1, False),
+        ("FORBIDDEN", None, False),
+        (None, None, False),
+        ("INTERNAL_SERVER_ERROR", False, False),  # a real bool is the server's word
+        ("BAD_REQUEST", True, True),
+    ],
+)
+def test_retryable_is_a_real_bool_or_else_follows_the_code(code, flag, retryable):
+    p = make({"chain_id": 1, "dataset_id": "0101"}, {"chain_id": 1, "dataset_id": "0102"})
+    p.connect()
+    p.data_to_send()
+    error: dict = {"code": code}
+    if flag is not None:
+        error["retryable"] = flag
+    (event,) = p.receive(_refusal("0101", **error), time.time_ns() - 2 * 10**9)
+    assert isinstance(event, SubscriptionFailed) and event.retryable is retryable
+    assert p.active == (2 if retryable else 1)
+    p.connection_lost()
+    p.connect()  # its 1 s backoff has passed: asked again with the others, or never again
+    assert _subscribed(p) == (["0101", "0102"] if retryable else ["0102"])
+
+
+def test_a_retryable_error_naming_no_pair_retries_every_unanswered_subscribe(monkeypatch):
+    """The error cannot be told apart: each subscribe still unanswered is refused alike and asked
+    again after its backoff; one already acknowledged is left alone."""
+    p = make(
+        {"name": "blocks", "chain_id": 1, "dataset_id": "0101"},
+        {"name": "txs", "chain_id": 1, "dataset_id": "0102"},
+        {"name": "logs", "chain_id": 1, "dataset_id": "0103"},
+    )
+    p.connect()
+    p.data_to_send()
+    p.receive(b'{"action":"subscribe","chain_id":1,"dataset_id":"0101","status":"success"}', 1)
+    now = time.time_ns()
+    events = p.receive(_refusal(None, code="RATE_LIMIT_EXCEEDED", retry_after_seconds=2), now)
+    assert [(type(e).__name__, e.subscription, e.retryable) for e in events] == [
+        ("SubscriptionFailed", "txs", True),
+        ("SubscriptionFailed", "logs", True),
+    ]
+    assert p.active == 3
+    assert now + 2e9 <= p.next_due() <= now + 2.4e9  # the server's 2 s, and up to a fifth more
+    p.keepalive()
+    assert _subscribed(p) == []
+    monkeypatch.setattr(base, "time", SimpleNamespace(time_ns=lambda: now + int(2.4e9)))
+    p.keepalive()
+    assert _subscribed(p) == ["0102", "0103"]
+    # Answered by now: an error naming no pair concerns none of them.
+    for ds in ("0102", "0103"):
+        p.receive(
+            b'{"action":"subscribe","chain_id":1,"dataset_id":"%s","status":"success"}' % ds.encode(), 1
+        )
+    (event,) = p.receive(_refusal(None, code="RATE_LIMIT_EXCEEDED"), now)
+    assert isinstance(event, Notice) and "RATE_LIMIT_EXCEEDED" in event.message
+
+
+def test_a_permanent_error_naming_no_pair_fails_every_unanswered_subscribe():
+    p = make(
+        {"name": "blocks", "chain_id": 1, "dataset_id": "0101"},
+        {"name": "txs", "chain_id": 1, "dataset_id": "0102"},
+    )
+    p.connect()
+    p.data_to_send()
+    events = p.receive(_refusal(None, code="BAD_REQUEST", retryable=False), 1)
+    assert [(e.subscription, e.retryable) for e in events] == [("blocks", False), ("txs", False)]
+    assert p.active == 0
+    p.connection_lost()
+    p.connect()
+    assert p.data_to_send() == []

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from ingest.config import parse_config
+from ingest.auth import build_target
+from ingest.buffer import Buffer
+from ingest.config import FlushPolicy, parse_config
 from ingest.driver import Collector
 from ingest.emulators.blockdb import BlockDBEmulator
+from ingest.metrics import ProviderStats
 from ingest.protocols.blockdb import BlockDBProtocol
 from tests.helpers import Drain, blockdb_config, collector, eventually
 
@@ -96,3 +101,65 @@ async def test_dead_link_is_detected_within_the_idle_timeout(registry):
         assert loop.time() - started < idle
         # aiohttp's heartbeat: the missing pong, not the idle timer ("no frame for ...").
         assert "ServerTimeoutError" in col.stats.last_error
+
+
+async def test_a_rate_limited_subscription_goes_again_when_the_server_said_not_at_the_next_tick(registry):
+    """RATE_LIMIT_EXCEEDED with retry_after_seconds ~1 (doc 2.4): the subscribe goes again once
+    that has passed (the watchdog wakes for it), not at the next keep-alive tick 20 s on, during
+    which the stream's rows would be lost (nothing is buffered while unsubscribed, doc 2.6)."""
+    subs = [*SUBS[:1], {"name": "txs", "chain_id": 1, "dataset_id": "0102"}]
+    async with BlockDBEmulator(key=KEY, block_interval=0.1, txs_per_block=2, subscribe_limit=(1, 1.0)) as emu:
+        config = blockdb_config(emu.url, subs)
+        assert config.keepalive_interval == 20.0
+        col, buffer = collector(registry, config, KEY)
+        drain = Drain(buffer)
+        started = time.monotonic()
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: col.stats.subscriptions.get("txs") == "active", timeout=15, what="txs")
+        waited = time.monotonic() - started
+        await eventually(lambda: drain.rows["blockdb_transactions"] > 0, what="txs rows")
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+        await drain.close()
+    assert emu.rate_limited == 1  # asked again once, and not before the server's wait
+    assert 1.0 <= waited < 3.0
+    assert col.stats.connects == 1
+
+
+class _StuckDue(BlockDBProtocol):
+    """Says something is due (`due`) that keepalive() never acts on; counts the keepalive() calls."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.calls = 0
+        self.due: int | None = None
+
+    def next_due(self) -> int | None:
+        return self.due
+
+    def keepalive(self) -> None:
+        self.calls += 1
+        super().keepalive()
+
+
+async def test_a_due_time_the_protocol_does_not_act_on_runs_keepalive_once(registry):
+    """The watchdog calls keepalive() once per due time: one left in the past cannot spin it."""
+    async with BlockDBEmulator(key=KEY, block_interval=0.1) as emu:
+        config = blockdb_config(emu.url, SUBS[:1])
+        protocol = _StuckDue(config.name, list(config.subscriptions))
+        buffer = Buffer(registry, FlushPolicy(max_rows=100, max_age=0.05))
+        target = build_target(config.url, config.auth, KEY)
+        col = Collector(config, protocol, target, buffer, ProviderStats(config.name))
+        drain = Drain(buffer)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: col.stats.subscriptions.get("blocks") == "active", what="subscribed")
+        protocol.due = time.time_ns() - 10**9
+        await asyncio.sleep(2.5)
+        assert protocol.calls == 1  # the 20 s periodic call has not come either
+        protocol.due = time.time_ns() + 3 * 10**8  # a new one: run once it has come
+        await eventually(lambda: protocol.calls == 2, timeout=2, what="the new due time")
+        await asyncio.sleep(1.5)
+        assert protocol.calls == 2
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+        await drain.close()

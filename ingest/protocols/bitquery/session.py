@@ -378,6 +378,12 @@ class BitqueryProtocol:
         for op in self._ops:
             self._outbox.append(_encode({"type": "complete", "id": op}).decode())
 
+    def next_due(self) -> int | None:
+        """When the first start refused for a while (a plan limit, a passing error's backoff) may go
+        again (ns, wall clock), for the driver to call keepalive() then; None: nothing waits, or the
+        connection is not acknowledged (the ack starts them) or is closing."""
+        return self._again.next_at() if self._acked and not self._closing else None
+
     @property
     def closed(self) -> bool:
         return self._closing
