@@ -307,6 +307,19 @@ def _text(values: list[Any]) -> pa.Array:
     return pa.array(encoded, pa.string())
 
 
+@cache
+def _enum_arrays(enum: tuple[tuple[str, str], ...]) -> tuple[pa.Array, pa.Array]:
+    return pa.array([k for k, _ in enum], pa.string()), pa.array([v for _, v in enum], pa.string())
+
+
+def _enum_mapped(values: Values, enum: tuple[tuple[str, str], ...]) -> Values:
+    """A column's declared codes as their names (Column.enum), by kernels once per flush: each
+    value is looked up among the codes, and one not among them (a name already, an unknown code)
+    stays as it is."""
+    codes, names = _enum_arrays(enum)
+    return pc.coalesce(pc.take(names, pc.index_in(values, value_set=codes)), values)
+
+
 def _timestamps(strings: pa.Array) -> pa.Array:
     try:
         return pc.cast(strings, _TS)
@@ -514,6 +527,8 @@ def _build(dataset: Dataset, frames: _Frames) -> pa.Table:
             arrays.update((name, _repeat(arr, context_ends)) for name, arr in built)
         else:
             arrays.update(payload(col))
+        if col.enum:
+            arrays[col.name] = _enum_mapped(arrays[col.name], col.enum)
 
     splits: dict[str, tuple[pa.Array, pa.Array]] = {}  # each source column split once for all its parts
     for col in dataset.columns:

@@ -111,6 +111,9 @@ class Column:
     context: bool = False  # taken from the frame's envelope, not the record
     doc: str = ""
     split: tuple[str, int] | None = None  # (column, part): the part of that column's "_"-separated text
+    # (value as sent, value stored) pairs: a provider's codes stored as their names, so one value
+    # has one spelling; a value not listed is stored as sent. A tuple: datasets are hashed.
+    enum: tuple[tuple[str, str], ...] = ()
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -251,7 +254,7 @@ class Registry(Mapping[str, Dataset]):
 def _parse_column(raw: object, where: str, *, envelope: bool = False) -> Column:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    unknown = set(raw) - {"name", "type", "path", "context", "doc", "split_of", "part"}
+    unknown = set(raw) - {"name", "type", "path", "context", "doc", "split_of", "part", "enum"}
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
     name = raw.get("name")
@@ -276,7 +279,23 @@ def _parse_column(raw: object, where: str, *, envelope: bool = False) -> Column:
         if not isinstance(path_text, str) or not path_text:
             raise ConfigError(f"{where}.path: expected a dotted payload path")
         path = tuple(path_text.split("."))
-    return Column(name=name, type=ctype, path=path, context=context, doc=str(raw.get("doc", "")), split=split)
+    enum: tuple[tuple[str, str], ...] = ()
+    if "enum" in raw:
+        table = raw["enum"]
+        if ctype not in (ColumnType.TEXT, ColumnType.STRING) or not isinstance(table, dict):
+            raise ConfigError(f"{where}.enum: expected a table of text values, on a text or string column")
+        if bad := [k for k, v in table.items() if not isinstance(v, str) or not v]:
+            raise ConfigError(f"{where}.enum.{bad[0]}: expected the non-empty text stored for it")
+        enum = tuple(sorted(table.items()))
+    return Column(
+        name=name,
+        type=ctype,
+        path=path,
+        context=context,
+        doc=str(raw.get("doc", "")),
+        split=split,
+        enum=enum,
+    )
 
 
 def _load_file(path: Path) -> dict[str, object]:

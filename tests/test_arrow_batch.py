@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from ingest import arrow_batch, json_columns
 from ingest.arrow_batch import _plan, build_table, table_bytes
+from ingest.errors import ConfigError
 from ingest.events import Rows
 from ingest.schema import APPROX_SUFFIX, Column, ColumnType, Dataset, load_registry
 
@@ -81,7 +82,7 @@ def test_columns_follow_the_declaration_and_keep_values_exact(registry):
     assert row["amount_raw"] == "340282366920938463463374607431768211457"  # > 2**128
     assert row["amount_raw_f64"] == float("340282366920938463463374607431768211457")
     assert row["amount_adj"] == "340282366920938463463374607431.768211457"
-    assert row["transfer_type"] == "2"
+    assert row["transfer_type"] == "erc20"  # the code sent, stored as its name
     assert row["block_time"] == datetime(2025, 11, 11, 18, 42, 15, 123000, tzinfo=UTC)
     assert row["_event_time"] == row["block_time"]
     assert row["_tracing_id"] == row["_dedup_key"] == "0304aa"
@@ -90,6 +91,32 @@ def test_columns_follow_the_declaration_and_keep_values_exact(registry):
     assert json.loads(row["_raw"]) == TRANSFER
     assert result.table["_received_at"].type == pa.timestamp("ns", tz="UTC")
     assert result.table["_received_at"].cast(pa.int64()).to_pylist() == [1_700_000_000_000_001_000]
+
+
+def test_transfer_type_codes_and_names_are_stored_as_names(registry, reader):
+    """BlockDB 0304's transfer_type comes as the integer code (WSS page) or the name (catalogue),
+    PROTOCOLS.md 2.8: both are stored as the name, so one type has one spelling; a code the
+    enumeration does not list is kept as its digits, not rejected."""
+    sent = [0, 1, 2, 3, 4, "erc20", "native_tx", "2", 7, "erc4626", None]
+    records = [{**TRANSFER, "tx_index": i, "transfer_type": t} for i, t in enumerate(sent)]
+    result = build_table(registry["blockdb_transfers"], rows(*records))
+    assert result.rejected == []
+    assert result.table["transfer_type"].to_pylist() == [
+        "native_tx", "native_internal", "erc20", "erc721", "erc1155",
+        "erc20", "native_tx", "erc20", "7", "erc4626", None,
+    ]  # fmt: skip
+    assert [json.loads(r)["transfer_type"] for r in result.table["_raw"].to_pylist()] == sent  # as sent
+
+
+def test_an_enum_is_declared_on_text_columns_only(tmp_path):
+    (tmp_path / "_envelope.toml").write_text("")
+    column = '[[columns]]\nname = "kind"\ntype = "int64"\nenum = { "0" = "a" }\n'
+    (tmp_path / "d.toml").write_text('name = "d"\n' + column)
+    with pytest.raises(ConfigError, match=r"d.toml.columns\[0\].enum"):
+        load_registry(tmp_path)
+    (tmp_path / "d.toml").write_text('name = "d"\n' + column.replace("int64", "text").replace('"a"', "1"))
+    with pytest.raises(ConfigError, match=r"enum.0: expected the non-empty text"):
+        load_registry(tmp_path)
 
 
 def test_numbers_as_json_numbers_stay_exact(registry):
@@ -533,6 +560,8 @@ def _reference_value(col: Column, value) -> dict:
         return {col.name: text, col.name + APPROX_SUFFIX: approx}
     if col.type is ColumnType.TEXT and value is not None and type(value) is not str:
         value = msgspec.json.encode(value).decode()
+    if col.enum:
+        value = dict(col.enum).get(value, value)  # a declared code as its name
     return {col.name: pa.array([value], col.arrow_type)[0].as_py()}
 
 
