@@ -234,7 +234,8 @@ class BlockDBEmulator(EmulatorServer):
         # BlockDB may deliver again after a reconnect (doc 2.6): a new subscription first gets the
         # stream's last `resend_on_subscribe` updates once more, so clients must deduplicate.
         self.resend_on_subscribe = resend_on_subscribe
-        self._recent: dict[tuple[int, str], deque[tuple[bytes, Any]]] = {}
+        # Each with its record, so a resend goes only where the new subscription's params match it.
+        self._recent: dict[tuple[int, str], deque[tuple[bytes, dict[str, Any], Any]]] = {}
         self.resent: Counter[tuple[int, str]] = Counter()
         self._start_on_subscribe = start_on_subscribe
         self._ticker = Ticker(block_interval)
@@ -286,8 +287,9 @@ class BlockDBEmulator(EmulatorServer):
         self.offer(conn, self._encode(reply))
         if "status" in reply and reply["status"] == "success" and echo.get("action") == "subscribe":
             key = (echo.get("chain_id"), echo.get("dataset_id"))
-            for frame, meta in self._recent.get(key, ()):  # type: ignore[call-overload]
-                if self.offer(conn, frame, meta):
+            flt = conn.subscriptions.get(key)
+            for frame, record, meta in self._recent.get(key, ()):  # type: ignore[call-overload]
+                if flt is not None and flt.matches(record) and self.offer(conn, frame, meta):
                     self.resent[key] += 1  # type: ignore[index]
 
     def on_sent(self, conn: Connection, meta: Any) -> None:
@@ -407,7 +409,7 @@ class BlockDBEmulator(EmulatorServer):
                     {"chain_id": chain_id, "dataset_id": dataset_id, "is_reorg": is_reorg, "data": record}
                 )
                 recent = self._recent.setdefault(key, deque(maxlen=self.resend_on_subscribe))
-                recent.append((frame, (chain_id, dataset_id, record["_tracing_id"], is_reorg)))
+                recent.append((frame, record, (chain_id, dataset_id, record["_tracing_id"], is_reorg)))
             for conn, flt in routes.get(key, ()):
                 if not flt.matches(record):
                     continue

@@ -453,6 +453,22 @@ async def test_filters_select_matching_records(blockdb, session) -> None:
     assert client.updates == as_frames(want)
 
 
+async def test_resends_on_subscribe_go_only_where_the_filter_matches(blockdb, session) -> None:
+    """A new subscription is first sent the stream's recent updates again (doc 2.6: re-delivery),
+    but only those its params select, as live updates are: never rows it did not ask for."""
+    emulator = await blockdb(max_blocks=20, start_on_subscribe=False, resend_on_subscribe=10_000)
+    await asyncio.wait_for(emulator.wait_blocks(20), 5)
+    client = await connect(session, emulator)
+    await client.subscribe("0304", {"transfer_types": ["erc721"]})
+    want = [e for e in expected(20, ("0304",)) if e.record["transfer_type"] == 3]
+    assert 0 < len(want) < len(expected(20, ("0304",)))
+    await client.pump(lambda: len(client.updates) >= len(want) and len(client.acks) == 1)
+    with pytest.raises(TimeoutError):
+        await client.ws.receive(timeout=0.2)
+    assert client.updates == as_frames(want)
+    assert emulator.resent[(1, "0304")] == len(want)
+
+
 async def test_each_chain_is_its_own_stream(blockdb, session) -> None:
     """With two chains served, each (chain_id, dataset_id) pair streams its own chain."""
     client = await connect(session, await blockdb(chains=(1, 8453), max_blocks=3))
