@@ -1,12 +1,13 @@
 -- Every block version from every provider, in one shape: the audit trail behind `blocks`.
--- Hashes are 0x-prefixed lower-case hex everywhere (BlockDB sends them bare). Solana slots fit
--- where they can: a slot is a height without a hash.
+-- Hashes are 0x-prefixed lower-case hex everywhere (BlockDB sends them bare: hex_0x, in
+-- 005_hex.sql, adds the 0x unless present). Solana slots fit where they can: a slot is a height
+-- without a hash.
 CREATE OR REPLACE VIEW blocks_history AS
 SELECT
     evm_chain(chain_id)                 AS chain,
     block_number                        AS number,
-    '0x' || lower(block_hash)           AS hash,
-    '0x' || lower(parent_block_hash)    AS parent_hash,
+    hex_0x(block_hash)                  AS hash,
+    hex_0x(parent_block_hash)           AS parent_hash,
     timestamp_utc                       AS time,
     CAST(NULL AS BIGINT)                AS tx_count,
     _provider                           AS provider,

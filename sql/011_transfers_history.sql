@@ -13,9 +13,9 @@ SELECT
     CAST(NULL AS VARCHAR)               AS block_hash,
     CAST(NULL AS VARCHAR)               AS tx_hash,
     log_index                           AS "index",
-    coalesce('0x' || lower(token_address), 'native') AS token,
-    '0x' || lower(from_address)         AS from_address,
-    '0x' || lower(to_address)           AS to_address,
+    coalesce(hex_0x(token_address), 'native') AS token,
+    hex_0x(from_address)                AS from_address,
+    hex_0x(to_address)                  AS to_address,
     -- An NFT's raw amount is already a count (no decimals): BlockDB leaves amount_adj null there.
     coalesce(amount_adj, CASE WHEN token_id IS NOT NULL THEN amount_raw END) AS amount,
     amount_raw,

@@ -25,8 +25,8 @@ SELECT
     nullif(_dedup_key, '')              AS event_key  -- no uuid: no identity, never merged
 FROM coinapi_trades
 UNION ALL
-SELECT '0x' || lower(substr(pool_uid, 1, 40)), '0x' || lower(token_in) || '/0x' || lower(token_out),
-       '0x' || lower(token_in), '0x' || lower(token_out), exec_price, exec_price_f64, amount_in, amount_in_f64,
+SELECT '0x' || substr(hex_bare(pool_uid), 1, 40), hex_0x(token_in) || '/' || hex_0x(token_out),
+       hex_0x(token_in), hex_0x(token_out), exec_price, exec_price_f64, amount_in, amount_in_f64,
        NULL, block_time, evm_chain(chain_id), block_number, NULL, NULL,
        _provider, _tracing_id, _is_reorg, _received_at, false,
        concat_ws('|', chain_id, coalesce(pool_uid, ''), coalesce(token_in, ''), coalesce(token_out, ''),
