@@ -432,13 +432,24 @@ def test_a_passing_error_starts_the_subscription_again_backing_off(subprotocol, 
     assert event.message.endswith("(started again in 5 s)")
 
 
-def test_server_complete_restarts_the_subscription_on_the_next_keepalive():
+def test_server_complete_restarts_the_subscription_after_a_second_backing_off():
+    """Nothing of it arrives until it is started again: the driver is told to, a second later
+    (not at the next 20 s keep-alive); a server that keeps ending it gets 2, 4, ... s."""
     p = proto({"name": "a", "query": BLOCKS})
     handshake(p)
-    (event,) = p.receive(b'{"type":"complete","id":"1"}', 1)
-    assert isinstance(event, Notice)
+    now = time.time_ns()
+    (event,) = p.receive(b'{"type":"complete","id":"1"}', now)
+    assert isinstance(event, Notice) and event.message.endswith("starting it again in 1 s")
+    assert p.next_due() == now + 10**9
     p.keepalive()
-    assert [json.loads(f)["type"] for f in p.data_to_send()] == ["ping", "subscribe"]
+    assert [json.loads(f)["type"] for f in p.data_to_send()] == ["ping"]  # not due yet
+    earlier = now - 5 * 10**9  # as if received 5 s ago: due by now
+    p.receive(b'{"type":"complete","id":"1"}', earlier)  # already ended: nothing to restart
+    p._again.later("a", earlier)
+    p.keepalive()
+    (start,) = [json.loads(f) for f in p.data_to_send() if json.loads(f)["type"] == "subscribe"]
+    (event,) = p.receive(json.dumps({"type": "complete", "id": start["id"]}), now)
+    assert event.message.endswith("starting it again in 2 s")  # ended again without data
 
 
 @pytest.mark.parametrize(
@@ -637,15 +648,13 @@ def test_aliased_rows_keep_json_numbers_exactly(registry):
 def test_a_start_waiting_out_its_backoff_tells_the_driver_when_it_is_due(subprotocol):
     """next_due(): the driver calls keepalive() when a refused start's wait is over (5 s after a
     passing error), not at its next 20 s tick; nothing is due before the ack or after the goodbye
-    (neither starts anything), nor for a restart that waits for the periodic keep-alive."""
+    (neither starts anything)."""
     p = proto(
         {"name": "blocks", "query": BLOCKS},
         {"name": "transfers", "query": TRANSFERS},
         subprotocol=subprotocol,
     )
     handshake(p)
-    assert p.next_due() is None
-    p.receive(b'{"type":"complete","id":"2"}', 1)  # started again at the next keep-alive
     assert p.next_due() is None
     now = time.time_ns()
     p.receive(json.dumps({"type": "error", "id": "1", "payload": [{"message": "connection failed"}]}), now)

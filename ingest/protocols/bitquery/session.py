@@ -208,6 +208,7 @@ class BitqueryProtocol:
     # again after this many seconds, doubled at each failure in a row, up to error_retry_max.
     error_retry: ClassVar[float] = 5.0
     error_retry_max: ClassVar[float] = 300.0
+    complete_retry: ClassVar[float] = 1.0  # a subscription the server completed, started again after
     default_ping_interval: ClassVar[float] = 0.0  # ka / pong frames carry liveness
 
     def __init__(
@@ -327,8 +328,15 @@ class BitqueryProtocol:
         if kind == "complete" and op is not None:
             sub = self._ops.pop(op, None)
             if sub is not None and sub.name in self._desired and not self._closing:
-                self._again.later(sub.name)
-                return [Notice(sub.name, "the server completed the subscription; starting it again")]
+                # Nothing arrives until it is started again, so that is soon (a second), backing
+                # off if the server keeps ending it (a query that ends by itself).
+                wait = self._backoff(sub.name, self.complete_retry)
+                self._again.later(sub.name, received_at + int(wait * 1e9))
+                return [
+                    Notice(
+                        sub.name, f"the server completed the subscription; starting it again in {wait:g} s"
+                    )
+                ]
             return []
         if kind == "connection_error":
             text = _messages(_decode_any(bytes(msg.payload)) if bytes(msg.payload) != b"null" else "")
@@ -455,10 +463,15 @@ class BitqueryProtocol:
             self._desired.pop(sub.name, None)
             return [SubscriptionFailed(sub.name, text, retryable=False)]
         # Anything else may pass ("connection failed", "Internal server error"): asked again, backing off.
-        failures = self._failures[sub.name] = self._failures.get(sub.name, 0) + 1
-        wait = min(self.error_retry * 2 ** (failures - 1), self.error_retry_max)
+        wait = self._backoff(sub.name, self.error_retry)
         self._again.later(sub.name, received_at + int(wait * 1e9))
         return [SubscriptionFailed(sub.name, f"{text} (started again in {wait:g} s)", retryable=True)]
+
+    def _backoff(self, name: str, first: float) -> float:
+        """Seconds until a subscription that ended for a passing reason is started again: `first`,
+        doubled at each such end in a row (until data comes), up to error_retry_max."""
+        failures = self._failures[name] = self._failures.get(name, 0) + 1
+        return min(first * 2 ** (failures - 1), self.error_retry_max)
 
     def _on_data(self, op: str, payload: bytes, frame: str | bytes, received_at: int) -> list[Event]:
         """A data frame of any shape: a cube may also hold a single row (an object or a scalar)."""
