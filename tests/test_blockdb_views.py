@@ -80,3 +80,18 @@ def test_hashes_and_addresses_get_one_0x_whether_or_not_it_was_sent(tmp_path: Pa
         (venue, pair, "0x" + B, "0x" + C),
         (venue, pair, "0x" + B, "0x" + C),
     ]
+
+
+def test_one_swap_sent_with_and_without_0x_is_one_trade(tmp_path: Path, registry: Registry):
+    """The natural key compares the hex as the views show it, so a resend that spells the pool
+    and tokens another way supersedes the first copy instead of counting twice."""
+    swap = {"block_number": 100, "block_time": "2025-11-13T00:00:00Z", "tx_index": 0, "log_index": 2}
+    first = {**swap, "pool_uid": A + "00" * 12, "token_in": B, "token_out": C, "amount_in": "1"}
+    again = {**swap, "pool_uid": "0x" + A.upper() + "00" * 12, "token_in": "0x" + B, "token_out": "0X" + C}
+    chunks = _rows("blockdb_swaps", first, {**again, "amount_in": "2"})
+    sink = DuckDBSink(tmp_path / "ingest.duckdb")
+    sink.open(registry.values())
+    sink.write(registry["blockdb_swaps"], build_table(registry["blockdb_swaps"], chunks).table, 0, 0)
+    sink.close()
+    con, _ = connect_for_query(registry, tmp_path / "ingest.duckdb", None)
+    assert con.sql("SELECT amount FROM trades").fetchall() == [("2",)]
