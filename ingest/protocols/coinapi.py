@@ -320,10 +320,11 @@ class CoinAPIProtocol:
             key = (kind, symbol)
             label = self._labels.get(key)
             if label is None:  # the first of its kind and symbol on this scope: not per message
-                label = self._label(kind, symbol, raw)
-                if label and label not in self._delivering:
-                    self._delivering.add(label)
-                    events.append(SubscriptionAcked(label))
+                label, wanting = self._label(kind, symbol, raw)
+                for name in wanting:  # each one this serves is live, not only the one it is stored under
+                    if name not in self._delivering:
+                        self._delivering.add(name)
+                        events.append(SubscriptionAcked(name))
             if seq is not None and symbol is not None:
                 last = self._last.get(key)
                 if last is not None and seq != last[0] + 1:
@@ -433,8 +434,9 @@ class CoinAPIProtocol:
         books_and_rates = [s for s in subs if later & set(s.data_types)]
         return [hello, {"type": "subscribe", **_scope_fields(books_and_rates, later)}]
 
-    def _label(self, kind: str, symbol_id: str | None, raw: bytes) -> str:
-        """The first subscription that wants this message; "" when none does.
+    def _label(self, kind: str, symbol_id: str | None, raw: bytes) -> tuple[str, tuple[str, ...]]:
+        """The first subscription that wants this message ("" when none does), and all that do
+        (overlapping filters: the row is stored once, under the first, but serves each).
 
         The scope may be wider than the subscriptions (`_scope`): a row none of them wants is kept,
         stored with `_subscription` "" (filter on it to leave it out), never dropped. ohlcv, exrate,
@@ -451,13 +453,12 @@ class CoinAPIProtocol:
                     record = detail.asset_id if kind == "asset" else detail.exchange_id
             key = (kind, symbol_id, period, base, quote, record)
         label = self._labels.get(key)
-        if label is None:
-            subs = self._desired.values()
-            label = next(
-                (s.name for s in subs if s.matches(kind, symbol_id, period, (base, quote), record)), ""
-            )
-            self._labels[key] = label
-        return label
+        if label is not None:
+            return label, (label,) if label else ()
+        subs = self._desired.values()
+        wanting = tuple(s.name for s in subs if s.matches(kind, symbol_id, period, (base, quote), record))
+        label = self._labels[key] = wanting[0] if wanting else ""
+        return label, wanting
 
     def _check_sequence(self, kind: str, symbol: str, seq: int, received_at: int, label: str) -> Gap | None:
         key = (kind, symbol)
