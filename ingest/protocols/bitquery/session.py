@@ -497,7 +497,11 @@ class BitqueryProtocol:
         """Events of a whole result, read before any: a frame is taken or rejected as one."""
         if errors and not has_data:
             # Errors and no data: the operation failed (the Apollo reference sends validation
-            # errors so, then `complete`), however the frame is named.
+            # errors so, then `complete`), however the frame is named. On graphql-transport-ws an
+            # execution error need not end the operation, so it is stopped before any restart:
+            # else two would run, one of them unknown to us.
+            if op in self._ops:
+                self._outbox.append(_encode({"type": self._stop, "id": op}).decode())
             return self._failed(op, errors, received_at)
         sub = self._ops.get(op)
         label = self._label(op, sub)
