@@ -207,6 +207,10 @@ class AskAgain(Generic[K]):
     def later(self, key: K, at: int = 0) -> None:
         self._at[key] = at
 
+    def discard(self, key: K) -> None:
+        """No longer asked again (the server granted it after all)."""
+        self._at.pop(key, None)
+
     def due(self) -> list[K]:
         """The requests whose time has come; no longer held."""
         now = time.time_ns()

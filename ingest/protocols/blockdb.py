@@ -293,6 +293,8 @@ class BlockDBProtocol:
         if msg.status == "success":
             if msg.action == "subscribe" and sub is not None:
                 self._acked.add(sub.pair)
+                self._sent.add(sub.pair)  # subscribed on this socket, whatever a pair-less error said
+                self._retry.discard(sub.pair)  # so it is not asked again on this socket
                 self._failures.pop(sub.pair, None)  # the backoff starts over at the next refusal
                 return [SubscriptionAcked(sub.name)]
             if msg.action == "unsubscribe":
@@ -316,15 +318,19 @@ class BlockDBProtocol:
         elif sub is not None:
             return [self._refused(sub, text, retryable, error, received_at)]
         elif msg.chain_id is None or msg.dataset_id is None:
-            # An error naming no pair answers one of the subscribes still unanswered: which one
-            # is unknown, so each of them is refused alike (asked again, or given up).
+            # An error naming no pair answers one of the subscribes still unanswered. With one
+            # waiting, it is that one's; with several, which is unknown: each is asked again
+            # (none is given up on a guess), and one the server then grants is not asked twice.
             waiting = [
                 self._desired[p]
                 for p in sorted(self._sent - self._acked)
                 if p in self._desired and msg.chain_id in (None, p[0]) and msg.dataset_id in (None, p[1])
             ]
+            if len(waiting) == 1:
+                return [self._refused(waiting[0], text, retryable, error, received_at)]
             if waiting:
-                return [self._refused(s, text, retryable, error, received_at) for s in waiting]
+                text += " (naming no subscription: each unanswered one is asked again)"
+                return [self._refused(s, text, True, error, received_at) for s in waiting]
             return [Notice("", f"error naming no subscription: {text}")]
         return [SubscriptionFailed(label, text, retryable)]
 

@@ -469,16 +469,30 @@ def test_a_retryable_error_naming_no_pair_retries_every_unanswered_subscribe(mon
     assert isinstance(event, Notice) and "RATE_LIMIT_EXCEEDED" in event.message
 
 
-def test_a_permanent_error_naming_no_pair_fails_every_unanswered_subscribe():
+def test_a_permanent_error_naming_no_pair_gives_up_only_a_subscribe_it_can_only_be_about():
+    """With one subscribe unanswered the error is that one's; with several, none is given up on a
+    guess: each is asked again, and one the server grants meanwhile is neither asked twice on
+    the socket nor forgotten (its rows labelled, its unsubscribe sent at the goodbye)."""
+    p = make({"name": "blocks", "chain_id": 1, "dataset_id": "0101"})
+    p.connect()
+    p.data_to_send()
+    (event,) = p.receive(_refusal(None, code="BAD_REQUEST", retryable=False), 1)
+    assert (event.subscription, event.retryable, p.active) == ("blocks", False, 0)
+
     p = make(
         {"name": "blocks", "chain_id": 1, "dataset_id": "0101"},
         {"name": "txs", "chain_id": 1, "dataset_id": "0102"},
     )
     p.connect()
     p.data_to_send()
-    events = p.receive(_refusal(None, code="BAD_REQUEST", retryable=False), 1)
-    assert [(e.subscription, e.retryable) for e in events] == [("blocks", False), ("txs", False)]
-    assert p.active == 0
-    p.connection_lost()
-    p.connect()
-    assert p.data_to_send() == []
+    long_ago = time.time_ns() - 60 * 10**9  # every backoff over by now
+    events = p.receive(_refusal(None, code="BAD_REQUEST", retryable=False), long_ago)
+    assert [(e.subscription, e.retryable) for e in events] == [("blocks", True), ("txs", True)]
+    assert p.active == 2
+    # The server's answer to the other subscribe: granted after all.
+    (acked,) = p.receive(b'{"action":"subscribe","chain_id":1,"dataset_id":"0102","status":"success"}', 2)
+    assert acked == SubscriptionAcked("txs")
+    p.keepalive()
+    assert _subscribed(p) == ["0101"]  # only the refused one is asked again
+    p.close()
+    assert '"0102"' in "".join(p.data_to_send())  # unsubscribed at the goodbye
