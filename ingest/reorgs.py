@@ -104,23 +104,46 @@ class ReorgTracker:
             blocks["number"].to_pylist(),
             blocks["hash"].to_pylist(),
             blocks["parent_hash"].to_pylist(),
+            blocks["announced_at"].to_pylist(),
+            blocks["corrected"].to_pylist(),
             blocks["first_received_at"].to_pylist(),
             blocks["received_at"].to_pylist(),
             strict=True,
         )
-        for provider, chain, number, block_hash, parent, first_at, last_at in sorted(
-            rows, key=lambda r: r[2]
-        ):
-            state = self._chains.setdefault((provider, evm_chain(chain)), _Chain())
-            state.hashes[number] = _norm(block_hash)
-            if parent:
-                state.parents[number] = _norm(parent)
-            if settled and (state.head is None or number > state.head):
-                state.head = state.settled = number
+        # Each stored version goes through the live rules once, in the order it was announced, so
+        # the state is what it was (the hash each height holds, the side branches seen, the parents
+        # named); reorgs and gaps found on the way were recorded when they happened.
+        on_reorg, on_gap = self._on_reorg, self._on_gap
+        self._on_reorg, self._on_gap = (lambda _row: None), (lambda _gap, _at: None)
+        heads: dict[tuple[str, str], tuple[int, int, int]] = {}  # chain -> (head, first at, last at)
+        try:
+            for provider, chain, number, block_hash, parent, announced, corrected, first_at, last_at in rows:
+                key = (provider, evm_chain(chain))
+                self._block(
+                    *key,
+                    number,
+                    _norm(block_hash),
+                    parent and _norm(parent),
+                    "",
+                    announced,
+                    0,
+                    flagged=bool(corrected),
+                )
+                if key not in heads or number >= heads[key][0]:
+                    heads[key] = (number, first_at, last_at)
+        finally:
+            self._on_reorg, self._on_gap = on_reorg, on_gap
+        for key, (head, first_at, last_at) in heads.items():
+            state = self._chains[key]
+            state.open, state.pending = None, []
+            if settled:
+                state.head = state.settled = head
                 # As when it was live: a height is settled as of its first receipt (the id of a gap
                 # derived again by a replay depends on it), and the stream was last heard then.
                 state.settled_at, state.last_at = first_at, last_at
-            state.forget_old()
+            else:
+                state.head = state.settled = None
+                state.settled_at = state.last_at = 0
 
     def observe(self, dataset: str, table: pa.Table, positions: pa.Array) -> None:
         columns = BLOCK_STREAMS.get(dataset)
@@ -290,16 +313,16 @@ class ReorgTracker:
 
 
 def recent_blocks_sql(dataset: str) -> str:
-    """DuckDB SQL for the last `_REMEMBER` heights of each chain of a block dataset, with the hash
-    each has now (announced last: first received, or last received as a correction; a
-    correction's on a tie), the parent its block names, when the height was first received and
-    when last: the columns `ReorgTracker.seed` reads."""
+    """DuckDB SQL for every version of the last `_REMEMBER` heights of each chain of a block
+    dataset, in the order `ReorgTracker.seed` takes them: each hash with the parent its block
+    names, when it was announced (first received, or last received as a correction) and whether
+    it was a correction, and when its height was first and last received."""
     chain, number, block_hash, parent = (quote_ident(c) for c in BLOCK_STREAMS[dataset])
     table = quote_ident(dataset)
     return f"""
         WITH heads AS (
             SELECT _provider, {chain} AS chain, max({number}) AS head FROM {table} GROUP BY ALL
-        ), hashes AS (
+        ), versions AS (
             SELECT b._provider AS provider, CAST(b.{chain} AS VARCHAR) AS chain, b.{number} AS number,
                    b.{block_hash} AS hash, any_value(b.{parent}) AS parent_hash,
                    min(b._received_at) AS first_at, max(b._received_at) AS last_at,
@@ -309,10 +332,11 @@ def recent_blocks_sql(dataset: str) -> str:
             WHERE b.{number} > h.head - {_REMEMBER} AND b.{block_hash} IS NOT NULL
             GROUP BY ALL
         )
-        SELECT provider, chain, number, hash, parent_hash, epoch_ns(max(last_at) OVER heights) AS received_at,
-               epoch_ns(min(first_at) OVER heights) AS first_received_at
-        FROM hashes
+        SELECT provider, chain, number, hash, parent_hash, epoch_ns(announced_at) AS announced_at, corrected,
+               epoch_ns(min(first_at) OVER heights) AS first_received_at,
+               epoch_ns(max(last_at) OVER heights) AS received_at
+        FROM versions
         WINDOW heights AS (PARTITION BY provider, chain, number)
-        QUALIFY row_number() OVER (heights ORDER BY announced_at DESC, corrected DESC, lower(hash)) = 1
-        ORDER BY number
+        -- On equal times the views take a correction, then the lower hash: taken last here.
+        ORDER BY announced_at, corrected, lower(hash) DESC
     """

@@ -2,12 +2,10 @@
 -- `is_reorg` carrying the hash `block_hashes` holds now; a correction re-sent after a reconnect
 -- moves nothing), per provider and chain. Rows without a block hash (BlockDB's) cannot be matched
 -- to a branch, and a reorg that removes one sends nothing for it (PROTOCOLS.md 2.10): the
--- canonical views leave out such a row received before `stale_before`, unless it is a correction
--- itself. Two seconds' grace, since BlockDB keeps no order between datasets: a new-branch row of
--- another stream may come just before its block's correction.
+-- canonical views leave out such a row received before its height's correction, unless it is a
+-- correction itself (BlockDB re-sends a replaced height's rows flagged `is_reorg`).
 CREATE OR REPLACE VIEW block_corrections AS
-SELECT b.provider, b.chain, b.number, min(b.received_at) AS corrected_at,
-       min(b.received_at) - INTERVAL 2 SECOND AS stale_before
+SELECT b.provider, b.chain, b.number, min(b.received_at) AS corrected_at
 FROM blocks_history b
 JOIN block_hashes h ON h.provider = b.provider AND h.chain = b.chain AND h.number = b.number AND h.hash = b.hash
 WHERE b.is_reorg

@@ -10,5 +10,5 @@ FROM transfers_history t
 LEFT JOIN block_hashes h ON h.provider = t.provider AND h.chain = t.chain AND h.number = t.block_number
 LEFT JOIN block_corrections c ON c.provider = t.provider AND c.chain = t.chain AND c.number = t.block_number
 WHERE NOT t.pending AND (t.block_hash IS NULL OR h.hash IS NULL OR t.block_hash = h.hash)
-  AND (t.block_hash IS NOT NULL OR t.is_reorg OR c.stale_before IS NULL OR t.received_at >= c.stale_before)
+  AND (t.block_hash IS NOT NULL OR t.is_reorg OR c.corrected_at IS NULL OR t.received_at >= c.corrected_at)
 QUALIFY row_number() OVER (PARTITION BY t.provider, t.event_key ORDER BY t.received_at DESC, t.is_reorg DESC) = 1;

@@ -210,9 +210,11 @@ def test_heights_waiting_to_be_settled_stay_bounded():
 # -- across a restart: the tracker seeded from the store ------------------------------------------
 
 
-def _stored(tmp_path: Path, blocks: list[tuple[int, str, int, bool]]) -> pa.Table:
+def _stored(
+    tmp_path: Path, blocks: list[tuple[int, str, int, bool] | tuple[int, str, int, bool, str]]
+) -> pa.Table:
     """What `recent_blocks_sql` reads back from a real DuckDB store holding these Bitquery blocks
-    (number, hash, received at second, is_reorg)."""
+    (number, hash, received at second, is_reorg[, parent hash])."""
     path = tmp_path / "store.duckdb"
     sink = DuckDBSink(path)
     sink.open(load_registry().values())  # the tables as the daemon makes them
@@ -220,11 +222,8 @@ def _stored(tmp_path: Path, blocks: list[tuple[int, str, int, bool]]) -> pa.Tabl
     with duckdb.connect(str(path)) as con:
         con.executemany(
             "INSERT INTO bitquery_evm_blocks (_provider, network, block_number, block_hash, _received_at,"
-            " _is_reorg) VALUES ('bitquery', 'eth', ?, ?, make_timestamp_ns(?), ?)",
-            [
-                (number, block_hash, second * SECOND, is_reorg)
-                for number, block_hash, second, is_reorg in blocks
-            ],
+            " _is_reorg, block_parent_hash) VALUES ('bitquery', 'eth', ?, ?, make_timestamp_ns(?), ?, ?)",
+            [(b[0], b[1], b[2] * SECOND, b[3], b[4] if len(b) > 4 else None) for b in blocks],
         )
     sink.open(load_registry().values())
     try:
@@ -249,30 +248,50 @@ def seeded_feed(
     return reorgs, gaps
 
 
-def test_the_store_gives_each_of_its_last_heights_with_its_newest_hash(tmp_path):
+def seeded(stored: pa.Table) -> ReorgTracker:
+    tracker = ReorgTracker(lambda _row: None, lambda _gap, _at: None)
+    tracker.seed(stored)
+    return tracker
+
+
+def test_the_store_seeds_each_of_its_last_heights_with_the_hash_the_views_give_it(tmp_path):
     stored = _stored(
         tmp_path,
         [(n, f"0xa{n}", n - 99, False) for n in range(100, 111)]
         + [(110, "0xb110", 20, True), (109, "0xc109", 21, False)]  # replaced later: the newest wins
-        + [(110, "0xd110", 20, False)],  # a tie on receive time: the reorg's hash is the newer one
+        + [(110, "0xd110", 20, False)],  # a tie on receive time: the correction's hash is the newer one
     )
-    rows = stored.to_pylist()
-    assert [r["number"] for r in rows] == list(range(100, 111))
-    assert {r["number"]: r["hash"] for r in rows}[109] == "0xc109"
-    assert rows[-1] == {
-        "provider": "bitquery",
-        "chain": "eth",
-        "number": 110,
-        "hash": "0xb110",
-        "parent_hash": None,
-        "received_at": 20 * SECOND,
-        "first_received_at": 11 * SECOND,
-    }
+    state = seeded(stored)._chains[("bitquery", "eth")]
+    assert sorted(state.hashes) == list(range(100, 111))
+    assert (state.hashes[109], state.hashes[110]) == ("c109", "b110")
+    # Settled as of the head's first receipt; the stream last heard at its last.
+    assert (state.head, state.settled, state.settled_at, state.last_at) == (
+        110,
+        110,
+        11 * SECOND,
+        20 * SECOND,
+    )
 
 
 def test_the_store_gives_only_the_last_remembered_heights(tmp_path):
     stored = _stored(tmp_path, [(n, f"0xa{n}", 1, False) for n in range(1, 1001)])
-    assert stored["number"].to_pylist() == list(range(1001 - _REMEMBER, 1001))
+    assert sorted(stored["number"].to_pylist()) == list(range(1001 - _REMEMBER, 1001))
+
+
+def test_a_side_branch_block_stored_last_is_no_reorg_after_a_restart(tmp_path):
+    """The store holds a100, a101 built on it, and the side block u100 received last: seeded as
+    live, 100 is a100, so a101 sent again (a resend, a replay) replaces nothing."""
+    stored = _stored(
+        tmp_path,
+        [
+            (100, "0xa100", 1, False, "0xa99"),
+            (101, "0xa101", 2, False, "0xa100"),
+            (100, "0xu100", 3, False, "0xa99"),
+        ],
+    )
+    assert seeded(stored)._chains[("bitquery", "eth")].hashes[100] == "a100"
+    reorgs, _ = seeded_feed(stored, [(101, "0xa101", "0xa100"), (102, "0xa102", "0xa101")])
+    assert reorgs == []
 
 
 def test_a_reorg_of_a_height_stored_before_a_restart_is_one_row(tmp_path):
