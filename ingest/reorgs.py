@@ -94,7 +94,8 @@ class ReorgTracker:
         `settled`: the stored heights count as decided (the store is as far as any sink);
         otherwise only their hashes are taken, and the first block observed starts the gap count.
         A journal replay after a crash may observe stored blocks again: it ends where the store
-        is, and an old branch replayed before its newer hash cancels out (`_replace`). What is not
+        is (a stored old branch replayed is a late resend; one not stored, replayed before its
+        newer hash, cancels out in `_replace`). What is not
         recovered: a reorg still open at the crash (its old hashes are not stored; it may end up
         as two rows) and a gap still pending then.
         """
