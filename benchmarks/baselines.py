@@ -5,7 +5,8 @@
 - `naive`: the client the provider docs lead to: aiohttp, `json.loads` per message, and one
   DuckDB `INSERT` per message in autocommit (for Bitquery, one `executemany` per message, one
   row per Transfers entry). Nothing is journaled and nothing goes to Parquet.
-- `dlt`: the same reading loop, the decoded dicts collected and loaded into DuckDB with dlt's
+- `dlt`: the same reading loop, the decoded dicts (BlockDB: naive's columns, the envelope's
+  `chain_id` and `is_reorg` with the record's fields) collected and loaded into DuckDB with dlt's
   duckdb destination, a batch at a time, on the daemon's own default flush policy (50k rows or
   1 s, whichever first). `pipeline.run()` blocks the loop while it loads, as it would for a user.
 - `dlt-arrow`: as `dlt`, but each batch is handed to dlt as a pyarrow Table (`from_pylist`),
@@ -46,6 +47,13 @@ _DDL = {
         block_time TIMESTAMPTZ, tx_hash VARCHAR, tx_from VARCHAR, tx_to VARCHAR, tx_index BIGINT,
         log_index BIGINT, call_index BIGINT, amount VARCHAR, sender VARCHAR, receiver VARCHAR,
         type VARCHAR, currency_symbol VARCHAR, currency_contract VARCHAR, currency_decimals INTEGER)""",
+}
+
+
+# Column names of each table, in the order of its DDL (and of the row functions below).
+_COLUMNS = {
+    mix: [column.split()[0] for column in ddl.split("(", 1)[1].rsplit(")", 1)[0].split(",")]
+    for mix, ddl in _DDL.items()
 }
 
 
@@ -115,8 +123,7 @@ class _Loader:
 
             self.con = duckdb.connect(spec["db"])
             self.con.execute(_DDL[mix])
-            columns = len(_DDL[mix].split("(", 1)[1].split(","))
-            self.sql = f"INSERT INTO {TABLES[mix]} VALUES ({', '.join('?' * columns)})"
+            self.sql = f"INSERT INTO {TABLES[mix]} VALUES ({', '.join('?' * len(_COLUMNS[mix]))})"
             self.row: Callable[[dict[str, Any]], list[Any]] = {
                 "coinapi": _coinapi_row,
                 "blockdb": _blockdb_row,
@@ -143,7 +150,9 @@ class _Loader:
             return
         if not self.batch:
             self.batch_started = time.monotonic()
-        self.batch += [r["data"] if self.mix == "blockdb" else r for r in records]
+        if self.mix == "blockdb":  # naive's columns: the envelope's chain_id and is_reorg with the record's
+            records = [dict(zip(_COLUMNS["blockdb"], _blockdb_row(r), strict=True)) for r in records]
+        self.batch += records
         if len(self.batch) >= self.max_rows or time.monotonic() - self.batch_started >= self.max_age:
             self.flush()
 

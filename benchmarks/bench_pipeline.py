@@ -3,17 +3,27 @@
 A run streams one mix to one consumer (the project's daemon, a baseline, or the null reader)
 for `seconds`, at full speed or a fixed offered rate, then tells the consumer how many rows were
 sent and waits for its result. For the daemon the run ends once every row sent is durable in
-DuckDB and in Parquet; the rows are then counted in both (and must equal what was sent, each
-record once), and the latency of every row is taken from the files themselves:
+DuckDB and in Parquet; the rows and the distinct `_dedup_key`s are then counted in both, and the
+run is `ok` only if each equals the rows sent, nothing was quarantined, no gap was recorded
+(unless the spec expects gaps), the drain did not time out, no collector failed and no sink
+erred (`problems` lists what was not). A run that is not ok counts as failed. The latency of
+every row is taken from the files themselves:
 
-    queryable latency = the moment its Parquet file appeared (rename done; `query` reads it)
-                        - its `_received_at` (the daemon's clock when the frame was read)
-    durable latency   = the moment `rows_written` covered it (DuckDB committed too) - `_received_at`
+    send → queryable     = the moment its Parquet file appeared (rename done; `query` reads it)
+                           - the moment the load server wrote its frame (CoinAPI: the trade's
+                           uuid names the frame, and each write was noted)
+    receive → queryable  = the same moment - its `_received_at` (when the daemon read the frame)
+    send → read          = `_received_at` - the write: time in the socket, the kernel, the pacing
+    durable              = the moment `rows_written` covered it (DuckDB committed too) - either
 
-Rows received in the first `warmup` seconds are left out of latency and CPU figures (first
-allocations, page faults, DuckDB's first inserts); counts and throughput include everything.
-Throughput is end to end: messages sent / (last row durable - first frame sent), so a backlog
-that the daemon buffered and drained after the load stopped is paid for.
+Only whole files flushed as a running daemon flushes them count: a file whose first row came in
+the first `warmup` seconds is left out (first allocations, page faults, DuckDB's first inserts),
+and so is every file that appeared after the harness asked the daemon to stop (the stop flushes
+the open batch before its `max_age`); durable latency also leaves out files that DuckDB
+committed only at the stop. CPU figures leave out the warm-up too; counts and throughput include
+everything. Throughput is end to end: messages stored (each record once, in both sinks) /
+(last row durable - first frame sent), so a backlog that the daemon buffered and drained after
+the load stopped is paid for.
 """
 
 from __future__ import annotations
@@ -32,12 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks.baselines import TABLES
-from benchmarks.frames import BITQUERY_TRANSFERS_QUERY
+from benchmarks.frames import BITQUERY_TRANSFERS_QUERY, SendLog
 from benchmarks.load import LoadServer, RoundResult
 
 __all__ = ["DATASETS", "SYSTEMS", "RunSpec", "daemon_config", "run_once"]
@@ -45,6 +55,8 @@ __all__ = ["DATASETS", "SYSTEMS", "RunSpec", "daemon_config", "run_once"]
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("ingest", "naive", "dlt", "dlt-arrow", "null")
 DATASETS = {"coinapi": "coinapi_trades", "blockdb": "blockdb_transfers", "bitquery": "bitquery_evm_transfers"}
+# The stored column that names a row's frame (frames.FramePool.ordinals): latency from the send.
+_FRAME_ID = {"coinapi": "uuid"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,7 @@ class RunSpec:
     max_age: float = 1.0
     warmup: float = 1.0
     latency: bool = False
+    gaps_expected: bool = False  # a scenario that provokes gaps; none does yet, so a gap fails a run
 
     def label(self) -> str:
         rate = "full" if self.rate is None else f"{self.rate / 1000:g}k/s"
@@ -161,6 +174,7 @@ async def run_once(
         result |= await asyncio.to_thread(_measure, spec, rnd, out, run_dir)
     except Exception as exc:  # one failed run is reported, the benchmark goes on
         result["error"] = f"{type(exc).__name__}: {exc}"
+        result["ok"] = False
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -170,7 +184,7 @@ async def run_once(
             with contextlib.suppress(Exception):  # a profiler that never started is no reason to fail
                 await profiler
         await server.stop()
-        if not keep and "error" not in result:
+        if not keep and result.get("ok"):  # a failed run keeps its data to be looked at
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
             result["run_dir"] = str(run_dir)
@@ -223,8 +237,12 @@ def _sent(rnd: RoundResult, spec: RunSpec) -> dict[str, Any]:
 
 
 def _measure(spec: RunSpec, rnd: RoundResult, out: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A run's figures, with `ok` and the `problems` that make it not ok."""
+    problems: list[str] = []
     if spec.system == "null":
-        return {"consumer_cpu_s": out.get("cpu_seconds")}
+        if not out.get("ok") or not rnd.frames:
+            problems.append("the null reader read nothing")
+        return {"consumer_cpu_s": out.get("cpu_seconds"), "problems": problems, "ok": not problems}
     done = out.get("all_durable") or out.get("exited") or time.monotonic()
     elapsed = max(done - rnd.started, 1e-9)
     m: dict[str, Any] = {
@@ -235,17 +253,21 @@ def _measure(spec: RunSpec, rnd: RoundResult, out: dict[str, Any], run_dir: Path
     samples = out.get("samples", [])
     if spec.system == "ingest":
         stored = _count_ingest(spec, run_dir)
-        messages = rnd.frames
         m |= stored
         m["rows_match"] = stored["duckdb_rows"] == stored["parquet_rows"] == rnd.rows
-        m["unique_match"] = stored["duckdb_distinct_keys"] == rnd.rows
+        m["unique_match"] = stored["duckdb_distinct_keys"] == stored["parquet_distinct_keys"] == rnd.rows
         m["drain_timed_out"] = "all_durable" not in out  # stopped by max_seconds instead
         m["flushes"] = out.get("flushes", {}).get(DATASETS[spec.mix])
         m["reconnects"] = sum(out.get("reconnects", {}).values())
         m["failed"] = out.get("failed")
         m["sink_errors"] = out.get("sink_errors")
+        problems += _ingest_problems(spec, rnd, out, m)
+        # What was stored, each record once in both sinks (all that was sent, in a run that is ok).
+        stored_rows = min(stored["duckdb_distinct_keys"], stored["parquet_distinct_keys"])
+        messages = round(rnd.frames * stored_rows / rnd.rows) if rnd.rows else 0  # Bitquery: ~117 rows each
         if spec.latency:
-            m |= _latency(spec, out)
+            m |= _latency(spec, out, rnd)
+            problems += m.pop("latency_problems")
     else:
         messages = out["messages"]
         db = run_dir / f"{spec.system}.duckdb"
@@ -253,23 +275,54 @@ def _measure(spec: RunSpec, rnd: RoundResult, out: dict[str, Any], run_dir: Path
         with duckdb.connect(str(db), read_only=True) as con:
             m["duckdb_rows"] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
         m["rows_match"] = m["duckdb_rows"] == out["rows"]
+        if not m["rows_match"]:
+            problems.append(f"{m['duckdb_rows']} rows in its table, {out['rows']} read")
+        stored_rows = m["duckdb_rows"]
         m["loads"] = out.get("loads")
         rnd_rows_per_frame = rnd.rows / max(rnd.frames, 1)
         m["messages_read"] = messages
         m["unread_frames"] = rnd.frames - messages
         m["rows_read"] = round(messages * rnd_rows_per_frame)
-    stored_rows = m["duckdb_rows"]
+    m["messages_stored"] = messages
     m["msgs_per_s"] = messages / elapsed
     m["rows_per_s"] = stored_rows / elapsed
     m["read_msgs_per_s"] = _read_rate(samples, rnd.started, rnd.ended)
     cpu = _cpu_between(samples, rnd.started, done)  # all work: from the first frame to the last row
+    if cpu is None:
+        problems.append("no CPU sample before the first frame and after the last row: no CPU figure")
     m["cpu_s"] = cpu
     m["cpu_us_per_msg"] = cpu / messages * 1e6 if cpu is not None and messages else None
     m["cpu_cores"] = cpu / elapsed if cpu is not None else None  # average cores busy
     m["cpu_us_per_msg_steady"] = _cpu_steady(samples, rnd.started + spec.warmup, rnd.ended)
     m |= rss_drift(samples, rnd.started + spec.warmup, rnd.ended)
     m["timeline"] = _timeline(samples, rnd.started)
+    m["problems"] = problems
+    m["ok"] = not problems
     return m
+
+
+def _ingest_problems(spec: RunSpec, rnd: RoundResult, out: dict[str, Any], m: dict[str, Any]) -> list[str]:
+    """Why a run of the daemon is not ok: anything but every row sent, once each, in both sinks."""
+    sent = rnd.rows
+    problems = [] if sent else ["nothing was sent"]
+    for sink in ("duckdb", "parquet"):
+        if m[f"{sink}_rows"] != sent:
+            problems.append(f"{sink}: {m[f'{sink}_rows']} rows, {sent} sent")
+        if m[f"{sink}_distinct_keys"] != sent:
+            problems.append(f"{sink}: {m[f'{sink}_distinct_keys']} distinct _dedup_key, {sent} sent")
+    if m["quarantined"]:
+        problems.append(f"{m['quarantined']} quarantined")
+    if m["gaps"] and not spec.gaps_expected:
+        problems.append(f"{m['gaps']} gaps recorded")
+    if m["drain_timed_out"]:
+        problems.append("not every row sent was durable before max_seconds")
+    if m["failed"]:
+        problems.append(f"collectors failed: {', '.join(m['failed'])}")
+    if m["sink_errors"]:
+        problems.append(f"{m['sink_errors']} sink errors")
+    if out.get("exit_code", 0) != 0:
+        problems.append(f"the daemon exited {out['exit_code']}")
+    return problems
 
 
 def rss_drift(samples: Sequence[Sequence[float]], start: float, end: float) -> dict[str, float]:
@@ -340,54 +393,103 @@ def _count_ingest(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     parquet_rows = sum(pq.read_metadata(f).num_rows for f in files)
     with duckdb.connect(str(run_dir / "data" / "ingest.duckdb"), read_only=True) as con:
         rows, distinct = con.execute(f"SELECT count(*), count(DISTINCT _dedup_key) FROM {dataset}").fetchone()  # type: ignore[misc]
+        parquet_distinct = 0
+        if files:  # a record stored twice in the lake shows only here
+            parquet_distinct = con.execute(
+                "SELECT count(DISTINCT _dedup_key) FROM read_parquet(?, hive_partitioning = false)", [files]
+            ).fetchone()[0]  # type: ignore[index]
         quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]  # type: ignore[index]
         gaps = con.execute("SELECT count(*) FROM gaps").fetchone()[0]  # type: ignore[index]
     return {
         "duckdb_rows": rows,
         "duckdb_distinct_keys": distinct,
         "parquet_rows": parquet_rows,
+        "parquet_distinct_keys": parquet_distinct,
         "parquet_files": len(files),
         "quarantined": quarantined,
         "gaps": gaps,
     }
 
 
-def _latency(spec: RunSpec, out: dict[str, Any]) -> dict[str, Any]:
-    """Per-row latencies from every Parquet file this run wrote (see the module docstring)."""
+@dataclass(slots=True)
+class _File:
+    """One Parquet file of the measured dataset: each row's receive and send time (ns), and when
+    the file appeared and when its rows were durable in both sinks."""
+
+    received: np.ndarray
+    sent: np.ndarray | None
+    queryable_ns: int
+    durable_ns: int
+
+
+def _latency(spec: RunSpec, out: dict[str, Any], rnd: RoundResult) -> dict[str, Any]:
+    """Per-row latencies from the Parquet files this run wrote (see the module docstring)."""
     dataset = f"dataset={DATASETS[spec.mix]}"
     seen = [(path, ns) for path, ns in out.get("files_seen", []) if dataset in path]
     steps = out.get("rows_steps", [])  # flushes are written one after another, in file order
-    received_parts, queryable_parts, durable_parts = [], [], []
+    stop_ns = out.get("stop_requested_ns")
+    log = rnd.send_log
+    frame_id = _FRAME_ID.get(spec.mix) if log is not None and log.pool.ids is not None else None
+    files: list[_File] = []
     cumulative, k = 0, 0
     for path, seen_ns in seen:
-        received = pq.read_table(path, columns=["_received_at"]).column(0).cast(pa.int64()).combine_chunks()
+        table = pq.read_table(path, columns=["_received_at", *([frame_id] if frame_id else [])])
+        received = table.column(0).cast(pa.int64()).to_numpy()
         cumulative += len(received)
         while k < len(steps) and steps[k][1] < cumulative:
             k += 1
         durable_ns = max(steps[k][0] if k < len(steps) else seen_ns, seen_ns)
-        received_parts.append(received)
-        queryable_parts.append(pc.subtract(pa.scalar(seen_ns, pa.int64()), received))
-        durable_parts.append(pc.subtract(pa.scalar(durable_ns, pa.int64()), received))
-    if not received_parts:
-        return {"latency_rows": 0}
-    cut = min(pc.min(r).as_py() for r in received_parts) + int(spec.warmup * 1e9)
-    masks = [pc.greater_equal(r, cut) for r in received_parts]
+        if len(received):
+            sent = _send_times(log, table.column(1)) if frame_id and log is not None else None
+            files.append(_File(received, sent, seen_ns, durable_ns))
+    res: dict[str, Any] = {"latency_rows": 0, "latency_from": "receive", "latency_problems": []}
+    if not files:
+        res["latency_problems"].append("no Parquet file: no latency figure")
+        return res
+    from_send = frame_id is not None and all(f.sent is not None for f in files)
+    if from_send:  # a frame read before it was written would mean the ordinals are wrong
+        late = sum(int((f.sent > f.received).sum()) for f in files)  # type: ignore[operator]
+        if late:
+            from_send = False
+            res["latency_problems"].append(f"{late} rows read before their frame was written: no send times")
+    elif frame_id is not None:
+        res["latency_problems"].append(f"a stored {frame_id} names no frame sent: no send times")
+    res["latency_from"] = "send" if from_send else "receive"
+    cut = min(int(f.received.min()) for f in files) + int(spec.warmup * 1e9)
+    natural = [f for f in files if f.received.min() >= cut and (stop_ns is None or f.queryable_ns < stop_ns)]
+    durable = [f for f in natural if stop_ns is None or f.durable_ns < stop_ns]
+    res["latency_rows"] = sum(len(f.received) for f in natural)
+    res["latency_files"] = len(natural)
+    res["latency_files_left_out"] = len(files) - len(natural)  # warm-up, or flushed by the stop
+    res["durable_latency_rows"] = sum(len(f.received) for f in durable)
+    if not natural:
+        res["latency_problems"].append("no file after the warm-up and before the stop: no latency figure")
+        return res
+    res |= _quantiles("queryable", [f.queryable_ns - f.received for f in natural])
+    res |= _quantiles("durable", [f.durable_ns - f.received for f in durable])
+    if from_send:
+        res |= _quantiles("send_queryable", [f.queryable_ns - f.sent for f in natural])  # type: ignore[operator]
+        res |= _quantiles("send_durable", [f.durable_ns - f.sent for f in durable])  # type: ignore[operator]
+        res |= _quantiles("socket_wait", [f.received - f.sent for f in natural])  # type: ignore[operator]
+    return res
 
-    def after_warmup(parts: list[pa.Array]) -> pa.ChunkedArray:
-        return pa.chunked_array([pc.filter(a, m) for a, m in zip(parts, masks, strict=True)], pa.int64())
 
-    q_all, d_all = after_warmup(queryable_parts), after_warmup(durable_parts)
-    if not len(q_all):
-        return {"latency_rows": 0}
-    qq = pc.quantile(q_all, q=[0.5, 0.99]).to_pylist()
-    dq = pc.quantile(d_all, q=[0.5, 0.99]).to_pylist()
+def _send_times(log: SendLog, ids: pa.ChunkedArray) -> np.ndarray | None:
+    """When the load server wrote each row's frame (wall ns), from the id that names the frame."""
+    ordinals = log.pool.ordinals(ids)
+    return None if ordinals is None else log.send_ns(ordinals)
+
+
+def _quantiles(name: str, parts: list[np.ndarray]) -> dict[str, float]:
+    """p50, p99 (exact, over every row) and max of latencies in ns, as `{name}_p50_ms` etc."""
+    if not parts:
+        return {}
+    ns = np.concatenate(parts)
+    p50, p99 = np.quantile(ns, [0.5, 0.99])
     return {
-        "latency_rows": len(q_all),
-        "queryable_p50_ms": qq[0] / 1e6,
-        "queryable_p99_ms": qq[1] / 1e6,
-        "queryable_max_ms": pc.max(q_all).as_py() / 1e6,
-        "durable_p50_ms": dq[0] / 1e6,
-        "durable_p99_ms": dq[1] / 1e6,
+        f"{name}_p50_ms": float(p50) / 1e6,
+        f"{name}_p99_ms": float(p99) / 1e6,
+        f"{name}_max_ms": float(ns.max()) / 1e6,
     }
 
 

@@ -21,7 +21,9 @@ late). A sampler thread records CPU, RSS and frames read every 100 ms. When the 
 load is over (and how many rows it sent), the watcher waits until the daemon has read all of
 them, then stops it the way a user does: it flushes and commits what DuckDB holds for its next
 batch (which a running daemon commits within `duckdb_commit_seconds`), so the run ends by
-itself once every row sent is durable; `max_seconds` bounds it in any case.
+itself once every row sent is durable; `max_seconds` bounds it in any case. The moment of that
+stop is noted (`stop_requested_ns`): the flush it forces comes before `max_age`, so files that
+appear after it are left out of latency.
 """
 
 from __future__ import annotations
@@ -100,7 +102,9 @@ def _observe(daemon: Any, spec: dict[str, Any], durable: _Durable, files_seen: l
         metrics.datasets[name] = NotedStats()
 
 
-async def _watch(daemon: Any, control: Control, spec: dict[str, Any], durable: _Durable) -> None:
+async def _watch(
+    daemon: Any, control: Control, spec: dict[str, Any], durable: _Durable, out: dict[str, Any]
+) -> None:
     """Stop the daemon once the load is over and it has read every row sent."""
     datasets: list[str] = spec["datasets"]
     while not control.stop.is_set():
@@ -108,6 +112,8 @@ async def _watch(daemon: Any, control: Control, spec: dict[str, Any], durable: _
     durable.check()  # every row may have been durable before the harness said how many it sent
     while not _all_read(daemon, control, datasets):
         await asyncio.sleep(_POLL_ENDING)
+    # The stop flushes the open batch before its max_age: files from now on are left out of latency.
+    out["stop_requested_ns"] = time.time_ns()
     daemon.request_stop()
 
 
@@ -124,6 +130,14 @@ def _note_durable(control: Control, rows: int, sampler: Sampler, out: dict[str, 
     if "all_durable" not in out and target is not None and rows >= target:
         out["all_durable"] = time.monotonic()
         sampler.sample()
+
+
+def _finish(sampler: Sampler, out: dict[str, Any]) -> None:
+    """Note the exit, then stop the sampler: its last sample, taken after, closes the CPU window
+    (were it taken before, a run that never saw every row durable would have no CPU figure)."""
+    out["exited"] = time.monotonic()
+    sampler.stop()
+    out["samples"] = sampler.samples
 
 
 def main(spec: dict[str, Any]) -> dict[str, Any]:
@@ -149,15 +163,13 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
             durable = _Durable(control, sampler, out)
             out.update(files_seen=files_seen, rows_steps=durable.steps)
             _observe(self, spec, durable, files_seen)
-            watcher = asyncio.create_task(_watch(self, control, spec, durable))
+            watcher = asyncio.create_task(_watch(self, control, spec, durable, out))
             try:
                 return await super().run(**kw)
             finally:
                 watcher.cancel()
                 durable.check()
-                sampler.stop()
-                out["samples"] = sampler.samples
-                out["exited"] = time.monotonic()
+                _finish(sampler, out)
 
     app.Daemon = HostedDaemon  # type: ignore[misc]  # cli._run imports it from the module, late
     cpu_start = cpu_seconds()

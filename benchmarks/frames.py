@@ -13,11 +13,13 @@ headers and offsets are fixed once.
 from __future__ import annotations
 
 import concurrent.futures
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -29,6 +31,7 @@ __all__ = [
     "Cursor",
     "FramePool",
     "PoolBuilder",
+    "SendLog",
     "bitquery_pool",
     "blockdb_pool",
     "coinapi_pool",
@@ -63,9 +66,18 @@ class PoolBuilder:
     slots: list[tuple[int, int, int, int]] = field(default_factory=list)  # offset, width, base, step
     frame_offsets: list[int] = field(default_factory=lambda: [0])
     rows: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
 
-    def add(self, payload: bytes, slots: list[tuple[int, int, int, int]], rows: int) -> None:
-        """One frame; `slots` are (offset in payload, width, base, step): value = base + cycle * step."""
+    def add(
+        self, payload: bytes, slots: list[tuple[int, int, int, int]], rows: int, frame_id: str | None = None
+    ) -> None:
+        """One frame; `slots` are (offset in payload, width, base, step): value = base + cycle * step.
+
+        `frame_id`: for a one-row frame, the stored id of its row without its last _CYCLE_WIDTH
+        characters (the cycle slot), so a stored row tells which frame of the run it was.
+        """
+        if frame_id is not None:
+            self.ids.append(frame_id)
         header = frame_header(len(payload))
         start = len(self.buf) + len(header)
         self.buf += header
@@ -77,7 +89,8 @@ class PoolBuilder:
         self.rows.append(rows)
 
     def build(self, name: str) -> FramePool:
-        return FramePool(name, bytes(self.buf), sorted(self.slots), self.frame_offsets, self.rows)
+        ids = self.ids if len(self.ids) == len(self.rows) else None
+        return FramePool(name, bytes(self.buf), sorted(self.slots), self.frame_offsets, self.rows, ids)
 
 
 class FramePool:
@@ -90,9 +103,14 @@ class FramePool:
         slots: list[tuple[int, int, int, int]],
         frame_offsets: list[int],
         rows: list[int],
+        ids: list[str] | None = None,
     ) -> None:
         self.name = name
         self.frames = len(rows)
+        # One-row frames only: each frame's row id minus its cycle digits (see `ordinals`).
+        self.ids = pa.array(ids, pa.string()) if ids is not None else None
+        if ids is not None and len(set(ids)) != len(ids):
+            raise ValueError(f"{name}: frame ids must be distinct to tell frames apart")
         self.frame_offsets = frame_offsets
         self.row_prefix = [0]
         for n in rows:
@@ -121,6 +139,41 @@ class FramePool:
         assert joined.offset == 0
         return memoryview(joined.buffers()[2])[: self.nbytes]  # type: ignore[index]
 
+    def ordinals(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+        """Which frame of the run each stored row came from (cycle * frames + index in the pool),
+        from its id (`frame_id` + the cycle digits); None if the pool has no ids or an id is not
+        one of its frames'."""
+        if self.ids is None:
+            return None
+        ids = pc.cast(ids, pa.string())
+        index = pc.index_in(pc.utf8_slice_codeunits(ids, 0, -_CYCLE_WIDTH), value_set=self.ids)
+        digits = pc.utf8_slice_codeunits(ids, -_CYCLE_WIDTH, 2**31 - 1)
+        if index.null_count or not pc.all(pc.utf8_is_digit(digits)).as_py():
+            return None
+        cycle = pc.subtract(pc.cast(digits, pa.int64()), _CYCLE_BASE)
+        return np.asarray(pc.add(pc.multiply(cycle, self.frames), pc.cast(index, pa.int64())))
+
+
+@dataclass(slots=True)
+class SendLog:
+    """When frames were handed to the socket: before write i (wall clock, the clock of the
+    daemon's `_received_at`) `ns[i]`, after it `upto[i]` frames taken from the cursor in all."""
+
+    pool: FramePool
+    ns: array[int] = field(default_factory=lambda: array("q"))  # compact: a soak makes ~10^6 writes
+    upto: array[int] = field(default_factory=lambda: array("q"))
+
+    def note(self, ns: int, upto: int) -> None:
+        self.ns.append(ns)
+        self.upto.append(upto)
+
+    def send_ns(self, ordinals: np.ndarray) -> np.ndarray | None:
+        """The write time of each frame ordinal; None if one was never written."""
+        upto = np.frombuffer(self.upto, dtype=np.int64)
+        if not len(upto) or (len(ordinals) and (ordinals.min() < 0 or ordinals.max() >= upto[-1])):
+            return None
+        return np.frombuffer(self.ns, dtype=np.int64)[np.searchsorted(upto, ordinals, side="right")]
+
 
 class Cursor:
     """Successive frames of a pool, cycle after cycle; every sender of one mix shares one cursor."""
@@ -129,6 +182,7 @@ class Cursor:
         self.pool = pool
         self.cycle = 0
         self.pos = 0
+        self.log = SendLog(pool)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"render-{pool.name}")
         self._view = pool.render(0)
         self._next = self._executor.submit(pool.render, 1)
@@ -151,6 +205,11 @@ class Cursor:
                 self._view = self._next.result()  # rendered in the background meanwhile
                 self._next = self._executor.submit(pool.render, self.cycle + 1)
         return pieces, frames, rows
+
+    @property
+    def taken(self) -> int:
+        """Frames taken so far: the ordinal of the next frame."""
+        return self.cycle * self.pool.frames + self.pos
 
     def frames_for(self, nbytes: int) -> int:
         """About how many frames make `nbytes`."""
@@ -189,8 +248,9 @@ def coinapi_pool(frames: int = 65536, seed: int = 1) -> FramePool:
         placeholder = b"%d" % (_SEQ_BASE + k)
         payload = event.head + placeholder + event.tail
         seq = (len(event.head), _SEQ_WIDTH, _SEQ_BASE + k, per_symbol[event.route])
-        uuid = (_tail_slot(payload, b'"uuid":"', 36), _CYCLE_WIDTH, _CYCLE_BASE, 1)
-        builder.add(payload, [seq, uuid], 1)
+        at = _tail_slot(payload, b'"uuid":"', 36)
+        uuid = (at, _CYCLE_WIDTH, _CYCLE_BASE, 1)
+        builder.add(payload, [seq, uuid], 1, payload[at - 36 + _CYCLE_WIDTH : at].decode())
     return builder.build("coinapi")
 
 

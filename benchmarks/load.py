@@ -12,7 +12,9 @@ asyncio's flow control) or at a fixed offered rate (frames due by the clock, eve
   frames for the client's operation id; `ping` -> `pong`; `complete` -> stop.
 
 Counts are exact: a frame counts as sent once handed to the transport, and the transport is
-never closed under unsent data while the client still reads.
+never closed under unsent data while the client still reads. Each write is noted (the wall clock
+just before it, and how many frames the cursor has handed out by then), so a stored row that
+names its frame (CoinAPI's uuid) gives the moment that frame was sent.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from benchmarks.frames import Cursor, FramePool, bitquery_pool, blockdb_pool, coinapi_pool
+from benchmarks.frames import Cursor, FramePool, SendLog, bitquery_pool, blockdb_pool, coinapi_pool
 from benchmarks.probe import cpu_seconds
 from benchmarks.wire import (
     CLOSE,
@@ -72,6 +74,7 @@ class RoundResult:
     connections: int
     cpu_seconds: float = 0.0  # the load server's own CPU time during the round (this process)
     per_connection: list[ConnStats] = field(default_factory=list)
+    send_log: SendLog | None = None  # when each frame was written (one cursor for every connection)
 
     @property
     def seconds(self) -> float:
@@ -189,6 +192,8 @@ class _Conn(asyncio.Protocol):
                     await asyncio.sleep(min(_TICK, end - now))
                     continue
             pieces, frames, rows = cursor.take(n)
+            # Noted before the write, so no frame can be read before its noted send time.
+            cursor.log.note(time.time_ns(), cursor.taken)
             for piece in pieces:
                 transport.write(piece)
                 stats.nbytes += len(piece)
@@ -357,6 +362,9 @@ class LoadServer:
                 c.close()
         stats = [c.stats for c in conns]
         started = [s.started for s in stats if s.frames]
+        cursors = {id(c.cursor): c.cursor for c in conns if c.cursor is not None}
+        # Ordinals are the cursor's: with one cursor they number every frame of the round.
+        log = next(iter(cursors.values())).log if len(cursors) == 1 else None
         return RoundResult(
             frames=sum(s.frames for s in stats),
             rows=sum(s.rows for s in stats),
@@ -366,6 +374,7 @@ class LoadServer:
             connections=len(conns),
             cpu_seconds=cpu,
             per_connection=stats,
+            send_log=log,
         )
 
     async def wait_closed(self, timeout: float) -> None:

@@ -1,8 +1,9 @@
 """What every measured consumer process shares: resource samples and the harness's control lines.
 
 Each consumer (the daemon host, the baselines, the null client) runs as its own process, so its
-CPU time (`os.times`, all threads), RSS (`/proc/self/statm`) and peak RSS (`getrusage` ru_maxrss)
-are its own and nobody else's. The harness writes one JSON line to the consumer's stdin when the
+CPU time (`os.times`, all threads), RSS (`/proc/self/statm`) and peak RSS (`VmHWM` in
+`/proc/self/status`; not `getrusage`'s ru_maxrss, which Linux carries over from the parent) are
+its own and nobody else's. The harness writes one JSON line to the consumer's stdin when the
 load server has finished sending (`{"stop": true, "target_rows": N}`); the consumer prints one
 JSON line with its result on stdout and exits.
 """

@@ -73,17 +73,23 @@ def machine_info() -> dict[str, Any]:
 
 
 def summaries(results: Sequence[dict[str, Any]]) -> dict[RunSpec, dict[str, Summary]]:
-    """Median, min and max of every numeric metric, per spec, over its successful runs."""
+    """Median, min and max of every numeric metric, per spec, over its runs that are ok.
+
+    A run that failed (an error, or not `ok`: rows lost or stored twice, ...) adds nothing to
+    the figures; `runs` and `failed_runs` count every run, so the tables can mark the spec.
+    """
     by_spec: dict[RunSpec, list[dict[str, Any]]] = {}
     for r in results:
-        if "error" not in r:
-            by_spec.setdefault(RunSpec(**r["spec"]), []).append(r)
+        by_spec.setdefault(RunSpec(**r["spec"]), []).append(r)
     out: dict[RunSpec, dict[str, Summary]] = {}
-    for spec, runs in by_spec.items():
+    for spec, every in by_spec.items():
+        runs = [r for r in every if r.get("ok")]
         keys = {k for r in runs for k, v in r.items() if isinstance(v, int | float) and type(v) is not bool}
         out[spec] = {k: summarise([r.get(k) for r in runs]) for k in sorted(keys)}
-        checks = [r.get("rows_match") for r in runs if r.get("rows_match") is not None]
+        checks = [r.get("rows_match") for r in every if r.get("rows_match") is not None]
         out[spec]["rows_match"] = summarise([float(all(checks))] if checks else [])
+        out[spec]["runs"] = summarise([len(every)])
+        out[spec]["failed_runs"] = summarise([len(every) - len(runs)])
     return out
 
 
@@ -106,6 +112,18 @@ def _cell(s: Summary | None, unit: str) -> str:
     if s.min == s.max:
         return _num(s.median, unit)
     return f"{_num(s.median, unit)}\n[dim]({_num(s.min, unit)}..{_num(s.max, unit)})[/dim]"
+
+
+def _counts(stats: dict[str, Summary]) -> tuple[int, int]:
+    """(runs, failed runs) of a spec."""
+    runs, failed = stats.get("runs"), stats.get("failed_runs")
+    return int(runs.median or 0) if runs else 0, int(failed.median or 0) if failed else 0
+
+
+def _failed_mark(stats: dict[str, Summary]) -> str:
+    """On every figure of a spec with a failed run: its figures are of the other runs only."""
+    runs, failed = _counts(stats)
+    return f"\n[red]✗ {failed} of {runs} runs failed[/red]" if failed else ""
 
 
 def _target_ok(target: tuple[str, float], value: float | None) -> str:
@@ -142,7 +160,14 @@ def render(
 
     for row in rows:
         cells = [f"{row.label}" + (f" [dim]{row.unit}[/dim]" if row.unit else "")]
-        cells += [_cell(get(row, s), row.unit) for s in shown]
+        for system in shown:
+            spec_stats = stats.get(row.specs[system], {}) if system in row.specs else {}
+            if row.metric == "ok":  # the verdict itself: runs ok of runs
+                runs, failed = _counts(spec_stats)
+                colour = "red" if failed else "green"
+                cells.append(f"[{colour}]{runs - failed}/{runs}[/{colour}]" if runs else "-")
+            else:
+                cells.append(_cell(get(row, system), row.unit) + _failed_mark(spec_stats))
         ingest = get(row, "ingest")
         for base in ratios:
             other = get(row, base)
