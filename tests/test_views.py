@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pytest
 
 from ingest.arrow_batch import build_table, values_table
 from ingest.buffer import Buffer, FlushPolicy
@@ -321,29 +322,47 @@ def test_a_blockdb_transfer_a_reorg_removed_leaves_transfers(tmp_path, registry)
     assert con.execute("SELECT count(*) FROM transfers_history").fetchone() == (4,)
 
 
-def test_a_late_resend_of_a_replaced_block_changes_no_canonical_view(tmp_path, registry):
-    """100a is replaced by 100b (its child 101 names it); then 100a comes again (a resend after a
-    reconnect), and a lagging transfers stream sends one more transfer of the old branch."""
-    blocks = [
-        bitquery_block(T0, 100, "0xa", "0x9"),
-        bitquery_block(T0 + 1 * S, 100, "0xb", "0x9"),
-        bitquery_block(T0 + 2 * S, 101, "0xb1", "0xb"),
-        bitquery_block(T0 + 3 * S, 100, "0xa", "0x9"),
-    ]
-    transfers = [
-        bitquery_transfer(T0 + 2 * S, "0xb", "0xt1", "5"),
-        bitquery_transfer(T0 + 4 * S, "0xa", "0xt0", "7"),
-    ]
-    con = store_all(registry, tmp_path, {"bitquery_evm_blocks": blocks, "bitquery_evm_transfers": transfers})
-    assert con.sql("SELECT number, hash FROM blocks ORDER BY number").fetchall() == [
-        (100, "0xb"),
-        (101, "0xb1"),
-    ]
-    assert con.sql("SELECT number, hash FROM block_hashes ORDER BY number").fetchall() == [
-        (100, "0xb"),
-        (101, "0xb1"),
-    ]
-    assert con.sql("SELECT block_hash, amount FROM transfers").fetchall() == [("0xb", "5")]
+@pytest.mark.parametrize(
+    ("blocks", "transfers", "canonical"),
+    [
+        pytest.param(
+            # 100a is replaced by 100b (its child 101 names it); then 100a comes again (a resend
+            # after a reconnect), and a lagging transfers stream sends one more of the old branch.
+            [(0, 100, "0xa", "0x9"), (1, 100, "0xb", "0x9"), (2, 101, "0xb1", "0xb"), (3, 100, "0xa", "0x9")],
+            [(2, "0xb", "0xt1", "5"), (4, "0xa", "0xt0", "7")],
+            "0xb",
+            id="a late resend of a replaced block",
+        ),
+        pytest.param(
+            # Bitquery's default `trigger_on: all` pushes branch blocks too: u100 comes after 101,
+            # which was built on a100.
+            [(0, 100, "0xa", "0x9"), (1, 101, "0xa1", "0xa"), (2, 100, "0xu", "0x9")],
+            [(1, "0xa", "0xt1", "5"), (2, "0xu", "0xt2", "7")],
+            "0xa",
+            id="a side-branch block",
+        ),
+    ],
+)
+def test_the_height_keeps_the_block_the_chain_was_built_on(tmp_path, registry, blocks, transfers, canonical):
+    """Neither replaces the height's block in any canonical view, nor brings its transfers in."""
+    con = store_all(
+        registry,
+        tmp_path,
+        {
+            "bitquery_evm_blocks": [bitquery_block(T0 + at * S, n, h, parent) for at, n, h, parent in blocks],
+            "bitquery_evm_transfers": [
+                bitquery_transfer(T0 + at * S, h, tx, amount) for at, h, tx, amount in transfers
+            ],
+        },
+    )
+    child = "0xb1" if canonical == "0xb" else "0xa1"
+    for view in ("blocks", "block_hashes"):
+        assert con.sql(f"SELECT number, hash FROM {view} ORDER BY number").fetchall() == [
+            (100, canonical),
+            (101, child),
+        ]
+    kept = [(h, amount) for _, h, _, amount in transfers if h == canonical]
+    assert con.sql("SELECT block_hash, amount FROM transfers").fetchall() == kept
 
 
 def test_a_hash_sent_again_as_a_correction_is_a_reorg_back(tmp_path, registry):
@@ -434,30 +453,6 @@ def test_a_block_gap_settled_by_a_late_block_across_an_hour_counts_in_coverage(t
     sink.close()
     con, _ = connect_for_query(registry, tmp_path / "ingest.duckdb", None)
     assert con.execute("SELECT sum(block_gaps) FROM coverage").fetchone() == (1,)
-
-
-def test_a_side_branch_block_does_not_replace_the_block_the_chain_was_built_on(tmp_path, registry):
-    """Bitquery's default `trigger_on: all` pushes branch blocks too: u100 comes after 101, which
-    was built on a100, so a100 stays the height's block, and so do its transfers."""
-    blocks = [
-        bitquery_block(T0, 100, "0xa", "0x9"),
-        bitquery_block(T0 + 1 * S, 101, "0xa1", "0xa"),
-        bitquery_block(T0 + 2 * S, 100, "0xu", "0x9"),
-    ]
-    transfers = [
-        bitquery_transfer(T0 + 1 * S, "0xa", "0xt1", "5"),
-        bitquery_transfer(T0 + 2 * S, "0xu", "0xt2", "7"),
-    ]
-    con = store_all(registry, tmp_path, {"bitquery_evm_blocks": blocks, "bitquery_evm_transfers": transfers})
-    assert con.sql("SELECT number, hash FROM block_hashes ORDER BY number").fetchall() == [
-        (100, "0xa"),
-        (101, "0xa1"),
-    ]
-    assert con.sql("SELECT number, hash FROM blocks ORDER BY number").fetchall() == [
-        (100, "0xa"),
-        (101, "0xa1"),
-    ]
-    assert con.sql("SELECT block_hash, amount FROM transfers").fetchall() == [("0xa", "5")]
 
 
 def test_a_correction_newer_than_the_block_above_it_is_the_heights_block(tmp_path, registry):
