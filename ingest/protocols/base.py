@@ -196,10 +196,12 @@ class AskAgain(Generic[K]):
     """Requests the server refused for now (subscriptions), each with the time from which it may
     be asked again: at once (0: the next keep-alive) or after the wait the refusal asked for (ns,
     wall clock, as receive times). Kept across reconnects, so a new connection does not ask early;
-    one whose time has come goes out with the others."""
+    one whose time has come goes out with the others. Also counts each request's refusals in a
+    row, for a backoff that grows until the server grants it (`backoff`, `granted`)."""
 
     def __init__(self) -> None:
         self._at: dict[K, int] = {}
+        self._refusals: dict[K, int] = {}
 
     def __contains__(self, key: object) -> bool:
         return key in self._at
@@ -207,9 +209,17 @@ class AskAgain(Generic[K]):
     def later(self, key: K, at: int = 0) -> None:
         self._at[key] = at
 
-    def discard(self, key: K) -> None:
-        """No longer asked again (the server granted it after all)."""
+    def backoff(self, key: K, first: float, cap: float) -> float:
+        """Seconds to wait after one more refusal of `key`: `first`, doubled at each refusal in a
+        row, up to `cap`."""
+        refusals = self._refusals[key] = self._refusals.get(key, 0) + 1
+        return min(first * 2 ** (refusals - 1), cap)
+
+    def granted(self, key: K) -> None:
+        """The server took it (or it is given up): not asked again, and a later refusal backs off
+        from the start."""
         self._at.pop(key, None)
+        self._refusals.pop(key, None)
 
     def due(self) -> list[K]:
         """The requests whose time has come; no longer held."""
@@ -226,6 +236,7 @@ class AskAgain(Generic[K]):
 
     def clear(self) -> None:
         self._at.clear()
+        self._refusals.clear()
 
 
 def next_due(protocol: object) -> int | None:

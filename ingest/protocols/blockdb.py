@@ -116,7 +116,6 @@ class BlockDBProtocol:
         self._sent: set[Pair] = set()  # subscribed on this socket (acked or not yet)
         self._acked: set[Pair] = set()
         self._retry: AskAgain[Pair] = AskAgain()  # refused with retryable=true
-        self._failures: dict[Pair, int] = {}  # retryable refusals in a row, for the backoff
         self._closing = False
         self._unsubscribing: set[Pair] = set()
         self._outbox: list[str] = []
@@ -294,8 +293,9 @@ class BlockDBProtocol:
             if msg.action == "subscribe" and sub is not None:
                 self._acked.add(sub.pair)
                 self._sent.add(sub.pair)  # subscribed on this socket, whatever a pair-less error said
-                self._retry.discard(sub.pair)  # so it is not asked again on this socket
-                self._failures.pop(sub.pair, None)  # the backoff starts over at the next refusal
+                self._retry.granted(
+                    sub.pair
+                )  # not asked again on this socket; a later refusal backs off anew
                 return [SubscriptionAcked(sub.name)]
             if msg.action == "unsubscribe":
                 self._unsubscribing.discard(pair)  # type: ignore[arg-type]
@@ -343,15 +343,17 @@ class BlockDBProtocol:
         if not retryable:
             # Asking again only repeats the error, so this one stops here.
             del self._desired[pair]
-            self._failures.pop(pair, None)
+            self._retry.granted(pair)
             return SubscriptionFailed(sub.name, text, False)
-        failures = self._failures[pair] = self._failures.get(pair, 0) + 1
-        backoff = min(self.retry_initial * 2 ** (failures - 1), self.retry_max)
-        wait = backoff * random.uniform(0.8, 1.2)
+        # The jitter is drawn from the refusal itself (pair and receive time): pairs refused together
+        # still spread out, and the same frames give the same waits (a replay, a batch read as
+        # frames one by one).
+        jitter = random.Random(f"{pair}|{received_at}")
+        wait = self._retry.backoff(pair, self.retry_initial, self.retry_max) * jitter.uniform(0.8, 1.2)
         if asked := _retry_after(error):
             # Never sooner than the server asked; up to a fifth later, so pairs refused together
             # do not all come back in the same instant.
-            wait = max(wait, asked * random.uniform(1.0, 1.2))
+            wait = max(wait, asked * jitter.uniform(1.0, 1.2))
             text += f" (the server asks for {asked:g} s: asked again in {wait:.1f} s)"
         else:
             text += f" (asked again in {wait:.1f} s)"

@@ -227,7 +227,6 @@ class BitqueryProtocol:
         # limit (started again once plan_limit_retry has passed).
         self._again: AskAgain[str] = AskAgain()
         self._live: set[str] = set()  # subscriptions that delivered data on this socket
-        self._failures: dict[str, int] = {}  # passing failures in a row per subscription, for the backoff
         self._outbox: list[str] = []
 
     @classmethod
@@ -330,7 +329,7 @@ class BitqueryProtocol:
             if sub is not None and sub.name in self._desired and not self._closing:
                 # Nothing arrives until it is started again, so that is soon (a second), backing
                 # off if the server keeps ending it (a query that ends by itself).
-                wait = self._backoff(sub.name, self.complete_retry)
+                wait = self._again.backoff(sub.name, self.complete_retry, self.error_retry_max)
                 self._again.later(sub.name, received_at + int(wait * 1e9))
                 return [
                     Notice(
@@ -463,15 +462,9 @@ class BitqueryProtocol:
             self._desired.pop(sub.name, None)
             return [SubscriptionFailed(sub.name, text, retryable=False)]
         # Anything else may pass ("connection failed", "Internal server error"): asked again, backing off.
-        wait = self._backoff(sub.name, self.error_retry)
+        wait = self._again.backoff(sub.name, self.error_retry, self.error_retry_max)
         self._again.later(sub.name, received_at + int(wait * 1e9))
         return [SubscriptionFailed(sub.name, f"{text} (started again in {wait:g} s)", retryable=True)]
-
-    def _backoff(self, name: str, first: float) -> float:
-        """Seconds until a subscription that ended for a passing reason is started again: `first`,
-        doubled at each such end in a row (until data comes), up to error_retry_max."""
-        failures = self._failures[name] = self._failures.get(name, 0) + 1
-        return min(first * 2 ** (failures - 1), self.error_retry_max)
 
     def _on_data(self, op: str, payload: bytes, frame: str | bytes, received_at: int) -> list[Event]:
         """A data frame of any shape: a cube may also hold a single row (an object or a scalar)."""
@@ -530,7 +523,7 @@ class BitqueryProtocol:
         first: list[Event] = []
         if sub is not None and sub.name not in self._live:
             self._live.add(sub.name)
-            self._failures.pop(sub.name, None)  # it works again: a later failure backs off from the start
+            self._again.granted(sub.name)  # it works again: a later failure backs off from the start
             first.append(SubscriptionAcked(sub.name))
         records = [_canonical(r, cube) for r in rows] if cube.rewrite else rows
         out = Rows(
