@@ -59,15 +59,18 @@ class _Chain:
     # heap of (height, received_at, position, subscription): heights received above `settled`
     pending: list[tuple[int, int, int, str]] = field(default_factory=list)
     open: _Open | None = None
-    # height -> every hash observed there, with the parent its block named (not seeded: a replay
-    # must see the store's hash anew)
+    # height -> every hash whose block was observed there, with the parent that block named
     seen: OrderedDict[int, dict[str, str | None]] = field(default_factory=OrderedDict)
-    parents: dict[int, str] = field(default_factory=dict)  # height -> parent named by its block in `hashes`
+
+    def parent_of(self, height: int) -> str | None:
+        """The parent named by the block of the hash held at `height`; None if that block was not
+        seen (its hash came from a child's word) or named none."""
+        held = self.hashes.get(height)
+        return None if held is None else self.seen.get(height, {}).get(held)
 
     def forget_old(self) -> None:
         while len(self.hashes) > _REMEMBER:
-            height, _ = self.hashes.popitem(last=False)
-            self.parents.pop(height, None)
+            self.hashes.popitem(last=False)
         while len(self.seen) > _REMEMBER:
             self.seen.popitem(last=False)
 
@@ -205,7 +208,7 @@ class ReorgTracker:
         if old is not None and old != block_hash and not flagged:
             if block_hash in seen:
                 return  # a late resend of a branch already replaced here: it changes nothing
-            if state.parents.get(number + 1) == old:
+            if state.parent_of(number + 1) == old:
                 # The block above names the hash held here: this one is a side branch (Bitquery's
                 # default `trigger_on: all` pushes branch blocks too), not a reorg, unless blocks
                 # built on it follow, whose parent hashes then replace the heights below them.
@@ -226,10 +229,6 @@ class ReorgTracker:
             self._emit(provider, chain, state)  # a new block that replaces nothing closes a reorg
         state.hashes[number] = block_hash
         state.hashes.move_to_end(number)
-        if parent:
-            state.parents[number] = parent
-        else:
-            state.parents.pop(number, None)
         state.forget_old()
         if state.head is None or number > state.head:
             state.head = number
@@ -243,11 +242,9 @@ class ReorgTracker:
         while (below := state.hashes.get(height)) is not None and below != named:
             self._replace(state, height, below, named, at, position, "parent")
             state.hashes[height] = named
-            grand = state.seen.get(height, {}).get(named)
+            grand = state.parent_of(height)
             if grand is None:
-                state.parents.pop(height, None)
                 return
-            state.parents[height] = grand
             height, named = height - 1, grand
 
     @staticmethod

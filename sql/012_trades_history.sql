@@ -30,7 +30,8 @@ SELECT '0x' || substr(hex_bare(pool_uid), 1, 40), hex_0x(token_in) || '/' || hex
        NULL, block_time, evm_chain(chain_id), block_number, NULL, NULL,
        _provider, _tracing_id, _is_reorg, _received_at, false,
        concat_ws('|', chain_id, coalesce(hex_bare(pool_uid), ''), coalesce(hex_bare(token_in), ''),
-                 coalesce(hex_bare(token_out), ''), block_number, coalesce(CAST(tx_index AS VARCHAR), ''), coalesce(CAST(log_index AS VARCHAR), ''))
+                 coalesce(hex_bare(token_out), ''), block_number, coalesce(CAST(tx_index AS VARCHAR), ''),
+                 coalesce(CAST(log_index AS VARCHAR), ''))
 FROM blockdb_swaps
 UNION ALL
 -- Bitquery reads a trade from the pool's side: Buy is what the pool received (PROTOCOLS.md 1.8).

@@ -1,6 +1,6 @@
 -- Canonical transfers: each event once (its newest version), none from a replaced branch (a
 -- row whose block hash is no longer the height's canonical hash is left out, and so is a row
--- without a hash received before its height's last correction: `block_corrections`), none still
+-- without a hash received before its height's block was corrected: `block_corrections`), none still
 -- pending (a mempool stream's: it may never be mined, and once mined it is another row). Counts
 -- and sums over this view are right; transfers_history keeps everything. On equal receive times (one
 -- socket read) a correction flagged as a reorg is the newer version.
