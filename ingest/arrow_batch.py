@@ -31,7 +31,7 @@ from ingest.events import Rejected, Rows
 from ingest.json_columns import JsonColumns, Values
 from ingest.schema import APPROX_SUFFIX, Column, ColumnType, Dataset
 
-__all__ = ["BuildResult", "build_table", "table_bytes", "values_table"]
+__all__ = ["BuildResult", "build_table", "joined", "table_bytes", "values_table"]
 
 _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 _NULL = msgspec.Raw(b"null")
@@ -612,11 +612,17 @@ def build_table(dataset: Dataset, chunks: Sequence[Rows]) -> BuildResult:
             )
             return BuildResult(dataset.arrow_schema.empty_table(), [rejected])
     mid = len(records) // 2
-    left, right = build_table(dataset, records[:mid]), build_table(dataset, records[mid:])
-    tables = [t for t in (left.table, right.table) if t.num_rows]
+    return joined(dataset, [build_table(dataset, records[:mid]), build_table(dataset, records[mid:])])
+
+
+def joined(dataset: Dataset, results: Sequence[BuildResult]) -> BuildResult:
+    """Consecutive builds of a dataset's records as one: their tables' chunks, nothing copied."""
+    if len(results) == 1:
+        return results[0]
+    tables = [r.table for r in results if r.table.num_rows]
     table = pa.concat_tables(tables) if tables else dataset.arrow_schema.empty_table()
-    positions = pa.concat_arrays([left.positions, right.positions])
-    return BuildResult(table, left.rejected + right.rejected, positions)
+    positions = pa.concat_arrays([r.positions for r in results])
+    return BuildResult(table, [x for r in results for x in r.rejected], positions)
 
 
 def table_bytes(table: pa.Table) -> int:

@@ -1,7 +1,9 @@
 """Consumes flushes: builds the Arrow table and writes every sink, off the event loop.
 
-Work per flush, not per message: one decode, one table, one append per sink. A builder turns
-flushes into tables in order; each sink then has its own lane, a queue it stores in that same
+Work per flush, not per message: one decode, one table, one append per sink. A large flush is
+built a part at a time while it fills (Buffer.on_part), so its seal leaves only its last part to
+build, and the time to queryable rows does not grow with the flush. A builder turns flushes into
+tables in order; each sink then has its own lane, a queue it stores in that same
 order, so a slow sink (DuckDB committing a large batch) delays neither the building nor the
 other sink (the Parquet files readers query while the daemon runs). Building and storing run in
 worker threads (pyarrow and DuckDB release the GIL, so the second core does real work), one
@@ -30,7 +32,7 @@ import pyarrow.compute as pc
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
-from ingest.arrow_batch import BuildResult, build_table, table_bytes, values_table
+from ingest.arrow_batch import BuildResult, build_table, joined, table_bytes, values_table
 from ingest.buffer import GAPS, QUARANTINE, Buffer, Flush
 from ingest.errors import Fatal
 from ingest.events import Rows
@@ -124,6 +126,7 @@ class Writer:
         self._before_write = before_write
         self.reorgs = ReorgTracker(buffer.reorg, buffer.gap)
         self._threads: dict[object, ThreadPoolExecutor] = {}  # stage -> its one thread
+        self._builds = 0  # builds handed to the build thread and not finished
 
     async def run(self) -> None:
         """Write flushes in order until the buffer is closed and drained, and every sink committed."""
@@ -135,6 +138,7 @@ class Writer:
                     lane.queue.put_nowait(_PRESSURE)
 
         self._buffer.on_near_full(press)
+        self._buffer.on_part(self._build_part)
         try:
             async with asyncio.TaskGroup() as tg:
                 for lane in lanes:
@@ -142,19 +146,53 @@ class Writer:
                 await self._build_all(lanes)
         finally:
             self._buffer.on_near_full(None)
+            self._buffer.on_part(None)
             for pool in self._threads.values():
                 pool.shutdown(wait=False)  # idle by now, or finishing a call nobody awaits
             self._threads.clear()
 
     async def _in_thread(self, stage: object, call: Callable[..., T], *args: Any) -> T:
         """Run `call(*args)` on the thread of `stage` (the build, or a sink), made on first use."""
+        return await self._submit(stage, call, *args)
+
+    def _submit(self, stage: object, call: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         pool = self._threads.get(stage)
         if pool is None:
             name = f"ingest-{stage if isinstance(stage, str) else getattr(stage, 'name', 'sink')}"
             pool = self._threads[stage] = ThreadPoolExecutor(
                 1, thread_name_prefix=name, initializer=name_os_thread, initargs=(name,)
             )
-        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(call, *args))
+        return asyncio.get_running_loop().run_in_executor(pool, functools.partial(call, *args))
+
+    def _build_part(self, name: str, chunks: list[Rows]) -> asyncio.Future[BuildResult] | None:
+        """Start building a part of a flush still filling (Buffer.on_part); its flush awaits it.
+
+        Only while the build thread is idle. When it is busy the flushes come faster than it
+        builds them, a seal waits for it anyway, and parts would only add their work per row and
+        memory (measured at full speed: -8% msg/s, +50 MB peak RSS).
+        """
+        if self._builds:
+            return None
+        dataset = self._registry[name]
+        chunks = _unstored(chunks, self._floor(dataset))
+        if not chunks:
+            done: asyncio.Future[BuildResult] = asyncio.get_running_loop().create_future()
+            done.set_result(_empty_result(dataset))
+            return done
+        return self._start_build(dataset, chunks)
+
+    def _start_build(self, dataset: Dataset, chunks: list[Rows]) -> asyncio.Future[BuildResult]:
+        future = self._submit(_BUILD, _build_table, dataset, chunks)
+        self._builds += 1
+        future.add_done_callback(self._build_ended)
+        return future
+
+    def _build_ended(self, _: object) -> None:
+        self._builds -= 1
+
+    def _floor(self, dataset: Dataset) -> int:
+        """The journal position every sink holds this dataset's frames up to (a replay's)."""
+        return min((sink.checkpoint(dataset.name) for sink in self._sinks), default=0)
 
     async def _build_all(self, lanes: list[_Lane]) -> None:
         closed = False
@@ -191,7 +229,7 @@ class Writer:
         """Hand a built flush to every sink's lane."""
         flush = item.flush
         # The raw records are no longer needed: the table is what stays in memory now.
-        flush.chunks, flush.values = [], []
+        flush.chunks, flush.values, flush.parts = [], [], []
         self._buffer.resize(flush, item.nbytes)
         item.waiting = item.unwritten = len(lanes)
         for lane in lanes:
@@ -270,14 +308,11 @@ class Writer:
             return _Built(flush, dataset, _Counts.of(table), per_sink, started, table_bytes(table))
         stored = {sink: sink.checkpoint(dataset.name) for sink in self._sinks}
         floor = min(stored.values(), default=0)
-        # Frames every sink already holds (a journal replay) are not even decoded again.
-        chunks = flush.chunks
-        if flush.first <= floor:
-            chunks = [c for c in chunks if not c.position or c.last_position > floor]
+        chunks = _unstored(flush.chunks, floor) if flush.first <= floor else flush.chunks
+        results = [await part for part in flush.parts]  # its first records, built while it filled
         if chunks:
-            result = await self._in_thread(_BUILD, _build_table, dataset, chunks)
-        else:
-            result = _empty_result(dataset)
+            results.append(await self._start_build(dataset, chunks))
+        result = joined(dataset, results) if results else _empty_result(dataset)
         for r in result.rejected:  # records the schema could not take go to quarantine
             self._buffer.reject(r)
         table = result.table
@@ -346,6 +381,13 @@ def _build_table(dataset: Dataset, chunks: list[Rows]) -> BuildResult:
         return build_table(dataset, chunks)
     finally:
         chunks.clear()  # tens of thousands of records are freed here, not on the event loop
+
+
+def _unstored(chunks: list[Rows], floor: int) -> list[Rows]:
+    """Frames every sink already holds (a journal replay's) are not even decoded again."""
+    if not floor:
+        return chunks
+    return [c for c in chunks if not c.position or c.last_position > floor]
 
 
 def _empty_result(dataset: Dataset) -> BuildResult:

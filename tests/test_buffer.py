@@ -55,6 +55,60 @@ async def test_flushes_on_age(registry):
     assert (flush.rows, flush.reason) == (2, "age")
 
 
+def test_due_in_is_when_the_oldest_record_reaches_max_age(registry):
+    """The daemon's tick sleeps until then, so an age flush is sealed on time, not a period late."""
+    clock = Clock()
+    buf = Buffer(registry, FlushPolicy(max_rows=3, max_age=1.0), clock=clock)
+    assert buf.due_in() is None  # nothing buffered: nothing will be due
+    clock.now = 2.0
+    buf.add(block(1))
+    clock.now = 2.75
+    buf.add(Rows("blockdb", "blockdb_transactions", "s", [b"{}"], 2))
+    assert buf.due_in() == 0.25  # the oldest dataset's
+    clock.now = 3.5
+    assert buf.due_in() == 0.0  # overdue
+    buf.flush_due()
+    assert buf.due_in() == 0.25 and buf.queued_rows == 1  # the other is due when it is a second old
+    clock.now = 3.75
+    buf.flush_due()
+    assert buf.due_in() is None and buf.queued_rows == 2
+    for n in range(3):  # a journaled flush that is full waits for the rest of its last frame
+        rows = block(n)
+        rows.position = 10
+        buf.add(rows)
+    assert buf.buffered_rows == {"blockdb_blocks": 3} and buf.due_in() == 0.0  # sealed at the next tick
+
+
+async def test_a_large_flush_is_offered_a_part_at_a_time_while_it_fills(registry):
+    """Its parts go to the writer as they are in (in order, each record once), so a seal leaves
+    only the rest to build; a part the writer declines is offered again a decode block later."""
+    buf = Buffer(registry, FlushPolicy(max_rows=10_000, max_age=60))  # parts of a quarter: 2,500
+    offered: list[list[int]] = []
+    answers = iter([None, "part 1", "part 2", None])
+
+    def take(dataset: str, chunks: list[Rows]) -> str | None:
+        assert dataset == "blockdb_blocks"
+        offered.append([c.received_at for c in chunks])
+        return next(answers)
+
+    buf.on_part(take)
+    for i in range(10_000):
+        buf.add(block(i))
+    flush = await buf.next_flush()
+    assert (flush.rows, flush.reason) == (10_000, "rows")
+    # Declined at 2,500 records, taken at 4,548 and 7,048, declined at 9,548: the next offer would
+    # have come 2,048 records on, after the flush was full.
+    assert [len(o) for o in offered] == [2500, 2500 + 2048, 2500, 2500]
+    assert flush.parts == ["part 1", "part 2"]
+    rest = [c.received_at for c in flush.chunks]
+    assert [*offered[1], *offered[2], *rest] == list(range(10_000))  # every record once, in order
+    assert flush.nbytes == 10_000 * (CHUNK_OVERHEAD + 10)  # counted as before: a part is still in memory
+    buf.on_part(None)
+    for i in range(10_000):
+        buf.add(block(i))
+    assert (await buf.next_flush()).parts == [] and len(offered) == 4  # no taker: built whole
+
+
 async def test_datasets_are_flushed_separately(registry):
     buf = Buffer(registry, FlushPolicy(max_rows=2, max_age=60))
     buf.add(block(1))

@@ -404,3 +404,94 @@ async def test_a_flush_never_spans_two_days_so_a_crash_between_files_loses_nothi
     restarted = ParquetSink(root, "main")
     restarted.open(registry.values())
     assert restarted.checkpoint("blockdb_blocks") == 12  # a replay hands it positions 13 and 14
+
+
+class RecordingSink(FlakySink):
+    """Records each dataset's rows (block numbers, or journal positions), holding frames up to
+    `stored` already (as after a crash, when the journal is replayed)."""
+
+    def __init__(self, stored: int) -> None:
+        super().__init__(failures=0)
+        self.stored = stored
+        self.by_dataset: dict[str, list[int]] = {}
+
+    def checkpoint(self, dataset) -> int:
+        return self.stored
+
+    def write(self, dataset, table, first, last) -> list[str]:
+        column = "block_number" if "block_number" in table.column_names else "position"
+        self.by_dataset.setdefault(dataset.name, []).extend(table.column(column).to_pylist())
+        return []
+
+
+async def test_a_flush_built_a_part_at_a_time_stores_each_row_once_in_order(registry, monkeypatch):
+    """Parts are built while their flush fills (while the builder is idle); the flush's table is
+    theirs and its rest's, in order, with a bad record of a part quarantined, and frames a sink
+    already holds not even decoded."""
+    import ingest.writer as writer_module
+
+    built: list[int] = []  # records handed to each build
+    real_build = writer_module._build_table
+
+    def noting_build(dataset, chunks):
+        built.append(len(chunks))
+        return real_build(dataset, chunks)
+
+    monkeypatch.setattr(writer_module, "_build_table", noting_build)
+    buffer = Buffer(registry, FlushPolicy(max_rows=8192, max_age=60))  # parts of 2,048 records
+    sink = RecordingSink(stored=1000)
+    writer = asyncio.create_task(Writer(registry, buffer, [sink], Metrics()).run())
+    await asyncio.sleep(0)  # the writer takes parts from now on
+    for n in range(1, 10_001):
+        if n == 3000:
+            rows = Rows(
+                "blockdb",
+                "blockdb_blocks",
+                "blocks",
+                [b'{"block_number": "x"}'],
+                1_763_000_000_000_000_000 + n,
+                {"chain_id": 1},
+            )
+            rows.position = n
+        else:
+            rows = positioned(n)
+        buffer.add(rows)
+        if n % 256 == 0:
+            await asyncio.sleep(0.002)  # frames come over time: the builder is idle between
+    buffer.close()
+    await asyncio.wait_for(writer, 30)
+    assert sink.by_dataset["blockdb_blocks"] == [n for n in range(1001, 10_001) if n != 3000]
+    assert sink.by_dataset["quarantine"] == [3000]
+    assert len(built) > 2 and max(built) <= 2048 + 2048  # parts, not two whole flushes
+    assert sum(built) == 9000  # frames 1..1000, which the sink holds, were not decoded
+
+
+async def test_no_part_is_built_while_the_builder_is_busy(registry, monkeypatch):
+    """At full speed the builder is always busy and a seal waits for it anyway: parts would only
+    add their per-row work and memory, so a busy builder declines them and the flush is built whole."""
+    import ingest.writer as writer_module
+
+    built: list[int] = []
+    release = threading.Event()
+    real_build = writer_module._build_table
+
+    def slow_first_build(dataset, chunks):
+        built.append(len(chunks))
+        if len(built) == 1:
+            release.wait(10)
+        return real_build(dataset, chunks)
+
+    monkeypatch.setattr(writer_module, "_build_table", slow_first_build)
+    buffer = Buffer(registry, FlushPolicy(max_rows=8192, max_age=60))
+    sink = RecordingSink(stored=0)
+    writer = asyncio.create_task(Writer(registry, buffer, [sink], Metrics()).run())
+    await asyncio.sleep(0)  # the writer takes parts from now on
+    for n in range(1, 8193):
+        buffer.add(positioned(n))
+        if n % 256 == 0:
+            await asyncio.sleep(0.002)
+    assert built == [2048]  # the first part; every later offer met a busy builder
+    release.set()
+    buffer.close()
+    await asyncio.wait_for(writer, 30)
+    assert built == [2048, 8192 - 2048] and sink.by_dataset["blockdb_blocks"] == list(range(1, 8193))
