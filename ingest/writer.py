@@ -309,7 +309,9 @@ class Writer:
         stored = {sink: sink.checkpoint(dataset.name) for sink in self._sinks}
         floor = min(stored.values(), default=0)
         chunks = _unstored(flush.chunks, floor) if flush.first <= floor else flush.chunks
-        results = [await part for part in flush.parts]  # its first records, built while it filled
+        # Its first records, built while it filled (gather: a part's error does not leave the
+        # others' unread).
+        results = list(await asyncio.gather(*flush.parts))
         if chunks:
             results.append(await self._start_build(dataset, chunks))
         result = joined(dataset, results) if results else _empty_result(dataset)
@@ -334,7 +336,9 @@ class Writer:
     async def _retrying(self, sink: Sink, dataset: Dataset | None, call: Callable, *args: object) -> None:
         """Run `call(*args)` until it succeeds: a sink that fails is retried with backoff, not skipped."""
         retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda exc: not isinstance(exc, Fatal)),
+            # A cancelled writer (the daemon stopping on another task's error) stops here: retried,
+            # the cancellation was taken for a sink error and the writer never ended.
+            retry=retry_if_exception(lambda exc: not isinstance(exc, Fatal | asyncio.CancelledError)),
             wait=wait_random_exponential(multiplier=0.2, max=self._retry_max),
             before_sleep=self._sink_failed(sink, dataset),
             reraise=True,

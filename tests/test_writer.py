@@ -495,3 +495,57 @@ async def test_no_part_is_built_while_the_builder_is_busy(registry, monkeypatch)
     buffer.close()
     await asyncio.wait_for(writer, 30)
     assert built == [2048, 8192 - 2048] and sink.by_dataset["blockdb_blocks"] == list(range(1, 8193))
+
+
+async def test_rows_and_journal_positions_stay_together_across_parts(registry):
+    """After a crash, each sink gets only what it lacks, by each row's journal position: a flush
+    joined from parts must keep every row's position beside it (two sinks, two checkpoints)."""
+    buffer = Buffer(registry, FlushPolicy(max_rows=8192, max_age=60))
+    behind, ahead = RecordingSink(stored=1500), RecordingSink(stored=5000)
+    ahead.name = "ahead"
+    writer = Writer(registry, buffer, [behind, ahead], Metrics())
+    offers: list[object] = []
+    build_part = writer._build_part
+
+    def noting(name: str, chunks: list[Rows]) -> object:
+        offers.append(build_part(name, chunks))
+        return offers[-1]
+
+    writer._build_part = noting  # type: ignore[method-assign]
+    task = asyncio.create_task(writer.run())
+    await asyncio.sleep(0)
+    for n in range(1, 8193):
+        buffer.add(positioned(n))
+        if n % 256 == 0:
+            await asyncio.sleep(0.002)
+    buffer.close()
+    await asyncio.wait_for(task, 30)
+    assert sum(part is not None for part in offers) >= 2  # the flush was built in parts
+    assert behind.by_dataset["blockdb_blocks"] == list(range(1501, 8193))
+    assert ahead.by_dataset["blockdb_blocks"] == list(range(5001, 8193))
+
+
+async def test_a_writer_cancelled_during_a_sink_write_ends(registry):
+    """The daemon cancels the writer when another task fails: the write in progress is not retried
+    as if the sink had failed, and the writer ends."""
+
+    class SlowSink(FlakySink):
+        def write(self, dataset, table, first, last) -> list[str]:
+            time.sleep(0.3)
+            return super().write(dataset, table, first, last)
+
+    buffer = Buffer(registry, FlushPolicy(max_rows=100, max_age=60))
+    metrics = Metrics()
+    task = asyncio.create_task(
+        Writer(registry, buffer, [SlowSink(failures=0)], metrics, retry_max=0.05).run()
+    )
+    await asyncio.sleep(0)
+    for n in range(1, 101):
+        buffer.add(block(n))
+    await asyncio.sleep(0.1)  # the sink is writing
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    if not done:  # it went on as if the sink had failed: let it end before the test fails
+        buffer.close()
+        await asyncio.wait({task}, timeout=5)
+    assert done and task.cancelled() and metrics.sink_errors == 0
