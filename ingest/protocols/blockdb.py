@@ -293,9 +293,8 @@ class BlockDBProtocol:
             if msg.action == "subscribe" and sub is not None:
                 self._acked.add(sub.pair)
                 self._sent.add(sub.pair)  # subscribed on this socket, whatever a pair-less error said
-                self._retry.granted(
-                    sub.pair
-                )  # not asked again on this socket; a later refusal backs off anew
+                # Not asked again on this socket; a later refusal backs off anew.
+                self._retry.granted(sub.pair)
                 return [SubscriptionAcked(sub.name)]
             if msg.action == "unsubscribe":
                 self._unsubscribing.discard(pair)  # type: ignore[arg-type]
