@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import threading
@@ -139,6 +140,31 @@ async def test_a_sink_that_keeps_failing_is_shown_failing_until_it_recovers(regi
     buffer.close()
     await asyncio.wait_for(writer, 10)
     assert flaky.rows == [0, 1, 2] and metrics.sink_failures == {}
+
+
+async def test_flushes_stored_at_the_first_try_leave_no_garbage_in_reference_cycles(registry):
+    """The daemon collects cycles only on a clock (tuning.collect_cycles): garbage in cycles at
+    every flush would pile up in between (tenacity's retrying state did, ~40 objects a write)."""
+    buffer = Buffer(registry, FlushPolicy(max_rows=2, max_age=60))
+    sink = FlakySink(failures=0)
+    writer = asyncio.create_task(Writer(registry, buffer, [sink], Metrics()).run())
+    buffer.add(block(0))
+    buffer.add(block(1))
+    await eventually(lambda: sink.rows == [0, 1], 5, "the first flush")  # its thread and tasks made
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(2, 102, 2):
+            buffer.add(block(n))
+            buffer.add(block(n + 1))
+            await eventually(lambda: len(sink.rows) == n + 2, 5, "the flush")  # noqa: B023
+        garbage = gc.collect()
+    finally:
+        gc.enable()
+    buffer.close()
+    await asyncio.wait_for(writer, 10)
+    assert sink.rows == list(range(102))
+    assert garbage == 0
 
 
 async def test_outstanding_bytes_hold_while_a_sink_fails(registry):
