@@ -25,7 +25,7 @@ from ingest.config import Config, load_config
 from ingest.errors import ConfigError, Fatal
 from ingest.log import configure_logging
 from ingest.schema import load_registry
-from ingest.tuning import tune_process
+from ingest.tuning import collect_cycles, tune_process
 from ingest.views import connect_for_query
 
 __all__ = ["main"]
@@ -192,12 +192,14 @@ def _run_daemon(config: Config, args: argparse.Namespace, log_format: str) -> in
     async def main_task() -> int:
         view = LiveView(daemon.metrics, daemon.buffer) if live else None
         watcher = asyncio.create_task(view.run() if view else progress_logger(daemon.metrics, daemon.buffer))
+        collector = asyncio.create_task(collect_cycles())  # the GC's clock (tune_process)
         try:
             result = await daemon.run(duration=args.duration)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, collector):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # Piped output has no width of its own: a wide one keeps the tables readable in logs.
         print_summary(result, config, load_registry(), Console(width=None if sys.stdout.isatty() else 160))
         return 1 if result.failed and len(result.failed) == len(config.providers) else 0
