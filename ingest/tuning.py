@@ -55,10 +55,11 @@ async def collect_cycles(period: float = GC_PERIOD_SECONDS) -> None:
     the buffers free as many as they take, so only garbage left in cycles moves it, slowly: a
     collection came once ~15 minutes' garbage had piled up. The writer made ~40 such objects at
     every sink write (tenacity's retrying state, now made only after a failure): ten minutes at
-    full speed ended with ~70,000 of them, and RSS rising. The hot path now makes none; this
-    clock is for the rest (reconnects, errors). A collection walks what start-up did not freeze,
-    mostly the buffered frames: 5-60 ms of CPU at full speed.
+    full speed ended with ~70,000 of them, and RSS rising. The writer's path now makes none
+    (tests/test_writer.py); this clock is for the rest (reconnects, errors). A collection walks
+    what is not frozen, mostly the buffered frames: 5-60 ms of CPU at full speed.
     """
+    gc.freeze()  # what was imported and built since tune_process: never rescanned either
     while True:
         await asyncio.sleep(period)
         gc.collect()
