@@ -53,7 +53,7 @@ async def collect_cycles(period: float = GC_PERIOD_SECONDS) -> None:
 
     The threshold above counts tracked objects allocated minus those freed. In a steady state
     the buffers free as many as they take, so only garbage left in cycles moves it, slowly: a
-    collection came once ~15 minutes' garbage had piled up. The writer made ~40 such objects at
+    collection would come once ~100,000 such objects had piled up. The writer made ~40 at
     every sink write (tenacity's retrying state, now made only after a failure): ten minutes at
     full speed ended with ~70,000 of them, and RSS rising. The writer's path now makes none
     (tests/test_writer.py); this clock is for the rest (reconnects, errors). A collection walks
