@@ -342,13 +342,11 @@ class Writer:
         """
         try:
             await call(*args)
+            return  # a sink's calls come one at a time: none failing, nothing to clear
         except Fatal:
             raise
         except Exception as exc:
             first: Exception | None = exc
-        else:
-            self._metrics.sink_failures.pop(sink.name, None)
-            return
         retrying = AsyncRetrying(
             # A cancelled writer (the daemon stopping on another task's error) stops here: retried,
             # the cancellation was taken for a sink error and the writer never ended.
