@@ -153,6 +153,21 @@ def test_a_sequence_jump_within_a_connection_is_a_gap_and_a_new_connection_start
     assert rows.context == {"connection": 2}
 
 
+def test_a_sequence_beyond_int64_quarantines_its_frame_and_the_batch_goes_on():
+    # It would go into int64 columns (a gap row's `received`), where it failed the flush and,
+    # replayed from the journal, every start after it.
+    p = proto({"name": "all", "data_types": ["trade"]})
+    p.connect()
+    huge = trade("A_SPOT_B_C", 1).replace(b'"sequence": 1', b'"sequence": 99999999999999999999')
+    frames = [trade("A_SPOT_B_C", 1, "u1"), huge, trade("A_SPOT_B_C", 3, "u3")]
+    events = [e for e in p.receive_many(frames, T0, range(10, 13)) if not isinstance(e, SubscriptionAcked)]
+    assert [type(e) for e in events] == [Rows, Rejected, Gap, Rows]
+    first, bad, gap, last = events
+    assert (first.position, bad.position, gap.position, last.position) == (10, 11, 12, 12)
+    assert bad.raw == huge and "sequence" in bad.reason
+    assert (gap.expected, gap.received) == (2, 3)
+
+
 def test_heartbeat_reconnect_and_errors():
     p = proto({"name": "all", "data_types": ["trade"]})
     p.connect()
