@@ -408,6 +408,38 @@ def test_a_result_with_errors_and_no_data_ends_the_operation_as_an_error_does(su
         op = start["id"]
 
 
+@pytest.mark.parametrize("subprotocol", [LEGACY, TRANSPORT])
+def test_rows_in_flight_after_a_result_of_errors_only_still_reach_their_table(subprotocol):
+    """Stopping the operation takes a round trip: what the server sent meanwhile is its data
+    (PROTOCOLS.md 1.5: results may follow an execution error), not the generic table's."""
+    data = "data" if subprotocol == LEGACY else "next"
+    p = proto({"name": "blocks", "query": BLOCKS}, subprotocol=subprotocol)
+    handshake(p)
+
+    def block(number: int) -> str:
+        fields = {"Number": number, "Hash": f"0x{number:x}", "ParentHash": "0x0", "TxCount": 1, "GasUsed": 9}
+        row = {"Block": {**fields, "Time": "2024-01-01T00:00:00Z"}}
+        return json.dumps({"type": data, "id": "1", "payload": {"data": {"EVM": {"Blocks": [row]}}}})
+
+    acked, first = p.receive(block(1), 1)
+    assert acked == SubscriptionAcked("blocks") and first.dataset == "bitquery_evm_blocks"
+    failing = {"type": data, "id": "1", "payload": {"errors": [{"message": "Internal server error"}]}}
+    (failed,) = p.receive(json.dumps(failing), time.time_ns())
+    assert isinstance(failed, SubscriptionFailed) and failed.retryable
+    assert p.state()["stopped"] == {"1": "blocks"}
+    (late,) = p.receive(block(2), 3)  # no second ack: the operation is stopped
+    assert (late.dataset, late.subscription, late.context) == ("bitquery_evm_blocks", "blocks", first.context)
+    # A replay after a crash routes it alike (the state is journaled before the stop goes out).
+    again = proto({"name": "blocks", "query": BLOCKS}, subprotocol=subprotocol)
+    again.load_state(p.state())
+    (replayed,) = again.receive(block(2), 3)
+    assert (replayed.dataset, replayed.subscription) == ("bitquery_evm_blocks", "blocks")
+    p.connection_lost()  # ids are per socket
+    assert p.state()["stopped"] == {}
+    (other,) = [e for e in p.receive(block(3), 4) if isinstance(e, Rows)]
+    assert (other.dataset, other.subscription) == ("bitquery_generic", "operation 1")
+
+
 @pytest.mark.parametrize("message", ["connection failed", "Internal server error"])
 @pytest.mark.parametrize("subprotocol", [LEGACY, TRANSPORT])
 def test_a_passing_error_starts_the_subscription_again_backing_off(subprotocol, message):

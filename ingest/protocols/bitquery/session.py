@@ -41,6 +41,7 @@ _NEVER_PUSH = frozenset(
 )
 _SUNSET = frozenset({("EVM", "BalanceUpdates"), ("EVM", "TokenHolders"), ("Tron", "BalanceUpdates")})
 _TYPES = {LEGACY: ("start", "data", "stop"), TRANSPORT: ("subscribe", "next", "complete")}
+_STOPPED_KEPT = 64  # operations stopped after their errors whose late rows are still routed
 # Operation errors that say a plan's limit was reached, not that the query is wrong (PROTOCOLS.md 1.6).
 _PLAN_LIMIT = re.compile(
     r"too many (concurrent subscriptions|sessions)|maximum number of subscriptions|points limit"
@@ -220,6 +221,9 @@ class BitqueryProtocol:
         self._start, self._data, self._stop = _TYPES[self.subprotocol]
         self._desired: dict[str, BitquerySubscription] = {s.name: s for s in subscriptions}
         self._ops: dict[str, BitquerySubscription] = {}  # operation id -> subscription, this socket
+        # Operations we stopped after a result of errors only (not terminal on graphql-transport-ws):
+        # what the server sent before it saw the stop still goes to their tables. This socket only.
+        self._stopped: dict[str, BitquerySubscription] = {}
         self._next_id = 1
         self._acked = False
         self._closing = False
@@ -407,6 +411,7 @@ class BitqueryProtocol:
 
     def connection_lost(self) -> None:
         self._ops.clear()
+        self._stopped.clear()
         self._live.clear()
         # _again stays: the next ack starts every subscription but those still waiting.
         self._acked = False
@@ -414,6 +419,7 @@ class BitqueryProtocol:
     def state(self) -> dict[str, Any]:
         return {
             "ops": {op: sub.name for op, sub in self._ops.items()},
+            "stopped": {op: sub.name for op, sub in self._stopped.items()},
             "next_id": self._next_id,
             "acked": self._acked,
             "live": sorted(self._live),
@@ -421,6 +427,8 @@ class BitqueryProtocol:
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self._ops = {op: self._desired[n] for op, n in state.get("ops", {}).items() if n in self._desired}
+        stopped = state.get("stopped", {}).items()
+        self._stopped = {op: self._desired[n] for op, n in stopped if n in self._desired}
         self._next_id = max(self._next_id, int(state.get("next_id", 1)))
         self._acked = bool(state.get("acked", False))
         self._live = set(state.get("live", ()))
@@ -480,7 +488,7 @@ class BitqueryProtocol:
                         rows = list(map(bytes, _decode_rows(raw))) if raw[:1] == b"[" else [raw]
                         cubes.append((root_key, cube_key, rows))
         except (msgspec.MsgspecError, ValueError) as exc:
-            label = self._label(op, self._ops.get(op))
+            label = self._label(op, self._ops.get(op) or self._stopped.get(op))
             return [self._reject(frame, f"unreadable result: {exc}", received_at, label)]
         return self._on_result(op, cubes, result.errors, result.data is not None, received_at)
 
@@ -495,13 +503,19 @@ class BitqueryProtocol:
             # else two would run, one of them unknown to us.
             if op in self._ops:
                 self._outbox.append(_encode({"type": self._stop, "id": op}).decode())
+                if len(self._stopped) >= _STOPPED_KEPT:  # a server failing one start after another
+                    del self._stopped[next(iter(self._stopped))]
+                self._stopped[op] = self._ops[op]
             return self._failed(op, errors, received_at)
         sub = self._ops.get(op)
+        live = sub is not None
+        if not live:
+            sub = self._stopped.get(op)
         label = self._label(op, sub)
         events: list[Event] = []
         for root_key, cube_key, rows in cubes:
             if rows:
-                events.extend(self._rows(sub, label, root_key, cube_key, rows, received_at))
+                events.extend(self._rows(sub, label, root_key, cube_key, rows, received_at, live))
         if errors:
             events.append(Notice(label, f"result carried errors: {_messages(errors)}"))
         return events
@@ -514,14 +528,16 @@ class BitqueryProtocol:
         cube_key: str,
         rows: list[bytes],
         received_at: int,
+        live: bool = True,
     ) -> list[Event]:
+        """`live`: the operation runs (not one stopped after its errors), so its data says it is."""
         cube = sub.cubes.get((root_key, cube_key)) if sub else None
         if cube is None:  # a shape the query did not declare: kept whole in the generic table
             context = {"network": None, "mempool": None, "root": root_key, "cube": cube_key}
             cube = Cube(root_key, cube_key, GENERIC_DATASET, context)
         # No per-subscription ack exists in either protocol: the first data says it is live.
         first: list[Event] = []
-        if sub is not None and sub.name not in self._live:
+        if live and sub is not None and sub.name not in self._live:
             self._live.add(sub.name)
             self._again.granted(sub.name)  # it works again: a later failure backs off from the start
             first.append(SubscriptionAcked(sub.name))
