@@ -189,6 +189,21 @@ def test_network_can_come_from_a_variable():
     assert rows.context["network"] == "base"
 
 
+def test_variables_default_to_their_values_in_the_document():
+    query = (
+        "subscription ($net: evm_network = bsc, $mp: Boolean = true)"
+        " { EVM(network: $net, mempool: $mp) { Transfers { Block { Number } } } }"
+    )
+    (cube,) = BitqueryProtocol.parse_subscription({"name": "t", "query": query}, "s").cubes.values()
+    assert cube.context == {"network": "bsc", "mempool": True}  # what Bitquery streams
+    given = {"name": "t", "query": query, "variables": {"net": "eth", "mp": False}}
+    (cube,) = BitqueryProtocol.parse_subscription(given, "s").cubes.values()
+    assert cube.context == {"network": "eth", "mempool": False}
+    unbound = "subscription ($n: evm_network) { EVM(network: $n) { Blocks { Block { Number } } } }"
+    with pytest.raises(ConfigError, match=r"s\.query: EVM\(network: \.\.\.\) has no value"):
+        BitqueryProtocol.parse_subscription({"name": "b", "query": unbound}, "s")
+
+
 def test_tron_mempool_transfers_and_unknown_shapes(registry):
     tron = (
         "subscription { Tron(mempool: true) { Transfers {"

@@ -21,6 +21,7 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
+    Undefined,
     parse,
     value_from_ast_untyped,
 )
@@ -220,8 +221,19 @@ def _cubes(
         # Bitquery: one top-level root per document (PROTOCOLS.md 1.6).
         raise ConfigError(f"{at}: a subscription has exactly one root field (EVM, Tron, Solana, ...)")
     root = roots[0]
-    args = {a.name.value: value_from_ast_untyped(a.value, dict(variables)) for a in root.arguments or ()}
+    # What the server binds: the config's variables over the document's defaults
+    # (`$net: evm_network = bsc` streams bsc when `variables` has no `net`).
+    bound = {
+        d.variable.name.value: value_from_ast_untyped(d.default_value)
+        for d in op.variable_definitions or ()
+        if d.default_value is not None
+    }
+    bound.update(variables)
+    args = {a.name.value: value_from_ast_untyped(a.value, bound) for a in root.arguments or ()}
     network = args.get("network", root.name.value.lower())
+    if network is Undefined or network is None:
+        # Stored as every row's chain: a guess would put rows under the wrong one.
+        raise ConfigError(f"{at}: {root.name.value}(network: ...) has no value (a variable without one?)")
     context = {"network": str(network), "mempool": bool(args.get("mempool", False))}
     cubes: dict[tuple[str, str], Cube] = {}
     root_key = root.alias.value if root.alias else root.name.value
