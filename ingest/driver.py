@@ -388,6 +388,10 @@ class Collector:
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         stats = self.stats
         self._expired = None
+        # What the protocol queued for an earlier socket is not for this one: the answers a
+        # start-up replay's frames asked for (a pong, the starts a journaled ack sends) would go
+        # out ahead of the handshake, which servers refuse (Bitquery closes with 4401).
+        self.protocol.data_to_send()
         self.protocol.connect()
         self._record_state()
         await self._send(ws)

@@ -315,6 +315,25 @@ async def test_bitquery_a_replay_routes_rows_as_the_live_session_did(registry, t
     assert again == live
 
 
+@pytest.mark.parametrize("subprotocol", ["graphql-ws", "graphql-transport-ws"])
+async def test_bitquery_connects_after_a_replay_whose_frames_asked_for_answers(registry, subprotocol):
+    """A start-up replay feeds the protocol a journaled ack and ping: what they ask it to send
+    (every start, a pong) was for the crashed run's socket and must not precede the handshake."""
+    async with BitqueryEmulator(key=KEY, block_interval=0.02) as emu:
+        subs = [{"name": "blocks", "query": BLOCKS}]
+        col, buffer = collector(
+            registry, provider_config("bitquery", emu.url, subs, {"subprotocol": subprotocol}), KEY
+        )
+        col.protocol.receive(b'{"type":"connection_ack"}', 1)
+        col.protocol.receive(b'{"type":"ping"}', 2)
+        col.protocol.connection_lost()  # as replay() ends
+        drain = Drain(buffer)
+        await run_and_stop(col, lambda: drain.rows["bitquery_evm_blocks"] >= 5, "5 blocks")
+        await drain.close()
+        assert col.stats.state == "stopped" and col.stats.connects == 1
+        assert col.stats.subscriptions == {"blocks": "active"}
+
+
 # -- CoinAPI -------------------------------------------------------------------------------------
 
 
