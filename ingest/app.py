@@ -292,6 +292,8 @@ class Daemon:
             p.name: PROTOCOLS[p.kind](p.name, list(p.subscriptions), p.options) for p in self.config.providers
         }
         writer = Writer(self.registry, self.buffer, sinks, self.metrics)
+        # As the daemon's: a reorg of a height stored before is seen only against the stored hash.
+        await self._seed_reorg_tracker(writer, sinks)
         try:
             async with asyncio.TaskGroup() as tg:
                 writer_task = tg.create_task(writer.run(), name="writer")

@@ -26,7 +26,7 @@ from ingest.buffer import Buffer
 from ingest.config import FlushPolicy, load_config
 from ingest.emulators.blockdb import BlockDBEmulator
 from ingest.events import Rows
-from ingest.journal import Journal, Kind
+from ingest.journal import Journal, Kind, Record
 from ingest.metrics import Metrics
 from ingest.protocols.blockdb import DATASETS, GENERIC_DATASET
 from ingest.reorgs import recent_blocks_sql
@@ -323,6 +323,27 @@ async def test_rows_derived_from_a_flush_survive_a_crash_right_after_it_was_stor
         con, _ = connect_for_query(registry, path, root)
         assert con.execute("SELECT count(*) FROM blockdb_blocks").fetchone()[0] == 3
         assert con.execute("SELECT position, dataset FROM quarantine").fetchall() == [(1, "blockdb_blocks")]
+        assert con.execute("SELECT first_height, depth FROM reorgs").fetchall() == [(2, 1)]
+
+
+async def test_the_replay_verb_sees_a_reorg_of_a_height_stored_before(tmp_path):
+    """`replay` starts its reorg tracker from the store, as the daemon does: else the replaced
+    hash, stored by an earlier run, is unknown to it and the reorg row is never derived."""
+    cfg = load_config(config(tmp_path, "ws://127.0.0.1:9/"))
+
+    def block(position: int, number: int, block_hash: str, parent: str) -> Record:
+        data = {"block_number": number, "block_hash": block_hash * 64, "parent_block_hash": parent * 64,
+                "timestamp_utc": "2025-11-11T18:42:15.123Z", "_tracing_id": f"t{position}"}  # fmt: skip
+        frame = {"chain_id": 1, "dataset_id": "0101", "is_reorg": False, "data": data}
+        return Record(
+            position, 1_763_000_000_000_000_000 + position, Kind.FRAME, "blockdb", json.dumps(frame).encode()
+        )
+
+    await Daemon(cfg).ingest_offline([block(1, 1, "a", "0"), block(2, 2, "b", "a")])
+    await Daemon(cfg).ingest_offline([block(3, 2, "d", "a"), block(4, 3, "c", "d")])
+    data = tmp_path / "data"
+    for path, root in ((data / "ingest.duckdb", None), (None, str(data / "parquet"))):
+        con, _ = connect_for_query(Daemon(cfg).registry, path, root)
         assert con.execute("SELECT first_height, depth FROM reorgs").fetchall() == [(2, 1)]
 
 
