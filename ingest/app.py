@@ -198,10 +198,12 @@ class Daemon:
         started = time.monotonic()
         keys = self._keys()
         clients = self._oauth_clients()
+        journal = self.journal
+        if journal is not None:
+            journal.lock()  # before the sinks: DuckDB's lock would make a second daemon wait first
         sinks = self._sinks()
         for sink in sinks:
             await asyncio.to_thread(sink.open, self.registry.values())
-        journal = self.journal
         stored = max((s.checkpoint(d) for s in sinks for d in self.registry), default=0)
         leftover = journal.open(after=stored) if journal is not None else []
         # From here, not from the replay's start: the journal's syncer starts first (see _journal_low_water).

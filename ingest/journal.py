@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import itertools
 import os
 import struct
@@ -31,6 +32,8 @@ from pathlib import Path
 
 import structlog
 
+from ingest.errors import Fatal
+
 __all__ = ["Journal", "Kind", "Record", "read_records", "segment_files"]
 
 log = structlog.get_logger("ingest.journal")
@@ -39,6 +42,7 @@ _PREFIX = struct.Struct("<II")  # body length, crc32 of the body
 _HEAD = struct.Struct("<QqBH")  # position, received_at (ns), kind, stream name length
 _COUNT = struct.Struct("<I")  # frames in a FRAMES record, followed by their lengths (u32 each)
 _SUFFIX = ".seg"
+_LOCK = "owner.lock"  # held (flock) by the process whose journal this is
 _BIG_ENDIAN = sys.byteorder == "big"  # array("I") is native order; the file is little-endian
 assert array("I").itemsize == 4, "FRAMES records store frame lengths as 32-bit integers"
 
@@ -147,6 +151,7 @@ class Journal:
         self._states_due = False
         self.next_position = 1
         self.bytes_written = 0
+        self._owner_fd = -1  # holds the directory's lock file while this journal is open
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -157,6 +162,7 @@ class Journal:
         continue past it, so a daemon that lost its journal (a new machine) never reuses one.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.lock()
         existing = segment_files(self.directory)
         for path in reversed(existing):
             last = 0
@@ -174,6 +180,30 @@ class Journal:
             existing.pop().unlink()
         self._start_segment()
         return existing
+
+    def lock(self) -> None:
+        """Own the directory for as long as this journal is open; Fatal if another process does.
+
+        A second daemon of the same instance would read the first one's live segments as a crashed
+        run's and store their frames again (DuckDB's own lock stops it only where DuckDB is on).
+        The kernel drops the lock with the process, so a crash leaves nothing to clean up.
+        """
+        if self._owner_fd >= 0:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise Fatal(
+                f"the journal {self.directory} is in use by another daemon (pid {owner}); two daemons "
+                "on one data directory need an `instance` each"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._owner_fd = fd
 
     def _start_segment(self) -> None:
         # A new segment per start: a torn tail of the last run stays behind in its own file.
@@ -348,6 +378,9 @@ class Journal:
         if delete:
             for path in segment_files(self.directory):
                 path.unlink(missing_ok=True)
+        if self._owner_fd >= 0:
+            os.close(self._owner_fd)  # releases the lock
+            self._owner_fd = -1
 
 
 _IOV_MAX = 1024  # Linux's limit of buffers per writev

@@ -9,10 +9,12 @@ import threading
 from pathlib import Path
 
 import msgspec
+import pytest
 from structlog.testing import capture_logs
 
 from ingest.buffer import Buffer
 from ingest.config import FlushPolicy
+from ingest.errors import Fatal
 from ingest.events import Rows
 from ingest.journal import Journal, Kind, read_records, segment_files
 from ingest.protocols import PROTOCOLS
@@ -311,3 +313,18 @@ def test_the_journals_size_skips_a_segment_deleted_while_it_is_counted(tmp_path,
     monkeypatch.setattr("ingest.journal.segment_files", lambda directory: listed)
     assert journal.size_bytes == os.path.getsize(listed[0])
     journal.close()
+
+
+def test_a_journal_in_use_by_another_daemon_is_refused_until_it_closes(tmp_path):
+    """A second daemon of the same instance would take the live segments for a crashed run's and
+    store their frames again: it stops at once, naming the owner."""
+    first = Journal(tmp_path / "main")
+    first.open()
+    first.append(Kind.FRAME, "blockdb", 1, b"{}")
+    second = Journal(tmp_path / "main")
+    with pytest.raises(Fatal, match=rf"in use by another daemon \(pid {os.getpid()}\).*`instance`"):
+        second.open()
+    assert len(segment_files(tmp_path / "main")) == 1  # it created and removed nothing
+    first.close()
+    assert second.open() == segment_files(tmp_path / "main")[:1]  # the closed run's segment
+    second.close()
