@@ -326,6 +326,8 @@ def _check_url(url: str, key: str) -> None:
         parts.port  # noqa: B018 - parsed for its check: out of range raises
     except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535"
         raise ConfigError(f"{key}: {expected} ({exc})") from None
+    if parts.port == 0:  # parses, but no server listens on port 0: a client cannot connect there
+        raise ConfigError(f"{key}: {expected} (port 0 is out of range 1-65535)")
     if not parts.hostname:
         raise ConfigError(f"{key}: {expected} (no host)")
 

@@ -119,6 +119,11 @@ def test_read_coalescing_by_default_follows_the_flush_age(tmp_path):
         ("providers.blockdb.url", "ws://[::1/", "providers.blockdb.url: expected a ws:// or wss:// URL"),
         ("providers.blockdb.url", "ws://127.0.0.1:99999/", "Port out of range"),
         (
+            "providers.blockdb.url",
+            "ws://127.0.0.1:0/",
+            'providers.blockdb.url: expected a ws:// or wss:// URL, or "emulator" (port 0 is out of range',
+        ),
+        (
             "providers.blockdb.auth.header",
             "X-Key\nEvil: 1",
             "providers.blockdb.auth.header: expected an HTTP",
