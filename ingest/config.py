@@ -39,6 +39,11 @@ DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 EMULATOR_URL = "emulator"  # start the provider's local emulator and connect to it
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What a value that is no variable name gets; the value is never shown, as it may be a key.
+_NOT_A_VARIABLE = (
+    "expected the name of an environment variable (letters, digits and _, not starting with a digit);"
+    " a key itself goes in the environment, under the name given here (the value is not shown)"
+)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110 5.6.2)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -337,7 +342,8 @@ def _auth(t: _Table, kind: str, emulated: bool) -> AuthConfig:
     defaults = PROTOCOLS[kind].auth
     env = t.get("env", (str, type(None)), None)
     if env is not None and not _ENV.match(env):
-        raise ConfigError(f"{t.key('env')}: expected the name of an environment variable, got {env!r}")
+        # Most likely the key itself pasted here: the message must not print it.
+        raise ConfigError(f"{t.key('env')}: {_NOT_A_VARIABLE}")
     location = t.get("in", str, defaults.location)
     # "message": the protocol sends the key itself (CoinAPI's hello); only where a protocol can.
     allowed = ("header", "query", "message") if hasattr(PROTOCOLS[kind], "set_key") else ("header", "query")
@@ -374,8 +380,8 @@ def _oauth(t: _Table, default_url: str | None, emulated: bool) -> OAuthConfig:
         if key not in t.raw:
             raise ConfigError(f"{t.key(key)}: required (the environment variable that holds it)")
         name = t.get(key, str, None)
-        if not _ENV.match(name):
-            raise ConfigError(f"{t.key(key)}: expected the name of an environment variable, got {name!r}")
+        if not _ENV.match(name):  # most likely the credential itself: not printed
+            raise ConfigError(f"{t.key(key)}: {_NOT_A_VARIABLE}")
         names.append(name)
     token_url = t.get("token_url", (str, type(None)), None)
     if token_url is not None and not re.match(r"^https?://[^/\s]+", token_url):

@@ -165,6 +165,44 @@ def test_a_key_variable_with_control_characters_is_named_not_shown(monkeypatch):
     assert "s3cr3t" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("path", "auth"),
+    [
+        ("providers.blockdb.auth.env", {"env": "73034021-THIS-IS-SAMPLE-KEY"}),
+        (
+            "providers.bitquery.auth.oauth.client_id_env",
+            {"oauth": {"client_id_env": "73034021-THIS-IS-SAMPLE-KEY", "client_secret_env": "S"}},
+        ),
+        (
+            "providers.bitquery.auth.oauth.client_secret_env",
+            {"oauth": {"client_id_env": "I", "client_secret_env": "73034021-THIS-IS-SAMPLE-KEY"}},
+        ),
+    ],
+)
+def test_a_key_pasted_where_its_variable_belongs_is_not_shown(tmp_path, path, auth):
+    """The value there is most likely the key itself: the error says what belongs there, never the value."""
+    provider = path.split(".")[1]
+    doc = copy.deepcopy(BASE)
+    if provider == "bitquery":
+        doc = {
+            "providers": {
+                "bitquery": {
+                    "url": "wss://streaming.bitquery.io/graphql",
+                    "subscriptions": [
+                        {"name": "b", "query": "subscription { EVM { Blocks { Block { Number } } } }"}
+                    ],
+                }
+            }
+        }
+    doc["providers"][provider]["auth"] = auth
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, base=tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: expected the name of an environment variable")
+    assert "SAMPLE-KEY" not in message and "73034021" not in message
+    assert "environment" in message
+
+
 def test_both_sinks_off_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="both sinks are off"):
         parse_config({**BASE, "storage": {"duckdb": False, "parquet": False}}, base=tmp_path)
