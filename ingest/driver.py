@@ -29,6 +29,7 @@ from tenacity import (
     wait_fixed,
     wait_random_exponential,
 )
+from yarl import URL
 
 from ingest.auth import Target, build_target
 from ingest.config import ProviderConfig
@@ -776,4 +777,12 @@ def _jittered(wait: float) -> float:
 
 def _safe(exc: BaseException, target: Target) -> str:
     text = str(exc)
-    return text.replace(target.url, target.display_url)
+    # aiohttp quotes the URL as yarl re-encodes it (a base64 key's '+' and '=' become %2B and %3D,
+    # a %2F becomes '/'), which is not the URL we gave it: both are replaced.
+    try:
+        urls = {target.url, str(URL(target.url))}
+    except ValueError:  # a URL yarl refuses is in the error as we gave it
+        urls = {target.url}
+    for url in urls:
+        text = text.replace(url, target.display_url)
+    return redact(text)  # the key in any other URL (a redirect's), in any form a library writes

@@ -3,36 +3,78 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 from urllib.parse import quote, quote_plus
 
 import structlog
+from yarl import URL
 
 __all__ = ["configure_logging", "forget_secret", "redact", "redact_bytes", "register_secret", "secret_forms"]
 
 _SECRETS: set[str] = set()
+_BY_LENGTH: tuple[str, ...] = ()  # the same, longest first: no form masked leaving part of a longer one
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
 
 
 def secret_forms(value: str) -> set[str]:
-    """The value as it is and as a URL carries it (a redirect, a query string): percent-encoded."""
-    return {value, quote(value, safe=""), quote_plus(value, safe="")}
+    """The value as it is and as a URL carries it (a redirect, a query string). Each form is masked
+    on its own, so each encoding a library may choose must be here: a base64 key (`a/b+c=d`) shows
+    as `a%2Fb%2Bc%3Dd` from urlencode, `a/b%2Bc%3Dd` from yarl (what aiohttp's errors print),
+    `a/b+c=d` in a yarl path."""
+    url = {
+        value,
+        quote(value, safe=""),
+        quote(value),  # '/' kept
+        quote_plus(value, safe=""),
+        quote_plus(value),
+        *_yarl_forms(value),
+    }
+    url |= {_PERCENT.sub(lambda m: m[0].lower(), form) for form in url}  # %2f: hex in either case
+    return url
+
+
+def _yarl_forms(value: str) -> set[str]:
+    """The value as yarl (aiohttp's URL type) writes it in a query or a path, asked of yarl itself:
+    it re-encodes whatever it is given, its own way (it keeps '/', encodes '+' and '=' in a query)."""
+    encoded = (quote(value, safe=""), quote(value), quote_plus(value, safe=""))
+    urls = [
+        lambda: URL.build(query={"k": value}),
+        lambda: URL.build(path="/" + value),
+        *(lambda e=e: URL(f"/{e}?k={e}") for e in encoded),  # as received in a URL: requoted
+    ]
+    forms: set[str] = set()
+    for url in urls:
+        try:
+            built = url()
+        except ValueError:  # a form yarl refuses is one no aiohttp URL carries, hence prints
+            continue
+        forms |= {built.raw_path[1:], built.raw_query_string.removeprefix("k=")} - {""}
+    return forms
 
 
 def register_secret(value: str | None) -> None:
     """Every later log line has this value, raw or percent-encoded, replaced by ***, wherever it appears."""
     if value and len(value) >= 4:  # a very short value would mask ordinary words
         _SECRETS.update(secret_forms(value))
+        _order()
 
 
 def forget_secret(value: str) -> None:
     """Stop masking a value that can no longer appear (a replaced token): every secret costs each log line."""
     _SECRETS.difference_update(secret_forms(value))
+    _order()
+
+
+def _order() -> None:
+    global _BY_LENGTH
+    _BY_LENGTH = tuple(sorted(_SECRETS, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
-    for secret in _SECRETS:
+    for secret in _BY_LENGTH:
         if secret in text:
             text = text.replace(secret, "***")
     return text
@@ -40,7 +82,7 @@ def redact(text: str) -> str:
 
 def redact_bytes(data: bytes) -> bytes:
     """`redact` for bytes as received: a frame a server echoed a key in, before it is kept."""
-    for secret in _SECRETS:
+    for secret in _BY_LENGTH:
         encoded = secret.encode()
         if encoded in data:
             data = data.replace(encoded, b"***")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import pytest
 import structlog
+from yarl import URL
 
 from ingest.auth import build_target, read_secret, redact_url
 from ingest.config import AuthConfig, load_config, parse_config
@@ -484,3 +486,24 @@ def test_percent_encoded_secrets_never_reach_the_logs(capsys):
     )
     err = capsys.readouterr().err
     assert "SEKRET" not in err and err.count("***") == 2
+
+
+def test_a_base64_key_is_masked_in_every_form_a_url_library_writes(capsys):
+    """A key with '/', '+' and '=' as each encoder writes it in a URL: the forms of yarl (aiohttp's
+    URL type, which keeps '/' and encodes '+' and '=' in a query), of quote with and without '/'
+    safe, of quote_plus, and lowercase hex."""
+    key = "Zm9vYmFy/c2VjcmV0+a2V5= x"
+    configure_logging("json", logging.INFO)
+    register_secret(key)
+    forms = {
+        "yarl_query": str(URL("ws://h/").with_query(token=key)),
+        "yarl_path": str(URL("ws://h/") / key),
+        "yarl_requoted": str(URL(f"ws://h/{quote(key, safe='')}")),
+        "quote_slash_safe": f"ws://h/?token={quote(key)}",
+        "plus_slash_safe": f"ws://h/?token={quote_plus(key)}",
+        "lower_hex": "ws://h/?token=" + re.sub("%..", lambda m: m[0].lower(), quote(key, safe="")),
+    }
+    assert "c2VjcmV0" in "".join(forms.values())  # each form holds the key, as the library wrote it
+    structlog.get_logger("t").error("redirected", **forms)
+    err = capsys.readouterr().err
+    assert "c2VjcmV0" not in err and err.count("***") == len(forms)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import duckdb
+from aiohttp import web
 
 from ingest.app import Daemon
 from ingest.config import load_config
 from ingest.emulators.blockdb import BlockDBEmulator
+from ingest.log import configure_logging, forget_secret, register_secret
 from ingest.protocols.bitquery import BitqueryProtocol
 from ingest.views import connect_for_query
 from tests.helpers import Drain, blockdb_config, collector, eventually
@@ -225,3 +228,39 @@ async def test_a_burst_far_above_the_normal_rate_is_absorbed_without_loss(regist
         await drain.close()
         assert sum(drain.rows.values()) == sum(emulator.sent.values()) > 5_000
         assert col.stats.connects == 1
+
+
+async def test_a_base64_key_in_the_query_is_masked_in_a_redirect_loops_error(registry, capsys):
+    """aiohttp's TooManyRedirects quotes the URL as yarl re-encodes it ('/' kept, '+' and '=' as %2B
+    and %3D): neither the key as given nor the URL the collector was given, but masked all the same."""
+    key = "Zm9vYmFy/c2VjcmV0+a2V5="
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.path_qs)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    configure_logging("json", logging.INFO)
+    register_secret(key)  # as the daemon does for every key it reads
+    try:
+        config = blockdb_config(
+            f"ws://127.0.0.1:{port}/v1/evm/", [{"chain_id": 1, "dataset_id": "0101"}], location="query"
+        )
+        col, _ = collector(registry, config, key)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: "TooManyRedirects" in col.stats.last_error, what="a redirect loop")
+        await col.stop()
+        await asyncio.wait_for(task, 5)
+    finally:
+        forget_secret(key)
+        await runner.cleanup()
+    error = col.stats.last_error
+    assert "api_key=***" in error
+    assert "c2VjcmV0" not in error and "Zm9vYmFy" not in error
+    logged = capsys.readouterr().err
+    assert "TooManyRedirects" in logged and "c2VjcmV0" not in logged
