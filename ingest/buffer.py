@@ -19,7 +19,7 @@ from typing import Any
 
 from ingest.config import FlushPolicy
 from ingest.events import Gap, Rejected, Rows
-from ingest.log import redact_bytes
+from ingest.log import redact, redact_bytes
 from ingest.schema import Registry
 
 __all__ = [
@@ -176,13 +176,14 @@ class Buffer:
             self._room.clear()
 
     def reject(self, rejected: Rejected) -> None:
-        """Keep an unreadable frame for the quarantine table (a key a server echoed in it masked)."""
+        """Keep an unreadable frame for the quarantine table (a key a server echoed in it or in its
+        reason masked)."""
         raw = redact_bytes(rejected.raw)
         row = {
             "provider": rejected.provider,
             "subscription": rejected.subscription,
             "dataset": rejected.dataset or None,
-            "reason": rejected.reason,
+            "reason": redact(rejected.reason),  # reasons quote the server (an unknown type {kind!r})
             "received_at": rejected.received_at,
             "raw": raw,
             "position": rejected.position,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -16,14 +17,15 @@ __all__ = ["configure_logging", "forget_secret", "redact", "redact_bytes", "regi
 
 _SECRETS: set[str] = set()
 _BY_LENGTH: tuple[str, ...] = ()  # the same, longest first: no form masked leaving part of a longer one
+_UNICODE_ESCAPE = re.compile(r"\\u[0-9a-f]{4}")
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 
 
 def secret_forms(value: str) -> set[str]:
-    """The value as it is and as a URL carries it (a redirect, a query string). Each form is masked
-    on its own, so each encoding a library may choose must be here: a base64 key (`a/b+c=d`) shows
-    as `a%2Fb%2Bc%3Dd` from urlencode, `a/b%2Bc%3Dd` from yarl (what aiohttp's errors print),
-    `a/b+c=d` in a yarl path."""
+    """The value as it is, as a URL carries it (a redirect, a query string) and as a server's JSON
+    echoes it. Each form is masked on its own, so each encoding a library may choose must be here:
+    a base64 key (`a/b+c=d`) shows as `a%2Fb%2Bc%3Dd` from urlencode, `a/b%2Bc%3Dd` from yarl (what
+    aiohttp's errors print), `a/b+c=d` in a yarl path, `a\\/b+c=d` from a JSON encoder escaping '/'."""
     url = {
         value,
         quote(value, safe=""),
@@ -33,7 +35,7 @@ def secret_forms(value: str) -> set[str]:
         *_yarl_forms(value),
     }
     url |= {_PERCENT.sub(lambda m: m[0].lower(), form) for form in url}  # %2f: hex in either case
-    return url
+    return url | {escaped for form in url for escaped in _json_forms(form)}
 
 
 def _yarl_forms(value: str) -> set[str]:
@@ -53,6 +55,14 @@ def _yarl_forms(value: str) -> set[str]:
             continue
         forms |= {built.raw_path[1:], built.raw_query_string.removeprefix("k=")} - {""}
     return forms
+
+
+def _json_forms(value: str) -> set[str]:
+    """The value inside a JSON string, as encoders write it: non-ASCII as is or as \\uXXXX (either
+    case of hex), '/' as is or escaped as '\\/' (PHP, some Java encoders)."""
+    forms = {json.dumps(value, ensure_ascii=False)[1:-1], json.dumps(value)[1:-1]}
+    forms |= {_UNICODE_ESCAPE.sub(lambda m: m[0].upper().replace("\\U", "\\u"), f) for f in forms}
+    return forms | {f.replace("/", "\\/") for f in forms}
 
 
 def register_secret(value: str | None) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+
+import pytest
 
 from ingest.buffer import CHUNK_OVERHEAD, QUARANTINE, RECORD_OVERHEAD, Buffer
 from ingest.config import FlushPolicy
@@ -322,3 +325,28 @@ async def test_a_key_a_server_echoed_in_a_quarantined_frame_is_masked(registry):
     finally:
         forget_secret(key)
     assert row["raw"] == b'{"type":"hellox","apikey":"***"}'
+
+
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        b'{"error":"bad key Zm9vYmFy\\/c2VjcmV0+a2V5=caf\\u00e9"}',  # '/' escaped, non-ASCII as \u (PHP)
+        b'{"error":"bad key Zm9vYmFy\\/c2VjcmV0+a2V5=caf\\u00E9"}',  # the same, upper-case hex (Jackson)
+        '{"error":"bad key Zm9vYmFy/c2VjcmV0+a2V5=café"}'.encode(),  # as is, UTF-8
+    ],
+)
+async def test_a_key_a_server_echoed_json_escaped_or_in_the_reason_is_masked(registry, echoed):
+    """A JSON encoder may write a key's '/' as '\\/' and its non-ASCII as \\uXXXX; a protocol's
+    reason may quote the server (an unknown message type): neither goes to the table unmasked."""
+    key = "Zm9vYmFy/c2VjcmV0+a2V5=café"
+    register_secret(key)
+    try:
+        buf = Buffer(registry, FlushPolicy(max_age=60))
+        kind = json.loads(echoed)["error"]  # as the protocol read it
+        buf.reject(Rejected("coinapi", echoed, f"unknown message type {kind!r}", 5, position=3))
+        buf.close()
+        (row,) = (await buf.next_flush()).values
+    finally:
+        forget_secret(key)
+    assert row["raw"] == b'{"error":"bad key ***"}'
+    assert row["reason"] == "unknown message type 'bad key ***'"
