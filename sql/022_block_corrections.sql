@@ -1,12 +1,25 @@
--- When each height's canonical block was first sent as a correction (a block row flagged
--- `is_reorg` carrying the hash `block_hashes` holds now; a correction re-sent after a reconnect
--- moves nothing), per provider and chain. Rows without a block hash (BlockDB's) cannot be matched
--- to a branch, and a reorg that removes one sends nothing for it (PROTOCOLS.md 2.10): the
--- canonical views leave out such a row received before its height's correction, unless it is a
--- correction itself (BlockDB re-sends a replaced height's rows flagged `is_reorg`).
+-- Per provider, chain and height a block correction was sent for: when a block of another hash
+-- than the one `block_hashes` holds now was last sent as a correction (`replaced_at`, null if
+-- none was), and when the canonical block was first sent as a correction (`corrected_at`: a
+-- block row flagged `is_reorg` carrying the canonical hash; a correction re-sent after a
+-- reconnect moves nothing; null if the canonical block never was one). Rows without a block hash
+-- (BlockDB's) cannot be matched to a branch, and a reorg that removes one sends nothing for it
+-- (PROTOCOLS.md 2.10), so the canonical views place such a row by its receive time: it is of a
+-- replaced branch if received before `corrected_at`, unless it is a correction itself (BlockDB
+-- re-sends a reorged height's rows flagged `is_reorg`, and keeps no order between datasets: they
+-- may come just ahead of their block's correction); a correction is, if received at or before
+-- `replaced_at` (it was sent for a branch replaced since: a height reorged twice, or back).
 CREATE OR REPLACE VIEW block_corrections AS
-SELECT b.provider, b.chain, b.number, min(b.received_at) AS corrected_at
-FROM blocks_history b
-JOIN block_hashes h ON h.provider = b.provider AND h.chain = b.chain AND h.number = b.number AND h.hash = b.hash
-WHERE b.is_reorg
-GROUP BY ALL;
+WITH flagged AS (
+    SELECT b.provider, b.chain, b.number, b.received_at, b.hash = h.hash AS canonical,
+           max(b.received_at) FILTER (WHERE b.hash <> h.hash)
+               OVER (PARTITION BY b.provider, b.chain, b.number) AS replaced_at
+    FROM blocks_history b
+    JOIN block_hashes h ON h.provider = b.provider AND h.chain = b.chain AND h.number = b.number
+    WHERE b.is_reorg AND b.hash IS NOT NULL
+)
+SELECT provider, chain, number,
+       min(received_at) FILTER (WHERE canonical) AS corrected_at,
+       max(replaced_at) AS replaced_at
+FROM flagged
+GROUP BY provider, chain, number;

@@ -486,3 +486,42 @@ def test_a_blockdb_correction_sent_again_drops_no_new_row(tmp_path, registry):
         },
     )
     assert con.sql("SELECT tracing_id FROM transfers ORDER BY 1").fetchall() == [("b3",)]
+
+
+def blockdb_swap(received_at: int, *, reorg: bool = False, **record) -> Rows:
+    base = {"block_number": 100, "tx_index": 0, "block_time": "2025-11-13T00:00:00Z", "amount_in": "1"}
+    base |= {"pool_uid": "ab" * 32, "token_in": "cd" * 20, "token_out": "ef" * 20}
+    rows = Rows("blockdb", "blockdb_swaps", "s", [json.dumps(base | record).encode()], received_at)
+    rows.context, rows.is_reorg = {"chain_id": 1}, reorg
+    return rows
+
+
+@pytest.mark.parametrize("last", ["cc" * 32, "aa" * 32], ids=["to a third branch", "back to the first"])
+def test_a_height_reorged_twice_keeps_only_the_last_branchs_rows(tmp_path, registry, last):
+    """A, then B (corrected, 3 rows), then `last` (corrected, 2 rows): B's third row is of a
+    replaced branch though flagged as a correction, and nothing at its key supersedes it. Every
+    correction was exempt from the cutoff, so `transfers` and `trades` kept it beside the last
+    branch's rows. The last branch's second row comes just ahead of its block's correction
+    (BlockDB keeps no order between datasets): a correction sent after B's, it is kept."""
+    rows: dict[str, list[Rows]] = {"blockdb_blocks": [], "blockdb_transfers": [], "blockdb_swaps": []}
+    for at, block_hash, n, branch in ((0, "aa" * 32, 2, "a"), (2, "bb" * 32, 3, "b"), (4, last, 2, "c")):
+        reorg = at > 0
+        rows["blockdb_blocks"].append(blockdb_block(T0 + at * S, block_hash, reorg=reorg))
+        for i in range(n):
+            received_at = T0 + at * S - (S // 2 if branch == "c" and i == 1 else 0)
+            record = {"tx_index": i, "log_index": 0, "_tracing_id": f"{branch}{i}"}
+            amount = f"{at}{i}"
+            rows["blockdb_transfers"].append(
+                blockdb_transfer(received_at, reorg=reorg, amount_raw=amount, **record)
+            )
+            rows["blockdb_swaps"].append(blockdb_swap(received_at, reorg=reorg, amount_in=amount, **record))
+    con = store_all(registry, tmp_path, rows)
+    assert con.sql("SELECT hash FROM blocks").fetchall() == [("0x" + last,)]
+    assert con.sql("SELECT tracing_id, amount_raw FROM transfers ORDER BY 1").fetchall() == [
+        ("c0", "40"),
+        ("c1", "41"),
+    ]
+    assert con.sql("SELECT tracing_id, amount FROM trades ORDER BY 1").fetchall() == [
+        ("c0", "40"),
+        ("c1", "41"),
+    ]
