@@ -1,8 +1,9 @@
 -- Per provider, chain and height a block correction was sent for: when a block of another hash
 -- than the one `block_hashes` holds now was last sent as a correction (`replaced_at`, null if
--- none was), and when the canonical block was first sent as a correction (`corrected_at`: a
--- block row flagged `is_reorg` carrying the canonical hash; a correction re-sent after a
--- reconnect moves nothing; null if the canonical block never was one). Rows without a block hash
+-- none was), and when the canonical block was first sent as a correction after that
+-- (`corrected_at`: a block row flagged `is_reorg` carrying the canonical hash; a correction
+-- re-sent after a reconnect moves nothing; the first one at all if none came after
+-- `replaced_at`, and null if the canonical block never was one). Rows without a block hash
 -- (BlockDB's) cannot be matched to a branch, and a reorg that removes one sends nothing for it
 -- (PROTOCOLS.md 2.10), so the canonical views place such a row by its receive time: it is of a
 -- replaced branch if received before `corrected_at`, unless it is a correction itself (BlockDB
@@ -19,7 +20,8 @@ WITH flagged AS (
     WHERE b.is_reorg AND b.hash IS NOT NULL
 )
 SELECT provider, chain, number,
-       min(received_at) FILTER (WHERE canonical) AS corrected_at,
+       coalesce(min(received_at) FILTER (WHERE canonical AND (replaced_at IS NULL OR received_at > replaced_at)),
+                min(received_at) FILTER (WHERE canonical)) AS corrected_at,
        max(replaced_at) AS replaced_at
 FROM flagged
 GROUP BY provider, chain, number;

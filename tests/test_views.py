@@ -525,3 +525,35 @@ def test_a_height_reorged_twice_keeps_only_the_last_branchs_rows(tmp_path, regis
         ("c0", "40"),
         ("c1", "41"),
     ]
+
+
+def test_a_height_reorged_back_and_forth_keeps_rows_sent_since_its_block_came_back(tmp_path, registry):
+    """A, B, A again, B again (each flagged): A's row sent after A came back is of a replaced
+    branch, though received after B was first sent as a correction."""
+    con = store_all(
+        registry,
+        tmp_path,
+        {
+            "blockdb_blocks": [
+                blockdb_block(T0, "aa" * 32),
+                blockdb_block(T0 + 2 * S, "bb" * 32, reorg=True),
+                blockdb_block(T0 + 4 * S, "aa" * 32, reorg=True),
+                blockdb_block(T0 + 6 * S, "bb" * 32, reorg=True),
+            ],
+            "blockdb_transfers": [
+                blockdb_transfer(T0, tx_index=0, amount_raw="1", _tracing_id="a0"),
+                blockdb_transfer(T0 + 2 * S, reorg=True, tx_index=0, amount_raw="2", _tracing_id="b0"),
+                blockdb_transfer(T0 + 3 * S, tx_index=1, amount_raw="3", _tracing_id="b1"),
+                blockdb_transfer(T0 + 4 * S, reorg=True, tx_index=0, amount_raw="1", _tracing_id="a0 again"),
+                blockdb_transfer(T0 + 5 * S, tx_index=2, amount_raw="4", _tracing_id="a2"),
+                blockdb_transfer(T0 + 6 * S, reorg=True, tx_index=0, amount_raw="2", _tracing_id="b0 again"),
+                blockdb_transfer(T0 + 6 * S, reorg=True, tx_index=1, amount_raw="3", _tracing_id="b1 again"),
+                blockdb_transfer(T0 + 7 * S, tx_index=3, amount_raw="5", _tracing_id="b3"),
+            ],
+        },
+    )
+    assert con.sql("SELECT tracing_id FROM transfers ORDER BY 1").fetchall() == [
+        ("b0 again",),
+        ("b1 again",),
+        ("b3",),
+    ]
