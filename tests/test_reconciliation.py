@@ -45,7 +45,10 @@ def bitquery(url: str) -> dict:
     return {"url": url, "auth": {"env": "K", "in": "query"}, "subscriptions": [{"name": "eth", "query": BQ}]}
 
 
-async def run(tmp_path: Path, monkeypatch, providers: dict, seconds: float, during=None, **storage) -> Daemon:
+async def run(
+    tmp_path: Path, monkeypatch, providers: dict, seconds: float | None, during=None, **storage
+) -> Daemon:
+    """The daemon for `seconds`, or (None) until `during(daemon)` has asked it to stop."""
     monkeypatch.setenv("K", KEY)
     doc = {
         "storage": {"data_dir": str(tmp_path / "data"), **storage},
@@ -55,7 +58,7 @@ async def run(tmp_path: Path, monkeypatch, providers: dict, seconds: float, duri
     daemon = Daemon(parse_config(doc, base=tmp_path))
     task = asyncio.create_task(daemon.run(duration=seconds))
     if during is not None:
-        await during()
+        await during(daemon)
     await asyncio.wait_for(task, 60)
     return daemon
 
@@ -202,15 +205,16 @@ async def test_rows_sent_again_after_a_reconnect_count_once(tmp_path, monkeypatc
         key=KEY, block_interval=0.02, txs_per_block=3, resend_on_subscribe=120, record_log=True
     ) as emu:
 
-        async def drop_once() -> None:
-            await eventually(lambda: emu.blocks_produced >= 10, what="blocks")
+        async def drop_once(daemon: Daemon) -> None:
+            await eventually(lambda: sum(emu.sent.values()) >= 30, what="rows sent")
             await emu.drop_connections()
             await eventually(
                 lambda: emu.connections_total >= 2 and sum(emu.resent.values()) > 0, what="resent rows"
             )
+            daemon.request_stop()
 
         fast = {"backoff": {"initial": 0.02, "max": 0.05}}  # back before the resend window is all new rows
-        await run(tmp_path, monkeypatch, {"blockdb": blockdb(emu.url, **fast)}, 3.0, drop_once)
+        await run(tmp_path, monkeypatch, {"blockdb": blockdb(emu.url, **fast)}, None, drop_once)
     db, pq = both_sources(tmp_path)
     sent_ids = [t for _, d, t, _ in emu.sent_log if d == "0304"]
     assert emu.resent[(1, "0304")] > 0 and len(sent_ids) > len(set(sent_ids))  # duplicates were sent
@@ -225,13 +229,14 @@ async def test_every_gap_is_on_record(tmp_path, monkeypatch):
     """A silent stretch: the disconnect per subscription, and each hole in the block numbers."""
     async with BlockDBEmulator(key=KEY, block_interval=0.02, txs_per_block=2, record_log=True) as emu:
 
-        async def silence() -> None:
-            await eventually(lambda: emu.blocks_produced >= 10, what="blocks")
+        async def silence(daemon: Daemon) -> None:
+            await eventually(lambda: sum(emu.sent.values()) >= 20, what="rows sent")
             emu.go_silent(0.8)
             await eventually(lambda: emu.connections_total >= 2, timeout=10, what="a reconnect")
             await asyncio.sleep(0.3)
+            daemon.request_stop()
 
-        await run(tmp_path, monkeypatch, {"blockdb": blockdb(emu.url, idle_timeout=0.3)}, 3.0, silence)
+        await run(tmp_path, monkeypatch, {"blockdb": blockdb(emu.url, idle_timeout=0.3)}, None, silence)
     chain = Chain(1, 1, txs_per_block=2)
     number_of = {}
     for _ in range(emu.blocks_produced):
@@ -302,12 +307,26 @@ async def test_solana_slots_are_final_once_a_root_covers_them_unless_a_fork_aban
             },
         ]
 
-        async def reconnect() -> None:
-            await asyncio.sleep(1.0)
-            await emu.drop_connections()
+        def subscribed() -> bool:
+            return [len(c.subscriptions) for c in emu.connections] == [len(subs)]
+
+        async def reconnect(daemon: Daemon) -> None:
+            # Counted from each connection's subscriptions, not from the start: a loaded machine
+            # may take a second to start the daemon, and as long again to reconnect.
+            for connection in (1, 2):
+                await eventually(
+                    lambda c=connection: emu.connections_total == c and subscribed(), what="subscribed"
+                )
+                slots = emu.slots_produced
+                await eventually(
+                    lambda s=slots: emu.slots_produced >= s + 40, what="slots on this connection"
+                )
+                if connection == 1:
+                    await emu.drop_connections()
+            daemon.request_stop()
 
         providers = {"helius": {"url": emu.url, "auth": {"env": "K"}, "subscriptions": subs}}
-        await run(tmp_path, monkeypatch, providers, 2.5, during=reconnect)
+        await run(tmp_path, monkeypatch, providers, None, during=reconnect)
     db, pq = both_sources(tmp_path)
     roots: dict[int, list[int]] = {}
     for connection, root in db.execute(
