@@ -8,6 +8,7 @@ import contextlib
 import datetime
 import json
 import math
+import os
 import subprocess
 import sys
 import tomllib
@@ -169,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader stopped reading (`query ... | head`): what it wanted it has. Python would
+        # report the pipe again when it flushes stdout at exit, so stdout goes nowhere now.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:

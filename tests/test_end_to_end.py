@@ -419,6 +419,23 @@ async def test_query_explains_when_there_is_nothing_it_can_read(tmp_path):
     assert code == 1 and "no data yet" in err
 
 
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
+def test_a_query_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path, fmt):
+    """`query ... | head`: the closed pipe is the reader's choice, not an error with a traceback."""
+    cfg = write_config(tmp_path, "emulator")
+    query = [sys.executable, "-m", "ingest", "query", "SELECT range AS n FROM range(20000)"]
+    proc = subprocess.Popen(
+        [*query, "--format", fmt, "--config", str(cfg)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.read(100)
+    proc.stdout.close()  # as head does once it has its lines
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == b""
+
+
 async def test_the_built_in_demo_ingests_all_four_providers(tmp_path, monkeypatch):
     """`python run.py`'s config: every provider's rows equal what its emulator sent, in both sinks."""
     monkeypatch.chdir(tmp_path)
