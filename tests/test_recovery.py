@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 
 import ingest.app
 from ingest.app import Daemon
@@ -97,6 +98,7 @@ def stored(tmp_path: Path) -> tuple[Counter, Counter]:
     return in_db, Counter(con.execute(sql).fetchall())
 
 
+@pytest.mark.timeout(300)  # 21 daemon starts: ~100 s here, longer beside other work
 async def test_kill_9_at_twenty_random_moments_loses_and_doubles_nothing(tmp_path):
     rng = random.Random(2026)
     emulator = BlockDBEmulator(
