@@ -14,7 +14,7 @@ import msgspec
 from ingest.buffer import Buffer
 from ingest.events import Gap, Rejected, Rows
 from ingest.journal import Kind, Record, read_records, segment_files
-from ingest.protocols.base import ProviderProtocol
+from ingest.protocols.base import ProviderProtocol, read_frames
 
 __all__ = ["ReplayStats", "capture_records", "journal_records", "replay"]
 
@@ -53,20 +53,23 @@ def capture_records(path: Path, stream: str) -> Iterator[Record]:
 async def replay(
     records: Iterable[Record], protocols: Mapping[str, ProviderProtocol], buffer: Buffer
 ) -> ReplayStats:
-    """Feed records through the protocols; rows keep their journal positions so sinks skip what they hold."""
+    """Feed records through the protocols; rows keep their journal positions so sinks skip what they hold.
+
+    The frames of one socket read go in together, as the driver read them (`receive_many`): a
+    protocol may read a frame in the light of the others (Helius maps the ids its subscribe
+    responses give before the notifications that came ahead of them), and must do so alike.
+    """
     stats = ReplayStats()
-    for record in records:
+    for read in _reads(records):
+        record = read[0]
         protocol = protocols.get(record.stream)
         if protocol is None:
             # A provider no longer configured: its frames are kept in quarantine, not dropped.
-            stats.unknown_streams[record.stream] += 1
+            stats.unknown_streams[record.stream] += len(read)
             if record.kind is Kind.FRAME:
                 reason = f"journal: no provider named {record.stream!r} in the config"
-                buffer.reject(
-                    Rejected(
-                        record.stream, record.payload, reason, record.received_at, position=record.position
-                    )
-                )
+                for r in read:
+                    buffer.reject(Rejected(r.stream, r.payload, reason, r.received_at, position=r.position))
             continue
         if record.kind is Kind.STATE:
             protocol.load_state(msgspec.json.decode(record.payload))
@@ -75,8 +78,8 @@ async def replay(
             gap.position = record.position
             buffer.gap(gap, record.received_at)
         else:
-            stats.frames += 1
-            stats.rows += _route(protocol, record, buffer)
+            stats.frames += len(read)
+            stats.rows += _route(protocol, read, buffer)
         if buffer.congested:
             await buffer.wait_for_room()
     for protocol in protocols.values():
@@ -84,21 +87,46 @@ async def replay(
     return stats
 
 
-def _route(protocol: ProviderProtocol, record: Record, buffer: Buffer) -> int:
-    rows = 0
+def _reads(records: Iterable[Record]) -> Iterator[list[Record]]:
+    """Records as the driver met them: the frames of one socket read (one FRAMES record: one
+    stream, one receive time, consecutive positions) together, every other record alone."""
+    read: list[Record] = []
+    for record in records:
+        if read:
+            last = read[-1]
+            if (
+                record.kind is Kind.FRAME
+                and record.stream == last.stream
+                and record.received_at == last.received_at
+                and record.position == last.position + 1
+                and record.position  # a capture's frames have none: each is a read of its own
+            ):
+                read.append(record)
+                continue
+            yield read
+        read = [record]
+        if record.kind is not Kind.FRAME:
+            yield read
+            read = []
+    if read:
+        yield read
+
+
+def _route(protocol: ProviderProtocol, read: list[Record], buffer: Buffer) -> int:
+    frames = [r.payload for r in read]
+    positions = [r.position for r in read]
+    received_at = read[0].received_at
     try:
-        events: list[Any] = protocol.receive(record.payload, record.received_at)
-    except Exception as exc:  # a protocol bug must not stop a recovery: keep the frame
-        events = [Rejected(protocol.name, record.payload, f"protocol error: {exc}"[:500], record.received_at)]
+        events: list[Any] = protocol.receive_many(frames, received_at, positions)
+    except Exception:  # a bug in a protocol's batch reading: frame by frame, as the driver does
+        events = read_frames(protocol, frames, received_at, positions)
+    rows = 0
     for event in events:
         if type(event) is Rows:
-            event.position = record.position
             buffer.add(event)
             rows += len(event.records)
         elif isinstance(event, Rejected):
-            event.position = record.position
             buffer.reject(event)
         elif isinstance(event, Gap):
-            event.position = record.position
-            buffer.gap(event, record.received_at)
+            buffer.gap(event, received_at)
     return rows

@@ -328,3 +328,33 @@ def test_a_journal_in_use_by_another_daemon_is_refused_until_it_closes(tmp_path)
     first.close()
     assert second.open() == segment_files(tmp_path / "main")[:1]  # the closed run's segment
     second.close()
+
+
+def test_a_replay_reads_the_frames_of_one_socket_read_together_as_the_driver_did(tmp_path):
+    """A Helius notification ahead of the subscribe response naming its id, in one read: live, the
+    protocol maps the id before reading the read's frames in order; the replay must route alike."""
+    pubkey = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
+    protocol_class = PROTOCOLS["helius"]
+    spec = {"name": "usdc", "method": "accountSubscribe", "params": [pubkey, {"commitment": "confirmed"}]}
+    subscriptions = [protocol_class.parse_subscription(spec, "s[0]", None)]
+    note = {"jsonrpc": "2.0", "method": "accountNotification", "params": {"subscription": 10, "result": {
+        "context": {"slot": 5}, "value": {"lamports": 1, "owner": "o", "executable": False, "rentEpoch": 0,
+                                          "space": 0, "data": ["", "base64"]}}}}  # fmt: skip
+    read = [json.dumps(note).encode(), b'{"jsonrpc":"2.0","result":10,"id":1}']
+    journal = Journal(tmp_path)
+    journal.open()
+    live = protocol_class("helius", subscriptions, {})
+    live.connect()
+    journal.append(Kind.STATE, "helius", 1, msgspec.json.encode(live.state()))
+    first = journal.append_frames("helius", 2, read)
+    events = live.receive_many(read, 2, [first, first + 1])
+    routed = [(e.position, e.subscription) for e in events if isinstance(e, Rows)]
+    journal.close()
+    assert routed == [(first, "usdc")]
+
+    replayed: list[tuple[int, str]] = []
+    buffer = Buffer(load_registry(), FlushPolicy(max_rows=10**6, max_age=1e9))
+    buffer.add = lambda rows: replayed.append((rows.position, rows.subscription))
+    fresh = {"helius": protocol_class("helius", subscriptions, {})}
+    asyncio.run(replay(journal_records([tmp_path]), fresh, buffer))
+    assert replayed == routed

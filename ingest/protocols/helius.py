@@ -250,7 +250,31 @@ class HeliusProtocol:
         ]
 
     def receive_many(self, frames: list[bytes], received_at: int, positions: Iterable[int]) -> list[Event]:
+        if any(kind == "subscribe" for _, kind in self._pending.values()):
+            self._map_ahead(frames)
         return read_frames(self, frames, received_at, positions)
+
+    def _map_ahead(self, frames: list[bytes]) -> None:
+        """Learn the ids that this read's subscribe responses give before reading its frames in
+        order: a node may send a subscription's first notification ahead of the response naming its
+        id (solana-labs/solana#11806), and unmapped it would lose the pubkey or signature that only
+        the subscription gives, its rows' key. Only while subscribes are unanswered: at start."""
+        for raw in frames:
+            if b'"result"' not in raw:
+                continue
+            try:
+                msg = _decode(raw)
+            except msgspec.MsgspecError:
+                continue  # quarantined when read in order
+            pending = self._pending.get(msg.id) if msg.id is not None else None
+            if pending is None or pending[1] != "subscribe" or msg.error is not None:
+                continue
+            try:
+                result = msgspec.json.decode(bytes(msg.result))
+            except msgspec.MsgspecError:
+                continue
+            if isinstance(result, int) and not isinstance(result, bool) and pending[0] in self._desired:
+                self._ids[result] = self._desired[pending[0]]
 
     def data_to_send(self) -> list[str]:
         out, self._outbox = self._outbox, []

@@ -157,6 +157,46 @@ def test_signature_subscriptions_end_by_themselves(registry):
     assert p.data_to_send() == []  # and it is not asked again
 
 
+def test_a_notification_read_with_its_subscribe_response_but_ahead_of_it_is_routed(registry):
+    """A node may send a subscription's first notification before the response that names its id
+    (solana-labs/solana#11806): one read carries both, and the row keeps its key (the pubkey or
+    signature comes only from the subscription), not a blank one two accounts would share."""
+    other = "So11111111111111111111111111111111111111112"
+    p = proto(
+        {"name": "usdc", "method": "accountSubscribe", "params": [USDC, {"commitment": "confirmed"}]},
+        {"name": "sol", "method": "accountSubscribe", "params": [other, {"commitment": "confirmed"}]},
+        {"name": "tx", "method": "signatureSubscribe", "params": [SIG, {"commitment": "finalized"}]},
+    )
+    p.connect()
+    p.data_to_send()
+    final = {"context": {"slot": 9}, "value": {"err": None}}
+    frames = [
+        notify("accountNotification", 10, ACCOUNT),
+        notify("accountNotification", 11, ACCOUNT),
+        notify("signatureNotification", 12, final),
+        ack(1, 10),
+        ack(2, 11),
+        ack(3, 12),
+    ]
+    events = p.receive_many(frames, T0, range(1, 7))
+    rows = [e for e in events if isinstance(e, Rows)]
+    assert [e.position for e in rows] == [1, 2, 3]  # each row keeps its own frame
+    assert [e.subscription for e in rows] == ["usdc", "sol", "tx"]
+    accounts = build_table(registry["solana_account_updates"], rows[:2]).table
+    assert accounts["pubkey"].to_pylist() == [USDC, other]
+    assert len(set(accounts["_dedup_key"].to_pylist())) == 2
+    assert build_table(registry["solana_signatures"], rows[2:]).table["signature"].to_pylist() == [SIG]
+    assert [e for e in events if isinstance(e, SubscriptionAcked)] == [
+        SubscriptionAcked("usdc"),
+        SubscriptionAcked("sol"),
+        SubscriptionAcked("tx"),
+    ]
+    assert p.active == 2  # the signature's final result ended its subscription: not asked again
+    p.connection_lost()
+    p.connect()
+    assert [json.loads(f)["method"] for f in p.data_to_send()] == ["accountSubscribe", "accountSubscribe"]
+
+
 @pytest.mark.parametrize("value", [None, {"slot": 9}, "processed"])
 def test_a_signature_notification_without_a_result_is_quarantined_and_ends_nothing(value):
     p = proto({"name": "tx", "method": "signatureSubscribe", "params": [SIG, {"commitment": "finalized"}]})
