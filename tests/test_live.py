@@ -109,6 +109,39 @@ def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(regis
     assert [(cells[1].strip(), cells[2].strip()) for cells in stored] == [("blockdb_transfers", "3")]
 
 
+def test_after_a_journal_replay_the_summary_does_not_call_a_mismatch_a_loss(registry, tmp_path):
+    """The rows a start-up replay re-derived count as stored this run: beside what the emulator
+    sent this run they differ, which is no loss (each sink skipped what it held)."""
+    config = parse_config(
+        {
+            "storage": {"data_dir": str(tmp_path), "parquet": False},
+            "providers": {
+                "blockdb": {
+                    "url": "wss://api.blockdb.io/v1/evm/",
+                    "auth": {"env": "BLOCKDB_API_KEY"},
+                    "subscriptions": [{"chain_id": 1, "dataset_id": "0304"}],
+                }
+            },
+        },
+        base=tmp_path,
+    )
+
+    def printed(replayed: int) -> str:
+        metrics = Metrics()
+        metrics.provider("blockdb")
+        metrics.rows_by_provider["blockdb"] = 120
+        metrics.replayed_frames = replayed
+        out = io.StringIO()
+        result = RunResult(metrics, {"blockdb_transfers": 120}, {"blockdb": 100})
+        summary.print_summary(result, config, registry, Console(file=out, width=200))
+        return out.getvalue()
+
+    assert "100 records != stored" in printed(0)
+    after = printed(20)
+    assert "!= stored" not in after and "100 records (stored counts the replay too)" in after
+    assert "include 20 frames replayed from the journal" in after
+
+
 def test_status_counts_each_derived_row_once(registry):
     """Quarantine and gap rows written again by a journal replay share an id and count once."""
     con = duckdb.connect()
