@@ -22,7 +22,7 @@ from ingest.compact import compact
 from ingest.config import Config, ProviderConfig
 from ingest.downtime import Downtime, Hole
 from ingest.driver import Collector
-from ingest.emulators import EMULATORS, make_emulator
+from ingest.emulators import EMULATORS, check_options, make_emulator
 from ingest.errors import ConfigError
 from ingest.journal import Journal, Record
 from ingest.log import register_secret
@@ -196,6 +196,12 @@ class Daemon:
         self, *, duration: float | None = None, on_start: Callable[[], None] | None = None
     ) -> RunResult:
         started = time.monotonic()
+        for p in self.config.providers:  # before anything is created on disk
+            if p.emulated:
+                try:
+                    check_options(p.kind, p.emulator)
+                except ConfigError as exc:
+                    raise ConfigError(f"providers.{p.name}.emulator: {exc}") from None
         keys = self._keys()
         clients = self._oauth_clients()
         journal = self.journal

@@ -389,6 +389,11 @@ async def test_an_emulator_option_of_the_wrong_type_is_a_config_error(tmp_path):
     code, _, err = await run_cli("run", "--config", str(cfg), "--duration", "5", "--no-live", cwd=tmp_path)
     assert code == 2
     assert "config error: providers.blockdb.emulator: block_interval: expected a number, got 'fast'" in err
+    # A misspelt option too, named with the ones there are, before anything is made on disk.
+    cfg.write_text(cfg.read_text().replace('block_interval = "fast"', "block_intervl = 0.1"))
+    code, _, err = await run_cli("run", "--config", str(cfg), "--duration", "5", "--no-live", cwd=tmp_path)
+    assert code == 2 and "config error: providers.blockdb.emulator: block_intervl: unknown option" in err
+    assert "block_interval" in err and not (tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize("off", ["duckdb", "parquet"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import inspect
 import types
 import typing
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ __all__ = [
     "BlockDBEmulator",
     "CoinAPIEmulator",
     "HeliusEmulator",
+    "check_options",
     "make_emulator",
 ]
 
@@ -31,17 +33,29 @@ EMULATORS: dict[str, Any] = {
 }
 
 
+_AUTH = frozenset({"key", "client_id", "client_secret"})  # given by the daemon, not by options
+
+
 def make_emulator(kind: str, options: Mapping[str, Any], **auth: Any) -> Any:
-    """The emulator of `kind` with options from a config or `emulate --set`. A value of the wrong
-    type is a ConfigError naming the option: the emulator would take it and fail mid-run (a
-    `block_interval` of "fast" stopped its clock, so nothing was ever sent)."""
+    """The emulator of `kind` with options from a config or `emulate --set` (see check_options)."""
+    check_options(kind, options)
+    return EMULATORS[kind](**auth, **options)
+
+
+def check_options(kind: str, options: Mapping[str, Any]) -> None:
+    """ConfigError naming the option that is unknown or of the wrong type: the emulator would take
+    a wrong type and fail mid-run (a `block_interval` of "fast" stopped its clock, so nothing was
+    ever sent). Cheap, so the daemon checks before it creates anything."""
     factory = EMULATORS[kind]
+    parameters = inspect.signature(factory.__init__).parameters
+    known = sorted(name for name in parameters if name != "self" and name not in _AUTH)
     hints = typing.get_type_hints(factory.__init__)
     for name, value in options.items():
+        if name not in known:
+            raise ConfigError(f"{name}: unknown option (the {kind} emulator takes: {', '.join(known)})")
         expected = hints.get(name)
         if expected is not None and not _fits(value, expected):
             raise ConfigError(f"{name}: expected {_describe(expected)}, got {value!r}")
-    return factory(**auth, **options)
 
 
 def _fits(value: Any, expected: Any) -> bool:
