@@ -233,6 +233,14 @@ def _reconcile(config: Config, args: argparse.Namespace) -> int:
     con, _ = connect_for_query(
         load_registry(), config.storage.duckdb_path, _lake(config), instance=config.instance
     )
+    # A misspelt chain or provider would compare nothing and pass (exit 0): named instead.
+    held = con.execute("SELECT provider, chain FROM blocks GROUP BY ALL ORDER BY ALL").fetchall()
+    if missing := [n for n in names if (n, args.chain) not in held]:
+        there = ", ".join(f"{p} on {c}" for p, c in held) or "none"
+        print(
+            f"no blocks of {missing[0]} on {args.chain} in the store (blocks there: {there})", file=sys.stderr
+        )
+        return 2
     r = reconcile(con, args.chain, names[0], names[1], args.first, args.last)
     if args.format == "json":
         print(

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from ingest.app import Daemon
+from ingest.cli import main as cli_main
 from ingest.config import parse_config
 from ingest.emulators import BitqueryEmulator, BlockDBEmulator, HeliusEmulator
 from ingest.emulators.synth import Chain
@@ -369,6 +370,18 @@ async def test_reconcile_finds_exactly_the_injected_differences(tmp_path, monkey
     assert r.hash_mismatch  # the injected reorgs put Bitquery on other branches at those heights
     assert r.only_a == (list(range(chain_b.head + 1, chain_a.head + 1)) if explicit_range else [])
     assert r.only_b == [] and r.transfer_mismatch == []
+    if explicit_range:
+        return
+    # The verb: a misspelt chain or provider compares nothing, and says so with exit 2, not 0.
+    cfg = tmp_path / "ingest.toml"
+    cfg.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n[providers.blockdb]\nurl = "wss://x.invalid/"\n'
+        '[[providers.blockdb.subscriptions]]\nchain_id = 1\ndataset_id = "0101"\n'
+    )
+    verb = ["reconcile", "--config", str(cfg), "--format", "json"]
+    assert cli_main([*verb, "--chain", "eth", "--providers", "blockdb,bitquery"]) == 1  # they differ
+    assert cli_main([*verb, "--chain", "eht", "--providers", "blockdb,bitquery"]) == 2
+    assert cli_main([*verb, "--chain", "eth", "--providers", "blockdb,bitqery"]) == 2
 
 
 def test_reconcile_sums_amounts_exactly_however_large():
