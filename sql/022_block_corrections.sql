@@ -9,7 +9,9 @@
 -- replaced branch if received before `corrected_at`, unless it is a correction itself (BlockDB
 -- re-sends a reorged height's rows flagged `is_reorg`, and keeps no order between datasets: they
 -- may come just ahead of their block's correction); a correction is, if received at or before
--- `replaced_at` (it was sent for a branch replaced since: a height reorged twice, or back).
+-- `replaced_at` or, once the height has moved more than once, more than a second before
+-- `corrected_at` (it was sent for a branch replaced since: a height reorged twice, or back; the
+-- second allows for datasets out of step, which cannot be told from a branch that lasted less).
 CREATE OR REPLACE VIEW block_corrections AS
 WITH flagged AS (
     SELECT b.provider, b.chain, b.number, b.received_at, b.hash = h.hash AS canonical,

@@ -527,6 +527,30 @@ def test_a_height_reorged_twice_keeps_only_the_last_branchs_rows(tmp_path, regis
     ]
 
 
+def test_rows_sent_after_their_blocks_correction_leave_with_their_branch(tmp_path, registry):
+    """A -> B -> C two seconds apart, each branch's rows a tenth of a second after its block's
+    correction (block first, then its rows): B's row at a key C has not is of a replaced branch."""
+    late = S // 10
+    con = store_all(
+        registry,
+        tmp_path,
+        {
+            "blockdb_blocks": [
+                blockdb_block(T0, "aa" * 32),
+                blockdb_block(T0 + 2 * S, "bb" * 32, reorg=True),
+                blockdb_block(T0 + 4 * S, "cc" * 32, reorg=True),
+            ],
+            "blockdb_transfers": [
+                blockdb_transfer(T0, tx_index=0, amount_raw="1", _tracing_id="a0"),
+                blockdb_transfer(T0 + 2 * S + late, reorg=True, tx_index=0, amount_raw="2", _tracing_id="b0"),
+                blockdb_transfer(T0 + 2 * S + late, reorg=True, tx_index=1, amount_raw="3", _tracing_id="b1"),
+                blockdb_transfer(T0 + 4 * S + late, reorg=True, tx_index=0, amount_raw="4", _tracing_id="c0"),
+            ],
+        },
+    )
+    assert con.sql("SELECT tracing_id, amount_raw FROM transfers").fetchall() == [("c0", "4")]
+
+
 def test_a_height_reorged_back_and_forth_keeps_rows_sent_since_its_block_came_back(tmp_path, registry):
     """A, B, A again, B again (each flagged): A's row sent after A came back is of a replaced
     branch, though received after B was first sent as a correction."""
