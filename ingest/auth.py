@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -13,6 +14,7 @@ from ingest.log import secret_forms
 __all__ = ["Target", "build_target", "env_secret", "read_secret", "redact_url"]
 
 _SENSITIVE = ("key", "token", "secret", "auth", "password", "sig")
+_CONVENTIONAL_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +31,18 @@ def env_secret(name: str, key: str) -> str:
     naming both (never a value) if it is unset or empty."""
     value = os.environ.get(name, "")
     if not value:
-        raise ConfigError(f"{key}: the environment variable {name} is not set or empty")
+        raise ConfigError(f"{key}: {_variable(name)} is not set or empty")
     if has_control_characters(value):
-        raise ConfigError(f"{key}: the environment variable {name} holds control characters")
+        raise ConfigError(f"{key}: {_variable(name)} holds control characters")
     return value
+
+
+def _variable(name: str) -> str:
+    """The variable for an error, by name where it is one by convention (upper case): a key pasted
+    where its variable's name belongs may well look like a name too (`sk_live_4eC39Hq...`)."""
+    if _CONVENTIONAL_NAME.match(name):
+        return f"the environment variable {name}"
+    return "the environment variable it names (not shown: not upper case, so perhaps the key itself)"
 
 
 def read_secret(auth: AuthConfig, where: str) -> str | None:

@@ -13,7 +13,7 @@ import pytest
 import structlog
 from yarl import URL
 
-from ingest.auth import build_target, read_secret, redact_url
+from ingest.auth import build_target, env_secret, read_secret, redact_url
 from ingest.config import AuthConfig, load_config, parse_config
 from ingest.errors import ConfigError
 from ingest.log import configure_logging, register_secret
@@ -203,6 +203,18 @@ def test_a_key_pasted_where_its_variable_belongs_is_not_shown(tmp_path, path, au
     assert message.startswith(f"{path}: expected the name of an environment variable")
     assert "SAMPLE-KEY" not in message and "73034021" not in message
     assert "environment" in message
+
+
+def test_an_unset_variable_is_named_unless_its_name_could_be_a_key(monkeypatch):
+    """A key that looks like a variable name passes the config's check: the error on it unset
+    names only upper-case names, the convention for variables, and never a lower-case one."""
+    monkeypatch.delenv("BLOCKDB_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"^k: the environment variable BLOCKDB_API_KEY is not set"):
+        env_secret("BLOCKDB_API_KEY", "k")
+    pasted = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+    with pytest.raises(ConfigError) as info:
+        env_secret(pasted, "k")
+    assert pasted not in str(info.value) and "not shown" in str(info.value)
 
 
 def test_both_sinks_off_is_an_error(tmp_path):
