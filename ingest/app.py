@@ -207,21 +207,27 @@ class Daemon:
         journal = self.journal
         if journal is not None:
             journal.lock()  # before the sinks: DuckDB's lock would make a second daemon wait first
-        sinks = self._sinks()
-        for sink in sinks:
-            await asyncio.to_thread(sink.open, self.registry.values())
-        stored = max((s.checkpoint(d) for s in sinks for d in self.registry), default=0)
-        leftover = journal.open(after=stored) if journal is not None else []
-        # From here, not from the replay's start: the journal's syncer starts first (see _journal_low_water).
-        self._replaying = bool(leftover)
-        writer = Writer(
-            self.registry,
-            self.buffer,
-            sinks,
-            self.metrics,
-            before_write=journal.write if journal is not None else None,
-        )
-        await self._seed_reorg_tracker(writer, sinks)
+        try:
+            sinks = self._sinks()
+            for sink in sinks:
+                await asyncio.to_thread(sink.open, self.registry.values())
+            stored = max((s.checkpoint(d) for s in sinks for d in self.registry), default=0)
+            leftover = journal.open(after=stored) if journal is not None else []
+            # From here, not from the replay's start: the journal's syncer starts first
+            # (see _journal_low_water).
+            self._replaying = bool(leftover)
+            writer = Writer(
+                self.registry,
+                self.buffer,
+                sinks,
+                self.metrics,
+                before_write=journal.write if journal is not None else None,
+            )
+            await self._seed_reorg_tracker(writer, sinks)
+        except BaseException:
+            if journal is not None:
+                journal.unlock()  # a start that failed (a sink's lock, its disk) owns nothing
+            raise
         protocols = {
             p.name: PROTOCOLS[p.kind](p.name, list(p.subscriptions), p.options) for p in self.config.providers
         }

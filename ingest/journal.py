@@ -201,9 +201,20 @@ class Journal:
                 f"the journal {self.directory} is in use by another daemon (pid {owner}); two daemons "
                 "on one data directory need an `instance` each"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a file system without locks (NFS without its lock service)
+            log.warning(
+                "journal: the directory cannot be locked; run one daemon per instance", reason=str(exc)
+            )
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._owner_fd = fd
+
+    def unlock(self) -> None:
+        """Let another process own the directory (close does it too)."""
+        if self._owner_fd >= 0:
+            os.close(self._owner_fd)
+            self._owner_fd = -1
 
     def _start_segment(self) -> None:
         # A new segment per start: a torn tail of the last run stays behind in its own file.
@@ -378,9 +389,7 @@ class Journal:
         if delete:
             for path in segment_files(self.directory):
                 path.unlink(missing_ok=True)
-        if self._owner_fd >= 0:
-            os.close(self._owner_fd)  # releases the lock
-            self._owner_fd = -1
+        self.unlock()
 
 
 _IOV_MAX = 1024  # Linux's limit of buffers per writev

@@ -358,3 +358,22 @@ def test_a_replay_reads_the_frames_of_one_socket_read_together_as_the_driver_did
     fresh = {"helius": protocol_class("helius", subscriptions, {})}
     asyncio.run(replay(journal_records([tmp_path]), fresh, buffer))
     assert replayed == routed
+
+
+def test_a_directory_that_cannot_be_locked_is_used_with_a_warning(tmp_path, monkeypatch):
+    """NFS without its lock service refuses flock (ENOLCK): the daemon runs as before, warned."""
+    import errno
+    import fcntl
+
+    def refuse(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    journal = Journal(tmp_path / "main")
+    with capture_logs() as logs:
+        journal.open()
+    assert [e["event"] for e in logs] == [
+        "journal: the directory cannot be locked; run one daemon per instance"
+    ]
+    journal.append(Kind.FRAME, "blockdb", 1, b"{}")
+    journal.close()

@@ -26,6 +26,7 @@ from ingest.app import Daemon
 from ingest.buffer import Buffer
 from ingest.config import FlushPolicy, load_config
 from ingest.emulators.blockdb import BlockDBEmulator
+from ingest.errors import Fatal
 from ingest.events import Rows
 from ingest.journal import Journal, Kind, Record
 from ingest.metrics import Metrics
@@ -347,6 +348,17 @@ async def test_the_replay_verb_sees_a_reorg_of_a_height_stored_before(tmp_path):
     for path, root in ((data / "ingest.duckdb", None), (None, str(data / "parquet"))):
         con, _ = connect_for_query(Daemon(cfg).registry, path, root)
         assert con.execute("SELECT first_height, depth FROM reorgs").fetchall() == [(2, 1)]
+
+
+async def test_a_start_that_fails_leaves_the_journal_to_the_next(tmp_path, monkeypatch):
+    """A sink that cannot open stops the start; the journal's lock goes with it, so a second try in
+    the same process (a test, a notebook) is refused for its own reason, not as a second daemon."""
+    monkeypatch.setenv("BLOCKDB_API_KEY", KEY)
+    cfg = load_config(config(tmp_path, "ws://127.0.0.1:9/"))
+    (tmp_path / "data" / "ingest.duckdb").mkdir(parents=True)  # DuckDB cannot open a directory
+    for _ in range(2):
+        with pytest.raises(Fatal, match=r"cannot open .* for writing"):
+            await Daemon(cfg).run(duration=0.1)
 
 
 async def test_no_journal_segment_goes_while_the_replay_has_not_read_it(tmp_path, monkeypatch):
