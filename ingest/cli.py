@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PRINTING = frozenset({"query", "status", "reconcile"})  # verbs whose output is read through a pipe
+
+
 def with_default_verb(argv: list[str]) -> list[str]:
     """`run` when no verb is given (options alone are run's)."""
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
@@ -171,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        if verb not in _PRINTING:  # a socket's, say: not a reader that had enough
+            raise
         # The reader stopped reading (`query ... | head`): what it wanted it has. Python would
         # report the pipe again when it flushes stdout at exit, so stdout goes nowhere now.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
