@@ -260,7 +260,7 @@ class HeliusProtocol:
         id (solana-labs/solana#11806), and unmapped it would lose the pubkey or signature that only
         the subscription gives, its rows' key. Only while subscribes are unanswered: at start."""
         for raw in frames:
-            if b'"result"' not in raw:
+            if b'"id"' not in raw or b'"result"' not in raw:  # a notification has no id: not decoded twice
                 continue
             try:
                 msg = _decode(raw)
