@@ -298,7 +298,21 @@ class Daemon:
         self.downtime.write(self._holes(now), now)
 
     async def ingest_offline(self, records: Iterable[Record]) -> ReplayStats:
-        """`replay`: records through the protocols into the sinks, no sockets, no journal of its own."""
+        """`replay`: records through the protocols into the sinks, no sockets, no journal of its own.
+
+        It writes as the config's instance, so it takes that instance's journal lock as the daemon
+        does: beside a running daemon of it, both would store the same positions (in Parquet, where
+        DuckDB's own lock does not stop them)."""
+        journal = self.journal
+        if journal is not None:
+            journal.lock()
+        try:
+            return await self._ingest_offline(records)
+        finally:
+            if journal is not None:
+                journal.unlock()
+
+    async def _ingest_offline(self, records: Iterable[Record]) -> ReplayStats:
         sinks = self._sinks()
         for sink in sinks:
             await asyncio.to_thread(sink.open, self.registry.values())

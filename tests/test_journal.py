@@ -12,8 +12,9 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
+from ingest.app import Daemon
 from ingest.buffer import Buffer
-from ingest.config import FlushPolicy
+from ingest.config import FlushPolicy, load_config
 from ingest.errors import Fatal
 from ingest.events import Rows
 from ingest.journal import Journal, Kind, read_records, segment_files
@@ -377,3 +378,20 @@ def test_a_directory_that_cannot_be_locked_is_used_with_a_warning(tmp_path, monk
     ]
     journal.append(Kind.FRAME, "blockdb", 1, b"{}")
     journal.close()
+
+
+async def test_the_replay_verb_waits_for_no_daemon_of_its_instance(tmp_path, monkeypatch):
+    """`replay` writes as the config's instance: beside its running daemon both would store the
+    same positions, so it is refused as a second daemon is."""
+    monkeypatch.setenv("BLOCKDB_API_KEY", "k")
+    cfg = tmp_path / "ingest.toml"
+    cfg.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\nduckdb = false\n[providers.blockdb]\n'
+        'url = "ws://127.0.0.1:9/"\n[[providers.blockdb.subscriptions]]\nchain_id = 1\ndataset_id = "0101"\n'
+    )
+    running = Journal(tmp_path / "data" / "journal" / "main")
+    running.open()  # the daemon's
+    with pytest.raises(Fatal, match="in use by another daemon"):
+        await Daemon(load_config(cfg)).ingest_offline([])
+    running.close()
+    await Daemon(load_config(cfg)).ingest_offline([])  # and once it is gone, it runs
