@@ -181,7 +181,7 @@ class Daemon:
         """Frames journaled but maybe not stored by a run that did not stop cleanly, before connecting."""
         log.info("replaying the journal of an unclean stop", segments=len(segments))
         try:
-            stats = await replay(journal_records(segments), protocols, self.buffer)
+            stats = await replay(journal_records(segments), protocols, self.buffer, self._max_frames())
         finally:
             self._replaying = False
         self.metrics.replayed_frames = stats.frames
@@ -325,13 +325,16 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tg:
                 writer_task = tg.create_task(writer.run(), name="writer")
-                stats = await replay(records, protocols, self.buffer)
+                stats = await replay(records, protocols, self.buffer, self._max_frames())
                 self.buffer.close()
                 await writer_task
         finally:
             for sink in sinks:
                 await asyncio.to_thread(sink.close)
         return stats
+
+    def _max_frames(self) -> dict[str, int]:
+        return {p.name: p.max_frame_bytes for p in self.config.providers}
 
     async def _seed_reorg_tracker(self, writer: Writer, sinks: list[Sink]) -> None:
         """Let the reorg tracker start from the last blocks stored (see ReorgTracker.seed): DuckDB's,

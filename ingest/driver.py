@@ -17,7 +17,7 @@ import termios
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence, Sized
-from typing import Any, NoReturn, Protocol
+from typing import NoReturn, Protocol
 
 import aiohttp
 import msgspec
@@ -48,7 +48,7 @@ from ingest.events import (
 from ingest.journal import Journal, Kind
 from ingest.log import redact
 from ingest.metrics import ProviderStats
-from ingest.protocols.base import ProviderProtocol, next_due, read_frames
+from ingest.protocols.base import ProviderProtocol, next_due, read_socket_read
 from ingest.retry_hints import from_headers
 from ingest.tokens import TokenSource
 
@@ -481,15 +481,7 @@ class Collector:
             positions: Sequence[int] = range(first, first + n)
         else:
             positions = [0] * n
-        protocol = self.protocol
-        if max(map(len, frames)) > self._max_frame:
-            events = self._read_oversized(frames, received_at, positions)
-        else:
-            try:
-                events = protocol.receive_many(frames, received_at, positions)
-            except Exception:  # a bug in a protocol's batch reading: read frame by frame instead
-                self.log.exception("batch read failed, reading frame by frame")
-                events = read_frames(protocol, frames, received_at, positions)
+        events = read_socket_read(self.protocol, frames, received_at, positions, self._max_frame)
         sink = self._sink
         stop: BaseException | None = None
         for event in events:
@@ -503,16 +495,6 @@ class Collector:
                 stop = stop or exc
         if stop is not None:
             raise stop
-
-    def _read_oversized(self, frames: list[bytes], received_at: int, positions: Sequence[int]) -> list[Any]:
-        events: list[Any] = []
-        for raw, position in zip(frames, positions, strict=True):
-            if len(raw) > self._max_frame:
-                reason = f"frame too large: {len(raw)} bytes"
-                events.append(Rejected(self.config.name, raw, reason, received_at, position=position))
-            else:
-                events += read_frames(self.protocol, [raw], received_at, [position])
-        return events
 
     def _closed_by_server(self, ws: aiohttp.ClientWebSocketResponse, msg: aiohttp.WSMessage) -> None:
         code = ws.close_code if msg.type is not aiohttp.WSMsgType.CLOSE else msg.data

@@ -14,9 +14,11 @@ import msgspec
 from ingest.buffer import Buffer
 from ingest.events import Gap, Rejected, Rows
 from ingest.journal import Kind, Record, read_records, segment_files
-from ingest.protocols.base import ProviderProtocol, read_frames
+from ingest.protocols.base import ProviderProtocol, read_socket_read
 
 __all__ = ["ReplayStats", "capture_records", "journal_records", "replay"]
+
+_NO_LIMIT = 1 << 62  # a stream without a limit given: every frame is read
 
 
 @dataclass(slots=True)
@@ -51,13 +53,17 @@ def capture_records(path: Path, stream: str) -> Iterator[Record]:
 
 
 async def replay(
-    records: Iterable[Record], protocols: Mapping[str, ProviderProtocol], buffer: Buffer
+    records: Iterable[Record],
+    protocols: Mapping[str, ProviderProtocol],
+    buffer: Buffer,
+    max_frames: Mapping[str, int] | None = None,
 ) -> ReplayStats:
     """Feed records through the protocols; rows keep their journal positions so sinks skip what they hold.
 
-    The frames of one socket read go in together, as the driver read them (`receive_many`): a
-    protocol may read a frame in the light of the others (Helius maps the ids its subscribe
-    responses give before the notifications that came ahead of them), and must do so alike.
+    The frames of one socket read go in together, read as the driver read them (read_socket_read):
+    a protocol may read a frame in the light of the others (Helius maps the ids its subscribe
+    responses give before the notifications that came ahead of them), and must do so alike; a
+    frame above its provider's `max_frames` limit (the config's max_frame_bytes) is quarantined.
     """
     stats = ReplayStats()
     for read in _reads(records):
@@ -79,7 +85,8 @@ async def replay(
             buffer.gap(gap, record.received_at)
         else:
             stats.frames += len(read)
-            stats.rows += _route(protocol, read, buffer)
+            limit = (max_frames or {}).get(record.stream, _NO_LIMIT)
+            stats.rows += _route(protocol, read, buffer, limit)
         if buffer.congested:
             await buffer.wait_for_room()
     for protocol in protocols.values():
@@ -112,14 +119,10 @@ def _reads(records: Iterable[Record]) -> Iterator[list[Record]]:
         yield read
 
 
-def _route(protocol: ProviderProtocol, read: list[Record], buffer: Buffer) -> int:
-    frames = [r.payload for r in read]
-    positions = [r.position for r in read]
+def _route(protocol: ProviderProtocol, read: list[Record], buffer: Buffer, max_frame: int) -> int:
     received_at = read[0].received_at
-    try:
-        events: list[Any] = protocol.receive_many(frames, received_at, positions)
-    except Exception:  # a bug in a protocol's batch reading: frame by frame, as the driver does
-        events = read_frames(protocol, frames, received_at, positions)
+    frames, positions = [r.payload for r in read], [r.position for r in read]
+    events: list[Any] = read_socket_read(protocol, frames, received_at, positions, max_frame)
     rows = 0
     for event in events:
         if type(event) is Rows:

@@ -395,3 +395,32 @@ async def test_the_replay_verb_waits_for_no_daemon_of_its_instance(tmp_path, mon
         await Daemon(load_config(cfg)).ingest_offline([])
     running.close()
     await Daemon(load_config(cfg)).ingest_offline([])  # and once it is gone, it runs
+
+
+def test_a_replay_quarantines_a_frame_above_its_providers_limit_as_the_driver_did(tmp_path):
+    """The driver quarantines a frame above max_frame_bytes unparsed; read again by a replay, the
+    same frame must not become rows."""
+    protocol_class = PROTOCOLS["helius"]
+    subscriptions = [
+        protocol_class.parse_subscription({"name": "slots", "method": "slotSubscribe"}, "s", None)
+    ]
+    live = protocol_class("helius", subscriptions, {})
+    live.connect()
+    live.receive(b'{"jsonrpc":"2.0","result":7,"id":1}', 1)
+    slot = {"jsonrpc": "2.0", "method": "slotNotification", "params": {"subscription": 7, "result": {}}}
+    small = json.dumps({**slot, "params": {**slot["params"], "result": {"slot": 5, "parent": 4, "root": 3}}})
+    big = json.dumps({**slot, "params": {**slot["params"], "result": {"slot": 6, "pad": "x" * 500}}})
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(Kind.STATE, "helius", 1, msgspec.json.encode(live.state()))
+    journal.append_frames("helius", 2, [small.encode(), big.encode()])
+    journal.close()
+
+    rows: list[int] = []
+    rejected: list[str] = []
+    buffer = Buffer(load_registry(), FlushPolicy(max_rows=10**6, max_age=1e9))
+    buffer.add = lambda r: rows.append(r.position)
+    buffer.reject = lambda r: rejected.append(r.reason)
+    fresh = {"helius": protocol_class("helius", subscriptions, {})}
+    asyncio.run(replay(journal_records([tmp_path]), fresh, buffer, {"helius": 400}))
+    assert len(rows) == 1 and rejected == [f"frame too large: {len(big)} bytes"]

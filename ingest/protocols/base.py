@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import msgspec
+import structlog
 
 from ingest.events import Event, Gap, Rejected, Rows
 
@@ -21,7 +22,10 @@ __all__ = [
     "next_due",
     "read_decoded",
     "read_frames",
+    "read_socket_read",
 ]
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,33 @@ def read_frames(
                 event.position = position  # type: ignore[union-attr]
         events += out
     return events
+
+
+def read_socket_read(
+    protocol: ProviderProtocol,
+    frames: list[bytes],
+    received_at: int,
+    positions: Sequence[int],
+    max_frame: int,
+) -> list[Any]:
+    """The events of one socket read's frames, as the driver reads them live and the journal's
+    replay reads them again (the same way, so a replay routes as live did): the whole read through
+    `receive_many`, or frame by frame around any frame above `max_frame` (quarantined unparsed)
+    and after a bug in the batch reading."""
+    if max(map(len, frames)) > max_frame:
+        events: list[Any] = []
+        for raw, position in zip(frames, positions, strict=True):
+            if len(raw) > max_frame:
+                reason = f"frame too large: {len(raw)} bytes"
+                events.append(Rejected(protocol.name, raw, reason, received_at, position=position))
+            else:
+                events += read_frames(protocol, [raw], received_at, [position])
+        return events
+    try:
+        return protocol.receive_many(frames, received_at, positions)
+    except Exception:  # a bug in a protocol's batch reading: read frame by frame instead
+        log.exception("batch read failed, reading frame by frame", provider=protocol.name)
+        return read_frames(protocol, frames, received_at, positions)
 
 
 Decoded = TypeVar("Decoded")
