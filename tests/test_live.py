@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from pathlib import Path
 
 import duckdb
 from rich.console import Console
@@ -14,7 +15,7 @@ from ingest import summary
 from ingest.app import RunResult
 from ingest.arrow_batch import build_table
 from ingest.buffer import Buffer
-from ingest.config import FlushPolicy, parse_config
+from ingest.config import Config, FlushPolicy, parse_config
 from ingest.events import Rows
 from ingest.live import LiveView, progress_logger
 from ingest.log import forget_secret, register_secret
@@ -58,10 +59,9 @@ def test_live_view_shows_each_dataset_and_provider(registry):
     assert "duckdb writes failing for 42 s (5 tries), retried: IOException: [Errno 28] full" in text
 
 
-def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(registry, tmp_path, monkeypatch):
-    """The summary scans every table: at DuckDB's default limit (80% of RAM) those scans filled its
-    cache, and after a long run were the daemon's peak RSS. It still counts every row."""
-    config = parse_config(
+def transfers_config(tmp_path: Path) -> Config:
+    """One BlockDB transfers subscription, its store in tmp_path (DuckDB only)."""
+    return parse_config(
         {
             "storage": {"data_dir": str(tmp_path), "parquet": False},
             "providers": {
@@ -74,6 +74,12 @@ def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(regis
         },
         base=tmp_path,
     )
+
+
+def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(registry, tmp_path, monkeypatch):
+    """The summary scans every table: at DuckDB's default limit (80% of RAM) those scans filled its
+    cache, and after a long run were the daemon's peak RSS. It still counts every row."""
+    config = transfers_config(tmp_path)
     ds = registry["blockdb_transfers"]
     sink = DuckDBSink(config.storage.duckdb_path)
     sink.open(registry.values())
@@ -112,19 +118,7 @@ def test_the_end_of_run_summary_reads_the_store_back_within_a_memory_limit(regis
 def test_after_a_journal_replay_the_summary_does_not_call_a_mismatch_a_loss(registry, tmp_path):
     """The rows a start-up replay re-derived count as stored this run: beside what the emulator
     sent this run they differ, which is no loss (each sink skipped what it held)."""
-    config = parse_config(
-        {
-            "storage": {"data_dir": str(tmp_path), "parquet": False},
-            "providers": {
-                "blockdb": {
-                    "url": "wss://api.blockdb.io/v1/evm/",
-                    "auth": {"env": "BLOCKDB_API_KEY"},
-                    "subscriptions": [{"chain_id": 1, "dataset_id": "0304"}],
-                }
-            },
-        },
-        base=tmp_path,
-    )
+    config = transfers_config(tmp_path)
 
     def printed(replayed: int) -> str:
         metrics = Metrics()
