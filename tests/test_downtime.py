@@ -79,7 +79,7 @@ async def test_a_state_that_cannot_be_saved_does_not_fail_the_run(tmp_path, monk
     """The file bounds a gap; the data matter more: a full disk at a beat or at the stop is logged."""
     async with BlockDBEmulator(key=daemon_runs.KEY, block_interval=0.01, txs_per_block=2) as emu:
 
-        async def break_state() -> None:
+        async def break_state(_daemon: object) -> None:  # stopped by its duration
             state = tmp_path / "data" / "state"
             await eventually(lambda: (state / "main.json").exists(), what="the first state")
             shutil.rmtree(state)
