@@ -216,6 +216,8 @@ def health(metrics: Metrics, extras: Extras, max_frame_age: float) -> tuple[int,
         }
         for name, f in sorted(metrics.sink_failures.items())
     }
+    if not providers:  # no collector yet: the sinks opening, the journal of a crash replaying
+        return 503, {"status": "starting", "providers": providers, "failing_sinks": sinks}
     healthy = all(p["healthy"] for p in providers.values()) and all(s["healthy"] for s in sinks.values())
     body = {"status": "ok" if healthy else "unhealthy", "providers": providers, "failing_sinks": sinks}
     return (200 if healthy else 503), body

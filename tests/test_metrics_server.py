@@ -15,7 +15,7 @@ from ingest.events import Rows
 from ingest.exposition import CONTENT_TYPE, Histogram, escape_label
 from ingest.log import forget_secret, register_secret
 from ingest.metrics import Metrics, SinkFailure
-from ingest.metrics_server import Extras, start_metrics_server
+from ingest.metrics_server import Extras, health, start_metrics_server
 
 ODD_SUB = 'we"ird\\sub\nname'  # a quote, a backslash and a line feed
 ODD_REASON = 'not JSON: "x"\\y\nz'
@@ -218,6 +218,18 @@ async def test_without_a_frame_clock_a_reconnecting_stream_is_unhealthy(registry
             assert (await resp.json())["providers"]["coinapi"]["last_frame_age_seconds"] is None
     finally:
         await server.stop()
+
+
+def test_health_is_starting_until_there_are_collectors():
+    """The server starts before the collectors (a crash's journal may replay for a while first):
+    nothing connected is no health, however empty the list of providers."""
+    metrics = Metrics()
+    assert health(metrics, Extras(), 30.0) == (
+        503,
+        {"status": "starting", "providers": {}, "failing_sinks": {}},
+    )
+    metrics.provider("blockdb").state = "connected"
+    assert health(metrics, Extras(), 30.0)[0] == 200
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "example.org"])
