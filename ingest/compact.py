@@ -267,7 +267,7 @@ def _publish(
     live = {n: o for n, o in read.outputs.items() if n not in gone} | outputs
     replaced = dict(read.replaced) | {n: Replaced(now) for n in gone if n not in outputs}
     manifest = read.publish(instance, outputs=live, replaced=replaced)
-    lake.write_bytes(f"{part.path}/{MANIFEST_NAME}", manifest.to_json())
+    lake.write_bytes(f"{part.path}/{MANIFEST_NAME}", manifest.to_json(), replace=True)
     return manifest
 
 
@@ -291,7 +291,7 @@ def _collect(lake: Lake, part: Partition, manifest: Manifest, instance: str, gra
     # Re-read first: overwriting a manifest another compactor just published would unlist its files.
     if replaced != manifest.replaced and lake.read_manifest(part.path).generation == manifest.generation:
         updated = manifest.publish(instance, outputs=dict(manifest.outputs), replaced=replaced)
-        lake.write_bytes(f"{part.path}/{MANIFEST_NAME}", updated.to_json())
+        lake.write_bytes(f"{part.path}/{MANIFEST_NAME}", updated.to_json(), replace=True)
     strays = [
         info
         for name, info in part.files.items()

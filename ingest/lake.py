@@ -187,8 +187,17 @@ class Lake:
         self.write_bytes(path, data)
         return int(data.size)
 
-    def write_bytes(self, path: str, data: bytes | pa.Buffer) -> None:
-        """Publish a small object atomically (a manifest, a serialised file)."""
+    def write_bytes(self, path: str, data: bytes | pa.Buffer, *, replace: bool = False) -> None:
+        """Publish a small object atomically (a manifest, a serialised file).
+
+        `replace`: the key holds an object readers depend on (a manifest). On S3 a failed upload
+        leaves that one in place, so nothing is deleted after an error: deleting it would hide
+        every file it lists, and let the next compaction take them for strays.
+        """
+        if replace and not self.local:
+            with self.fs.open_output_stream(path) as out:  # whole bytes in hand: one upload
+                out.write(data)
+            return
         with self.open_output(path) as out:
             out.write(data)
 

@@ -248,3 +248,82 @@ def test_a_crash_at_any_step_leaves_exact_counts_and_a_rerun_finishes(any_lake, 
     compact(any_lake, small, instance="compactor", target_rows=TARGET, grace_seconds=0)
     assert counts(any_lake, small) == expected(small)
     assert_compacted(any_lake, small)
+
+
+class _ManifestUploadsFail(pafs.FileSystemHandler):
+    """An S3 file system whose manifest uploads fail (a PUT refused, a connection reset): the
+    object in place stays, as S3 keeps it; everything else goes through."""
+
+    def __init__(self, fs: pafs.FileSystem) -> None:
+        self.fs = fs
+
+    def get_type_name(self) -> str:
+        return "failing-manifests"
+
+    def equals(self, other: object) -> bool:
+        return self is other
+
+    def get_file_info(self, paths):  # type: ignore[no-untyped-def]
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):  # type: ignore[no-untyped-def]
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):  # type: ignore[no-untyped-def]
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):  # type: ignore[no-untyped-def]
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):  # type: ignore[no-untyped-def]
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def delete_file(self, path):  # type: ignore[no-untyped-def]
+        self.fs.delete_file(path)
+
+    def move(self, src, dest):  # type: ignore[no-untyped-def]
+        self.fs.move(src, dest)
+
+    def copy_file(self, src, dest):  # type: ignore[no-untyped-def]
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path):  # type: ignore[no-untyped-def]
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path):  # type: ignore[no-untyped-def]
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path, metadata):  # type: ignore[no-untyped-def]
+        if path.endswith(MANIFEST_NAME):
+            raise OSError("simulated: PutObject failed (connection reset)")
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def normalize_path(self, path):  # type: ignore[no-untyped-def]
+        return self.fs.normalize_path(path)
+
+
+def test_a_failed_manifest_upload_on_s3_leaves_the_manifest_in_place(s3_lake, small):
+    """The upload of a new manifest fails: the one in place still lists the merged files. Deleted
+    after the failure (as a half-written new file is), it hid them, and the next run took them
+    for strays and deleted them: the rows were gone for good."""
+    lake, t0 = s3_lake, time.time()
+    one = Registry({"coinapi_trades": small["coinapi_trades"]})
+    populate(lake, one, days=CLOSED[:1])
+    compact(lake, one, instance="c", target_rows=TARGET, clock=lambda: t0)
+    compact(lake, one, instance="c", target_rows=TARGET, clock=lambda: t0 + 3700)  # originals deleted
+    ds = one["coinapi_trades"]
+    write_flush(lake, ds, flush_table(ds, ROWS, day=CLOSED[0], tag="late"), instance="gamma", first=1)
+    failing = Lake(pafs.PyFileSystem(_ManifestUploadsFail(lake.fs)), lake.base, lake.uri, lake.endpoint)
+    with pytest.raises(OSError, match="simulated"):
+        compact(failing, one, instance="c", target_rows=TARGET, clock=lambda: t0 + 3800)
+    total = per_partition() + ROWS
+    assert MANIFEST_NAME in stored(lake, ds.name, CLOSED[0])
+    assert counts(lake, one) == {ds.name: (total, total)}
+    compact(lake, one, instance="c", target_rows=TARGET, clock=lambda: t0 + 8000)
+    assert counts(lake, one) == {ds.name: (total, total)}
