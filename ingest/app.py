@@ -400,7 +400,10 @@ class Daemon:
                     target_rows=c.target_rows,
                     grace_seconds=c.grace,
                 )
-                log.info("compacted", files_before=report.files_before, files_after=report.files_after)
+                if report.busy:
+                    log.info("compaction skipped: another one is at work on this lake")
+                else:
+                    log.info("compacted", files_before=report.files_before, files_after=report.files_after)
             except Exception as exc:  # the lake stays consistent; try again next time
                 log.error("compaction failed", error=f"{type(exc).__name__}: {exc}")
 

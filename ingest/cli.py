@@ -302,6 +302,9 @@ def _compact(config: Config, older_than: datetime.date | None, target_rows: int,
         target_rows=target_rows,
         grace_seconds=grace,
     )
+    if report.busy:
+        print("another compaction is at work on this lake: nothing done", file=sys.stderr)
+        return 1
     print(
         f"{len(report.partitions)} closed partitions: files {report.files_before} -> {report.files_after}, "
         f"{report.rows:,} rows, bytes {report.bytes_before:,} -> {report.bytes_after:,}, "

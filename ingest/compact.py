@@ -29,8 +29,11 @@ switch and the deletion of its inputs; give them `Lake.list_files()` instead.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -50,6 +53,7 @@ __all__ = ["CompactionError", "CompactionReport", "PartitionReport", "compact"]
 
 log = structlog.get_logger("ingest.compact")
 ROW_GROUP_ROWS = 128 * 1024
+_LOCK = "_compaction.lock"  # at a local lake's root, held (flock) by the compaction at work
 
 
 class CompactionError(IngestError):
@@ -74,6 +78,7 @@ class PartitionReport:
 @dataclass(frozen=True, slots=True)
 class CompactionReport:
     partitions: tuple[PartitionReport, ...]
+    busy: bool = False  # another compaction was at work on this (local) lake: nothing was done
 
     @property
     def files_before(self) -> int:
@@ -122,11 +127,40 @@ def compact(
     if older_than is not None:
         cutoff = min(cutoff, older_than)
     reports = []
-    for ds in registry.values():
-        for part in lake.partitions(ds.name):
-            if part.date < cutoff:
-                reports.append(_partition(lake, ds, part, instance, target_rows, grace_seconds, clock))
+    with _only_compactor(lake) as alone:
+        if not alone:
+            return CompactionReport((), busy=True)
+        for ds in registry.values():
+            for part in lake.partitions(ds.name):
+                if part.date < cutoff:
+                    reports.append(_partition(lake, ds, part, instance, target_rows, grace_seconds, clock))
     return CompactionReport(tuple(reports))
+
+
+@contextlib.contextmanager
+def _only_compactor(lake: Lake) -> Iterator[bool]:
+    """Whether this run has the lake to itself (a lock file at its root, local lakes only).
+
+    Two runs at once (the daemon's and a cron job's, or two cron runs that overlap) would each
+    take the other's fresh merged files for strays once the grace is over. S3 has no lock to
+    take: one compactor per bucket prefix (README).
+    """
+    if not lake.local:
+        yield True
+        return
+    lake.fs.create_dir(lake.base, recursive=True)
+    fd = os.open(f"{lake.base}/{_LOCK}", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:  # a file system without locks: as before, one compactor by config
+            pass
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _partition(

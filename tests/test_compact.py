@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
+import ingest.compact as compact_module
 from ingest.compact import compact
 from ingest.lake import Lake
 from ingest.lake_query import register_lake_views
@@ -327,3 +328,19 @@ def test_a_failed_manifest_upload_on_s3_leaves_the_manifest_in_place(s3_lake, sm
     assert counts(lake, one) == {ds.name: (total, total)}
     compact(lake, one, instance="c", target_rows=TARGET, clock=lambda: t0 + 8000)
     assert counts(lake, one) == {ds.name: (total, total)}
+
+
+def test_a_second_compaction_of_a_local_lake_at_once_does_nothing(tmp_path, small):
+    """Two at once (the daemon's and a cron job's) would each take the other's merged files for
+    strays: the second finds the first at work and leaves the lake alone."""
+    lake = Lake(pafs.LocalFileSystem(), str(tmp_path / "lake"), str(tmp_path / "lake"))
+    populate(lake, small)
+    before = {(ds, day): stored(lake, ds, day) for ds in small for day in CLOSED}
+    with compact_module._only_compactor(lake) as alone:  # the first, mid-run
+        assert alone
+        report = compact(lake, small, instance="c", target_rows=TARGET)
+    assert report.busy and report.partitions == ()
+    assert {(ds, day): stored(lake, ds, day) for ds in small for day in CLOSED} == before
+    report = compact(lake, small, instance="c", target_rows=TARGET)  # once the first is done
+    assert not report.busy and report.files_before > report.files_after
+    assert counts(lake, small) == expected(small)
