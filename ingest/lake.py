@@ -33,7 +33,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ingest.errors import ConfigError
-from ingest.manifest import MANIFEST_NAME, Manifest, ManifestError, journal_range
+from ingest.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    is_compacted,
+    is_data_file,
+    journal_range,
+    writer_of,
+)
 
 __all__ = ["Lake", "Partition", "open_lake"]
 
@@ -176,6 +184,17 @@ class Lake:
             for instance, last in spans:
                 best[instance] = max(best.get(instance, 0), last)
         return best
+
+    def writers(self, dataset: str) -> set[str]:
+        """Every instance whose rows this dataset holds: the writer each file's name starts with
+        (journal positions or not: derived rows', a journal-off run's), and for files compaction
+        merged, the writers its manifests keep."""
+        found: set[str] = set()
+        for part in self.partitions(dataset):
+            found.update(writer_of(n) for n in part.files if is_data_file(n) and not is_compacted(n))
+            if part.has_manifest:
+                found.update(self.read_manifest(part.path).positions)
+        return found
 
     # -- writing ---------------------------------------------------------------------------------
 

@@ -50,6 +50,11 @@ def journal_range(name: str) -> tuple[str, int, int] | None:
     return (match["instance"], int(match["first"]), int(match["last"])) if match else None
 
 
+def writer_of(name: str) -> str:
+    """The instance that wrote a sink file: every name starts `<instance>-` (no "-" in instances)."""
+    return name.split("-", 1)[0]
+
+
 def compacted_name(instance: str, inputs: Iterable[str], index: int) -> str:
     """`<instance>-compacted-<hash of the input names>-<index>.parquet`: equal inputs, equal names.
 
@@ -103,6 +108,8 @@ class Manifest:
         for name in replaced:
             if (span := journal_range(name)) is not None:
                 positions[span[0]] = max(positions.get(span[0], 0), span[2])
+            elif not is_compacted(name):  # no positions (journal off, derived rows): still a writer
+                positions.setdefault(writer_of(name), 0)
         return Manifest(self.generation + 1, writer, outputs, replaced, positions)
 
     def to_json(self) -> bytes:

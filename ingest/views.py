@@ -43,7 +43,7 @@ def _empty_view(ds: Dataset) -> str:
 
 def _other_writers(lake: Lake, registry: Registry, instance: str) -> bool:
     """Whether any dataset of the lake holds files another instance wrote (or compaction merged)."""
-    return any(set(lake.journal_positions(ds.name)) - {instance} for ds in registry.values())
+    return any(lake.writers(ds.name) - {instance} for ds in registry.values())
 
 
 class QuerySource:

@@ -15,6 +15,7 @@ import pyarrow.fs as pafs
 import pytest
 
 import ingest.compact as compact_module
+from ingest import views
 from ingest.compact import compact
 from ingest.lake import Lake
 from ingest.lake_query import register_lake_views
@@ -344,3 +345,25 @@ def test_a_second_compaction_of_a_local_lake_at_once_does_nothing(tmp_path, smal
     report = compact(lake, small, instance="c", target_rows=TARGET)  # once the first is done
     assert not report.busy and report.files_before > report.files_after
     assert counts(lake, small) == expected(small)
+
+
+def test_every_writer_of_a_lake_is_known_also_without_journal_positions_and_after_a_merge(tmp_path, small):
+    """Whether a lake holds another instance's rows decides what `query` reads (views.py): a
+    writer whose files carry no journal positions (its journal off) was missed, and `query`
+    answered from this instance's DuckDB file alone."""
+    lake = Lake(pafs.LocalFileSystem(), str(tmp_path / "lake"), str(tmp_path / "lake"))
+    ds = small["coinapi_trades"]
+    for i in range(3):
+        write_flush(
+            lake, ds, flush_table(ds, ROWS, day=CLOSED[0], tag=f"a{i}"), instance="alpha", first=1 + 5 * i
+        )
+        write_flush(lake, ds, flush_table(ds, ROWS, day=CLOSED[0], tag=f"b{i}"), instance="beta", seq=i)
+    one = Registry({ds.name: ds})
+    assert views._other_writers(lake, one, "alpha")
+    assert lake.writers(ds.name) == {"alpha", "beta"}
+    t0 = time.time()
+    compact(lake, one, instance="gamma", target_rows=TARGET, grace_seconds=0, clock=lambda: t0)
+    compact(lake, one, instance="gamma", target_rows=TARGET, grace_seconds=0, clock=lambda: t0 + 1)
+    assert all(is_compacted(f.base_name) for f in lake.list_files(ds.name))  # the inputs are gone
+    assert lake.writers(ds.name) == {"alpha", "beta"}
+    assert views._other_writers(lake, one, "alpha") and views._other_writers(lake, one, "beta")
