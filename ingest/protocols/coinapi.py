@@ -130,6 +130,11 @@ class CoinAPISubscription:
 _Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
+# How far below the high-water mark a sequence may come and still be a late message of this
+# stream rather than a counter that started again.
+_LATE_WINDOW = 100_000
+
+
 class _Head(msgspec.Struct, kw_only=True):
     type: str = ""
     symbol_id: str | None = None
@@ -469,7 +474,12 @@ class CoinAPIProtocol:
         key = (kind, symbol)
         last = self._last.get(key)
         if last is not None and seq <= last[0]:
-            return None  # a repeat or a late one: not a hole, and not the new high-water mark
+            if last[0] - seq <= _LATE_WINDOW:
+                return None  # a repeat or a late one: not a hole, and not the new high-water mark
+            # Far below the mark: the counter started again, or the mark came from a bogus value
+            # (one 9e18 would leave every later sequence "late", every later hole unseen).
+            self._last[key] = (seq, received_at)
+            return None
         self._last[key] = (seq, received_at)
         if last is None or seq == last[0] + 1:
             return None

@@ -168,6 +168,17 @@ def test_a_sequence_beyond_int64_quarantines_its_frame_and_the_batch_goes_on():
     assert (gap.expected, gap.received) == (2, 3)
 
 
+def test_a_sequence_far_below_the_mark_counts_from_there_so_later_holes_are_seen():
+    """One bogus sequence (or a counter that started again) left every later one "late" for the
+    rest of the connection, and no hole after it was ever reported."""
+    p = proto({"name": "all", "data_types": ["trade"]})
+    p.connect()
+    gaps = []
+    for seq in (1, 9_000_000_000_000_000_000, 3, 4, 50, 49):
+        gaps += [e for e in read(p, trade("A_SPOT_B_C", seq), T0 + seq % 1000) if isinstance(e, Gap)]
+    assert [(g.expected, g.received) for g in gaps] == [(2, 9_000_000_000_000_000_000), (5, 50)]
+
+
 def test_heartbeat_reconnect_and_errors():
     p = proto({"name": "all", "data_types": ["trade"]})
     p.connect()
