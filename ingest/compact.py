@@ -130,10 +130,18 @@ def compact(
     with _only_compactor(lake) as alone:
         if not alone:
             return CompactionReport((), busy=True)
+        failed: list[Exception] = []
         for ds in registry.values():
             for part in lake.partitions(ds.name):
-                if part.date < cutoff:
+                if part.date >= cutoff:
+                    continue
+                try:
                     reports.append(_partition(lake, ds, part, instance, target_rows, grace_seconds, clock))
+                except Exception as exc:  # the others go on: each partition has a manifest of its own
+                    log.error("compaction of a partition failed", partition=part.path, error=f"{exc}"[:300])
+                    failed.append(exc)
+        if failed:
+            raise failed[0]  # after the rest is done: the run still fails, as it did
     return CompactionReport(tuple(reports))
 
 

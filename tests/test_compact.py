@@ -19,7 +19,7 @@ from ingest import views
 from ingest.compact import compact
 from ingest.lake import Lake
 from ingest.lake_query import register_lake_views
-from ingest.manifest import MANIFEST_NAME, is_compacted
+from ingest.manifest import MANIFEST_NAME, ManifestError, is_compacted
 from ingest.schema import Registry
 from tests.lake_data import CLOSED, OPEN, flush_table, write_flush
 
@@ -367,3 +367,20 @@ def test_every_writer_of_a_lake_is_known_also_without_journal_positions_and_afte
     assert all(is_compacted(f.base_name) for f in lake.list_files(ds.name))  # the inputs are gone
     assert lake.writers(ds.name) == {"alpha", "beta"}
     assert views._other_writers(lake, one, "alpha") and views._other_writers(lake, one, "beta")
+
+
+def test_a_partition_that_cannot_be_compacted_leaves_the_others_to_be(tmp_path, small):
+    """An unreadable manifest (or a column of a conflicting type) fails its partition: the run
+    still fails, but only once every other partition is done."""
+    lake = Lake(pafs.LocalFileSystem(), str(tmp_path / "lake"), str(tmp_path / "lake"))
+    populate(lake, small)
+    broken = (next(iter(small)), CLOSED[0])
+    lake.write_bytes(f"{lake.partition_dir(*broken)}/{MANIFEST_NAME}", b"{not json")
+    with pytest.raises(ManifestError):
+        compact(lake, small, instance="c", target_rows=TARGET)
+    others = [(name, day) for name in small for day in CLOSED if (name, day) != broken]
+    assert len(others) == 2 * len(CLOSED) - 1
+    for name, day in others:
+        assert len(lake.read_manifest(lake.partition_dir(name, day)).outputs) == math.ceil(
+            per_partition() / TARGET
+        )
