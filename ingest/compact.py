@@ -46,7 +46,15 @@ import structlog
 
 from ingest.errors import IngestError
 from ingest.lake import Lake, Partition
-from ingest.manifest import MANIFEST_NAME, Manifest, Output, Replaced, compacted_name, is_compacted
+from ingest.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    Output,
+    Replaced,
+    compacted_name,
+    is_compacted,
+)
 from ingest.schema import Dataset, Registry
 
 __all__ = ["CompactionError", "CompactionReport", "PartitionReport", "compact"]
@@ -58,6 +66,11 @@ _LOCK = "_compaction.lock"  # at a local lake's root, held (flock) by the compac
 
 class CompactionError(IngestError):
     """A merged file does not hold what its inputs held; nothing was published."""
+
+
+# What one partition's files or manifest can be at fault for; anything else (the disk, S3's
+# credentials or network) would fail every partition alike, so it stops the run at once.
+_OF_ONE_PARTITION = (ManifestError, CompactionError, pa.ArrowInvalid, pa.ArrowTypeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +150,13 @@ def compact(
                     continue
                 try:
                     reports.append(_partition(lake, ds, part, instance, target_rows, grace_seconds, clock))
-                except Exception as exc:  # the others go on: each partition has a manifest of its own
-                    log.error("compaction of a partition failed", partition=part.path, error=f"{exc}"[:300])
+                except _OF_ONE_PARTITION as exc:  # the others go on: each has a manifest of its own
+                    log.error("compaction of a partition failed", partition=part.path, exc_info=exc)
                     failed.append(exc)
-        if failed:
-            raise failed[0]  # after the rest is done: the run still fails, as it did
+        if failed:  # after the rest is done: the run still fails, as it did
+            if len(failed) > 1:
+                failed[0].add_note(f"{len(failed) - 1} more partitions failed (logged)")
+            raise failed[0]
     return CompactionReport(tuple(reports))
 
 
@@ -157,7 +172,11 @@ def _only_compactor(lake: Lake) -> Iterator[bool]:
         yield True
         return
     lake.fs.create_dir(lake.base, recursive=True)
-    fd = os.open(f"{lake.base}/{_LOCK}", os.O_RDWR | os.O_CREAT, 0o644)
+    path = f"{lake.base}/{_LOCK}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    except PermissionError:  # made by another user (the daemon's, for a cron job): read is enough
+        fd = os.open(path, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
