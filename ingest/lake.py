@@ -193,7 +193,11 @@ class Lake:
         for part in self.partitions(dataset):
             found.update(writer_of(n) for n in part.files if is_data_file(n) and not is_compacted(n))
             if part.has_manifest:
-                found.update(self.read_manifest(part.path).positions)
+                manifest = self.read_manifest(part.path)
+                # positions names every writer since manifests kept them all; the replaced files
+                # name those an older manifest left out, until their grace is over.
+                found.update(manifest.positions)
+                found.update(writer_of(n) for n in manifest.replaced if not is_compacted(n))
         return found
 
     # -- writing ---------------------------------------------------------------------------------

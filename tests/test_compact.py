@@ -19,7 +19,7 @@ from ingest import views
 from ingest.compact import compact
 from ingest.lake import Lake
 from ingest.lake_query import register_lake_views
-from ingest.manifest import MANIFEST_NAME, ManifestError, is_compacted
+from ingest.manifest import MANIFEST_NAME, Manifest, ManifestError, is_compacted
 from ingest.schema import Registry
 from tests.lake_data import CLOSED, OPEN, flush_table, write_flush
 
@@ -384,3 +384,37 @@ def test_a_partition_that_cannot_be_compacted_leaves_the_others_to_be(tmp_path, 
         assert len(lake.read_manifest(lake.partition_dir(name, day)).outputs) == math.ceil(
             per_partition() / TARGET
         )
+
+
+def test_a_lake_wide_error_stops_the_run_at_once(tmp_path, small, monkeypatch):
+    """The disk, S3's credentials or network fail every partition alike: no use trying them all."""
+    lake = Lake(pafs.LocalFileSystem(), str(tmp_path / "lake"), str(tmp_path / "lake"))
+    populate(lake, small)
+    calls = []
+
+    def unreachable(*args, **kwargs):
+        calls.append(args[2].path)
+        raise OSError("simulated: the bucket cannot be reached")
+
+    monkeypatch.setattr(compact_module, "_partition", unreachable)
+    with pytest.raises(OSError, match="simulated"):
+        compact(lake, small, instance="c", target_rows=TARGET)
+    assert len(calls) == 1
+
+
+def test_a_writer_an_older_manifest_left_out_is_known_from_its_replaced_files(tmp_path, small):
+    """Manifests written before they kept journal-off writers name them only as replaced files."""
+    lake = Lake(pafs.LocalFileSystem(), str(tmp_path / "lake"), str(tmp_path / "lake"))
+    ds = small["coinapi_trades"]
+    for seq in (1, 2):
+        write_flush(lake, ds, flush_table(ds, ROWS, day=CLOSED[0], tag=f"b{seq}"), instance="beta", seq=seq)
+    one = Registry({ds.name: ds})
+    t0 = time.time()
+    for now in (t0, t0 + 101):  # merged, then the input deleted (and still listed as replaced)
+        compact(lake, one, instance="gamma", target_rows=TARGET, grace_seconds=100, clock=lambda n=now: n)
+    partition = lake.partition_dir(ds.name, CLOSED[0])
+    assert all(map(is_compacted, stored(lake, ds.name, CLOSED[0]) - {MANIFEST_NAME}))
+    manifest = lake.read_manifest(partition)
+    older = Manifest(manifest.generation, manifest.writer, manifest.outputs, manifest.replaced, {})
+    lake.write_bytes(f"{partition}/{MANIFEST_NAME}", older.to_json(), replace=True)
+    assert lake.writers(ds.name) == {"beta"}
