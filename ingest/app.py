@@ -204,6 +204,9 @@ class Daemon:
                     raise ConfigError(f"providers.{p.name}.emulator: {exc}") from None
         keys = self._keys()
         clients = self._oauth_clients()
+        protocols = {
+            p.name: PROTOCOLS[p.kind](p.name, list(p.subscriptions), p.options) for p in self.config.providers
+        }
         journal = self.journal
         if journal is not None:
             journal.lock()  # before the sinks: DuckDB's lock would make a second daemon wait first
@@ -228,9 +231,6 @@ class Daemon:
             if journal is not None:
                 journal.unlock()  # a start that failed (a sink's lock, its disk) owns nothing
             raise
-        protocols = {
-            p.name: PROTOCOLS[p.kind](p.name, list(p.subscriptions), p.options) for p in self.config.providers
-        }
         drained = False
         try:
             async with asyncio.TaskGroup() as tg:

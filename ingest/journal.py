@@ -198,8 +198,8 @@ class Journal:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise Fatal(
-                f"the journal {self.directory} is in use by another daemon (pid {owner}); two daemons "
-                "on one data directory need an `instance` each"
+                f"the journal {self.directory} is in use by another process (pid {owner}), a daemon of "
+                "this instance: stop it first (replay), or give each daemon its own `instance`"
             ) from None
         except OSError as exc:  # a file system without locks (NFS without its lock service)
             log.warning(

@@ -323,7 +323,7 @@ def test_a_journal_in_use_by_another_daemon_is_refused_until_it_closes(tmp_path)
     first.open()
     first.append(Kind.FRAME, "blockdb", 1, b"{}")
     second = Journal(tmp_path / "main")
-    with pytest.raises(Fatal, match=rf"in use by another daemon \(pid {os.getpid()}\).*`instance`"):
+    with pytest.raises(Fatal, match=rf"in use by another process \(pid {os.getpid()}\).*`instance`"):
         second.open()
     assert len(segment_files(tmp_path / "main")) == 1  # it created and removed nothing
     first.close()
@@ -391,7 +391,7 @@ async def test_the_replay_verb_waits_for_no_daemon_of_its_instance(tmp_path, mon
     )
     running = Journal(tmp_path / "data" / "journal" / "main")
     running.open()  # the daemon's
-    with pytest.raises(Fatal, match="in use by another daemon"):
+    with pytest.raises(Fatal, match=r"in use by another process.*stop it first"):
         await Daemon(load_config(cfg)).ingest_offline([])
     running.close()
     await Daemon(load_config(cfg)).ingest_offline([])  # and once it is gone, it runs
