@@ -177,6 +177,13 @@ def test_a_sequence_far_below_the_mark_counts_from_there_so_later_holes_are_seen
     for seq in (1, 9_000_000_000_000_000_000, 3, 4, 50, 49):
         gaps += [e for e in read(p, trade("A_SPOT_B_C", seq), T0 + seq % 1000) if isinstance(e, Gap)]
     assert [(g.expected, g.received) for g in gaps] == [(2, 9_000_000_000_000_000_000), (5, 50)]
+    # The boundary: 100,000 below the mark is still late, 100,001 a counter started again.
+    q = proto({"name": "all", "data_types": ["trade"]})
+    q.connect()
+    gaps = []
+    for seq in (200_001, 100_001, 100_002, 100_000, 100_002):
+        gaps += [e for e in read(q, trade("A_SPOT_B_C", seq), T0) if isinstance(e, Gap)]
+    assert [(g.expected, g.received) for g in gaps] == [(100_001, 100_002)]
 
 
 def test_heartbeat_reconnect_and_errors():
