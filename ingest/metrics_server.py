@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ingest.errors import ConfigError
 from ingest.exposition import CONTENT_TYPE, Family, Histogram, render
@@ -282,7 +283,15 @@ async def start_metrics_server(
             latency.sample(metrics)
             await asyncio.sleep(sample_interval)
 
-    app = web.Application()
+    @web.middleware
+    async def loopback_names_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # A web page can reach a loopback port under a name it controls (DNS rebinding) and read
+        # the answer as its own: a Host that is no loopback name is refused.
+        if not _is_loopback(request.url.host or ""):
+            return web.Response(status=421, text="misdirected request: ask for a loopback address\n")
+        return await handler(request)
+
+    app = web.Application(middlewares=[] if allow_remote else [loopback_names_only])
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/health", get_health)
     runner = web.AppRunner(app, access_log=None)

@@ -232,6 +232,16 @@ def test_health_is_starting_until_there_are_collectors():
     assert health(metrics, Extras(), 30.0)[0] == 200
 
 
+async def test_a_host_name_that_is_no_loopback_name_is_refused(served):
+    """A page served from rebind.example whose name resolves to 127.0.0.1 reaches the port, but
+    asks for rebind.example: refused, so its script cannot read the pages as its own."""
+    server, http, _, _ = served
+    port = server.url.rsplit(":", 1)[1]
+    for name, status in (("rebind.example", 421), ("localhost", 200), ("127.0.0.1", 200), ("[::1]", 200)):
+        async with http.get(f"{server.url}/metrics", headers={"Host": f"{name}:{port}"}) as resp:
+            assert resp.status == status, name
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "example.org"])
 async def test_non_loopback_hosts_are_refused_unless_allowed(registry, host):
     """The pages name subscriptions and errors, so they stay on loopback by default."""
