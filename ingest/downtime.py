@@ -57,6 +57,17 @@ class _State(msgspec.Struct):
     providers: dict[str, Hole]
 
 
+def _plausible(state: _State) -> bool:
+    """Times as a run writes them: a hole since no later than the write, a closed one in order."""
+    for hole in state.providers.values():
+        if not 0 < hole.since <= state.written_at:
+            return False
+        closed = hole.closed
+        if closed is not None and not 0 < closed.started <= closed.ended <= state.written_at:
+            return False
+    return True
+
+
 @dataclass
 class Downtime:
     """The state file of one instance (`<data_dir>/state/<instance>.json`).
@@ -89,6 +100,8 @@ class Downtime:
             return {}
         try:
             state = msgspec.json.decode(data, type=_State)
+            if not _plausible(state):  # decodes, but says what no run wrote (a flipped bit, an edit)
+                raise msgspec.ValidationError("times out of order or before 1970")
         except msgspec.DecodeError as exc:
             since = self.path.stat().st_mtime_ns
             log.warning(

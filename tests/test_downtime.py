@@ -50,6 +50,11 @@ def test_an_unreadable_state_takes_its_time_as_the_end_of_the_last_run(tmp_path)
     os.utime(path, ns=(123 * SECOND, 123 * SECOND))
     holes = Downtime(path).read({"blockdb": ("a", "b"), "coinapi": ()})
     assert holes == {"blockdb": Hole(123 * SECOND, ("a", "b"))}
+    # Readable, but with times no run writes: a hole from 1970 would be a gap of fifty years.
+    for since, closed in ((-5, None), (200 * SECOND, None), (50, Closed("down", 60, 40, ("a",)))):
+        Downtime(path).write({"blockdb": Hole(since, ("a", "b"), closed)}, now=100 * SECOND)
+        os.utime(path, ns=(123 * SECOND, 123 * SECOND))
+        assert Downtime(path).read({"blockdb": ("a", "b")}) == {"blockdb": Hole(123 * SECOND, ("a", "b"))}
 
 
 async def test_a_state_that_cannot_be_written_or_read_is_logged_not_fatal(tmp_path, capsys):
