@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import itertools
 import os
 import time
@@ -45,6 +44,7 @@ import pyarrow.parquet as pq
 import structlog
 
 from ingest.errors import IngestError
+from ingest.file_lock import Lock, try_lock
 from ingest.lake import Lake, Partition
 from ingest.manifest import (
     MANIFEST_NAME,
@@ -172,20 +172,10 @@ def _only_compactor(lake: Lake) -> Iterator[bool]:
         yield True
         return
     lake.fs.create_dir(lake.base, recursive=True)
-    path = f"{lake.base}/{_LOCK}"
+    fd, lock = try_lock(f"{lake.base}/{_LOCK}")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
-    except PermissionError:  # made by another user (the daemon's, for a cron job): read is enough
-        fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        except OSError:  # a file system without locks: as before, one compactor by config
-            pass
-        yield True
+        # A file system without locks: as before, one compactor by config.
+        yield lock is not Lock.BUSY
     finally:
         os.close(fd)  # releases the lock
 

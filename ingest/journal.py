@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import fcntl
 import itertools
 import os
 import struct
@@ -33,6 +32,7 @@ from pathlib import Path
 import structlog
 
 from ingest.errors import Fatal
+from ingest.file_lock import Lock, try_lock
 
 __all__ = ["Journal", "Kind", "Record", "read_records", "segment_files"]
 
@@ -191,20 +191,16 @@ class Journal:
         if self._owner_fd >= 0:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        fd, lock = try_lock(self.directory / _LOCK)
+        if lock is Lock.BUSY:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise Fatal(
                 f"the journal {self.directory} is in use by another process (pid {owner}), a daemon of "
                 "this instance: stop it first (replay), or give each daemon its own `instance`"
-            ) from None
-        except OSError as exc:  # a file system without locks (NFS without its lock service)
-            log.warning(
-                "journal: the directory cannot be locked; run one daemon per instance", reason=str(exc)
             )
+        if lock is Lock.UNSUPPORTED:
+            log.warning("journal: the directory cannot be locked; run one daemon per instance")
         else:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
