@@ -8,6 +8,7 @@ own (Enhanced WebSockets, PROTOCOLS.md 4.8), served on its atlas-* endpoints onl
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -269,12 +270,16 @@ class HeliusProtocol:
             pending = self._pending.get(msg.id) if msg.id is not None else None
             if pending is None or pending[1] != "subscribe" or msg.error is not None:
                 continue
-            try:
-                result = msgspec.json.decode(bytes(msg.result))
-            except msgspec.MsgspecError:
-                continue
-            if isinstance(result, int) and not isinstance(result, bool) and pending[0] in self._desired:
-                self._ids[result] = self._desired[pending[0]]
+            with contextlib.suppress(msgspec.MsgspecError):  # read again, in order, by _response
+                self._map(pending[0], msgspec.json.decode(bytes(msg.result)))
+
+    def _map(self, name: str, result: Any) -> bool:
+        """Route the node's subscription id `result` (an integer) to subscription `name`."""
+        if not isinstance(result, int) or isinstance(result, bool):
+            return False
+        if (sub := self._desired.get(name)) is not None:
+            self._ids[result] = sub
+        return True
 
     def data_to_send(self) -> list[str]:
         out, self._outbox = self._outbox, []
@@ -343,9 +348,7 @@ class HeliusProtocol:
                 self._desired.pop(name, None)  # bad params stay bad: not asked again
             return [SubscriptionFailed(name, _error_text(msg.error), retryable)]
         result = msgspec.json.decode(bytes(msg.result))
-        if kind == "subscribe" and isinstance(result, int) and not isinstance(result, bool):
-            if (sub := self._desired.get(name)) is not None:
-                self._ids[result] = sub
+        if kind == "subscribe" and self._map(name, result):
             return [SubscriptionAcked(name)]
         if kind == "unsubscribe":
             for sub_id, sub in list(self._ids.items()):
