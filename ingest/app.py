@@ -7,6 +7,7 @@ import contextlib
 import os
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class Daemon:
         self.downtime = Downtime(storage.data_dir / "state" / f"{config.instance}.json")
         self._emulators: dict[str, Any] = {}
         self._stop = asyncio.Event()
+        self._stopping = threading.Event()  # read by the compaction's thread, which stops early
         self._replaying = False  # a journal replay is due or running: no segment may be released
 
     def request_stop(self) -> None:
@@ -249,6 +251,7 @@ class Daemon:
                 tasks = [tg.create_task(c.run(), name=f"collector-{c.config.name}") for c in self.collectors]
                 await self._wait_for_stop(tasks, duration)
                 log.info("stopping: unsubscribing and flushing")
+                self._stopping.set()
                 await asyncio.gather(*(c.stop() for c in self.collectors))
                 await asyncio.gather(*tasks)
                 beat.cancel()
@@ -264,6 +267,7 @@ class Daemon:
                 if server is not None:
                     await server.stop()
         finally:
+            self._stopping.set()  # a compaction at work must not hold up the stop
             for sink in sinks:
                 await asyncio.to_thread(sink.close)
             if journal is not None:
@@ -329,6 +333,7 @@ class Daemon:
                 self.buffer.close()
                 await writer_task
         finally:
+            self._stopping.set()  # a compaction at work must not hold up the stop
             for sink in sinks:
                 await asyncio.to_thread(sink.close)
         return stats
@@ -391,6 +396,8 @@ class Daemon:
         lake = storage.lake()
         while True:
             await asyncio.sleep(c.interval)
+            if self._stopping.is_set():
+                return
             try:
                 report = await asyncio.to_thread(
                     compact,
@@ -399,9 +406,12 @@ class Daemon:
                     instance=self.config.instance,
                     target_rows=c.target_rows,
                     grace_seconds=c.grace,
+                    stopping=self._stopping,
                 )
                 if report.busy:
                     log.info("compaction skipped: another one is at work on this lake")
+                elif report.stopped:
+                    log.info("compaction stopped for the daemon's stop; the next run finishes it")
                 else:
                     log.info("compacted", files_before=report.files_before, files_after=report.files_after)
             except Exception as exc:  # the lake stays consistent; try again next time

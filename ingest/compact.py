@@ -33,6 +33,7 @@ import contextlib
 import datetime
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -68,6 +69,10 @@ class CompactionError(IngestError):
     """A merged file does not hold what its inputs held; nothing was published."""
 
 
+class _Stopped(Exception):
+    """The run was asked to stop (compact's `stopping`)."""
+
+
 # What one partition's files or manifest can be at fault for; anything else (the disk, S3's
 # credentials or network) would fail every partition alike, so it stops the run at once.
 _OF_ONE_PARTITION = (ManifestError, CompactionError, pa.ArrowInvalid, pa.ArrowTypeError)
@@ -92,6 +97,7 @@ class PartitionReport:
 class CompactionReport:
     partitions: tuple[PartitionReport, ...]
     busy: bool = False  # another compaction was at work on this (local) lake: nothing was done
+    stopped: bool = False  # asked to stop: the partitions not reported are left for the next run
 
     @property
     def files_before(self) -> int:
@@ -127,12 +133,15 @@ def compact(
     target_rows: int = 1_000_000,
     grace_seconds: float = 3600.0,
     clock: Callable[[], float] = time.time,
+    stopping: threading.Event | None = None,
 ) -> CompactionReport:
     """Merge every closed partition's files into files of at most `target_rows` rows.
 
     A partition is closed once its UTC day is over; `older_than` moves that cut-off earlier,
     never later. Files of every writer are merged. Idempotent: a rerun finishes what a crashed
     run left and changes nothing in a compact lake, except deleting files whose grace is over.
+    Once `stopping` is set the run ends at the next row group: a daemon's stop must not wait for
+    a day's merge, and a partition left unpublished is as a crash leaves it.
     """
     if target_rows < 1:
         raise ValueError("target_rows must be positive")
@@ -144,15 +153,20 @@ def compact(
         if not alone:
             return CompactionReport((), busy=True)
         failed: list[Exception] = []
+        stop = stopping or threading.Event()
         for ds in registry.values():
             for part in lake.partitions(ds.name):
                 if part.date >= cutoff:
                     continue
                 try:
-                    reports.append(_partition(lake, ds, part, instance, target_rows, grace_seconds, clock))
+                    report = _partition(lake, ds, part, instance, target_rows, grace_seconds, clock, stop)
+                except _Stopped:
+                    return CompactionReport(tuple(reports), stopped=True)
                 except _OF_ONE_PARTITION as exc:  # the others go on: each has a manifest of its own
                     log.error("compaction of a partition failed", partition=part.path, exc_info=exc)
                     failed.append(exc)
+                else:
+                    reports.append(report)
         if failed:  # after the rest is done: the run still fails, as it did
             if len(failed) > 1:
                 failed[0].add_note(f"{len(failed) - 1} more partitions failed (logged)")
@@ -188,7 +202,10 @@ def _partition(
     target_rows: int,
     grace: float,
     clock: Callable[[], float],
+    stopping: threading.Event,
 ) -> PartitionReport:
+    if stopping.is_set():
+        raise _Stopped
     manifest = lake.read_manifest(part.path) if part.has_manifest else Manifest()
     before = lake.live_files(part, manifest)
     # A merged file already full is left as it is: a late file must not rewrite a whole day.
@@ -201,7 +218,7 @@ def _partition(
         rows_in = sum(m.num_rows for m in metas)
         # Columns a newer writer declared are kept, even if this compactor's schemas lack them.
         schema = pa.unify_schemas([ds.arrow_schema, *(m.schema.to_arrow_schema() for m in metas)])
-        outputs = _write_outputs(lake, part, schema, inputs, instance, target_rows)
+        outputs = _write_outputs(lake, part, schema, inputs, instance, target_rows, stopping)
         if sum(o.rows for o in outputs.values()) != rows_in:
             raise CompactionError(f"{part.path}: merged files hold a different number of rows")
         published = _publish(lake, part, manifest, instance, inputs, outputs, clock())
@@ -252,6 +269,7 @@ def _write_outputs(
     inputs: list[pafs.FileInfo],
     instance: str,
     target_rows: int,
+    stopping: threading.Event,
 ) -> dict[str, Output]:
     """Stream the inputs into files of `target_rows` rows; each checked back from its footer."""
     fmt = pads.ParquetFileFormat()
@@ -270,6 +288,8 @@ def _write_outputs(
         rows = 0
         with lake.open_output(path) as out, pq.ParquetWriter(out, schema, compression="zstd") as writer:
             for _, table in tables:
+                if stopping.is_set():  # what was written stays unlisted: the next run deletes it
+                    raise _Stopped
                 writer.write_table(table, row_group_size=table.num_rows)
                 rows += table.num_rows
         info = lake.fs.get_file_info(path)

@@ -229,3 +229,37 @@ def test_compact_verb(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "closed partitions" in run.stdout
+
+
+async def test_a_daemons_stop_tells_its_compaction_at_work_to_stop(tmp_path, monkeypatch):
+    """The compaction runs in a thread a stop cannot cancel: it is told instead, and ends early
+    (compact's own test shows how), so that a day's merge does not hold up the daemon's stop."""
+    import threading
+
+    from ingest.compact import CompactionReport
+
+    monkeypatch.setenv("BLOCKDB_API_KEY", KEY)
+    told: list[bool] = []
+    at_work = threading.Event()
+
+    def merging_a_long_day(*args, stopping: threading.Event | None = None, **kwargs) -> CompactionReport:
+        at_work.set()
+        told.append(stopping is not None and stopping.wait(30))
+        return CompactionReport((), stopped=True)
+
+    monkeypatch.setattr("ingest.app.compact", merging_a_long_day)
+    async with BlockDBEmulator(key=KEY, block_interval=0.02, txs_per_block=3) as emulator:
+        cfg = config(
+            tmp_path,
+            emulator.url,
+            instance="c",
+            subs=["blocks"],
+            storage=f'parquet = "{tmp_path / "lake"}"',
+            extra="[compaction]\nenabled = true\ninterval_seconds = 0.05",
+        )
+        daemon = Daemon(load_config(cfg))
+        task = asyncio.create_task(daemon.run())
+        await eventually(at_work.is_set, what="a compaction at work")
+        daemon.request_stop()
+        await task
+    assert told == [True]

@@ -252,6 +252,40 @@ def test_a_crash_at_any_step_leaves_exact_counts_and_a_rerun_finishes(any_lake, 
     assert_compacted(any_lake, small)
 
 
+def test_a_stop_ends_the_run_mid_partition_and_the_next_run_finishes(any_lake, small, monkeypatch):
+    """A daemon's stop must not wait for a day's merge: the run ends before its next row group,
+    publishes nothing half-done, and the rerun merges everything."""
+    populate(any_lake, small)
+    stopping = threading.Event()
+    original = Lake.open_output
+    opened = Counter()
+
+    def stop_at_the_second_output(self, path):  # type: ignore[no-untyped-def]
+        opened["n"] += 1
+        if opened["n"] == 2:
+            stopping.set()  # as the daemon does on SIGTERM, while a partition is being merged
+        return original(self, path)
+
+    monkeypatch.setattr(Lake, "open_output", stop_at_the_second_output)
+    report = compact(
+        any_lake, small, instance="compactor", target_rows=TARGET, grace_seconds=0, stopping=stopping
+    )
+    assert report.stopped and report.partitions == () and opened["n"] == 2
+    assert counts(any_lake, small) == expected(small)
+    for ds in small.values():
+        for day in CLOSED:
+            names = stored(any_lake, ds.name, day)
+            assert MANIFEST_NAME not in names and not any(n.endswith(".tmp") for n in names)
+
+    again = compact(any_lake, small, instance="compactor", target_rows=TARGET, stopping=stopping)
+    assert again.stopped and again.partitions == ()  # stopped before it began
+    monkeypatch.undo()
+    report = compact(any_lake, small, instance="compactor", target_rows=TARGET, grace_seconds=0)
+    assert not report.stopped and report.rows == sum(rows for rows, _ in expected(small).values())
+    assert counts(any_lake, small) == expected(small)
+    assert_compacted(any_lake, small)
+
+
 class _ManifestUploadsFail(pafs.FileSystemHandler):
     """An S3 file system whose manifest uploads fail (a PUT refused, a connection reset): the
     object in place stays, as S3 keeps it; everything else goes through."""
