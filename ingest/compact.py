@@ -282,20 +282,25 @@ def _write_outputs(
     names = [f.base_name for f in inputs]
     groups = _row_groups(source.to_batches(), target_rows, min(target_rows, ROW_GROUP_ROWS))
     outputs: dict[str, Output] = {}
-    for index, tables in itertools.groupby(groups, key=lambda g: g[0]):
-        name = compacted_name(instance, names, index)
-        path = f"{part.path}/{name}"
-        rows = 0
-        with lake.open_output(path) as out, pq.ParquetWriter(out, schema, compression="zstd") as writer:
-            for _, table in tables:
-                if stopping.is_set():  # what was written stays unlisted: the next run deletes it
-                    raise _Stopped
-                writer.write_table(table, row_group_size=table.num_rows)
-                rows += table.num_rows
-        info = lake.fs.get_file_info(path)
-        if _footer(lake, info).num_rows != rows:
-            raise CompactionError(f"{path}: wrote {rows} rows, the footer says otherwise")
-        outputs[name] = Output(rows, info.size or 0)
+    try:
+        for index, tables in itertools.groupby(groups, key=lambda g: g[0]):
+            name = compacted_name(instance, names, index)
+            path = f"{part.path}/{name}"
+            rows = 0
+            with lake.open_output(path) as out, pq.ParquetWriter(out, schema, compression="zstd") as writer:
+                for _, table in tables:
+                    if stopping.is_set():  # the file being written is dropped by open_output
+                        raise _Stopped
+                    writer.write_table(table, row_group_size=table.num_rows)
+                    rows += table.num_rows
+            info = lake.fs.get_file_info(path)
+            if _footer(lake, info).num_rows != rows:
+                raise CompactionError(f"{path}: wrote {rows} rows, the footer says otherwise")
+            outputs[name] = Output(rows, info.size or 0)
+    except _Stopped:  # files no manifest lists would be strays to a plain glob until the next run
+        for name in outputs:
+            lake.delete(f"{part.path}/{name}")
+        raise
     return outputs
 
 
