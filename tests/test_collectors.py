@@ -271,6 +271,34 @@ async def test_bitquery_a_passing_server_error_is_started_again_not_the_end(regi
     assert col.stats.subscriptions == {"blocks": "active"} and col.stats.connects == 1
 
 
+@pytest.mark.parametrize("subprotocol", ["graphql-ws", "graphql-transport-ws"])
+async def test_bitquery_an_operation_failed_by_a_result_of_errors_is_ended_on_the_server(
+    registry, monkeypatch, subprotocol
+):
+    """A result of errors only does not end the operation on the server; Bitquery ignores `stop`
+    (PROTOCOLS.md 1.6), so it must be ended with `complete` before it is started again, else two
+    operations run (one over the plan's cap, or every row twice)."""
+    monkeypatch.setattr(BitqueryProtocol, "error_retry", 0.1)
+    async with BitqueryEmulator(key=KEY, block_interval=0.02) as emu:
+        config = provider_config(
+            "bitquery",
+            emu.url,
+            [{"name": "blocks", "query": BLOCKS}],
+            {"subprotocol": subprotocol},
+            keepalive_interval=0.05,
+        )
+        col, _ = collector(registry, config, KEY)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: emu.messages_sent["1"] >= 2, what="blocks on operation 1")
+        emu.fail_running("Internal server error")
+        await eventually(lambda: emu.messages_sent["2"] >= 2, what="blocks on the restarted operation")
+        (conn,) = emu.connections
+        running = sorted(conn.subscriptions)
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+    assert running == ["2"] and col.stats.connects == 1
+
+
 async def test_bitquery_a_replay_routes_rows_as_the_live_session_did(registry, tmp_path):
     """Operation ids are chosen at the ack, and a subscription waiting out a plan's limit gets
     none: the state is journaled before the starts go out, so a replay of the journal from the

@@ -179,6 +179,16 @@ class BitqueryEmulator(EmulatorServer):
         over a plan's limit (`points limit exceeded: usage quota reached`, PROTOCOLS.md 1.6)."""
         self._refusals += [message] * count
 
+    def fail_running(self, message: str) -> None:
+        """Send every running operation a result of errors only (`data` null), as an execution
+        error does: the operation is not ended by it (PROTOCOLS.md 1.5, 1.7) and keeps running
+        until the client sends `complete` (`stop` is not honoured on graphql-ws, 1.6)."""
+        error = {"message": message, "path": ["EVM"]}
+        for conn, session in self._sessions.items():
+            kind = "data" if session.protocol == GRAPHQL_WS else "next"
+            for op_id in conn.subscriptions:
+                self._send(conn, {"type": kind, "id": op_id, "payload": {"data": None, "errors": [error]}})
+
     def refuse_inits(self, message: str, count: int = 1) -> None:
         """Answer the next `count` graphql-ws `connection_init`s with `connection_error` and this
         message, then close, as Bitquery may over a plan's limit (`Too Many Sessions: 429`, 1.6)."""

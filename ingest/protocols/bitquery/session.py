@@ -40,7 +40,9 @@ _NEVER_PUSH = frozenset(
     {("EVM", "Balances"), ("EVM", "Holders"), ("EVM", "Uncles"), ("Tron", "Balances"), ("Tron", "Holders")}
 )
 _SUNSET = frozenset({("EVM", "BalanceUpdates"), ("EVM", "TokenHolders"), ("Tron", "BalanceUpdates")})
-_TYPES = {LEGACY: ("start", "data", "stop"), TRANSPORT: ("subscribe", "next", "complete")}
+# (start, data, stop) per subprotocol. Bitquery does not honour graphql-ws's `stop`: an operation is
+# ended there with `complete`, as on graphql-transport-ws (PROTOCOLS.md 1.6, its samples).
+_TYPES = {LEGACY: ("start", "data", "complete"), TRANSPORT: ("subscribe", "next", "complete")}
 _STOPPED_KEPT = 64  # operations stopped after their errors whose late rows are still routed
 # Operation errors that say a plan's limit was reached, not that the query is wrong (PROTOCOLS.md 1.6).
 _PLAN_LIMIT = re.compile(
