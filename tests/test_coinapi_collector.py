@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from ingest.arrow_batch import build_table
 from ingest.emulators import CoinAPIEmulator
 from ingest.emulators.coinapi import FORBIDDEN_TYPE
@@ -60,3 +62,30 @@ async def test_futures_and_options_rows_are_labelled_and_quoted_in_usd(registry:
         ("BITMEX_FTS_BTC_USD_200925", "BITMEX", "FTS", "BTC", "USD", "btc_usd"),
         ("DERIBIT_OPT_BTC_USD_200327_9000_C", "DERIBIT", "OPT", "BTC", "USD", "btc_usd"),
     }
+
+
+@pytest.mark.parametrize("location", ["message", "header"])
+async def test_a_subscribe_after_the_hello_keeps_the_key_and_the_heartbeats(registry: Registry, location):
+    """An unfiltered subscription beside a book one sends a hello, then a subscribe for the book.
+    The subscribe went without `apikey` and `heartbeat`; a server that reads each message on its own
+    (standalone_messages, as CoinAPI's examples write them) refused it as an invalid key (fatal), or
+    stopped the heartbeats, so a quiet stream hit the idle timeout and reconnected, over and over."""
+    async with CoinAPIEmulator(
+        key=KEY, tick_interval=0.01, trades_per_tick=0, heartbeat_interval=0.4, standalone_messages=True
+    ) as emu:
+        subs = [
+            {"name": "all_trades", "data_types": ["trade"]},
+            {"name": "book", "data_types": ["book5"], "symbols": ["NO_SUCH_SYMBOL$"]},
+        ]
+        config = provider_config("coinapi", emu.url, subs, location=location, idle_timeout=1.0)
+        col, buffer = collector(registry, config, KEY)
+        drain = Drain(buffer)
+        task = asyncio.create_task(col.run())
+        await eventually(
+            lambda: emu.heartbeats_sent >= 5 or task.done() or col.stats.connects > 1, what="heartbeats"
+        )
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+        await drain.close()
+    assert emu.errors_sent == [] and col.stats.state != "failed"
+    assert col.stats.connects == 1  # the heartbeats kept the quiet connection alive

@@ -77,11 +77,16 @@ class CoinAPIEmulator(EmulatorServer):
         max_queue: int = 131_072,
         connection_limit: tuple[int, float] | None = None,
         forbidden_types: Iterable[str] = (),
+        standalone_messages: bool = False,
     ) -> None:
         """`connection_limit`: (new connections, per seconds) from one IP, the documented sliding
         window (PROTOCOLS.md 3.7, e.g. 10 per 10 s); an upgrade over it is refused with HTTP 429.
         `forbidden_types`: data types the key's plan lacks; a hello or subscribe asking for one gets
-        the FAQ's Forbidden error and is closed, like every CoinAPI error."""
+        the FAQ's Forbidden error and is closed, like every CoinAPI error.
+        `standalone_messages`: read each subscribe and unsubscribe on its own, like a hello, as
+        CoinAPI's examples write them (with `apikey` and `heartbeat`): without `apikey` it is refused
+        (Invalid API key) unless the key came at the upgrade, and without `heartbeat` heartbeats
+        stop. By default a session keeps the hello's key and heartbeat choice."""
         # The server pings every minute and drops a peer that does not pong (PROTOCOLS.md 3.1).
         super().__init__(ping_interval=ping_interval, pong_timeout=pong_timeout, max_queue=max_queue)
         self._key = key
@@ -109,6 +114,7 @@ class CoinAPIEmulator(EmulatorServer):
         self.flooded = 0
         self.connection_limit = connection_limit
         self.forbidden_types = frozenset(forbidden_types)
+        self.standalone_messages = standalone_messages
         self.upgrades_refused = 0  # over connection_limit
         self._upgrades: dict[str, deque[float]] = {}  # per IP: loop times of accepted upgrades in the window
         self._start_on_subscribe = start_on_subscribe
@@ -209,6 +215,8 @@ class CoinAPIEmulator(EmulatorServer):
             self._fail(conn, f"Unknown message type {kind!r}; expected hello, subscribe or unsubscribe.")
             return
         apikey = msg.get("apikey")
+        if self.standalone_messages and apikey is None and not session.key_at_upgrade:
+            session.authed = False  # each message authenticates itself, as a hello does
         if isinstance(apikey, str):
             if not self._valid(apikey):
                 log.info("auth_rejected", emulator="coinapi", at=kind)
@@ -223,6 +231,8 @@ class CoinAPIEmulator(EmulatorServer):
         except ScopeError as problem:
             self._fail(conn, str(problem))
             return
+        if self.standalone_messages and request.heartbeat is None:
+            request.heartbeat = False  # absent reads as false, as in a hello
         if kind != "unsubscribe" and (denied := sorted(self.forbidden_types & set(request.data_types))):
             self._fail(conn, FORBIDDEN_TYPE.format(denied[0]))
             return
@@ -264,7 +274,8 @@ class CoinAPIEmulator(EmulatorServer):
     def _session(self, conn: Connection) -> Session:
         session = self._sessions.get(conn)
         if session is None:
-            session = self._sessions[conn] = Session(authed=_UPGRADE_AUTH.get(None) is True)
+            upgrade = _UPGRADE_AUTH.get(None) is True
+            session = self._sessions[conn] = Session(authed=upgrade, key_at_upgrade=upgrade)
         return session
 
     def _begin_error(self, conn: Connection, message: str, *, flush: bool = False) -> Session | None:

@@ -40,6 +40,7 @@ class Session:
     """Protocol state of one connection, beside the base server's Connection."""
 
     authed: bool
+    key_at_upgrade: bool = False  # a valid key in the upgrade request (header, query or path)
     started: bool = False
     failed: bool = False
     scope: Scope = field(default_factory=Scope)

@@ -288,7 +288,7 @@ class CoinAPIProtocol:
             self._send_scope()
         else:  # a hello needs a data type: unsubscribing the types empties the scope
             self._labels.clear()
-            msg = {"type": "unsubscribe", "subscribe_data_type": sorted(sub.data_types)}
+            msg = self._message("unsubscribe", {"subscribe_data_type": sorted(sub.data_types)})
             self._outbox.append(_encode(msg).decode())
 
     # -- driver inputs ---------------------------------------------------------------------------
@@ -379,7 +379,7 @@ class CoinAPIProtocol:
     def close(self) -> None:
         # Unsubscribing every data type empties the scope, so what is in flight is all there is.
         types = sorted({t for s in self._desired.values() for t in s.data_types})
-        self._outbox.append(_encode({"type": "unsubscribe", "subscribe_data_type": types}).decode())
+        self._outbox.append(_encode(self._message("unsubscribe", {"subscribe_data_type": types})).decode())
 
     @property
     def closed(self) -> bool:
@@ -434,15 +434,23 @@ class CoinAPIProtocol:
         """
         types = {t for s in subs for t in s.data_types}
         later = set() if all(s.filtered for s in subs) else types & _NEED_FILTER
-        hello: dict[str, Any] = {"type": "hello"}
-        if self._key is not None:
-            hello["apikey"] = self._key
-        hello["heartbeat"] = self.heartbeat
-        hello.update(_scope_fields(subs, types - later))
+        hello = self._message("hello", _scope_fields(subs, types - later))
         if not later:
             return [hello]
         books_and_rates = [s for s in subs if later & set(s.data_types)]
-        return [hello, {"type": "subscribe", **_scope_fields(books_and_rates, later)}]
+        return [hello, self._message("subscribe", _scope_fields(books_and_rates, later))]
+
+    def _message(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """A hello, subscribe or unsubscribe with the key (auth in = "message") and the heartbeat
+        choice, in each as CoinAPI's examples write them: a server that reads each message on its
+        own would take a missing `heartbeat` for false and stop the heartbeats the idle timeout
+        relies on (PROTOCOLS.md 3.4)."""
+        msg: dict[str, Any] = {"type": kind}
+        if self._key is not None:
+            msg["apikey"] = self._key
+        msg["heartbeat"] = self.heartbeat
+        msg.update(fields)
+        return msg
 
     def _label(self, kind: str, symbol_id: str | None, raw: bytes) -> tuple[str, tuple[str, ...]]:
         """The first subscription that wants this message ("" when none does), and all that do

@@ -464,6 +464,48 @@ async def test_heartbeat_spelt_hearbeat_only_when_idle(coinapi, session) -> None
     assert all(dtype != "hearbeat" for dtype, _ in emulator.sent)
 
 
+QUIET = {"subscribe_data_type": ["trade"], "subscribe_filter_symbol_id": ["NOPE$"]}
+
+
+@pytest.mark.parametrize("standalone", [False, True])
+async def test_a_subscribe_without_heartbeat_keeps_or_stops_the_hellos_heartbeats(
+    coinapi, session, standalone
+) -> None:
+    """By default a session keeps the hello's heartbeat choice; standalone_messages reads each
+    subscribe on its own, as CoinAPI's examples write them, and an absent `heartbeat` is false."""
+    emulator = await coinapi(heartbeat_interval=0.05, standalone_messages=standalone)
+    client = await connect(session, emulator)
+    await client.send("hello", heartbeat=True, **QUIET)
+    await client.pump(lambda: len(client.heartbeats) >= 2, timeout=2)
+    await client.send("subscribe", subscribe_data_type=["quote"], subscribe_filter_symbol_id=["NOPE$"])
+    await asyncio.sleep(0.1)
+    beats = len(client.heartbeats)
+    await client.pump_for(0.3)
+    assert (len(client.heartbeats) == beats) is standalone
+    await client.send(
+        "subscribe", heartbeat=True, subscribe_data_type=["book5"], subscribe_filter_symbol_id=["NOPE$"]
+    )
+    await client.pump(lambda: len(client.heartbeats) > beats + 2, timeout=2)
+    assert client.closed is None and not client.control
+
+
+@pytest.mark.parametrize(("headers", "refused"), [({}, True), (HEADER, False)])
+async def test_standalone_messages_need_their_own_key_unless_the_upgrade_had_it(
+    coinapi, session, headers, refused
+) -> None:
+    """With standalone_messages a subscribe without `apikey` after a keyed hello is an invalid key,
+    unless the key came at the upgrade (X-CoinAPI-Key here)."""
+    emulator = await coinapi(standalone_messages=True)
+    client = await connect(session, emulator, headers=headers)
+    await client.send("hello", apikey=KEY, heartbeat=True, **QUIET)
+    await client.send("subscribe", heartbeat=True, **HELLO_TRADES)
+    if refused:
+        assert await error_then_close(client) == "Invalid API key"
+    else:
+        await client.pump(lambda: len(client.data) >= 2)
+        assert client.closed is None and not client.control
+
+
 # -- messages -------------------------------------------------------------------------------------
 
 

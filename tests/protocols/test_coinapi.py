@@ -283,7 +283,8 @@ def test_scope_changes_on_a_live_connection_resend_the_whole_scope():
             "subscribe_filter_symbol_id": ["COINBASE_", "KRAKEN_"],
         },
         {**head, "subscribe_data_type": ["quote"], "subscribe_filter_symbol_id": ["COINBASE_"]},
-        {"type": "unsubscribe", "subscribe_data_type": ["quote"]},  # the last one: empty the scope
+        # The last one: empty the scope (key and heartbeat in it too, as in CoinAPI's example).
+        {**head, "type": "unsubscribe", "subscribe_data_type": ["quote"]},
     ]
     p.subscribe(CoinAPIProtocol.parse_subscription(b, "s"))
     p.data_to_send()
@@ -372,7 +373,8 @@ def test_books_and_exrate_keep_their_filters_in_a_subscribe_after_an_unfiltered_
     assert sent(ALL_TRADES, books, rates) == [
         {**HEAD, "subscribe_data_type": ["trade"]},
         {
-            "type": "subscribe",
+            **HEAD,
+            "type": "subscribe",  # with the hello's key and heartbeat, as CoinAPI's example has them
             "subscribe_data_type": ["book5", "exrate"],
             "subscribe_filter_symbol_id": ["KRAKEN_"],
             "subscribe_filter_asset_id": ["BTC", "ETH/EUR"],
