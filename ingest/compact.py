@@ -46,7 +46,7 @@ import structlog
 
 from ingest.errors import IngestError
 from ingest.file_lock import Lock, try_lock
-from ingest.lake import Lake, Partition
+from ingest.lake import Lake, Partition, temp_target
 from ingest.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -349,8 +349,8 @@ def _publish(
 
 def _is_leftover(name: str, manifest: Manifest) -> bool:
     """A merged file no manifest lists, or the temporary file of one (a crash mid-write)."""
-    if name.endswith(".tmp"):
-        return is_compacted(name.partition(".parquet.")[0] + ".parquet")
+    if (target := temp_target(name)) is not None:
+        return is_compacted(target)
     return is_compacted(name) and name not in manifest.outputs and name not in manifest.replaced
 
 

@@ -5,7 +5,7 @@ a `_manifest.json` in partitions that were compacted (see ingest/compact.py). `l
 `dataset` apply the manifest, so a reader through them sees every row once, during and after a
 compaction.
 
-Publishing a file: on local disk a temporary name, fsync, then rename (and the directory fsynced,
+Publishing a file: on local disk a hidden temporary name, fsync, then rename (and the directory fsynced,
 so the rename survives a crash). S3 has no rename (a move is copy + delete) but needs none: a PUT,
 like a multipart upload at its completion, is atomic (the object appears whole or not at all), and
 S3 reads, lists and overwrites are strongly consistent. So on S3 the final key is written
@@ -43,7 +43,7 @@ from ingest.manifest import (
     writer_of,
 )
 
-__all__ = ["Lake", "Partition", "open_lake"]
+__all__ = ["Lake", "Partition", "open_lake", "temp_target"]
 
 PARTITION_FIELD = "date"
 _MANIFEST_RETRIES = 2  # reads again of a manifest that came back torn (see read_manifest)
@@ -240,9 +240,11 @@ class Lake:
                 self.delete(path)
                 raise
             return
-        directory = path.rpartition("/")[0]
+        directory, _, name = path.rpartition("/")
         self.fs.create_dir(directory, recursive=True)
-        tmp = f"{path}.{secrets.token_hex(4)}.tmp"  # not *.parquet: listings and globs skip it
+        # Hidden and not *.parquet: listings and globs skip it, and so do engines that read a
+        # whole directory (pyarrow, Spark), which would otherwise fail on the half-written file.
+        tmp = f"{directory}/.{name}.{secrets.token_hex(4)}.tmp"
         try:
             with self.fs.open_output_stream(tmp) as out:
                 yield out
@@ -257,6 +259,14 @@ class Lake:
         """Delete a file; one already gone is fine (a rerun after a crash deletes it again)."""
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(path)
+
+
+def temp_target(name: str) -> str | None:
+    """The file name a temporary file of `open_output` stands for (hidden, or unhidden as an
+    earlier version named it); None for any other name."""
+    if not name.endswith(".tmp"):
+        return None
+    return name.removeprefix(".").rpartition(".")[0].rpartition(".")[0]
 
 
 def _fsync(path: str) -> None:

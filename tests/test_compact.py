@@ -453,3 +453,13 @@ def test_a_writer_an_older_manifest_left_out_is_known_from_its_replaced_files(tm
     older = Manifest(manifest.generation, manifest.writer, manifest.outputs, manifest.replaced, {})
     lake.write_bytes(f"{partition}/{MANIFEST_NAME}", older.to_json(), replace=True)
     assert lake.writers(ds.name) == {"beta"}
+
+
+def test_a_merged_file_a_crash_left_half_written_is_deleted_after_the_grace(tmp_path, small):
+    """The hidden temporary file of a merged file (a crash mid-write) goes once its grace is over."""
+    lake = Lake(pafs.LocalFileSystem(), str(tmp_path), str(tmp_path))
+    populate(lake, small, days=CLOSED[:1])
+    part = lake.partition_dir("coinapi_trades", CLOSED[0])
+    lake.write_bytes(f"{part}/.crashed-compacted-{'0' * 16}-0000.parquet.0a1b2c3d.tmp", b"half a file")
+    compact(lake, small, instance="c", target_rows=TARGET, grace_seconds=600, clock=lambda: time.time() + 601)
+    assert not [n for n in stored(lake, "coinapi_trades", CLOSED[0]) if n.endswith(".tmp")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -174,3 +175,40 @@ def test_only_text_columns_with_few_values_are_dictionary_encoded(tmp_path):
     assert any("DICTIONARY" in e for e in encodings["exchange"])
     assert not any("DICTIONARY" in e for e in encodings["uuid"])
     assert pq.read_table(tmp_path / "t.parquet").equals(table)
+
+
+def test_a_file_being_written_is_invisible_to_engines_reading_the_directory(tmp_path, registry):
+    """pyarrow (and Spark, Hive) read every file of a directory except hidden ones (`.`, `_`): a
+    flush or merged file mid-write, or left by a crash, must not break or join such a read."""
+    lake = open_lake(str(tmp_path / "parquet"))
+    ds = registry["blockdb_transfers"]
+    write_flush(lake, ds, flush_table(ds, 3, day=CLOSED[0], tag="a"), instance="main", seq=0)
+    part = lake.partition_dir(ds.name, CLOSED[0])
+    with lake.open_output(f"{part}/main-r1-00000001.parquet") as out:
+        out.write(b"PAR1 half a file")
+        out.flush()
+        readers = pads.dataset(lake.dataset_dir(ds.name), format="parquet", partitioning="hive")
+        assert readers.count_rows() == 3
+    assert [f.base_name for f in lake.list_files(ds.name)] == [
+        "main-r1-00000000.parquet",
+        "main-r1-00000001.parquet",
+    ]
+
+
+def test_a_restart_removes_its_own_crashed_writes_only(tmp_path, registry):
+    """A daemon's start removes the temporary files its crashed flushes left (hidden, or named as
+    an earlier version did); another writer's, and a compaction's that may be at work, stay."""
+    lake = open_lake(str(tmp_path / "parquet"))
+    ds = registry["blockdb_transfers"]
+    part = lake.partition_dir(ds.name, CLOSED[0])
+    left = [
+        ".main-r1-00000001.parquet.0a1b2c3d.tmp",
+        "main-r1-00000002.parquet.0a1b2c3d.tmp",
+        ".other-r1-00000001.parquet.0a1b2c3d.tmp",
+        f".main-compacted-{'0' * 16}-0000.parquet.0a1b2c3d.tmp",
+    ]
+    for name in left:
+        lake.write_bytes(f"{part}/{name}", b"half a file")
+    ParquetSink(lake, "main").open([ds])
+    selector = pafs.FileSelector(part)
+    assert sorted(i.base_name for i in lake.fs.get_file_info(selector)) == sorted(left[2:])

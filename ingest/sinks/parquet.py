@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from ingest.lake import Lake, open_lake
+from ingest.lake import Lake, open_lake, temp_target
 from ingest.lake_query import lake_view_sql, source_name
+from ingest.manifest import is_compacted
 from ingest.schema import Dataset
 
 __all__ = ["ParquetSink", "dataset_glob"]
@@ -65,7 +66,9 @@ class ParquetSink:
         """What a crash left mid-write: never published, so never read; removed."""
         selector = pafs.FileSelector(self._lake.dataset_dir(dataset), recursive=True, allow_not_found=True)
         for info in self._lake.fs.get_file_info(selector):
-            if info.base_name.startswith(f"{self._instance}-") and info.base_name.endswith(".tmp"):
+            target = temp_target(info.base_name)
+            # A merged file's is a compaction's (maybe at work now, as this instance): it cleans up its own.
+            if target and target.startswith(f"{self._instance}-") and not is_compacted(target):
                 self._lake.delete(info.path)
 
     def checkpoint(self, dataset: str) -> int:
