@@ -182,7 +182,7 @@ class Buffer:
         row = {
             "provider": rejected.provider,
             "subscription": rejected.subscription,
-            "dataset": rejected.dataset or None,
+            "target_dataset": rejected.dataset or None,
             "reason": redact(rejected.reason),  # reasons quote the server (an unknown type {kind!r})
             "received_at": rejected.received_at,
             "raw": raw,

@@ -26,6 +26,10 @@ __all__ = [
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _COLUMN = re.compile(r"^_?[a-z][a-z0-9_]{0,62}$")
+# The lake's directories, dataset=<name>/date=<day> (ingest/lake.py): engines reading its files
+# with Hive partitioning (DuckDB by default, polars) replace a column of either name by the
+# directory's value.
+_PARTITION_KEYS = frozenset({"dataset", "date"})
 
 
 class ColumnType(StrEnum):
@@ -260,6 +264,8 @@ def _parse_column(raw: object, where: str, *, envelope: bool = False) -> Column:
     name = raw.get("name")
     if not isinstance(name, str) or not _COLUMN.match(name):
         raise ConfigError(f"{where}.name: expected a lower-case identifier, got {name!r}")
+    if name in _PARTITION_KEYS:
+        raise ConfigError(f"{where}.name: {name!r} is a partition key of the Parquet lake; name it otherwise")
     try:
         ctype = ColumnType(raw.get("type"))
     except ValueError:

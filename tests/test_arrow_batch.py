@@ -724,3 +724,12 @@ def test_a_run_of_frames_in_one_rows_keeps_each_records_frame(registry):
     assert merged.positions.to_pylist() == single.positions.to_pylist() == [5, 6, 9]
     ((rejected,), (expected,)) = merged.rejected, single.rejected
     assert rejected == expected and rejected.position == 8
+
+
+@pytest.mark.parametrize("name", ["dataset", "date"])
+def test_a_column_may_not_take_a_partition_keys_name(tmp_path, name):
+    """Hive-partitioned readers would show the lake directory's value in its place."""
+    (tmp_path / "_envelope.toml").write_text("")
+    (tmp_path / "d.toml").write_text(f'name = "d"\n[[columns]]\nname = "{name}"\ntype = "string"\n')
+    with pytest.raises(ConfigError, match=r"d.toml.columns\[0\].name: .* partition key"):
+        load_registry(tmp_path)

@@ -160,7 +160,7 @@ async def test_records_of_an_undeclared_dataset_keep_their_frames_in_the_journal
     assert buf.low_water(10) == 7  # frame 7 is only in memory: the journal must keep it
     buf.close()
     flush = await buf.next_flush()
-    assert [(r["position"], r["dataset"]) for r in flush.values] == [
+    assert [(r["position"], r["target_dataset"]) for r in flush.values] == [
         (7, "no_such_table"),
         (8, "no_such_table"),
         (9, "no_such_table"),

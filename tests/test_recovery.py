@@ -325,7 +325,8 @@ async def test_rows_derived_from_a_flush_survive_a_crash_right_after_it_was_stor
     for path, root in ((tmp_path / "db.duckdb", None), (None, str(tmp_path / "parquet"))):
         con, _ = connect_for_query(registry, path, root)
         assert con.execute("SELECT count(*) FROM blockdb_blocks").fetchone()[0] == 3
-        assert con.execute("SELECT position, dataset FROM quarantine").fetchall() == [(1, "blockdb_blocks")]
+        quarantined = con.execute("SELECT position, target_dataset FROM quarantine").fetchall()
+        assert quarantined == [(1, "blockdb_blocks")]
         assert con.execute("SELECT first_height, depth FROM reorgs").fetchall() == [(2, 1)]
 
 

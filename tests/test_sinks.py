@@ -15,6 +15,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from ingest.arrow_batch import build_table, values_table
+from ingest.buffer import QUARANTINE, Buffer
+from ingest.config import FlushPolicy
 from ingest.errors import Fatal
 from ingest.events import Rows
 from ingest.schema import Column, ColumnType, Dataset
@@ -627,3 +629,24 @@ def test_rows_committed_after_running_out_of_memory_are_stored_once_even_if_the_
     # Read on the sink's connection: its checkpoint at close would not fit these rows in 16 MB.
     stored = sink._con.sql(f"SELECT count(*), count(DISTINCT _tracing_id) FROM {dataset.name}").fetchall()[0]
     assert stored == (400, 400)
+
+
+async def test_quarantine_keeps_its_target_dataset_under_hive_partitioning(tmp_path, registry):
+    """The lake's directories are dataset=<name>/date=<day>: DuckDB (which detects hive partitions
+    by default) and polars replace a file's column of either name with the directory's value, so
+    no declared column may be called so, or quarantine rows would all read `quarantine`."""
+    buf = Buffer(registry, FlushPolicy(max_age=60))
+    buf.add(Rows("blockdb", "no_such_table", "s", [b"{1}"], T0, position=7))
+    buf.close()
+    flush = await buf.next_flush()
+    sink = ParquetSink(str(tmp_path), "main")
+    sink.open([registry[QUARANTINE]])
+    sink.write(registry[QUARANTINE], values_table(registry[QUARANTINE], flush.values), 7, 7)
+    pattern = dataset_glob(str(tmp_path), QUARANTINE)
+    reads = [
+        duckdb.sql(f"SELECT * FROM read_parquet('{pattern}')").to_arrow_table(),
+        pl.scan_parquet(pattern, hive_partitioning=True).collect().to_arrow(),
+    ]
+    assert [t["target_dataset"].to_pylist() for t in reads] == [["no_such_table"]] * 2
+    reserved = {"dataset", "date"}
+    assert not [(d.name, c) for d in registry.values() for c in d.arrow_schema.names if c in reserved]

@@ -97,7 +97,7 @@ async def test_good_rows_reach_both_sinks_and_bad_ones_the_quarantine(tmp_path, 
             (n,) for n in range(5)
         ]
         quarantined = con.sql(
-            "SELECT provider, subscription, dataset, reason, raw FROM quarantine ORDER BY reason"
+            "SELECT provider, subscription, target_dataset, reason, raw FROM quarantine ORDER BY reason"
         ).fetchall()
         assert [(q[0], q[1], q[2]) for q in quarantined] == [
             ("blockdb", "blocks", "blockdb_blocks"),
