@@ -24,7 +24,7 @@ from ingest.config import Config, ProviderConfig
 from ingest.downtime import Downtime, Hole
 from ingest.driver import Collector
 from ingest.emulators import EMULATORS, check_options, make_emulator
-from ingest.errors import ConfigError
+from ingest.errors import ConfigError, Fatal
 from ingest.journal import Journal, Record
 from ingest.log import register_secret
 from ingest.metrics import Metrics
@@ -212,6 +212,7 @@ class Daemon:
         journal = self.journal
         if journal is not None:
             journal.lock()  # before the sinks: DuckDB's lock would make a second daemon wait first
+            journal.on_error = self._journal_failed
         try:
             sinks = self._sinks()
             for sink in sinks:
@@ -275,8 +276,19 @@ class Daemon:
             sent = {name: sum(e.sent.values()) for name, e in self._emulators.items()}
             for emulator in self._emulators.values():
                 await emulator.stop()
+        if journal is not None and journal.error is not None:
+            raise Fatal(
+                f"the journal {journal.directory} could not be written ({journal.error}): the daemon "
+                "stopped, and stored what it had received; make room there and start it again"
+            )
         failed = [c.config.name for c in self.collectors if c.stats.state == "failed"]
         return RunResult(self.metrics, dict(self.buffer.received), sent, time.monotonic() - started, failed)
+
+    def _journal_failed(self, exc: OSError) -> None:
+        """The journal cannot write (its disk is full): frames would count as received with no
+        copy on disk. Stop as on a signal: what is buffered is stored, and the run ends in Fatal.
+        The journal has logged the error."""
+        self._stop.set()
 
     def _resume_holes(self) -> None:
         """Open, in each collector, the hole the last run of this instance left (ingest.downtime)."""

@@ -152,6 +152,11 @@ class Journal:
         self.next_position = 1
         self.bytes_written = 0
         self._owner_fd = -1  # holds the directory's lock file while this journal is open
+        self._write_at = write_bytes  # queued bytes at which an append writes them out
+        # The first write that failed (a full disk): the queued records stay queued, and
+        # `on_error` is told once, so the daemon can stop and store what it buffered.
+        self.error: OSError | None = None
+        self.on_error: Callable[[OSError], None] | None = None
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -289,22 +294,47 @@ class Journal:
         size = len(head) + len(payload)
         self._pieces += (_PREFIX.pack(size, crc) + head, payload)
         self._pending += _PREFIX.size + size
-        if self._pending >= self._write_bytes:
+        if self._pending >= self._write_at:
             self.write()
 
     def write(self) -> None:
-        """Hand the queued records to the OS (they survive a killed process from here on)."""
+        """Hand the queued records to the OS (they survive a killed process from here on).
+
+        A write that fails (ENOSPC, EIO) raises nothing: the frames being appended must still
+        reach the buffer. The segment is cut back to its last whole record, since a torn one
+        would end every later record's reading, and the records stay queued for the next write.
+        """
         if not self._pieces:
             return
         pieces, size = self._pieces, self._pending
         self._pieces, self._pending = [], 0
-        _write_all(self._fd, pieces)
+        try:
+            _write_all(self._fd, pieces)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._segment_size)
+            self._pieces, self._pending = pieces, size
+            self._write_at = size + self._write_bytes  # not again at every append
+            self._failed(exc)
+            return
+        self._write_at = self._write_bytes
         self._segment_size += size
         self.bytes_written += size
         with self._lock:
             self._dirty = True
         if self._segment_size >= self._segment_bytes:
-            self._start_segment()  # the full one is synced with the rest, at the next sync
+            try:
+                self._start_segment()  # the full one is synced with the rest, at the next sync
+            except OSError as exc:  # no room for a new file: the full one goes on, and we stop
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        if self.error is not None:
+            return  # said once; the records stay queued meanwhile
+        self.error = exc
+        log.error("journal: cannot write", directory=str(self.directory), error=str(exc))
+        if self.on_error is not None:
+            self.on_error(exc)
 
     def sync(self) -> None:
         """Write what is queued and fsync it (survives power loss from here on)."""

@@ -424,3 +424,36 @@ def test_a_replay_quarantines_a_frame_above_its_providers_limit_as_the_driver_di
     fresh = {"helius": protocol_class("helius", subscriptions, {})}
     asyncio.run(replay(journal_records([tmp_path]), fresh, buffer, {"helius": 400}))
     assert len(rows) == 1 and rejected == [f"frame too large: {len(big)} bytes"]
+
+
+def test_a_write_the_disk_refuses_leaves_no_torn_record_and_is_made_again(tmp_path, monkeypatch):
+    """A full disk mid-write (a short write, then ENOSPC) must not raise into the append, whose
+    frames still have to reach the buffer, nor leave half a record that would end the reading of
+    every record written after it; the records stay queued, and the failure is told once."""
+    import errno
+
+    import ingest.journal
+
+    write_all = ingest.journal._write_all
+    full = True
+
+    def short_then_full(fd: int, pieces: list[bytes]) -> None:
+        if not full:
+            return write_all(fd, pieces)
+        data = b"".join(pieces)
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ingest.journal, "_write_all", short_then_full)
+    journal = Journal(tmp_path, write_bytes=64)
+    told: list[OSError] = []
+    journal.on_error = told.append
+    journal.open()
+    fill(journal, 3)
+    journal.write()
+    fill(journal, 20)  # appends while the disk is full: no error, no write at every one
+    assert [e.errno for e in told] == [errno.ENOSPC] and journal.error is told[0]
+    full = False
+    fill(journal, 2)
+    journal.close()
+    assert [r.payload for r in records(tmp_path)] == [b'{"n":%d}' % i for i in (0, 1, 2, *range(20), 0, 1)]

@@ -395,3 +395,41 @@ async def test_no_journal_segment_goes_while_the_replay_has_not_read_it(tmp_path
     sql = "SELECT count(DISTINCT _tracing_id) FROM blockdb_transfers WHERE _tracing_id LIKE 'crashed-%'"
     assert db.execute(sql).fetchone()[0] == 300
     db.close()
+
+
+async def test_a_journal_whose_disk_fills_stops_the_daemon_with_everything_received_stored(
+    tmp_path, monkeypatch
+):
+    """The journal's writes fail (ENOSPC) for good: the frames being read have no copy on disk,
+    so the daemon stops as on a signal, stores what it buffered in both sinks, and says why
+    (Fatal, not a traceback of its task group). It used to die at once, losing the buffer."""
+    import errno
+
+    import ingest.journal
+
+    write_all = ingest.journal._write_all
+    full = False
+
+    def until_full(fd: int, pieces: list[bytes]) -> None:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_all(fd, pieces)
+
+    monkeypatch.setattr(ingest.journal, "_write_all", until_full)
+    monkeypatch.setenv("BLOCKDB_API_KEY", KEY)
+    emulator = BlockDBEmulator(key=KEY, block_interval=0.01, txs_per_block=20, record_log=True)
+    url = await emulator.start()
+    try:
+        daemon = Daemon(load_config(config(tmp_path, url)))
+        task = asyncio.create_task(daemon.run(duration=30))
+        await eventually(lambda: len(emulator.sent_log) > 500, what="frames")
+        full = True
+        with pytest.raises(Fatal, match=r"the journal .* could not be written .*No space left"):
+            await asyncio.wait_for(task, 20)
+        await eventually(lambda: not emulator.connections, what="the connection to close")
+    finally:
+        await emulator.stop()
+    sent = Counter((DATASETS.get(d, GENERIC_DATASET), t) for _, d, t, _ in emulator.sent_log)
+    in_db, in_parquet = stored(tmp_path)
+    assert in_db == sent and in_parquet == sent
+    assert list((tmp_path / "data" / "journal" / "main").glob("*.seg")) == []  # all of it stored
