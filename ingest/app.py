@@ -269,10 +269,11 @@ class Daemon:
                     await server.stop()
         finally:
             self._stopping.set()  # a compaction at work must not hold up the stop
-            for sink in sinks:
-                await asyncio.to_thread(sink.close)
+            closed = await _close_all(sinks)
             if journal is not None:
-                journal.close(delete=drained)  # every frame is in every sink: nothing to replay
+                # Deleted only when every frame is in every sink; a sink that failed to close may
+                # not have committed what it held, and a replay stores nothing twice.
+                journal.close(delete=drained and closed)
             sent = {name: sum(e.sent.values()) for name, e in self._emulators.items()}
             for emulator in self._emulators.values():
                 await emulator.stop()
@@ -474,3 +475,16 @@ class Daemon:
 
 def _env_set(name: str) -> bool:
     return bool(os.environ.get(name))
+
+
+async def _close_all(sinks: list[Sink]) -> bool:
+    """Close every sink, each whatever the others do (an error here must not leave the journal
+    open or hide the error the run is ending with); False if any failed, which is logged."""
+    closed = True
+    for sink in sinks:
+        try:
+            await asyncio.to_thread(sink.close)
+        except Exception as exc:
+            log.error("sink close failed", sink=sink.name, error=f"{type(exc).__name__}: {exc}")
+            closed = False
+    return closed

@@ -264,3 +264,37 @@ async def test_a_base64_key_in_the_query_is_masked_in_a_redirect_loops_error(reg
     assert "c2VjcmV0" not in error and "Zm9vYmFy" not in error
     logged = capsys.readouterr().err
     assert "TooManyRedirects" in logged and "c2VjcmV0" not in logged
+
+
+async def test_a_sink_that_fails_to_close_leaves_the_others_closed_and_the_journal_for_a_replay(
+    tmp_path, monkeypatch
+):
+    """A close that raises (the disk gone at the last checkpoint) is logged: the other sinks still
+    close, and the journal is kept, since that sink may not hold everything it was given."""
+    from ingest.journal import Journal, segment_files
+    from ingest.sinks.duckdb import DuckDBSink
+    from ingest.sinks.parquet import ParquetSink
+
+    closed: list[str] = []
+    close_duckdb = DuckDBSink.close
+
+    def parquet_close(self):  # type: ignore[no-untyped-def]
+        raise OSError(5, "Input/output error")
+
+    def duckdb_close(self):  # type: ignore[no-untyped-def]
+        close_duckdb(self)
+        closed.append("duckdb")
+
+    monkeypatch.setattr(ParquetSink, "close", parquet_close)
+    monkeypatch.setattr(DuckDBSink, "close", duckdb_close)
+    async with BlockDBEmulator(key=KEY, block_interval=0.02, txs_per_block=3) as emulator:
+
+        async def inject(emu):
+            pass
+
+        result, daemon = await run_daemon_with(tmp_path, monkeypatch, emulator, inject, seconds=0.5)
+    assert closed == ["duckdb"] and result.failed == []
+    assert daemon.journal is not None and segment_files(daemon.journal.directory)  # kept for a replay
+    again = Journal(daemon.journal.directory)
+    again.lock()  # the run let go of it
+    again.unlock()
