@@ -124,9 +124,14 @@ class Collector:
             journal.track_state(config.name, lambda: _encode(self.protocol.state()))
         self._max_frame = config.max_frame_bytes
         # Pings every ping_interval whatever arrives, sent by the watchdog, for providers whose idle
-        # timer counts only client frames (Helius, PROTOCOLS.md 4.7): aiohttp's heartbeat waits for
-        # ping_interval of silence, which a busy stream never has. Not in ProviderProtocol: absent is False.
+        # timer counts only client frames (Helius, PROTOCOLS.md 4.7): a ping after ping_interval of
+        # silence, which a busy stream never has, would not do. Not in ProviderProtocol: absent is False.
         self._steady_pings: float = config.ping_interval if getattr(protocol, "steady_pings", False) else 0.0
+        # The others ping after ping_interval of silence and give the link up when nothing answers
+        # within half of it, as aiohttp's heartbeat would; but the watchdog's, since aiohttp's took a
+        # pause for buffer room for silence (its full queue stops the socket's reads, so the pong is
+        # not read) and closed the socket, dropping the frames its queue held, on no gap.
+        self._quiet_pings: float = 0.0 if self._steady_pings else config.ping_interval
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._deadline: asyncio.Timeout | None = None
@@ -316,8 +321,7 @@ class Collector:
                     headers=self._target.headers,
                     protocols=self.protocol.subprotocols,
                     autoping=False,  # pings are liveness: the driver sees and answers them itself
-                    # Steady pings replace aiohttp's heartbeat rather than doubling it on a quiet stream.
-                    heartbeat=None if self._steady_pings else (self.config.ping_interval or None),
+                    heartbeat=None,  # the watchdog pings (_quiet_pings, _steady_pings)
                     max_msg_size=0,  # provider frames can exceed aiohttp's 4 MiB default (PROTOCOLS.md 5.6)
                     decode_text=False,  # msgspec reads bytes; skipping str saves a UTF-8 pass per frame
                     timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
@@ -564,10 +568,11 @@ class Collector:
         steady pings."""
         loop = asyncio.get_running_loop()
         idle = self.config.idle_timeout
-        ping_every = self._steady_pings
-        tick = min(1.0, idle / 4, self.config.handshake_timeout / 4, ping_every / 4 if ping_every else 1.0)
+        ping_every, quiet_ping = self._steady_pings, self._quiet_pings
+        tick = min(1.0, idle / 4, self.config.handshake_timeout / 4, (ping_every or quiet_ping or 4.0) / 4)
         seen, seen_at, keepalive_at = -1, loop.time(), loop.time()
         pinged_at = opened = loop.time()
+        awaiting_pong = False  # a quiet ping went out at pinged_at and nothing has come since
         # Reading time since this connect: a pause for buffer room is not the provider's silence.
         silent_after, silence_told, paused_before = self.config.silent_after, False, self._paused_for
         # A protocol whose handshake is still unanswered after handshake_timeout (frames or not:
@@ -606,10 +611,19 @@ class Collector:
             # On the last tick before it is due, so pings are never further apart than ping_interval.
             if ping_every and now + tick - pinged_at >= ping_every:
                 pinged_at = now
-                try:
-                    await ws.ping()
-                except _SEND_FAILED as exc:  # as in _send: the reader sees the close and reconnects
-                    self.log.info("ping failed, the connection is closing", error=type(exc).__name__)
+                await self._ping(ws)
+            if quiet_ping and not self._stopping:
+                reading = now if since is None else since
+                # Anything read since the ping answers it; a pause for buffer room does too (seen_at
+                # moves on meanwhile): the pong may wait in the socket behind the frames not read.
+                awaiting_pong = awaiting_pong and seen_at <= pinged_at
+                if awaiting_pong and now - max(pinged_at, reading) >= quiet_ping / 2:
+                    self._expired = Silent(f"no pong within {quiet_ping / 2:g} s of a ping")
+                    self._arm_deadline(0.0)
+                    return
+                if not awaiting_pong and now - max(seen_at, reading) >= quiet_ping:
+                    pinged_at, awaiting_pong = now, True
+                    await self._ping(ws)
             # Also as soon as the protocol has something due (a refused subscription's wait is
             # over); once per due time, so one the protocol does not act on cannot spin.
             due = next_due(self.protocol)
@@ -619,6 +633,12 @@ class Collector:
                 self.protocol.keepalive()
                 self._record_state()
                 await self._send(ws)
+
+    async def _ping(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            await ws.ping()
+        except _SEND_FAILED as exc:  # as in _send: the reader sees the close and reconnects
+            self.log.info("ping failed, the connection is closing", error=type(exc).__name__)
 
     def _report_silent(self, waited: float) -> None:
         """Subscriptions sent this long ago on this connection that have had neither an ack nor data:

@@ -204,8 +204,8 @@ async def test_steady_pings_go_out_every_ping_interval_while_frames_arrive(regis
     assert min(gaps) > 0.1 * 0.7 and max(gaps) < 0.1 + 0.03
 
 
-async def test_other_providers_keep_aiohttps_heartbeat_and_get_no_steady_pings(registry):
-    """BlockDB's ping_interval is aiohttp's heartbeat (a ping after silence only): unchanged."""
+async def test_other_providers_ping_only_after_silence_and_get_no_steady_pings(registry):
+    """BlockDB's ping_interval is a ping after silence only, as aiohttp's heartbeat was."""
     col, _ = collector(registry, blockdb_config("ws://127.0.0.1:9/", BLOCKS, ping_interval=0.1), KEY)
     ws = _PingedWS()
     await _watch(col, ws, 0.5)
@@ -675,6 +675,50 @@ async def test_a_reader_paused_by_backpressure_is_not_taken_for_a_dead_link(regi
     assert col.stats.connects == 1 and col.stats.last_error == ""
     assert sum(drain.rows.values()) == sum(emu.sent.values())
     assert "gaps" not in drain.values
+
+
+async def test_client_pings_do_not_end_a_connection_paused_by_backpressure(registry):
+    """aiohttp's heartbeat pinged after ping_interval without a socket read and closed the socket
+    when no pong came within half of it: during a pause for buffer room its full queue stops the
+    socket's reads, so the pong is never read; the socket was closed, the frames aiohttp held were
+    dropped, and the gap began only when reading resumed. The watchdog's pings count the pause as
+    life, as its idle timeout does: nothing is lost."""
+    emu = BlockDBEmulator(key=KEY, block_interval=0.002, txs_per_block=3, max_blocks=600)
+    await emu.start()
+    try:
+        policy = FlushPolicy(max_rows=50, max_bytes=10_000, max_age=0.05, max_pending_bytes=20_000)
+        config = blockdb_config(emu.url, ALL, ping_interval=0.1, idle_timeout=5.0)
+        col, buffer = collector(registry, config, KEY, policy=policy)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: buffer.congested, what="congestion")
+        await asyncio.sleep(1.0)  # ten ping intervals without a read
+        assert col.stats.connects == 1 and buffer.congested
+        drain = Drain(buffer)
+        await eventually(lambda: emu.blocks_produced >= 600, timeout=10, what="all blocks")
+        await eventually(lambda: sum(buffer.received.values()) >= sum(emu.sent.values()), what="every row")
+        await col.stop()
+        await asyncio.wait_for(task, 5)
+        await drain.close()
+    finally:
+        await emu.stop()
+    assert col.stats.connects == 1 and col.stats.last_error == ""
+    assert sum(drain.rows.values()) == sum(emu.sent.values())
+    assert "gaps" not in drain.values
+
+
+async def test_a_ping_nothing_answers_gives_a_quiet_link_up_before_the_idle_timeout(registry, emulator):
+    """As aiohttp's heartbeat did: a ping after ping_interval of silence, and the link given up
+    when nothing answers it within half of ping_interval, long before idle_timeout."""
+    col, buffer = collector(
+        registry, blockdb_config(emulator.url, BLOCKS, ping_interval=0.2, idle_timeout=30), KEY
+    )
+    task = asyncio.create_task(col.run())
+    await eventually(lambda: buffer.received.get("blockdb_blocks", 0) >= 2, what="blocks")
+    emulator.go_silent(3.0)
+    await eventually(lambda: col.stats.connects == 2, timeout=2, what="reconnect after an unanswered ping")
+    assert "no pong within 0.1 s" in col.stats.last_error
+    await col.stop()
+    await asyncio.wait_for(task, 10)
 
 
 async def test_a_dead_link_is_still_detected_once_a_paused_reader_resumes(registry):
