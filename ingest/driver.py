@@ -152,6 +152,8 @@ class Collector:
         # watchdog must not take for silence.
         self._reading_since: float | None = 0.0
         self._paused_for = 0.0  # seconds the reader has waited for buffer room, in all
+        # Server pings the watchdog answered while the reader waited for buffer room (not yet read).
+        self._answered: list[object] = []
         self.log = log.bind(provider=config.name)
         stats.display_url = target.display_url
         for sub in config.subscriptions:
@@ -393,6 +395,7 @@ class Collector:
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         stats = self.stats
         self._expired = None
+        self._answered = []
         # What the protocol queued for an earlier socket is not for this one: the answers a
         # start-up replay's frames asked for (a pong, the starts a journaled ack sends) would go
         # out ahead of the handshake, which servers refuse (Bitquery closes with 4401).
@@ -431,8 +434,9 @@ class Collector:
                         if kind is aiohttp.WSMsgType.PING:
                             stats.keepalives += 1
                             stats.last_frame_ns = time.time_ns()
-                            with contextlib.suppress(*_SEND_FAILED):  # the socket is gone: see _send
-                                await ws.pong(msg.data)
+                            if not self._was_answered(msg):
+                                with contextlib.suppress(*_SEND_FAILED):  # the socket is gone: see _send
+                                    await ws.pong(msg.data)
                         elif kind is aiohttp.WSMsgType.PONG:
                             stats.keepalives += 1
                             stats.last_frame_ns = time.time_ns()
@@ -597,6 +601,8 @@ class Collector:
                 return
             if self._replacement and now - opened >= self.config.backoff.healthy_after:
                 self._replacement = 0  # this socket's token served a healthy session: replaceable again
+            if since is None:
+                await self._answer_queued_pings(ws)
             reading_for = now - opened - (self._paused_for - paused_before)
             live = since is not None and not self._stopping
             if handshaking and live:
@@ -633,6 +639,28 @@ class Collector:
                 self.protocol.keepalive()
                 self._record_state()
                 await self._send(ws)
+
+    async def _answer_queued_pings(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Answer the server's pings aiohttp has parsed but the reader, waiting for buffer room,
+        has not read: a provider drops a peer that leaves them unanswered (CoinAPI pings every
+        minute), and the pause may come from another provider's flood. One behind more frames than
+        aiohttp's queue holds is not parsed yet: that socket is really stalled."""
+        for item in list(_parsed_queue(ws)):
+            msg = item[0] if type(item) is tuple else None
+            if getattr(msg, "type", None) is not aiohttp.WSMsgType.PING or self._was_answered(msg, keep=True):
+                continue
+            self._answered.append(msg)
+            with contextlib.suppress(*_SEND_FAILED):  # as in _read: the reader sees the close
+                await ws.pong(msg.data)  # type: ignore[union-attr]
+
+    def _was_answered(self, msg: object, *, keep: bool = False) -> bool:
+        """Whether the watchdog answered this very ping already; forgotten once read (not `keep`)."""
+        for i, answered in enumerate(self._answered):
+            if answered is msg:
+                if not keep:
+                    del self._answered[i]
+                return True
+        return False
 
     async def _ping(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:

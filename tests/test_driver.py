@@ -754,3 +754,56 @@ async def test_stop_during_a_backpressure_pause_ends_the_collector(registry):
     finally:
         await emu.stop()
     assert col.stats.state == "stopped" and col.stats.connects == 1
+
+
+class _Gate:
+    """The shared buffer as one quiet collector sees it while another provider's flood fills it:
+    congested until the test opens it."""
+
+    def __init__(self, buffer: Buffer) -> None:
+        self.buffer = buffer
+        self.room = asyncio.Event()
+        self.room.set()
+
+    def add(self, rows: Any) -> None:
+        self.buffer.add(rows)
+
+    def reject(self, rejected: Any) -> None:
+        self.buffer.reject(rejected)
+
+    def gap(self, gap: Any, detected_at: int) -> None:
+        self.buffer.gap(gap, detected_at)
+
+    @property
+    def congested(self) -> bool:
+        return not self.room.is_set()
+
+    async def wait_for_room(self) -> None:
+        await self.room.wait()
+
+
+async def test_server_pings_are_answered_while_the_reader_waits_for_buffer_room(registry):
+    """CoinAPI pings every minute and drops a peer that does not pong. A quiet collector paused
+    because another provider filled the buffer read nothing, so its pings, parsed and queued by
+    aiohttp, went unanswered and the server dropped it: a reconnect and a gap for a stall not
+    its own. The watchdog answers them meanwhile, each once."""
+    async with CoinAPIEmulator(key=KEY, tick_interval=0.05, ping_interval=0.3, pong_timeout=1.5) as emu:
+        subs = [{"name": "trades", "data_types": ["trade"], "symbols": ["COINBASE_"]}]
+        col, buffer = collector(registry, provider_config("coinapi", emu.url, subs, idle_timeout=2.0), KEY)
+        gate = col._sink = _Gate(buffer)
+        drain = Drain(buffer)
+        task = asyncio.create_task(col.run())
+        try:
+            await eventually(lambda: col.stats.subscriptions["trades"] == "active", what="trades active")
+            gate.room.clear()
+            await eventually(lambda: col._reading_since is None, what="the reader paused")
+            await asyncio.sleep(3.0)  # two pong timeouts
+            gate.room.set()
+            await asyncio.sleep(0.5)
+            assert col.stats.connects == 1 and emu.connections_total == 1 and not col.stats.last_error
+        finally:
+            await col.stop()
+            await asyncio.wait_for(task, 10)
+            await drain.close()
+    assert "gaps" not in drain.values
+    assert col._answered == []  # every ping answered while paused was read later, not answered twice
