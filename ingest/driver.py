@@ -152,6 +152,9 @@ class Collector:
         # watchdog must not take for silence.
         self._reading_since: float | None = 0.0
         self._paused_for = 0.0  # seconds the reader has waited for buffer room, in all
+        # Wall clock when the reader began waiting for buffer room, until it has read all the socket
+        # held since: a loss seen meanwhile may have come at any moment after it (_on_lost).
+        self._unread_since_ns: int | None = None
         # Server pings the watchdog answered while the reader waited for buffer room (not yet read).
         self._answered: list[object] = []
         self.log = log.bind(provider=config.name)
@@ -378,7 +381,11 @@ class Collector:
 
     def _on_lost(self, reason: str) -> None:
         self._lost_at = time.monotonic()
-        self._lost_at_ns = time.time_ns()
+        # A close read after a pause for buffer room, before the reader caught up with the socket,
+        # is seen late: the server may have cut the connection at any moment of the pause (and sent
+        # nothing since), so the hole starts when the pause began.
+        now = time.time_ns()
+        self._lost_at_ns = min(now, self._unread_since_ns or now)
         self.stats.state = "backoff"
         self.stats.last_error = reason
 
@@ -396,6 +403,7 @@ class Collector:
         stats = self.stats
         self._expired = None
         self._answered = []
+        self._unread_since_ns = None
         # What the protocol queued for an earlier socket is not for this one: the answers a
         # start-up replay's frames asked for (a pong, the starts a journaled ack sends) would go
         # out ahead of the handshake, which servers refuse (Bitquery closes with 4401).
@@ -415,6 +423,8 @@ class Collector:
                     take = _queued_data_reader(ws, queued)
                     pacer = _ReadPacer.of(ws, self.config.read_coalesce)
                     while True:
+                        if self._unread_since_ns is not None and _caught_up(ws, queued):
+                            self._unread_since_ns = None  # the socket was open after the pause
                         msg = await ws.receive()
                         kind = msg.type
                         if kind in _DATA:
@@ -461,6 +471,8 @@ class Collector:
             # Nothing is read meanwhile, though the server may well be sending: not silence.
             self._reading_since = None
             paused_at = asyncio.get_running_loop().time()
+            if self._unread_since_ns is None:
+                self._unread_since_ns = time.time_ns()
             try:
                 await sink.wait_for_room()
             finally:
@@ -689,6 +701,26 @@ def _parsed_queue(ws: aiohttp.ClientWebSocketResponse) -> Sized:
     """
     queue = getattr(getattr(ws, "_reader", None), "_buffer", None)
     return queue if isinstance(queue, Sized) else ()
+
+
+def _caught_up(ws: aiohttp.ClientWebSocketResponse, queued: Sized) -> bool:
+    """Whether everything the socket received is read and it is still open: aiohttp's queue empty,
+    no end of stream seen, nothing in the kernel's buffer. True where it cannot tell (aiohttp's
+    internals not as expected), as if every loss were seen at once. Not public API, like _parsed_queue."""
+    if queued:
+        return False
+    is_eof = getattr(getattr(ws, "_reader", None), "is_eof", None)
+    if is_eof is not None and is_eof():
+        return False
+    transport = getattr(getattr(getattr(ws, "_response", None), "connection", None), "transport", None)
+    sock = transport.get_extra_info("socket") if isinstance(transport, asyncio.Transport) else None
+    if sock is None:
+        return True
+    try:
+        count = fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4))
+    except OSError:
+        return True
+    return int.from_bytes(count, sys.byteorder) == 0
 
 
 def _queued_data_reader(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Any
 
@@ -807,3 +808,38 @@ async def test_server_pings_are_answered_while_the_reader_waits_for_buffer_room(
             await drain.close()
     assert "gaps" not in drain.values
     assert col._answered == []  # every ping answered while paused was read later, not answered twice
+
+
+@pytest.mark.parametrize("stalled", [False, True])
+async def test_a_connection_lost_during_a_backpressure_pause_is_a_gap_from_the_pause(registry, stalled):
+    """The server cut the connection while the reader waited for buffer room: the close is read
+    only once reading resumes (after what was queued before it), so the gap began then, and the
+    time from the cut to the resume, when the server sent nothing, was on no gap. It starts when
+    the pause began now: the cut came at some point after it. With `stalled`, the socket itself
+    is full (aiohttp stops reading it), so even the cut is seen only after the backlog."""
+    emu = BlockDBEmulator(key=KEY, block_interval=0.002 if stalled else 0.05, txs_per_block=3)
+    await emu.start()
+    try:
+        col, buffer = collector(registry, blockdb_config(emu.url, BLOCKS, idle_timeout=5.0), KEY)
+        gate = col._sink = _Gate(buffer)
+        drain = Drain(buffer)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: col.stats.subscriptions["blocks"] == "active", what="blocks active")
+        await asyncio.sleep(0.3)
+        gate.room.clear()
+        await eventually(lambda: col._reading_since is None, what="the reader paused")
+        paused_at = time.time_ns()
+        await asyncio.sleep(0.5)
+        cut_at = time.time_ns()
+        await emu.drop_connections()
+        await asyncio.sleep(1.0)
+        gate.room.set()
+        await eventually(lambda: col.stats.connects == 2, what="a reconnect")
+        await col.stop()
+        await asyncio.wait_for(task, 10)
+        await drain.close()
+    finally:
+        await emu.stop()
+    (gap,) = drain.values["gaps"]
+    assert gap["kind"] == "disconnected"
+    assert paused_at - 0.2e9 < gap["started_at"] <= cut_at
