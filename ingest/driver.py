@@ -258,7 +258,7 @@ class Collector:
             return
         self.stats.state = "connecting"
         try:
-            ws = await self._connect(http)
+            ws = await self._connect_unless_stopped(http)
         except AuthRejected:
             if self._tokens is None:
                 raise
@@ -267,7 +267,9 @@ class Collector:
             self.log.warning("token refused at connect, fetching a new one")
             self._tokens.invalidate()
             self._replacement = self._tokens.fetches + 1  # as after the upgrade: replaced once
-            ws = await self._connect(http)
+            ws = await self._connect_unless_stopped(http)
+        if ws is None:
+            return
         started = time.monotonic()
         self._on_connected()
         pause, reason = 0.0, ""
@@ -309,6 +311,24 @@ class Collector:
         if pause and not self._stopping:
             self.log.warning("reconnecting", after=round(pause, 2), reason=reason)
             await (self._sleep_override or self._sleep)(pause)
+
+    async def _connect_unless_stopped(
+        self, http: aiohttp.ClientSession
+    ) -> aiohttp.ClientWebSocketResponse | None:
+        """_connect(), given up (None) if stop() comes first: a server that takes the TCP
+        connection and never answers the upgrade (or a token endpoint that hangs) held the stop
+        up for as long as connect_timeout. A socket that opens is kept: stop() says goodbye on it."""
+        connect = asyncio.ensure_future(self._connect(http))
+        stopped = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait((connect, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not connect.done():
+                connect.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connect
+        return connect.result() if not connect.cancelled() else None
 
     async def _connect(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         """Open the socket (with the current token, if the key is one); errors mapped to ours."""

@@ -285,6 +285,31 @@ async def test_try_again_later_waits_the_backoff_cap_even_after_a_healthy_sessio
     assert "1011" in col.stats.last_error
 
 
+async def test_a_stop_while_an_upgrade_hangs_ends_the_collector_at_once(registry):
+    """A server that takes the TCP connection and never answers the upgrade held a stop (SIGTERM)
+    up for the whole connect_timeout: the connect is given up as soon as stop() comes."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        config = blockdb_config(f"ws://127.0.0.1:{port}/v1/evm/", BLOCKS, connect_timeout=10.0)
+        col, _ = collector(registry, config, KEY)
+        task = asyncio.create_task(col.run())
+        await eventually(lambda: bool(held), what="the TCP connection")
+        await asyncio.wait_for(col.stop(), 1)
+        await asyncio.wait_for(task, 1)  # not the 10 s connect_timeout
+        assert col.stats.state == "stopped" and col.stats.connects == 0 and not col.stats.last_error
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_stop_while_waiting_out_a_try_again_later_ends_the_collector_cleanly(registry, emulator):
     """The wait after a healthy session's 1013 comes after the socket is let go of: a stop() then
     ends the wait at once and says no goodbye on a closed socket."""
