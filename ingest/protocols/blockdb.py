@@ -95,7 +95,7 @@ class BlockDBProtocol:
     # 1008 POLICY_VIOLATION is BlockDB's answer to a bad key or scope: retrying the same key loops.
     auth_close_codes: ClassVar[frozenset[int]] = frozenset({1008})
     # Quiet filtered streams are normal (doc 2.5), and the server's ping period is not documented, so
-    # liveness comes from our own pings: after 15 s without any frame aiohttp pings and gives the pong
+    # liveness comes from our own pings: after 15 s without any frame the driver pings and gives the pong
     # 7.5 s (half the interval). A healthy quiet link thus answers at least every ~15 s, well inside
     # the 30 s idle timeout, and a dead one is closed ~22.5 s after its last frame, before it.
     default_idle_timeout: ClassVar[float] = 30.0
