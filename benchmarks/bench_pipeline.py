@@ -5,9 +5,10 @@ for `seconds`, at full speed or a fixed offered rate, then tells the consumer ho
 sent and waits for its result. For the daemon the run ends once every row sent is durable in
 DuckDB and in Parquet; the rows and the distinct `_dedup_key`s are then counted in both, and the
 run is `ok` only if each equals the rows sent, nothing was quarantined, no gap was recorded
-(unless the spec expects gaps), the drain did not time out, no collector failed and no sink
-erred (`problems` lists what was not). A run that is not ok counts as failed. The latency of
-every row is taken from the files themselves:
+(unless the spec expects gaps), the drain did not time out, no collector failed, no sink
+erred and, at a fixed rate, the sender got the offered rate out (`problems` lists what was
+not). A run that is not ok counts as failed. The latency of every row is taken from the files
+themselves:
 
     send → queryable     = the moment its Parquet file appeared (rename done; `query` reads it)
                            - the moment the load server wrote its frame (CoinAPI: the trade's
@@ -232,8 +233,14 @@ def _sent(rnd: RoundResult, spec: RunSpec) -> dict[str, Any]:
         "sender_mb_per_s": rnd.nbytes / seconds / 1e6,
         "sender_cpu_cores": rnd.cpu_seconds / seconds,  # the harness process, sender and all
         "offered_rate": spec.rate,
-        "kept_up": None if spec.rate is None else rnd.frames >= 0.97 * spec.rate * spec.seconds,
+        "kept_up": _kept_up(rnd, spec),
     }
+
+
+def _kept_up(rnd: RoundResult, spec: RunSpec) -> bool | None:
+    """Whether the sender got the offered rate out (None at full speed): below it, the consumer's
+    socket filled and flow control slowed the sender, so the run was not at the rate it names."""
+    return None if spec.rate is None else rnd.frames >= 0.97 * spec.rate * spec.seconds
 
 
 def _measure(spec: RunSpec, rnd: RoundResult, out: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -322,6 +329,12 @@ def _ingest_problems(spec: RunSpec, rnd: RoundResult, out: dict[str, Any], m: di
         problems.append(f"{m['sink_errors']} sink errors")
     if out.get("exit_code", 0) != 0:
         problems.append(f"the daemon exited {out['exit_code']}")
+    if _kept_up(rnd, spec) is False:
+        # Each row's latency runs from its frame's actual write: frames the sender wrote late
+        # (held back by a full socket) would hide the wait, and the figures would name a rate
+        # the daemon did not take.
+        rate = rnd.frames / rnd.seconds
+        problems.append(f"the sender got {rate:,.0f} frames/s out of {spec.rate:,.0f} offered: not kept up")
     return problems
 
 

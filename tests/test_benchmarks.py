@@ -252,9 +252,10 @@ def _measure(tmp_path: Path, duckdb_keys: list[str], parquet_keys: list[str], **
     from benchmarks.load import RoundResult
 
     quarantined = kw.pop("quarantined", 0)
+    spec = kw.pop("spec", RunSpec("ingest", "coinapi"))
     run_dir = _run_dir(tmp_path, duckdb_keys, parquet_keys, quarantined)
     rnd = RoundResult(frames=1000, rows=1000, nbytes=0, started=100.0, ended=101.0, connections=1)
-    return _measure(RunSpec("ingest", "coinapi"), rnd, _daemon_out(**kw), run_dir)
+    return _measure(spec, rnd, _daemon_out(**kw), run_dir)
 
 
 def test_a_daemon_run_is_ok_only_with_every_row_sent_once_in_both_sinks(tmp_path):
@@ -284,6 +285,20 @@ def test_a_daemon_run_is_ok_only_with_every_row_sent_once_in_both_sinks(tmp_path
     assert not m["ok"] and m["problems"] == ["1 quarantined"]
     m = _measure(tmp_path / "sink", keys, keys, sink_errors=2, failed=["coinapi"])
     assert not m["ok"] and m["problems"] == ["collectors failed: coinapi", "2 sink errors"]
+
+
+def test_a_fixed_rate_run_of_the_daemon_that_did_not_keep_up_is_not_ok(tmp_path):
+    """1000 frames in the 1 s round: at 1000/s offered that is the rate; at 4000/s offered the
+    socket held the sender back, so the figures (latency from each frame's actual write) are not
+    at the rate the row names and must not be reported."""
+    from benchmarks.bench_pipeline import RunSpec
+
+    keys = [f"k{i}" for i in range(1000)]
+    m = _measure(tmp_path / "kept", keys, keys, spec=RunSpec("ingest", "coinapi", rate=1000.0, seconds=1.0))
+    assert m["ok"] and m["problems"] == []
+    m = _measure(tmp_path / "slow", keys, keys, spec=RunSpec("ingest", "coinapi", rate=4000.0, seconds=1.0))
+    assert not m["ok"]
+    assert m["problems"] == ["the sender got 1,000 frames/s out of 4,000 offered: not kept up"]
 
 
 def test_a_drain_that_times_out_fails_the_run_and_keeps_its_cpu_figure(tmp_path):
