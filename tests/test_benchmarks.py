@@ -301,6 +301,27 @@ def test_a_fixed_rate_run_of_the_daemon_that_did_not_keep_up_is_not_ok(tmp_path)
     assert m["problems"] == ["the sender got 1,000 frames/s out of 4,000 offered: not kept up"]
 
 
+def test_the_sampler_is_close_behind_the_first_message_so_start_up_cpu_stays_out():
+    """CPU counts from the last sample before the first frame: sampling every 100 ms while the
+    daemon starts up (~0.7 of a core up to its subscription) put up to ~70 ms of start-up CPU,
+    ~0.9 us a message at 20k msg/s for 4 s, into the figure. Until the first message it samples
+    every few ms; after it, every `every` seconds."""
+    import time
+
+    from benchmarks.probe import Sampler
+
+    messages = 0
+    sampler = Sampler(lambda: messages, every=0.1)
+    time.sleep(0.3)
+    messages = 1
+    time.sleep(0.35)
+    sampler.stop()
+    waiting = [t for t, _, _, n in sampler.samples if n == 0]
+    streaming = [t for t, _, _, n in sampler.samples if n]
+    assert len(waiting) >= 15  # every 100 ms: 3 or 4
+    assert 2 <= len(streaming) <= 6
+
+
 def test_a_drain_that_times_out_fails_the_run_and_keeps_its_cpu_figure(tmp_path):
     """No `all_durable`: the daemon stopped at max_seconds. The run is not ok, and CPU per message
     is still there: the host's last sample comes after its exit time."""
