@@ -367,12 +367,30 @@ def test_a_run_that_is_not_ok_fails_the_benchmark_and_the_table_marks_it(tmp_pat
     printed = capsys.readouterr().out
     assert "NOT OK: parquet: 90000 rows, 100000 sent" in printed
     # every figure of the failed spec is marked (p50, p99, CPU, RSS, ...); the fine spec's are not
-    assert printed.count("1 of 1 runs failed") == 7 and "0/1" in printed and "1/1" in printed
+    assert printed.count("1 of 1 runs failed") == 8 and "0/1" in printed and "1/1" in printed
     doc = json.loads(out.read_text())
     failed = {k: v["metrics"]["failed_runs"]["median"] for k, v in doc["summaries"].items()}
     assert sorted(failed.values()) == [0, 1]
     for label, summary in doc["summaries"].items():  # a failed run's figures stay out of the medians
         assert ("send_queryable_p99_ms" in summary["metrics"]) == (failed[label] == 0)
+
+
+def test_at_a_fixed_rate_each_system_shows_the_rate_its_own_sender_got_out(tmp_path, monkeypatch, capsys):
+    """A baseline that falls behind holds the sender back: the table shows each run's own sender
+    rate, not the daemon's run's in the column of the sender alone (the null reader)."""
+    import benchmarks.run as bench_run
+
+    sent = {"naive": 6_210.0, "dlt": 12_170.0, "dlt-arrow": 17_390.0, "ingest": 19_990.0}
+
+    async def run_once(spec, workdir, keep=False, profile=None):
+        await asyncio.sleep(0)
+        return {"spec": asdict(spec), "label": spec.label(), "sender_frames_per_s": sent[spec.system],
+                "read_msgs_per_s": sent[spec.system] / 2, "cpu_us_per_msg": 20.0, "ok": True}  # fmt: skip
+
+    monkeypatch.setattr(bench_run, "run_once", run_once)
+    assert bench_run.main(["--quick", "--only", "cpu", "--json", str(tmp_path / "r.json")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "the sender got out" in x)
+    assert [c.strip() for c in line.split("│")[2:6]] == ["6.21k", "12.2k", "17.4k", "20k"]
 
 
 # -- latency: whole files a running daemon flushed, from the frame's send -----------------------
