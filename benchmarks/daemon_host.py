@@ -17,10 +17,11 @@ The only additions are two observers and a watcher task in the daemon's event lo
 
 both at the very moment of the update, in the daemon's loop, rather than by polling (a 5 ms poll
 cost the daemon ~2% of a core, ~1 us a message at 20k msg/s, and noted each moment up to 5 ms
-late). A sampler thread records CPU, RSS and frames read every 100 ms. When the harness says the
-load is over (and how many rows it sent), the watcher waits until the daemon has read all of
-them, then stops it the way a user does: it flushes and commits what DuckDB holds for its next
-batch (which a running daemon commits within `duckdb_commit_seconds`), so the run ends by
+late). A sampler thread records CPU, RSS and frames read every 100 ms (every 5 ms until the
+first frame). The moment the harness says the load is over (and how many rows it sent), the
+watcher wakes and waits until the daemon has read all of them, then stops it the way a user
+does: it flushes and commits what DuckDB holds for its next batch (which a running daemon
+commits within `duckdb_commit_seconds`), so the run ends by
 itself once every row sent is durable; `max_seconds` bounds it in any case. The moment of that
 stop is noted (`stop_requested_ns`): the flush it forces comes before `max_age`, so files that
 appear after it are left out of latency.
@@ -41,8 +42,7 @@ from typing import Any
 from benchmarks.probe import Control, Sampler, cpu_seconds, emit, keep_stdout_for_results, peak_rss_bytes
 from ingest.metrics import DatasetStats
 
-_POLL_LOADED = 0.1  # while the load runs, only the end of the load is waited for
-_POLL_ENDING = 0.005  # after it, how soon the stop follows the last row read
+_POLL_ENDING = 0.005  # after the load, how soon the stop follows the last row read
 
 
 class _NotedFiles(deque[str]):
@@ -107,8 +107,9 @@ async def _watch(
 ) -> None:
     """Stop the daemon once the load is over and it has read every row sent."""
     datasets: list[str] = spec["datasets"]
-    while not control.stop.is_set():
-        await asyncio.sleep(_POLL_LOADED)
+    # Woken by the stop line itself: a poll here would stop the daemon up to a period late, time
+    # its throughput pays for and the baselines (which check the stop at every message) do not.
+    await control.stopped_on(asyncio.get_running_loop()).wait()
     durable.check()  # every row may have been durable before the harness said how many it sent
     while not _all_read(daemon, control, datasets):
         await asyncio.sleep(_POLL_ENDING)

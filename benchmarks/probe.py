@@ -11,6 +11,7 @@ JSON line with its result on stdout and exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -110,9 +111,20 @@ class Control:
         self.stop = threading.Event()
         self.target_rows: int | None = None
         self.stop_at: float | None = None  # monotonic time the stop line arrived
-        self._loop = loop
-        self.stopped = asyncio.Event() if loop is not None else None
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self.stopped = self.stopped_on(loop) if loop is not None else None
         threading.Thread(target=self._read, name="bench-control", daemon=True).start()
+
+    def stopped_on(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        """An event of `loop` set the moment the stop line arrives (at once if it has)."""
+        event = asyncio.Event()
+        with self._lock:
+            if self.stop.is_set():
+                event.set()
+            else:
+                self._waiters.append((loop, event))
+        return event
 
     def _read(self) -> None:
         for line in sys.stdin:
@@ -122,13 +134,12 @@ class Control:
                 continue
             if msg.get("stop"):
                 self.target_rows = msg.get("target_rows")
-                self.stop_at = time.monotonic()
-                self.stop.set()
-                if self._loop is not None and self.stopped is not None:
-                    self._loop.call_soon_threadsafe(self.stopped.set)
-                return
-        # stdin closed: the harness is gone, stop as well
+                break
+        # the stop line, or stdin closed (the harness is gone): stop as well
         self.stop_at = time.monotonic()
-        self.stop.set()
-        if self._loop is not None and self.stopped is not None:
-            self._loop.call_soon_threadsafe(self.stopped.set)
+        with self._lock:
+            self.stop.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # a loop already closed waits for nothing
+                loop.call_soon_threadsafe(event.set)

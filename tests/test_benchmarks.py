@@ -152,6 +152,40 @@ def test_daemon_host_notes_each_file_and_each_durable_step_when_it_happens():
     assert sampled == [1]  # noted once
 
 
+def test_the_watcher_stops_the_daemon_as_soon_as_the_stop_line_comes(monkeypatch):
+    """The daemon's run ends when the stop it asks for has flushed the last rows: a watcher that
+    polled for the stop line every 100 ms stopped it up to 100 ms late, in its throughput's time."""
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from benchmarks.daemon_host import _watch
+    from benchmarks.probe import Control
+
+    read_fd, write_fd = os.pipe()
+    monkeypatch.setattr("sys.stdin", os.fdopen(read_fd))
+    control = Control()
+    asked: list[float] = []
+    daemon = SimpleNamespace(buffer=SimpleNamespace(received={"trades": 10}),
+                             request_stop=lambda: asked.append(time.monotonic()))  # fmt: skip
+    durable = SimpleNamespace(check=lambda: None)
+
+    async def main() -> float:
+        watcher = asyncio.create_task(_watch(daemon, control, {"datasets": ["trades"]}, durable, {}))
+        await asyncio.sleep(0.03)  # the load runs
+        sent = time.monotonic()
+        os.write(write_fd, b'{"stop": true, "target_rows": 10}\n')
+        await asyncio.wait_for(watcher, 5)
+        return sent
+
+    try:
+        sent = asyncio.run(main())
+    finally:
+        os.close(write_fd)
+    assert control.target_rows == 10 and len(asked) == 1
+    assert asked[0] - sent < 0.04  # polling: ~70 ms
+
+
 def test_thread_cpu_names_each_thread_and_finds_the_busy_one():
     """Per-thread CPU from the scheduler: a spinning thread, named for the OS, comes out busiest."""
     import os
