@@ -214,9 +214,7 @@ class Daemon:
             journal.lock()  # before the sinks: DuckDB's lock would make a second daemon wait first
             journal.on_error = self._journal_failed
         try:
-            sinks = self._sinks()
-            for sink in sinks:
-                await asyncio.to_thread(sink.open, self.registry.values())
+            sinks = await self._open_sinks()
             stored = max((s.checkpoint(d) for s in sinks for d in self.registry), default=0)
             leftover = journal.open(after=stored) if journal is not None else []
             # From here, not from the replay's start: the journal's syncer starts first
@@ -330,9 +328,7 @@ class Daemon:
                 journal.unlock()
 
     async def _ingest_offline(self, records: Iterable[Record]) -> ReplayStats:
-        sinks = self._sinks()
-        for sink in sinks:
-            await asyncio.to_thread(sink.open, self.registry.values())
+        sinks = await self._open_sinks()
         protocols = {
             p.name: PROTOCOLS[p.kind](p.name, list(p.subscriptions), p.options) for p in self.config.providers
         }
@@ -350,6 +346,15 @@ class Daemon:
             for sink in sinks:
                 await asyncio.to_thread(sink.close)
         return stats
+
+    async def _open_sinks(self) -> list[Sink]:
+        sinks = self._sinks()
+        for sink in sinks:
+            try:
+                await asyncio.to_thread(sink.open, self.registry.values())
+            except OSError as exc:  # its directory on a read-only disk, or not the user's
+                raise Fatal(f"cannot open the {sink.name} sink: {exc}") from None
+        return sinks
 
     def _max_frames(self) -> dict[str, int]:
         return {p.name: p.max_frame_bytes for p in self.config.providers}

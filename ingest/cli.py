@@ -294,14 +294,19 @@ def _compact(config: Config, older_than: datetime.date | None, target_rows: int,
     if config.storage.parquet_root is None:
         print("the Parquet sink is off: nothing to compact", file=sys.stderr)
         return 2
-    report = compact(
-        config.storage.lake(),
-        load_registry(),
-        instance=config.instance,
-        older_than=older_than,
-        target_rows=target_rows,
-        grace_seconds=grace,
-    )
+    lake = config.storage.lake()
+    try:
+        report = compact(
+            lake,
+            load_registry(),
+            instance=config.instance,
+            older_than=older_than,
+            target_rows=target_rows,
+            grace_seconds=grace,
+        )
+    except OSError as exc:  # a lake the user may not write (read-only, another's); it stays as it was
+        print(f"error: cannot compact {lake.uri}: {exc}", file=sys.stderr)
+        return 1
     if report.busy:
         print("another compaction is at work on this lake: nothing done", file=sys.stderr)
         return 1

@@ -195,8 +195,11 @@ class Journal:
         """
         if self._owner_fd >= 0:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, lock = try_lock(self.directory / _LOCK)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, lock = try_lock(self.directory / _LOCK)
+        except OSError as exc:  # a data_dir on a read-only disk, or not the user's: said, not a traceback
+            raise Fatal(f"cannot write the journal in {self.directory}: {exc}") from None
         if lock is Lock.BUSY:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)

@@ -249,6 +249,52 @@ async def test_bad_config_fails_before_connecting(tmp_path):
         await emulator.stop()
 
 
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("", "cannot write the journal in"),
+        ("journal = false\nparquet = false", "cannot open the duckdb sink"),
+    ],
+)
+def test_a_data_dir_that_cannot_be_written_is_an_error_not_a_traceback(
+    tmp_path, monkeypatch, capsys, storage, message
+):
+    """A data_dir on a read-only disk, or another user's: said with the path, exit 1 (a traceback
+    of mkdir came before, from the journal's lock or a sink's open)."""
+    cfg = write_config(tmp_path, "emulator", "emulator = { block_interval = 0.05 }")
+    cfg.write_text(cfg.read_text().replace("[storage]", f"[storage]\n{storage}"))
+    data = tmp_path / "data"
+    mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self == data or data in self.parents:
+            raise PermissionError(13, "Permission denied", str(data))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    code = cli_main(["run", "--config", str(cfg), "--duration", "1", "--no-live"])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and "Permission denied" in err
+    assert "Traceback" not in err
+    capture = tmp_path / "capture.jsonl"
+    capture.write_text("{}\n")
+    code = cli_main(["replay", str(capture), "--provider", "blockdb", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err
+
+
+def test_compact_of_a_lake_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path, monkeypatch, capsys):
+    cfg = write_config(tmp_path, "emulator")
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("ingest.compact.try_lock", refuse)
+    code = cli_main(["compact", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 1 and "error: cannot compact" in err and "Permission denied" in err
+
+
 async def test_missing_key_variable_is_named_and_nothing_connects(tmp_path):
     emulator = BlockDBEmulator(key=KEY)
     url = await emulator.start()
