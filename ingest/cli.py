@@ -171,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Fatal as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except duckdb.Error as exc:  # `status` or `reconcile` over a damaged store file: DuckDB says which
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

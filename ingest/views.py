@@ -75,8 +75,8 @@ def connect_for_query(
             con.execute(f"ATTACH {quote_literal(str(duckdb_path))} AS store (READ_ONLY)")
             source = QuerySource.DUCKDB
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
-                raise
+            if "lock" not in str(exc).lower():  # not a DuckDB file, or one it cannot read
+                raise Fatal(f"cannot read {duckdb_path}: {exc}") from None
             if parquet_root is None:
                 raise Fatal(
                     f"{duckdb_path} is being written by a daemon and the Parquet sink is off: nothing "

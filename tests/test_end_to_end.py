@@ -470,6 +470,25 @@ async def test_query_explains_when_there_is_nothing_it_can_read(tmp_path):
     assert code == 1 and "no data yet" in err
 
 
+def test_a_damaged_store_file_is_named_not_a_traceback(tmp_path, capsys):
+    """A file at the DuckDB path that is no database, or a damaged Parquet file: `query`, `status`
+    and `reconcile` say what DuckDB found, exit 1 (a traceback of its exception came before)."""
+    cfg = write_config(tmp_path, "emulator")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ingest.duckdb").write_text("not a database\n")
+    for argv in (["query", "SELECT 1"], ["status"], ["reconcile"]):
+        assert cli_main([*argv, "--config", str(cfg)]) == 1, argv
+        assert "cannot read" in capsys.readouterr().err
+    (data / "ingest.duckdb").unlink()
+    day = data / "parquet" / "dataset=blockdb_blocks" / "date=2025-01-01"
+    day.mkdir(parents=True)
+    (day / "main-1-2.parquet").write_text("not parquet\n")
+    for argv in (["status"], ["reconcile"]):
+        assert cli_main([*argv, "--config", str(cfg)]) == 1, argv
+        assert "main-1-2.parquet" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("fmt", ["json", "csv", "table"])
 def test_a_query_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path, fmt):
     """`query ... | head`: the closed pipe is the reader's choice, not an error with a traceback."""
