@@ -387,12 +387,35 @@ def _printable(table: pa.Table, *, nested_as_json: bool) -> pa.Table:
                 column = table.column(i).cast(pa.string())
             except pa.ArrowNotImplementedError:  # durations: their count of nanoseconds
                 column = table.column(i).cast(pa.int64())
+        elif pa.types.is_interval(typ):  # `now() - max(_received_at)`: as DuckDB writes it
+            column = pa.array([_interval_text(v) for v in table.column(i).to_pylist()], pa.string())
         elif nested_as_json and pa.types.is_nested(typ):
             texts = [None if v is None else json.dumps(v, default=str) for v in table.column(i).to_pylist()]
             column = pa.array(texts, pa.string())
         if column is not None:
             table = table.set_column(i, pa.field(field.name, column.type), column)
     return table
+
+
+def _interval_text(value: Any) -> str | None:
+    """A DuckDB interval as DuckDB prints it (`1 year 2 months 3 days 04:05:06.5`): Arrow has no
+    cast of it to text (CSV failed), and Python shows a MonthDayNano tuple."""
+    if value is None:
+        return None
+    months, days, nanos = value.months, value.days, value.nanoseconds
+    years = int(months / 12)  # toward zero, as DuckDB: -14 months is -1 year -2 months
+    parts = [
+        f"{n} {unit}{'' if abs(n) == 1 else 's'}"
+        for n, unit in ((years, "year"), (months - 12 * years, "month"), (days, "day"))
+        if n
+    ]
+    if nanos or not parts:
+        seconds, micros = divmod(abs(nanos) // 1000, 1_000_000)
+        minutes, seconds = divmod(seconds, 60)
+        hours, minutes = divmod(minutes, 60)
+        fraction = f".{micros:06d}".rstrip("0") if micros else ""
+        parts.append(f"{'-' if nanos < 0 else ''}{hours:02d}:{minutes:02d}:{seconds:02d}{fraction}")
+    return " ".join(parts)
 
 
 def write_table(table: pa.Table, fmt: str) -> None:

@@ -548,6 +548,23 @@ def test_query_prints_nanosecond_times_and_lists_in_every_format(fmt, capsys):
         assert '"[""0xa"", ""0xb""]"' in text
 
 
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_query_prints_an_interval_as_duckdb_does_in_every_format(fmt, tmp_path, capsys):
+    """`SELECT now() - max(_received_at)` (how fresh is the store?) gives an interval: CSV failed
+    with a traceback (Arrow cannot cast it to text), JSON gave [months, days, nanoseconds]."""
+    cfg = write_config(tmp_path, "emulator")
+    sql = (
+        "SELECT TIMESTAMP '2025-01-03 01:30:00.5' - TIMESTAMP '2025-01-01' AS lag, "
+        "-INTERVAL 14 MONTH AS back, NULL::INTERVAL AS none"
+    )
+    assert cli_main(["query", sql, "--format", fmt, "--config", str(cfg)]) == 0
+    text = capsys.readouterr().out
+    if fmt == "json":
+        assert json.loads(text) == {"lag": "2 days 01:30:00.5", "back": "-1 year -2 months", "none": None}
+    else:
+        assert "2 days 01:30:00.5" in text and "-1 year -2 months" in text
+
+
 def test_no_verb_means_run_with_its_options():
     assert with_default_verb([]) == ["run"]
     assert with_default_verb(["--duration", "5"]) == ["run", "--duration", "5"]
