@@ -24,19 +24,34 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
 def _stamp(extras: str) -> str:
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
-    return f"{digest}-{extras}-{sys.version_info.major}.{sys.version_info.minor}"
+    return f"{digest}-{extras}-{_venv_python()}"
+
+
+def _venv_python() -> str:
+    """The .venv's Python as `3.11`, from its pyvenv.cfg; "" when there is none, or its base
+    interpreter is gone (an upgrade removed it). The venv's, not that of the python running
+    run.py: `python3` may be 3.10 beside a .venv that `python3.11 run.py` made."""
+    cfg = VENV / "pyvenv.cfg"
+    if not cfg.is_file():
+        return ""
+    pairs = (line.partition("=") for line in cfg.read_text().splitlines())
+    keys = {key.strip(): value.strip() for key, _, value in pairs}
+    if "executable" in keys and not Path(keys["executable"]).exists():
+        return ""
+    return ".".join(keys.get("version", "").split(".")[:2])
 
 
 def _ensure_venv(extras: str) -> None:
     stamp_file = VENV / ".installed"
-    wanted = _stamp(extras)
     installed = stamp_file.read_text().split() if stamp_file.exists() else []
     # A test or bench install includes everything a plain one has, so it satisfies `run` as well.
-    if wanted in installed or (extras == "" and any(_stamp(e) in installed for e in ("test", "bench"))):
+    if _stamp(extras) in installed or (
+        extras == "" and any(_stamp(e) in installed for e in ("test", "bench"))
+    ):
         return
-    if sys.version_info < (3, 11):  # noqa: UP036 - run.py starts on whatever python the user has
-        sys.exit(f"Python 3.11 or newer is needed (this is {sys.version.split()[0]})")
     if not _usable():  # none yet, or one left broken (interrupted while created: no pip)
+        if sys.version_info < (3, 11):  # noqa: UP036 - run.py starts on whatever python the user has
+            sys.exit(f"Python 3.11 or newer is needed (this is {sys.version.split()[0]})")
         print("creating .venv ...", file=sys.stderr, flush=True)
         try:
             venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
@@ -54,7 +69,7 @@ def _ensure_venv(extras: str) -> None:
     result = subprocess.run([*pip, "-e", target], cwd=ROOT)
     if result.returncode != 0:
         sys.exit(f"installing {target} failed (pip exit code {result.returncode})")
-    stamp_file.write_text(" ".join([*installed, wanted]))
+    stamp_file.write_text(" ".join([*installed, _stamp(extras)]))
 
 
 def _usable() -> bool:

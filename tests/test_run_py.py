@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import subprocess
 import sys
 
+import pytest
+
+import run
 from run import ingest_args
 
 
@@ -22,3 +27,37 @@ def test_the_verbs_help_names_every_verb():
     ).stdout
     for verb in ("run", "query", "reconcile", "replay", "compact", "status", "emulate"):
         assert verb in out
+
+
+VersionInfo = collections.namedtuple("VersionInfo", "major minor micro releaselevel serial")
+
+
+@pytest.mark.parametrize("launcher", [(3, 10, 13), (3, 12, 1)])
+def test_a_ready_venv_is_used_whichever_python_starts_run_py(tmp_path, monkeypatch, launcher):
+    """`python3.11 run.py` made .venv; `python3 run.py` (3.10 on Ubuntu 22.04) was refused with
+    "Python 3.11 or newer is needed", and 3.12 installed everything again: the stamp held the
+    version of the python running run.py, not the venv's."""
+    venv = tmp_path / ".venv"
+    venv.mkdir()
+    (venv / "pyvenv.cfg").write_text(f"home = /usr/bin\nversion = 3.11.7\nexecutable = {sys.executable}\n")
+    digest = hashlib.sha256((run.ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    (venv / ".installed").write_text(f"{digest}--3.11")
+    monkeypatch.setattr(run, "VENV", venv)
+    monkeypatch.setattr(sys, "version_info", VersionInfo(*launcher, "final", 0))
+
+    def no_install(*args, **kwargs):
+        raise AssertionError(f"nothing to install, but ran {args}")
+
+    monkeypatch.setattr(run.subprocess, "run", no_install)
+    run._ensure_venv("")  # neither exits nor installs
+
+
+def test_a_venv_whose_python_is_gone_is_not_taken_as_installed(tmp_path, monkeypatch):
+    venv = tmp_path / ".venv"
+    venv.mkdir()
+    monkeypatch.setattr(run, "VENV", venv)
+    assert run._venv_python() == ""  # none yet
+    (venv / "pyvenv.cfg").write_text(f"version = 3.11.7\nexecutable = {tmp_path / 'python3.11'}\n")
+    assert run._venv_python() == ""  # an upgrade removed its interpreter: made again
+    (venv / "pyvenv.cfg").write_text(f"version = 3.11.7\nexecutable = {sys.executable}\n")
+    assert run._venv_python() == "3.11"
