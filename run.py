@@ -9,11 +9,13 @@ benchmarks (`python run.py bench`, which installs the `bench` extra).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -41,14 +43,52 @@ def _venv_python() -> str:
     return ".".join(keys.get("version", "").split(".")[:2])
 
 
-def _ensure_venv(extras: str) -> None:
+def _installed() -> list[str]:
     stamp_file = VENV / ".installed"
-    installed = stamp_file.read_text().split() if stamp_file.exists() else []
+    return stamp_file.read_text().split() if stamp_file.exists() else []
+
+
+def _ready(extras: str, installed: list[str]) -> bool:
     # A test or bench install includes everything a plain one has, so it satisfies `run` as well.
-    if _stamp(extras) in installed or (
+    return _stamp(extras) in installed or (
         extras == "" and any(_stamp(e) in installed for e in ("test", "bench"))
-    ):
+    )
+
+
+@contextlib.contextmanager
+def _one_setup_at_a_time() -> Iterator[None]:
+    """Two run.py started together on a fresh clone (the daemon in one terminal, a query in
+    another) each cleared and filled the same .venv: both failed, and left it broken. The second
+    now waits for the first (a lock on the repository's directory: nothing to clean up)."""
+    if os.name == "nt":
+        yield
         return
+    import fcntl
+
+    fd = os.open(ROOT, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("waiting for another run.py setting up .venv ...", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: as before
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _ensure_venv(extras: str) -> None:
+    if _ready(extras, _installed()):
+        return
+    with _one_setup_at_a_time():
+        installed = _installed()
+        if not _ready(extras, installed):  # the run.py this one waited for may have done it
+            _install(extras, installed)
+
+
+def _install(extras: str, installed: list[str]) -> None:
     if not _usable():  # none yet, or one left broken (interrupted while created: no pip)
         if sys.version_info < (3, 11):  # noqa: UP036 - run.py starts on whatever python the user has
             sys.exit(f"Python 3.11 or newer is needed (this is {sys.version.split()[0]})")
@@ -69,7 +109,7 @@ def _ensure_venv(extras: str) -> None:
     result = subprocess.run([*pip, "-e", target], cwd=ROOT)
     if result.returncode != 0:
         sys.exit(f"installing {target} failed (pip exit code {result.returncode})")
-    stamp_file.write_text(" ".join([*installed, _stamp(extras)]))
+    (VENV / ".installed").write_text(" ".join([*installed, _stamp(extras)]))
 
 
 def _usable() -> bool:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -61,3 +63,29 @@ def test_a_venv_whose_python_is_gone_is_not_taken_as_installed(tmp_path, monkeyp
     assert run._venv_python() == ""  # an upgrade removed its interpreter: made again
     (venv / "pyvenv.cfg").write_text(f"version = 3.11.7\nexecutable = {sys.executable}\n")
     assert run._venv_python() == "3.11"
+
+
+def test_a_second_run_py_waits_for_the_first_ones_setup_and_installs_nothing(tmp_path, monkeypatch, capsys):
+    """Two started together on a fresh clone each cleared and filled .venv: both failed."""
+    fcntl = pytest.importorskip("fcntl")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    venv = tmp_path / ".venv"
+    venv.mkdir()
+    (venv / "pyvenv.cfg").write_text(f"version = 3.11.7\nexecutable = {sys.executable}\n")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    monkeypatch.setattr(run, "VENV", venv)
+    installs: list[str] = []
+    monkeypatch.setattr(run, "_install", lambda extras, installed: installs.append(extras))
+    first = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(first, fcntl.LOCK_EX)  # the first run.py, setting up
+    second = threading.Thread(target=run._ensure_venv, args=("",))
+    try:
+        second.start()
+        second.join(0.5)
+        assert second.is_alive()  # waiting
+        (venv / ".installed").write_text(run._stamp(""))  # what the first one leaves when done
+    finally:
+        os.close(first)
+    second.join(10)
+    assert not second.is_alive() and installs == []
+    assert "waiting for another run.py" in capsys.readouterr().err
