@@ -481,7 +481,13 @@ async def _emulate(provider: str, port: int, key: str | None, settings: Sequence
     except (ConfigError, TypeError, ValueError) as exc:
         print(f"emulate {provider}: {exc}", file=sys.stderr)
         return 2
-    url = await emulator.start(host="127.0.0.1", port=port)
+    try:
+        url = await emulator.start(host="127.0.0.1", port=port)
+    except OSError as exc:  # the port in use, or one below 1024 for a user
+        print(
+            f"emulate {provider}: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
     accepts = "only the given key" if key else "any non-empty key"
     print(
         f"{provider} emulator listening on {url} (accepts {accepts}); Ctrl-C stops",

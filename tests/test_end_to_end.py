@@ -423,6 +423,19 @@ async def test_emulate_verb_takes_the_emulators_options(tmp_path):
         assert len(blocks) == 3  # max_blocks = 3
 
 
+async def test_emulate_on_a_port_in_use_says_so(tmp_path):
+    """A second `emulate blockdb --port 8765` (the README's) gave aiohttp's bind traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = await run_cli("emulate", "blockdb", "--port", str(port), cwd=tmp_path)
+    assert code == 1 and f"emulate blockdb: cannot listen on 127.0.0.1:{port}:" in err
+    assert "Traceback" not in err
+
+
 async def test_an_emulator_option_of_the_wrong_type_is_a_config_error(tmp_path):
     """Taken as it was, `block_interval = "fast"` stopped the emulator's clock: nothing was sent
     for the whole run, and a TypeError came at the stop."""
