@@ -120,6 +120,7 @@ class Buffer:
         self._in_flight: dict[int, int] = {}  # id(flush) -> first journal position, until done()
         self._closed = False
         self._sealed: dict[str, int] = {}  # rows per dataset handed to the writer so far
+        self._unfinished: dict[str, int] = {}  # of those, rows not yet in every sink (until done())
         self._max_rows, self._max_bytes = policy.max_rows, policy.max_bytes
         self._max_pending = policy.max_pending_bytes
         self._near_full_bytes = NEAR_FULL * policy.max_pending_bytes
@@ -352,7 +353,9 @@ class Buffer:
 
     def done(self, flush: Flush) -> None:
         """The writer finished with a flush: its bytes no longer count against the limit."""
-        self._in_flight.pop(id(flush), None)
+        if id(flush) in self._in_flight:
+            del self._in_flight[id(flush)]
+            self._unfinished[flush.dataset] -= flush.rows
         self._outstanding -= flush.nbytes
         self._update_room()
 
@@ -388,6 +391,15 @@ class Buffer:
         return {name: p.rows for name, p in self._pending.items()}
 
     @property
+    def unwritten_rows(self) -> dict[str, int]:
+        """Rows received but not yet in every sink: buffered, queued, being written, or held for
+        DuckDB's next commit (`duckdb_commit_seconds`). With `rows_written`, what `received` holds."""
+        out = {name: n for name, n in self._unfinished.items() if n}
+        for name, pending in self._pending.items():
+            out[name] = out.get(name, 0) + pending.rows
+        return out
+
+    @property
     def queued_rows(self) -> int:
         return sum(f.rows for f in self._ready)
 
@@ -416,6 +428,7 @@ class Buffer:
         """A dataset's pending rows as a flush, counted as sealed and in flight until done()."""
         p = self._pending.pop(name)
         self._sealed[name] = self._sealed.get(name, 0) + p.rows
+        self._unfinished[name] = self._unfinished.get(name, 0) + p.rows
         flush = Flush(name, p.chunks, p.values, p.rows, p.nbytes, reason, p.first, p.last, p.parts)
         self._in_flight[id(flush)] = p.first
         return flush

@@ -55,7 +55,9 @@ class LiveView:
 
     def render(self) -> Group:
         self._rates.update(self.buffer.received)
-        buffered = self.buffer.buffered_rows
+        # Not only the buffer's: rows being written and held for DuckDB's commit (up to
+        # duckdb_commit_seconds) too, so that rows = written + buffered, as a reader expects.
+        buffered = self.buffer.unwritten_rows
         title = f"ingesting for {time.monotonic() - self._started:.0f} s"
         if self.metrics.replayed_frames:
             title += f" (replayed {self.metrics.replayed_frames:,} frames from the journal first)"
@@ -122,6 +124,6 @@ async def progress_logger(metrics: Metrics, buffer: Buffer, every: float = 5.0) 
             "progress",
             rows={k: v for k, v in sorted(buffer.received.items())},
             rows_per_s=round(sum(rates.rates.values())),
-            buffered=sum(buffer.buffered_rows.values()),
+            buffered=sum(buffer.unwritten_rows.values()),
             reconnects={p.name: p.reconnects for p in metrics.providers.values()},
         )
