@@ -108,8 +108,11 @@ class LiveView:
 
     async def run(self) -> None:
         with Live(self.render(), console=self.console, refresh_per_second=4, redirect_stderr=True) as live:
-            while True:
-                await asyncio.sleep(0.5)
+            try:
+                while True:
+                    await asyncio.sleep(0.5)
+                    live.update(self.render())
+            finally:  # cancelled once the daemon drained: the frame left on screen shows the end
                 live.update(self.render())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from pathlib import Path
@@ -197,3 +198,23 @@ async def test_live_view_counts_rows_being_written_as_buffered_so_rows_add_up(re
     buffer.done(flush)  # committed in every sink
     metrics.dataset("blockdb_blocks").rows_written = 7
     assert cells() == ["8", "7", "1"]
+
+
+async def test_the_live_views_last_frame_shows_the_run_as_it_ended(registry):
+    """The view is cancelled once the daemon has drained; its last frame, up to 0.5 s older, stayed
+    on screen above the summary with rows still 'buffered' that the summary had as written."""
+    metrics = Metrics()
+    buffer = Buffer(registry, FlushPolicy(max_age=60))
+    buffer.add(Rows("blockdb", "blockdb_blocks", "s", [b"{}"], 1))
+    console = Console(record=True, width=200, file=io.StringIO())
+    task = asyncio.create_task(LiveView(metrics, buffer, console).run())
+    await asyncio.sleep(0.05)
+    buffer.flush_all()
+    buffer.done(await buffer.next_flush())
+    metrics.dataset("blockdb_blocks").rows_written = 1
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    last = console.export_text().rstrip().splitlines()
+    row = next(ln for ln in reversed(last) if "blockdb_blocks" in ln)
+    assert [c.strip() for c in row.split("│")][3:6] == ["1", "1", "0"]
