@@ -335,6 +335,12 @@ def _check_url(url: str, key: str) -> None:
         raise ConfigError(f"{key}: {expected} (port 0 is out of range 1-65535)")
     if not parts.hostname:
         raise ConfigError(f"{key}: {expected} (no host)")
+    # user:password@ would be a secret in the file, and beside header auth aiohttp refuses it with
+    # a ValueError at the first connect (a traceback). Not printed: it holds the password.
+    if "@" in parts.netloc:
+        raise ConfigError(
+            f"{key}: {expected} without user:password@ (keys come from the environment: auth.env)"
+        )
 
 
 def _auth(t: _Table, kind: str, emulated: bool) -> AuthConfig:

@@ -151,6 +151,14 @@ def test_bad_values_name_the_key_at_fault(tmp_path, path, value, message):
     assert message in str(info.value)
 
 
+def test_credentials_in_a_url_are_a_config_error_that_does_not_print_them(tmp_path):
+    """With header auth, aiohttp refused them at the first connect: a traceback from the daemon."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(with_("providers.blockdb.url", "wss://me:hunter2@127.0.0.1/v1/evm/"), base=tmp_path)
+    assert "providers.blockdb.url" in str(info.value) and "without user:password@" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
 @pytest.mark.parametrize("key", ["data_dir", "duckdb", "journal", "parquet"])
 def test_a_storage_path_under_a_file_is_a_config_error(tmp_path, key):
     (tmp_path / "afile").write_text("x")
