@@ -689,15 +689,21 @@ async def test_a_reader_paused_by_backpressure_is_not_taken_for_a_dead_link(regi
     try:
         col, buffer, task = await _stalled(registry, emu, idle_timeout=0.3)
         await asyncio.sleep(1.0)  # more than three idle timeouts without a read
-        assert col.stats.connects == 1 and buffer.congested
-        drain = Drain(buffer)
-        await eventually(lambda: emu.blocks_produced >= 300, timeout=10, what="all blocks")
-        await eventually(lambda: sum(buffer.received.values()) >= sum(emu.sent.values()), what="every row")
-        await col.stop()
-        await asyncio.wait_for(task, 5)
-        await drain.close()
+        await _release_and_expect_every_row(col, task, buffer, emu, blocks=300)
     finally:
         await emu.stop()
+
+
+async def _release_and_expect_every_row(col, task, buffer, emu, *, blocks: int) -> None:
+    """A collector still on its first connection after a pause for buffer room: the buffer is
+    drained, and every row the emulator sends (`blocks` blocks) arrives, with no gap."""
+    assert col.stats.connects == 1 and buffer.congested
+    drain = Drain(buffer)
+    await eventually(lambda: emu.blocks_produced >= blocks, timeout=10, what="all blocks")
+    await eventually(lambda: sum(buffer.received.values()) >= sum(emu.sent.values()), what="every row")
+    await col.stop()
+    await asyncio.wait_for(task, 5)
+    await drain.close()
     assert col.stats.connects == 1 and col.stats.last_error == ""
     assert sum(drain.rows.values()) == sum(emu.sent.values())
     assert "gaps" not in drain.values
@@ -718,18 +724,9 @@ async def test_client_pings_do_not_end_a_connection_paused_by_backpressure(regis
         task = asyncio.create_task(col.run())
         await eventually(lambda: buffer.congested, what="congestion")
         await asyncio.sleep(1.0)  # ten ping intervals without a read
-        assert col.stats.connects == 1 and buffer.congested
-        drain = Drain(buffer)
-        await eventually(lambda: emu.blocks_produced >= 600, timeout=10, what="all blocks")
-        await eventually(lambda: sum(buffer.received.values()) >= sum(emu.sent.values()), what="every row")
-        await col.stop()
-        await asyncio.wait_for(task, 5)
-        await drain.close()
+        await _release_and_expect_every_row(col, task, buffer, emu, blocks=600)
     finally:
         await emu.stop()
-    assert col.stats.connects == 1 and col.stats.last_error == ""
-    assert sum(drain.rows.values()) == sum(emu.sent.values())
-    assert "gaps" not in drain.values
 
 
 async def test_a_ping_nothing_answers_gives_a_quiet_link_up_before_the_idle_timeout(registry, emulator):
