@@ -402,6 +402,7 @@ def test_a_pending_row_with_an_empty_block_header_hides_no_transfer(tmp_path, re
 
 
 def test_two_versions_of_a_height_in_one_read_give_one_answer_whatever_the_stored_order(tmp_path, registry):
+    """Equal times, neither a correction: the lower hash, in either stored order."""
     answers = set()
     for i, order in enumerate((["0xa", "0xb"], ["0xb", "0xa"])):
         chunks = [bitquery_block(T0, 100, h, "0x9") for h in order]
@@ -412,7 +413,66 @@ def test_two_versions_of_a_height_in_one_read_give_one_answer_whatever_the_store
                 con.execute("SELECT hash FROM block_hashes").fetchone(),
             )
         )
-    assert len(answers) == 1
+    assert answers == {(("0xa",), ("0xa",))}
+
+
+def test_on_equal_receive_times_a_block_correction_is_the_heights_block(tmp_path, registry):
+    """A block and a correction to another hash in one read: the correction wins over the lower
+    hash, and of the corrected hash's two versions `blocks` keeps the flagged one."""
+    bb = "0x" + "bb" * 32
+    for i, flagged_first in enumerate((True, False)):
+        versions = [blockdb_block(T0, "bb" * 32, reorg=True), blockdb_block(T0, "bb" * 32)]
+        blocks = [blockdb_block(T0, "aa" * 32), *(versions if flagged_first else versions[::-1])]
+        con = store(registry, tmp_path / str(i), "blockdb_blocks", blocks)
+        assert con.sql("SELECT hash FROM block_hashes").fetchall() == [(bb,)]
+        assert con.sql("SELECT hash, is_reorg FROM blocks").fetchall() == [(bb, True)]
+        assert con.execute("SELECT count(*) FROM blocks_history").fetchone() == (3,)
+
+
+def test_a_pending_row_carrying_a_block_hash_does_not_announce_it(tmp_path, registry):
+    """Pending rows carry no block's word: a mempool row naming another hash at the height,
+    received after the block, changes neither the height's hash nor its transfers."""
+    con = store_all(
+        registry,
+        tmp_path,
+        {
+            "bitquery_evm_blocks": [bitquery_block(T0, 100, "0xb", "0x9")],
+            "bitquery_evm_transfers": [
+                bitquery_transfer(T0 + S, "0xb", "0xt1", "5"),
+                bitquery_transfer(T0 + 2 * S, "0xp", "0xt2", "9", mempool=True),
+            ],
+        },
+    )
+    assert con.sql("SELECT number, hash FROM block_hashes").fetchall() == [(100, "0xb")]
+    assert con.sql("SELECT block_hash, amount FROM transfers").fetchall() == [("0xb", "5")]
+
+
+def test_blockdb_rows_in_the_same_read_as_a_block_correction(tmp_path, registry):
+    """A -> B -> C, C half a second after B. A correction received with B's block correction (at
+    the time C's replaced) is of a replaced branch; an unflagged row received with C's correction
+    is not received before it: both boundaries are the README's ("at or before", "before")."""
+    con = store_all(
+        registry,
+        tmp_path,
+        {
+            "blockdb_blocks": [
+                blockdb_block(T0, "aa" * 32),
+                blockdb_block(T0 + 2 * S, "bb" * 32, reorg=True),
+                blockdb_block(T0 + 2 * S + S // 2, "cc" * 32, reorg=True),
+            ],
+            "blockdb_transfers": [
+                blockdb_transfer(T0 + 2 * S, reorg=True, tx_index=1, amount_raw="2", _tracing_id="b1"),
+                blockdb_transfer(
+                    T0 + 2 * S + S // 2, reorg=True, tx_index=0, amount_raw="3", _tracing_id="c0"
+                ),
+                blockdb_transfer(T0 + 2 * S + S // 2, tx_index=2, amount_raw="4", _tracing_id="c2"),
+            ],
+        },
+    )
+    assert con.sql("SELECT tracing_id, amount_raw FROM transfers ORDER BY 1").fetchall() == [
+        ("c0", "3"),
+        ("c2", "4"),
+    ]
 
 
 def test_erc1155_batch_items_of_one_log_are_distinct_transfers(tmp_path, registry):
