@@ -9,7 +9,7 @@ import duckdb
 import pyarrow as pa
 
 from ingest.events import Gap
-from ingest.reorgs import _LATE, _REMEMBER, ReorgTracker, recent_blocks_sql
+from ingest.reorgs import _LATE, ReorgTracker, recent_blocks_sql
 from ingest.schema import load_registry
 from ingest.sinks.duckdb import DuckDBSink
 
@@ -110,6 +110,13 @@ def test_a_real_hole_is_one_gap_reported_once():
 def test_a_hole_filled_in_part_is_what_stays_missing():
     blocks = [*chain(100, 100), *chain(105, 106), *chain(102, 102)]  # 101, 103 and 104 never come
     assert feed(blocks) == ([], [gap(101, 102, 1, 4), gap(103, 105, 4, 2)])
+
+
+def test_a_missing_height_is_a_gap_only_once_the_stream_is_32_heights_past_it():
+    """The README's 32, written out (the tests above take the window from the module): 101
+    arriving while the head is 133 fills its hole; once the head is 134, it is a gap."""
+    assert feed([*chain(100, 100), *chain(102, 133), *chain(101, 101)]) == ([], [])
+    assert feed([*chain(100, 100), *chain(102, 134), *chain(101, 101)]) == ([], [gap(101, 102, 1, 2)])
 
 
 def test_a_height_later_than_the_window_does_not_undo_or_repeat_its_gap():
@@ -275,7 +282,8 @@ def test_the_store_seeds_each_of_its_last_heights_with_the_hash_the_views_give_i
 
 def test_the_store_gives_only_the_last_remembered_heights(tmp_path):
     stored = _stored(tmp_path, [(n, f"0xa{n}", 1, False) for n in range(1, 1001)])
-    assert sorted(stored["number"].to_pylist()) == list(range(1001 - _REMEMBER, 1001))
+    # The README's 512 written out: with the module's constant the test followed any change of it.
+    assert sorted(stored["number"].to_pylist()) == list(range(1001 - 512, 1001))
 
 
 def test_a_side_branch_block_stored_last_is_no_reorg_after_a_restart(tmp_path):
@@ -357,6 +365,16 @@ def test_a_late_resend_of_a_replaced_block_is_no_reorg_back():
     ]
     reorgs, gaps = feed(blocks)
     assert reorgs == [reorg(100, ["a100", "a101"], ["b100", "b101"], "rehash", 4)]
+    assert gaps == []
+
+
+def test_a_late_resend_of_a_replaced_tip_is_no_reorg_back():
+    """The replaced block is the tip (no child names either hash yet): its resend, unflagged,
+    is still no reorg back, and the branch built on the new hash extends it."""
+    blocks = [*chain(100, 101), (101, "0xb101", "0xa100"), (101, "0xa101", "0xa100")]
+    blocks += [(102, "0xb102", "0xb101")]
+    reorgs, gaps = feed(blocks)
+    assert reorgs == [reorg(101, ["a101"], ["b101"], "rehash", 3)]
     assert gaps == []
 
 
