@@ -151,6 +151,10 @@ def test_a_sequence_jump_within_a_connection_is_a_gap_and_a_new_connection_start
     p.connect()
     (rows,) = read(p, trade("A_SPOT_B_C", 1), T0 + 4)  # restarts at 1: no gap
     assert rows.context == {"connection": 2}
+    # ...and counts from there: a hole below the old connection's mark (5) is still a hole.
+    assert len(read(p, trade("A_SPOT_B_C", 2), T0 + 5)) == 1
+    gap, _ = read(p, trade("A_SPOT_B_C", 4), T0 + 6)
+    assert (gap.stream, gap.expected, gap.received, gap.started_at) == ("trade:A_SPOT_B_C", 3, 4, T0 + 5)
 
 
 def test_a_sequence_beyond_int64_quarantines_its_frame_and_the_batch_goes_on():
