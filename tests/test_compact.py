@@ -421,6 +421,28 @@ def test_a_partition_that_cannot_be_compacted_leaves_the_others_to_be(tmp_path, 
         )
 
 
+def test_a_merge_that_loses_rows_is_never_published(tmp_path, small, monkeypatch):
+    """The merged files are counted against their inputs before the switch: a merge one row group
+    short (a bug, a reader that stopped early) fails its partition and replaces nothing."""
+    lake = Lake(pafs.LocalFileSystem(), str(tmp_path / "lake"), str(tmp_path / "lake"))
+    populate(lake, small)
+    whole = compact_module._row_groups
+
+    def one_group_short(*args, **kwargs):
+        groups = list(whole(*args, **kwargs))
+        assert len(groups) > 1
+        return iter(groups[:-1])
+
+    monkeypatch.setattr(compact_module, "_row_groups", one_group_short)
+    with pytest.raises(compact_module.CompactionError, match="different number of rows"):
+        compact(lake, small, instance="c", target_rows=TARGET, grace_seconds=0)
+    assert counts(lake, small) == expected(small)
+    for name in small:
+        for day in CLOSED:
+            assert not lake.read_manifest(lake.partition_dir(name, day)).outputs
+            assert len(stored(lake, name, day)) >= len(INSTANCES) * FILES  # every input still there
+
+
 def test_a_lake_wide_error_stops_the_run_at_once(tmp_path, small, monkeypatch):
     """The disk, S3's credentials or network fail every partition alike: no use trying them all."""
     lake = Lake(pafs.LocalFileSystem(), str(tmp_path / "lake"), str(tmp_path / "lake"))
