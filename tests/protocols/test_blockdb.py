@@ -395,8 +395,12 @@ def test_a_retryable_refusal_without_retry_after_backs_off_per_pair_and_starts_o
         assert _subscribed(p) == [dataset_id]
         return wait
 
+    ratios = []
     for step in (1, 2, 4, 8, 16, 30, 30):
-        assert 0.8 * step <= refuse("0101") <= 1.2 * step
+        wait = refuse("0101")
+        assert 0.8 * step <= wait <= 1.2 * step
+        ratios.append(wait / step)
+    assert len(set(ratios)) > 1  # jittered: pairs refused together must not return together
     assert 0.8 <= refuse("0102") <= 1.2  # a count of its own
     assert p.receive(b'{"action":"subscribe","chain_id":1,"dataset_id":"0101","status":"success"}', 1)
     assert 0.8 <= refuse("0101") <= 1.2  # acknowledged in between: it starts over
