@@ -464,7 +464,7 @@ def test_a_passing_error_starts_the_subscription_again_backing_off(subprotocol, 
     p = proto({"name": "blocks", "query": BLOCKS}, subprotocol=subprotocol)
     handshake(p)
     waits = []
-    for op in ("1", "2", "3"):
+    for op in map(str, range(1, 9)):
         error = {"type": "error", "id": op, "payload": [{"message": message}]}
         now = time.time_ns()
         (event,) = p.receive(json.dumps(error), now)
@@ -475,10 +475,11 @@ def test_a_passing_error_starts_the_subscription_again_backing_off(subprotocol, 
         p._again.later("blocks", now)  # its wait is over
         p.keepalive()
         assert _started(p) == [BLOCKS]
-    assert waits == [f"{message} (started again in {s} s)" for s in (5, 10, 20)]
+    # Doubling up to the README's 5 minutes, and no further.
+    assert waits == [f"{message} (started again in {s} s)" for s in (5, 10, 20, 40, 80, 160, 300, 300)]
     # Data again: the next failure waits the first wait again.
-    p.receive(b'{"type":"%s","id":"4","payload":{"data":{"EVM":{"Blocks":[{}]}}}}' % p._data.encode(), 1)
-    (event,) = p.receive(json.dumps({"type": "error", "id": "4", "payload": [{"message": message}]}), 2)
+    p.receive(b'{"type":"%s","id":"9","payload":{"data":{"EVM":{"Blocks":[{}]}}}}' % p._data.encode(), 1)
+    (event,) = p.receive(json.dumps({"type": "error", "id": "9", "payload": [{"message": message}]}), 2)
     assert event.message.endswith("(started again in 5 s)")
 
 
