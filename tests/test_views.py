@@ -121,6 +121,44 @@ def test_a_transaction_seen_at_two_commitments_is_one_row_at_the_higher(tmp_path
     assert con.sql(query).fetchall() == [("Sig1", 500, 3, None, 5000, "finalized", True)]
 
 
+def test_the_highest_commitment_seen_wins_whatever_the_order_received(tmp_path, registry):
+    """One account update and one transaction at finalized, then (a resend, a slower subscription)
+    at confirmed and processed: one row each, at finalized, final."""
+    account = json.dumps({"context": {"slot": 500}, "value": {"lamports": 1, "owner": "o"}}).encode()
+    meta = {"err": None, "fee": 5000, "computeUnitsConsumed": 1, "preBalances": [], "postBalances": []}
+    tx = {"transaction": {"meta": meta}, "signature": "Sig1", "slot": 500, "transactionIndex": 0}
+    parts: dict[str, list[Rows]] = {"solana_account_updates": [], "solana_transactions": []}
+    for i, commitment in enumerate(("finalized", "confirmed", "processed")):
+        at = T0 + i * S
+        parts["solana_account_updates"].append(
+            Rows(
+                "helius",
+                "solana_account_updates",
+                "acc",
+                [account],
+                at,
+                {"pubkey": "Acc1", "commitment": commitment},
+            )
+        )
+        parts["solana_transactions"].append(
+            Rows(
+                "helius",
+                "solana_transactions",
+                "tx",
+                [json.dumps(tx).encode()],
+                at,
+                {"commitment": commitment},
+            )
+        )
+    con = store_all(registry, tmp_path, parts)
+    assert con.sql("SELECT pubkey, commitment, final FROM solana_accounts").fetchall() == [
+        ("Acc1", "finalized", True)
+    ]
+    assert con.sql(
+        "SELECT signature, commitment, final FROM solana_transactions_by_signature"
+    ).fetchall() == [("Sig1", "finalized", True)]
+
+
 def test_solana_slots_one_connections_roots_passed_over_are_never_final(tmp_path, registry):
     """A node notifies every slot it roots, in order: between two roots one connection received,
     the slots were never rooted (an abandoned fork). Between connections, or from rows stored
@@ -158,7 +196,7 @@ def test_solana_slots_one_connections_roots_passed_over_are_never_final(tmp_path
         record = json.dumps(result).encode()
         return Rows("helius", "solana_transactions", "tx", [record], T0, {"commitment": "processed"})
 
-    slots = (102, 104, 105, 111, 113, 123, 126, 131, 132, 133)
+    slots = (102, 104, 105, 111, 113, 123, 126, 131, 132, 133, 135)
     sink = DuckDBSink(tmp_path / "ingest.duckdb")
     sink.open(registry.values())
     for dataset, chunks in (
@@ -187,6 +225,7 @@ def test_solana_slots_one_connections_roots_passed_over_are_never_final(tmp_path
         (131, False),
         (132, True),  # a root was seen for it: rooted, whatever another connection missed
         (133, False),
+        (135, True),  # the highest root's own slot: at or below it
     ]
     assert db.sql("SELECT slot, final FROM solana_accounts ORDER BY 1").fetchall() == want
     assert db.sql("SELECT slot, final FROM solana_transactions_by_signature ORDER BY 1").fetchall() == want
