@@ -51,7 +51,13 @@ def test_an_unreadable_state_takes_its_time_as_the_end_of_the_last_run(tmp_path)
     holes = Downtime(path).read({"blockdb": ("a", "b"), "coinapi": ()})
     assert holes == {"blockdb": Hole(123 * SECOND, ("a", "b"))}
     # Readable, but with times no run writes: a hole from 1970 would be a gap of fifty years.
-    for since, closed in ((-5, None), (200 * SECOND, None), (50, Closed("down", 60, 40, ("a",)))):
+    after_the_write = Closed("down", 60, 300 * SECOND, ("a",))  # a closed hole ending after the file's time
+    for since, closed in (
+        (-5, None),
+        (200 * SECOND, None),
+        (50, Closed("down", 60, 40, ("a",))),
+        (50, after_the_write),
+    ):
         Downtime(path).write({"blockdb": Hole(since, ("a", "b"), closed)}, now=100 * SECOND)
         os.utime(path, ns=(123 * SECOND, 123 * SECOND))
         assert Downtime(path).read({"blockdb": ("a", "b")}) == {"blockdb": Hole(123 * SECOND, ("a", "b"))}
