@@ -595,6 +595,63 @@ def blockdb_swap(received_at: int, *, reorg: bool = False, **record) -> Rows:
     return rows
 
 
+def bitquery_dex_trade(
+    received_at: int, block_hash: str, tx: str, amount: str, *, mempool: bool = False
+) -> Rows:
+    block = {} if mempool else {"Number": "100", "Hash": block_hash, "Time": "2025-11-13T00:00:00Z"}
+    record = {"Block": block, "Transaction": {"Hash": tx}, "Log": {"Index": 0}}
+    record["Trade"] = {"Buy": {"Amount": amount, "Price": 1.5}, "Sell": {"Amount": "1"}}
+    rows = Rows("bitquery", "bitquery_evm_dex_trades", "dex", [json.dumps(record).encode()], received_at)
+    rows.context = {"network": "eth", "mempool": mempool}
+    return rows
+
+
+def test_trades_keep_the_canonical_branch_and_leave_pending_and_superseded_rows_out(tmp_path, registry):
+    """`trades` applies the rules `transfers` does. Bitquery: a trade in a replaced block, and a
+    pending one, are left out. BlockDB: a swap received before its height's block correction is of
+    the old branch; of a swap and its correction received in one read, the correction counts."""
+    for i, correction_first in enumerate((True, False)):
+        same_read = [
+            blockdb_swap(T0 + 5 * S, reorg=True, tx_index=0, amount_in="3", _tracing_id="b0"),
+            blockdb_swap(T0 + 5 * S, tx_index=0, amount_in="9", _tracing_id="b0 unflagged"),
+        ]
+        con = store_all(
+            registry,
+            tmp_path / str(i),
+            {
+                "bitquery_evm_blocks": [
+                    bitquery_block(T0, 100, "0xa", "0x9"),
+                    bitquery_block(T0 + S, 100, "0xb", "0x9"),
+                    bitquery_block(T0 + 2 * S, 101, "0xb1", "0xb"),
+                ],
+                "bitquery_evm_dex_trades": [
+                    bitquery_dex_trade(T0, "0xa", "0xt1", "5"),
+                    bitquery_dex_trade(T0 + S, "0xb", "0xt2", "7"),
+                    bitquery_dex_trade(T0 + 3 * S, "", "0xt3", "8", mempool=True),
+                ],
+                "blockdb_blocks": [
+                    blockdb_block(T0, "aa" * 32),
+                    blockdb_block(T0 + 5 * S, "bb" * 32, reorg=True),
+                ],
+                "blockdb_swaps": [
+                    blockdb_swap(T0, tx_index=1, amount_in="2", _tracing_id="a1"),  # not on the new branch
+                    *(same_read if correction_first else same_read[::-1]),
+                    blockdb_swap(T0 + 6 * S, tx_index=2, amount_in="4", _tracing_id="b2"),
+                ],
+            },
+        )
+        assert con.sql(
+            "SELECT provider, tracing_id, amount FROM trades WHERE provider = 'blockdb' ORDER BY 2"
+        ).fetchall() == [
+            ("blockdb", "b0", "3"),
+            ("blockdb", "b2", "4"),
+        ]
+        assert con.sql("SELECT block_hash, amount FROM trades WHERE provider = 'bitquery'").fetchall() == [
+            ("0xb", "7")
+        ]
+        assert con.execute("SELECT count(*) FROM trades_history").fetchone() == (7,)
+
+
 @pytest.mark.parametrize("last", ["cc" * 32, "aa" * 32], ids=["to a third branch", "back to the first"])
 def test_a_height_reorged_twice_keeps_only_the_last_branchs_rows(tmp_path, registry, last):
     """A, then B (corrected, 3 rows), then `last` (corrected, 2 rows): B's third row is of a
