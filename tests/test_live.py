@@ -170,7 +170,10 @@ async def test_the_first_progress_line_already_gives_a_rate(registry):
         await asyncio.sleep(0)  # it starts: the baseline, before any row
         for i in range(50):
             buffer.add(Rows("blockdb", "blockdb_blocks", "s", [b"{}"], i))
-        await asyncio.sleep(0.3)
+        # Until its first line, however late a loaded machine runs it (a fixed sleep was a race).
+        async with asyncio.timeout(10):
+            while not any(e["event"] == "progress" for e in logs):
+                await asyncio.sleep(0.02)
         task.cancel()
     (line,) = [e for e in logs if e["event"] == "progress"]
     assert line["rows"] == {"blockdb_blocks": 50} and line["rows_per_s"] > 0
