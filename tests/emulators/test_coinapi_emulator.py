@@ -672,7 +672,7 @@ async def test_send_reconnect_then_close(coinapi, session) -> None:
     emulator.send_reconnect(within_seconds=3, close_after=0.3)
     sent_at = time.monotonic()
     closed = await client.until_closed()
-    assert 0.25 < time.monotonic() - sent_at < 2.0
+    assert time.monotonic() - sent_at > 0.25  # not before close_after; after it, within until_closed's 3 s
     (reconnect,) = client.control
     assert set(reconnect) == {"type", "within_seconds", "before_time"} and reconnect["type"] == "reconnect"
     assert reconnect["within_seconds"] == 3 and ISO7.fullmatch(reconnect["before_time"])

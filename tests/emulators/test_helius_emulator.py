@@ -1303,7 +1303,7 @@ async def test_idle_close_unless_the_client_talks(helius, session) -> None:
         while (msg := await quiet.ws.receive()).type is WSMsgType.TEXT:
             await chatty.ws.ping()
     assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1000)
-    assert 0.25 < time.monotonic() - started < 1.5
+    assert time.monotonic() - started > 0.25  # not before idle_timeout; after it, within the 3 s above
     pinged = emulator.pings_received
     for _ in range(8):
         await chatty.ws.ping()
