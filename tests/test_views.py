@@ -419,8 +419,11 @@ def test_a_hash_sent_again_as_a_correction_is_a_reorg_back(tmp_path, registry):
     assert con.sql("SELECT hash, is_reorg FROM blocks").fetchall() == [("0x" + "aa" * 32, True)]
 
 
-def test_a_pending_row_with_an_empty_block_header_hides_no_transfer(tmp_path, registry):
-    """A mempool row's block context has no hash yet (Bitquery sends "")."""
+@pytest.mark.parametrize("pending_hash", ["", "0xp"], ids=["empty header", "another hash"])
+def test_a_pending_row_neither_hides_a_transfer_nor_announces_a_hash(tmp_path, registry, pending_hash):
+    """A mempool row's block context has no hash yet (Bitquery sends ""), and a pending row names
+    no block even where it carries a hash: received after the block, such a row at the height
+    changes neither the height's hash nor its transfers."""
     con = store_all(
         registry,
         tmp_path,
@@ -428,7 +431,7 @@ def test_a_pending_row_with_an_empty_block_header_hides_no_transfer(tmp_path, re
             "bitquery_evm_blocks": [bitquery_block(T0, 100, "0xb", "0x9")],
             "bitquery_evm_transfers": [
                 bitquery_transfer(T0 + S, "0xb", "0xt1", "5"),
-                bitquery_transfer(T0 + 2 * S, "", "0xt2", "9", mempool=True),
+                bitquery_transfer(T0 + 2 * S, pending_hash, "0xt2", "9", mempool=True),
             ],
         },
     )
@@ -436,7 +439,7 @@ def test_a_pending_row_with_an_empty_block_header_hides_no_transfer(tmp_path, re
     assert con.sql("SELECT block_hash, amount FROM transfers").fetchall() == [("0xb", "5")]
     assert con.sql("SELECT block_hash, pending FROM transfers_history ORDER BY received_at").fetchall() == [
         ("0xb", False),
-        (None, True),
+        (pending_hash or None, True),
     ]
 
 
@@ -466,24 +469,6 @@ def test_on_equal_receive_times_a_block_correction_is_the_heights_block(tmp_path
         assert con.sql("SELECT hash FROM block_hashes").fetchall() == [(bb,)]
         assert con.sql("SELECT hash, is_reorg FROM blocks").fetchall() == [(bb, True)]
         assert con.execute("SELECT count(*) FROM blocks_history").fetchone() == (3,)
-
-
-def test_a_pending_row_carrying_a_block_hash_does_not_announce_it(tmp_path, registry):
-    """Pending rows carry no block's word: a mempool row naming another hash at the height,
-    received after the block, changes neither the height's hash nor its transfers."""
-    con = store_all(
-        registry,
-        tmp_path,
-        {
-            "bitquery_evm_blocks": [bitquery_block(T0, 100, "0xb", "0x9")],
-            "bitquery_evm_transfers": [
-                bitquery_transfer(T0 + S, "0xb", "0xt1", "5"),
-                bitquery_transfer(T0 + 2 * S, "0xp", "0xt2", "9", mempool=True),
-            ],
-        },
-    )
-    assert con.sql("SELECT number, hash FROM block_hashes").fetchall() == [(100, "0xb")]
-    assert con.sql("SELECT block_hash, amount FROM transfers").fetchall() == [("0xb", "5")]
 
 
 def test_blockdb_rows_in_the_same_read_as_a_block_correction(tmp_path, registry):
