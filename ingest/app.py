@@ -342,7 +342,6 @@ class Daemon:
                 self.buffer.close()
                 await writer_task
         finally:
-            self._stopping.set()  # a compaction at work must not hold up the stop
             for sink in sinks:
                 await asyncio.to_thread(sink.close)
         return stats
